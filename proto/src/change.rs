@@ -1,0 +1,131 @@
+//! Change records: what the resolver and activation publish. Each carries the profile's `version`
+//! so consumers can drop duplicates and notice gaps after a replay.
+
+use crate::identifier::Identifier;
+use crate::profile::Profile;
+use crate::time::Timestamp;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityChangeKind {
+    /// `retired` profiles were folded into `canonical_id`.
+    Merged,
+    /// `canonical_id` was split; `created` are the new profiles carved out of it.
+    Split,
+    /// `canonical_id` was erased.
+    Deleted,
+}
+
+/// Published on `cdp.identity.changes`, keyed by `canonical_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdentityChange {
+    pub tenant: String,
+    pub kind: IdentityChangeKind,
+    pub canonical_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retired: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    pub version: u64,
+    pub at: Timestamp,
+}
+
+/// Published on `cdp.profiles`, keyed by canonical id: the whole profile after a change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProfileUpdate {
+    pub profile: Profile,
+    /// Equals `profile.version`; repeated at the top level so consumers need not parse the profile.
+    pub version: u64,
+    /// The `event_id` of the signal that caused the change, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// When the causing signal entered cdp, for end-to-end latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CohortChangeKind {
+    Entered,
+    Exited,
+}
+
+/// Published on `cdp.cohorts`, keyed `audience_key:canonical_id`, as a Segment-style track event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CohortChange {
+    /// `Audience Entered` or `Audience Exited`.
+    pub event: String,
+    #[serde(rename = "type")]
+    pub kind: CohortChangeKind,
+    pub tenant: String,
+    pub audience_key: String,
+    pub canonical_id: String,
+    /// Per (cohort, profile): strictly increasing.
+    pub version: u64,
+    pub at: Timestamp,
+    /// The identifiers this output may carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub identifiers: Vec<Identifier>,
+}
+
+impl CohortChange {
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.audience_key, self.canonical_id)
+    }
+
+    pub fn event_name(kind: CohortChangeKind) -> &'static str {
+        match kind {
+            CohortChangeKind::Entered => "Audience Entered",
+            CohortChangeKind::Exited => "Audience Exited",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::from_millis;
+
+    #[test]
+    fn identity_change_round_trip() {
+        let c = IdentityChange {
+            tenant: "t".into(),
+            kind: IdentityChangeKind::Merged,
+            canonical_id: "cdp_1".into(),
+            retired: vec!["cdp_2".into()],
+            created: vec![],
+            rule: Some("email_match".into()),
+            confidence: Some(0.95),
+            version: 3,
+            at: from_millis(0),
+        };
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(json.contains("\"kind\":\"merged\""));
+        assert_eq!(serde_json::from_str::<IdentityChange>(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn cohort_change_is_a_segment_style_event() {
+        let c = CohortChange {
+            event: CohortChange::event_name(CohortChangeKind::Entered).into(),
+            kind: CohortChangeKind::Entered,
+            tenant: "t".into(),
+            audience_key: "high_intent".into(),
+            canonical_id: "cdp_9".into(),
+            version: 1,
+            at: from_millis(0),
+            identifiers: vec![],
+        };
+        assert_eq!(c.key(), "high_intent:cdp_9");
+        let v: serde_json::Value = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["event"], "Audience Entered");
+        assert_eq!(v["type"], "entered");
+        assert_eq!(serde_json::from_value::<CohortChange>(v).unwrap(), c);
+    }
+}

@@ -1,0 +1,34 @@
+//! Resolver configuration: where it reads and writes, and the merge policy.
+
+use crate::policy::PolicyConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// Consumer group on the signals topic.
+    pub group: String,
+    pub signals_topic: String,
+    pub changes_topic: String,
+    pub profiles_topic: String,
+    pub dlq_topic: String,
+    /// Signals applied per atomic batch.
+    pub batch_size: usize,
+    pub poll_timeout_ms: u64,
+    pub policy: PolicyConfig,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        Self {
+            group: "cdp-resolver".into(),
+            signals_topic: cdp_proto::topics::SIGNALS.into(),
+            changes_topic: cdp_proto::topics::IDENTITY_CHANGES.into(),
+            profiles_topic: cdp_proto::topics::PROFILES.into(),
+            dlq_topic: cdp_proto::topics::DLQ.into(),
+            batch_size: 2000,
+            poll_timeout_ms: 100,
+            policy: PolicyConfig::default(),
+        }
+    }
+}

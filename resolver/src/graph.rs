@@ -1,0 +1,361 @@
+//! Applying signals to the identity graph: nodes for identifiers, links between them, unions
+//! that the merge policy allows, attributes folded into the surviving profile, and the change
+//! records that describe what happened.
+
+use crate::fold::{fold_signal, merge_into};
+use crate::link::{Link, LinkDecision};
+use crate::policy::{MergePolicy, PolicyConfig};
+use crate::txn::{NodeId, Txn};
+use crate::Result;
+use cdp_proto::{
+    normalize::sha256_hex, Identifier, IdentityChange, IdentityChangeKind, MergeRecord, Profile,
+    ProfileUpdate, Signal, Timestamp,
+};
+use std::collections::{BTreeMap, HashSet};
+
+/// Canonical id of a profile founded by `id`: stable across replays and rebuilds.
+pub fn canonical_id_for(tenant: &str, id: &Identifier) -> String {
+    let digest = sha256_hex(&format!("{tenant}\0{}\0{}", id.kind, id.value));
+    format!("cdp_{}", &digest[..20])
+}
+
+/// What a batch produced: the records to publish and counts for the report.
+#[derive(Debug, Default)]
+pub struct BatchOutput {
+    pub changes: Vec<IdentityChange>,
+    pub updates: Vec<ProfileUpdate>,
+    pub merges: u64,
+    pub refused: u64,
+    pub candidates: u64,
+    pub new_profiles: u64,
+}
+
+/// A merge seen during a batch, reported once the batch's final survivors are known.
+struct MergeEvent {
+    tenant: String,
+    survivor: String,
+    retired: String,
+    rule: String,
+    confidence: f64,
+}
+
+/// Per-batch bookkeeping.
+#[derive(Default)]
+pub struct Batch {
+    /// Profiles touched, with the signal that touched them last.
+    touched: BTreeMap<(String, String), (String, Timestamp)>,
+    merges: Vec<MergeEvent>,
+    refused: u64,
+    candidates: u64,
+    new_profiles: u64,
+}
+
+/// The resolver's decision logic. State lives in the store behind a [`Txn`].
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    policy: MergePolicy,
+}
+
+impl Resolver {
+    pub fn new(policy: PolicyConfig) -> Self {
+        Self {
+            policy: MergePolicy::new(policy),
+        }
+    }
+
+    /// Applies one signal inside `txn`.
+    pub fn apply(&self, txn: &mut Txn, signal: &Signal, batch: &mut Batch) -> Result<()> {
+        let tenant = signal.tenant.as_str();
+        // Roots of profiles this signal created: joining them is growth, not a merge.
+        let mut fresh: HashSet<NodeId> = HashSet::new();
+        let endpoints = signal
+            .identifiers
+            .iter()
+            .chain(signal.links.iter().flat_map(|l| [&l.a, &l.b]));
+        for id in endpoints {
+            self.ensure_node(txn, signal, id, &mut fresh, batch)?;
+        }
+
+        let mut links: Vec<_> = signal.links.iter().collect();
+        // Strongest assertions first: when a limit must refuse one, it refuses the weaker.
+        links.sort_by(|x, y| y.confidence.total_cmp(&x.confidence));
+        for l in links {
+            let (Some(a), Some(b)) = (txn.node_of(tenant, &l.a)?, txn.node_of(tenant, &l.b)?) else {
+                continue;
+            };
+            if a == b {
+                continue;
+            }
+            let decision = self.decide(txn, signal, a, b, &l.rule, l.confidence, &mut fresh, batch)?;
+            match txn.pair(a, b, &l.rule)? {
+                None => {
+                    txn.append_link(
+                        a,
+                        b,
+                        Link {
+                            id: 0,
+                            tenant: tenant.to_string(),
+                            a: l.a.clone(),
+                            b: l.b.clone(),
+                            rule: l.rule.clone(),
+                            confidence: l.confidence,
+                            observed_at: signal.event_time,
+                            signal_id: signal.event_id.clone(),
+                            decision,
+                        },
+                    );
+                }
+                Some(id) => {
+                    if let Some(mut stored) = txn.link(id)? {
+                        if stored.decision != decision {
+                            stored.decision = decision;
+                            txn.update_link(stored);
+                        }
+                    }
+                }
+            }
+        }
+
+        // Attributes go to the profile of the signal's first (strongest) identifier.
+        if let Some(primary) = signal.identifiers.first() {
+            if let Some(node) = txn.node_of(tenant, primary)? {
+                let root = txn.find(node)?;
+                if let Some(mut profile) = txn.profile(root)? {
+                    fold_signal(&mut profile, signal);
+                    touch(batch, signal, &profile.canonical_id);
+                    txn.put_profile(root, Some(profile));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ensure_node(
+        &self,
+        txn: &mut Txn,
+        signal: &Signal,
+        id: &Identifier,
+        fresh: &mut HashSet<NodeId>,
+        batch: &mut Batch,
+    ) -> Result<NodeId> {
+        let tenant = signal.tenant.as_str();
+        if let Some(node) = txn.node_of(tenant, id)? {
+            return Ok(node);
+        }
+        let node = txn.create_node(tenant, id);
+        let canonical_id = canonical_id_for(tenant, id);
+        let profile = Profile {
+            tenant: tenant.to_string(),
+            canonical_id: canonical_id.clone(),
+            identifiers: vec![id.clone()],
+            aliases: Vec::new(),
+            merge_history: Vec::new(),
+            attributes: Default::default(),
+            consent: Default::default(),
+            version: 0,
+            created_at: signal.received_at,
+            updated_at: signal.received_at,
+        };
+        txn.set_canonical(tenant, &canonical_id, Some(node));
+        txn.put_profile(node, Some(profile));
+        touch(batch, signal, &canonical_id);
+        fresh.insert(node);
+        batch.new_profiles += 1;
+        Ok(node)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        txn: &mut Txn,
+        signal: &Signal,
+        a: NodeId,
+        b: NodeId,
+        rule: &str,
+        confidence: f64,
+        fresh: &mut HashSet<NodeId>,
+        batch: &mut Batch,
+    ) -> Result<LinkDecision> {
+        if !self.policy.merges(rule, confidence) {
+            batch.candidates += 1;
+            return Ok(LinkDecision::Candidate);
+        }
+        let (ra, rb) = (txn.find(a)?, txn.find(b)?);
+        if ra == rb {
+            return Ok(LinkDecision::Accepted);
+        }
+        let (Some(pa), Some(pb)) = (txn.profile(ra)?, txn.profile(rb)?) else {
+            return Err(crate::ResolverError::Corrupt {
+                cf: "profiles",
+                detail: format!("root {ra} or {rb} has no profile"),
+            });
+        };
+        if let Err(refusal) = self.policy.check_union(&pa, &pb) {
+            batch.refused += 1;
+            return Ok(LinkDecision::Refused(refusal.code()));
+        }
+        self.union(txn, signal, (ra, pa), (rb, pb), rule, confidence, fresh, batch);
+        Ok(LinkDecision::Accepted)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn union(
+        &self,
+        txn: &mut Txn,
+        signal: &Signal,
+        a: (NodeId, Profile),
+        b: (NodeId, Profile),
+        rule: &str,
+        confidence: f64,
+        fresh: &mut HashSet<NodeId>,
+        batch: &mut Batch,
+    ) {
+        let tenant = signal.tenant.as_str();
+        let a_fresh = fresh.contains(&a.0);
+        let b_fresh = fresh.contains(&b.0);
+        // The older profile keeps its canonical id; a profile this signal created is youngest.
+        let a_survives = match (a_fresh, b_fresh) {
+            (false, true) => true,
+            (true, false) => false,
+            _ => (a.1.created_at, &a.1.canonical_id) <= (b.1.created_at, &b.1.canonical_id),
+        };
+        let ((s_root, mut survivor), (l_root, loser), loser_fresh) = if a_survives {
+            (a, b, b_fresh)
+        } else {
+            (b, a, a_fresh)
+        };
+        // Union by size keeps trees shallow; which root wins is independent of which id survives.
+        let (root, child) = if survivor.identifiers.len() >= loser.identifiers.len() {
+            (s_root, l_root)
+        } else {
+            (l_root, s_root)
+        };
+        txn.set_parent(child, Some(root));
+        fresh.remove(&child);
+        if !(a_fresh && b_fresh) {
+            fresh.remove(&root);
+        }
+
+        let survivor_id = survivor.canonical_id.clone();
+        let loser_id = loser.canonical_id.clone();
+        for alias in &loser.aliases {
+            txn.set_alias(tenant, alias, Some(survivor_id.clone()));
+        }
+        merge_into(&mut survivor, loser);
+        if !loser_fresh {
+            // A profile that existed before this signal is retired: record it and keep its id resolvable.
+            survivor.aliases.push(loser_id.clone());
+            survivor.merge_history.push(MergeRecord {
+                merged_at: signal.received_at,
+                rule: rule.to_string(),
+                confidence,
+                from: loser_id.clone(),
+                into: survivor_id.clone(),
+            });
+            txn.set_alias(tenant, &loser_id, Some(survivor_id.clone()));
+            batch.merges.push(MergeEvent {
+                tenant: tenant.to_string(),
+                survivor: survivor_id.clone(),
+                retired: loser_id.clone(),
+                rule: rule.to_string(),
+                confidence,
+            });
+        }
+        txn.set_canonical(tenant, &loser_id, None);
+        txn.set_canonical(tenant, &survivor_id, Some(root));
+        txn.put_profile(child, None);
+        txn.put_profile(root, Some(survivor));
+        touch(batch, signal, &survivor_id);
+    }
+
+    /// Bumps the version of every profile the batch changed and builds the change records.
+    pub fn finish(&self, txn: &mut Txn, batch: Batch) -> Result<BatchOutput> {
+        let mut out = BatchOutput {
+            merges: batch.merges.len() as u64,
+            refused: batch.refused,
+            candidates: batch.candidates,
+            new_profiles: batch.new_profiles,
+            ..Default::default()
+        };
+        let mut finals: BTreeMap<(String, String), (String, Timestamp)> = BTreeMap::new();
+        for ((tenant, id), cause) in batch.touched {
+            if let Some(final_id) = resolve_alias(txn, &tenant, &id)? {
+                finals.insert((tenant, final_id), cause);
+            }
+        }
+        let mut versions = BTreeMap::new();
+        for ((tenant, id), (cause, received_at)) in finals {
+            let Some(root) = txn.root_of_canonical(&tenant, &id)? else {
+                continue;
+            };
+            let Some(mut profile) = txn.profile(root)? else {
+                continue;
+            };
+            profile.version += 1;
+            versions.insert((tenant.clone(), id.clone()), profile.version);
+            out.updates.push(ProfileUpdate {
+                version: profile.version,
+                profile: profile.clone(),
+                cause: Some(cause),
+                received_at: Some(received_at),
+            });
+            txn.put_profile(root, Some(profile));
+        }
+        // One identity change per surviving profile per batch, listing every id it retired.
+        let mut grouped: BTreeMap<(String, String), IdentityChange> = BTreeMap::new();
+        for m in batch.merges {
+            let Some(final_id) = resolve_alias(txn, &m.tenant, &m.survivor)? else {
+                continue;
+            };
+            let key = (m.tenant.clone(), final_id.clone());
+            let Some(version) = versions.get(&key).copied() else {
+                continue;
+            };
+            let at = out
+                .updates
+                .iter()
+                .find(|u| u.profile.canonical_id == final_id && u.profile.tenant == m.tenant)
+                .map(|u| u.profile.updated_at)
+                .unwrap_or_default();
+            let change = grouped.entry(key).or_insert_with(|| IdentityChange {
+                tenant: m.tenant.clone(),
+                kind: IdentityChangeKind::Merged,
+                canonical_id: final_id.clone(),
+                retired: Vec::new(),
+                created: Vec::new(),
+                rule: None,
+                confidence: None,
+                version,
+                at,
+            });
+            change.retired.push(m.retired);
+            change.rule = Some(m.rule);
+            change.confidence = Some(m.confidence);
+        }
+        out.changes = grouped.into_values().collect();
+        Ok(out)
+    }
+}
+
+fn touch(batch: &mut Batch, signal: &Signal, canonical_id: &str) {
+    batch.touched.insert(
+        (signal.tenant.clone(), canonical_id.to_string()),
+        (signal.event_id.clone(), signal.received_at),
+    );
+}
+
+/// The live canonical id for `id`: itself if live, its survivor if retired, `None` if unknown.
+pub fn resolve_alias(txn: &mut Txn, tenant: &str, id: &str) -> Result<Option<String>> {
+    let mut current = id.to_string();
+    // Aliases point at the survivor of their time; a few hops reach today's profile.
+    for _ in 0..64 {
+        if txn.root_of_canonical(tenant, &current)?.is_some() {
+            return Ok(Some(current));
+        }
+        match txn.alias(tenant, &current)? {
+            Some(next) => current = next,
+            None => return Ok(None),
+        }
+    }
+    Ok(None)
+}

@@ -1,0 +1,33 @@
+//! The resolver: merges identifiers into canonical profiles.
+//!
+//! Every identifier is a node in a union-find persisted in RocksDB ([`store`]); every assertion
+//! that two identifiers belong together is an immutable [`link::Link`]; the [`policy`] decides
+//! whether a link may union two profiles. One input batch is applied in one [`txn::Txn`] whose
+//! writes, outputs (an outbox) and input offsets are committed in a single atomic write, so a
+//! crash resumes exactly where the last batch ended ([`stage`]).
+
+pub mod config;
+pub mod fold;
+pub mod graph;
+pub mod link;
+pub mod lookup;
+pub mod policy;
+pub mod stage;
+pub mod store;
+pub mod txn;
+
+pub use config::ResolverConfig;
+pub use graph::{BatchOutput, Resolver};
+pub use store::{GraphStore, MemStore, RocksStore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolverError {
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("corrupt state in {cf}: {detail}")]
+    Corrupt { cf: &'static str, detail: String },
+    #[error(transparent)]
+    Bus(#[from] cdp_bus::BusError),
+}
+
+pub type Result<T, E = ResolverError> = std::result::Result<T, E>;

@@ -1,0 +1,197 @@
+//! Where the graph lives: a small key-value engine trait over named column families, with a
+//! RocksDB implementation (production) and an in-memory one (tests and models). Column family
+//! names are defined here and nowhere else.
+
+use crate::{ResolverError, Result};
+use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Column families of the resolver's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cf {
+    /// `tenant \0 kind \0 value` -> node id.
+    Ids,
+    /// node id -> `NodeRecord` (tenant and identifier).
+    Nodes,
+    /// node id -> parent node id; roots have no entry.
+    Parent,
+    /// root node id -> `Profile`.
+    Profiles,
+    /// `tenant \0 canonical id` -> root node id.
+    Canon,
+    /// `tenant \0 retired canonical id` -> surviving canonical id.
+    Aliases,
+    /// link id -> `Link`, append-only (the decision is updated when it changes).
+    Links,
+    /// `node a, node b, rule` -> link id: each distinct assertion is logged once.
+    Pairs,
+    /// input `topic \0 partition` -> next offset to apply.
+    Offsets,
+    /// sequence -> output record not yet acknowledged by the bus.
+    Outbox,
+    /// counters (next node id, next link id, next outbox sequence).
+    Meta,
+}
+
+impl Cf {
+    pub const ALL: [Cf; 11] = [
+        Cf::Ids,
+        Cf::Nodes,
+        Cf::Parent,
+        Cf::Profiles,
+        Cf::Canon,
+        Cf::Aliases,
+        Cf::Links,
+        Cf::Pairs,
+        Cf::Offsets,
+        Cf::Outbox,
+        Cf::Meta,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Ids => "ids",
+            Cf::Nodes => "nodes",
+            Cf::Parent => "parent",
+            Cf::Profiles => "profiles",
+            Cf::Canon => "canon",
+            Cf::Aliases => "aliases",
+            Cf::Links => "links",
+            Cf::Pairs => "pairs",
+            Cf::Offsets => "offsets",
+            Cf::Outbox => "outbox",
+            Cf::Meta => "meta",
+        }
+    }
+}
+
+/// One write of a batch: `None` deletes.
+pub type Op = (Cf, Vec<u8>, Option<Vec<u8>>);
+
+/// The engine the graph is written against.
+pub trait GraphStore: Send + Sync {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Applies all `ops` atomically.
+    fn write(&self, ops: Vec<Op>) -> Result<()>;
+    /// Every entry of `cf` whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+}
+
+/// RocksDB-backed store: one database, one column family per [`Cf`].
+pub struct RocksStore {
+    db: DB,
+}
+
+impl RocksStore {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        let cfs = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), opts.clone()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(storage)?;
+        Ok(Self { db })
+    }
+
+    /// Opens the store for reading while a running resolver owns it (a point-in-time view).
+    pub fn open_read_only(dir: &Path) -> Result<Self> {
+        let names = Cf::ALL.map(Cf::name);
+        let db = DB::open_cf_for_read_only(&Options::default(), dir, names, false)
+            .map_err(storage)?;
+        Ok(Self { db })
+    }
+
+    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(cf.name())
+            .expect("every Cf is opened in RocksStore::open")
+    }
+}
+
+impl GraphStore for RocksStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get_cf(self.cf(cf), key).map_err(storage)
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (cf, k, v) in ops {
+            match v {
+                Some(v) => batch.put_cf(self.cf(cf), k, v),
+                None => batch.delete_cf(self.cf(cf), k),
+            }
+        }
+        self.db.write(batch).map_err(storage)
+    }
+
+    fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(cf),
+            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(storage)?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
+/// In-memory store with the same semantics, for tests and as a model.
+#[derive(Default)]
+pub struct MemStore {
+    cfs: Mutex<BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>>,
+}
+
+impl MemStore {
+    /// Every entry of every column family: used to compare two stores byte for byte.
+    pub fn dump(&self) -> BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>> {
+        self.cfs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl GraphStore for MemStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let cfs = self.cfs.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(cfs.get(&cf).and_then(|m| m.get(key)).cloned())
+    }
+
+    fn write(&self, ops: Vec<Op>) -> Result<()> {
+        let mut cfs = self.cfs.lock().unwrap_or_else(|e| e.into_inner());
+        for (cf, k, v) in ops {
+            let m = cfs.entry(cf).or_default();
+            match v {
+                Some(v) => {
+                    m.insert(k, v);
+                }
+                None => {
+                    m.remove(&k);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cfs = self.cfs.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(cfs
+            .get(&cf)
+            .map(|m| {
+                m.range(prefix.to_vec()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+fn storage(e: rocksdb::Error) -> ResolverError {
+    ResolverError::Storage(e.into_string())
+}

@@ -1,0 +1,306 @@
+//! A transaction over the graph store: reads go through a typed cache, writes stay in memory,
+//! and `commit` turns everything (graph, link log, outbox, input offsets) into one atomic write.
+
+use crate::link::Link;
+use crate::store::{Cf, GraphStore, Op};
+use crate::{ResolverError, Result};
+use cdp_proto::{Identifier, Profile};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::HashMap;
+
+pub type NodeId = u64;
+
+/// What a node stands for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub tenant: String,
+    pub identifier: Identifier,
+}
+
+/// Cached reads and pending writes of one column family.
+struct Overlay<V> {
+    cf: Cf,
+    entries: HashMap<Vec<u8>, (Option<V>, bool)>,
+}
+
+impl<V: Clone> Overlay<V> {
+    fn new(cf: Cf) -> Self {
+        Self {
+            cf,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn get(
+        &mut self,
+        store: &dyn GraphStore,
+        key: &[u8],
+        decode: impl Fn(&[u8]) -> Result<V>,
+    ) -> Result<Option<V>> {
+        if let Some((v, _)) = self.entries.get(key) {
+            return Ok(v.clone());
+        }
+        let v = store.get(self.cf, key)?.map(|b| decode(&b)).transpose()?;
+        self.entries.insert(key.to_vec(), (v.clone(), false));
+        Ok(v)
+    }
+
+    fn put(&mut self, key: Vec<u8>, value: Option<V>) {
+        self.entries.insert(key, (value, true));
+    }
+
+    fn drain_ops(&mut self, ops: &mut Vec<Op>, encode: impl Fn(&V) -> Vec<u8>) {
+        for (k, (v, dirty)) in self.entries.drain() {
+            if dirty {
+                ops.push((self.cf, k, v.as_ref().map(&encode)));
+            }
+        }
+    }
+}
+
+pub struct Txn<'s> {
+    store: &'s dyn GraphStore,
+    ids: Overlay<NodeId>,
+    nodes: Overlay<NodeRecord>,
+    parent: Overlay<NodeId>,
+    profiles: Overlay<Profile>,
+    canon: Overlay<NodeId>,
+    aliases: Overlay<String>,
+    links: Overlay<Link>,
+    pairs: Overlay<u64>,
+    extra: Vec<Op>,
+    next_node: NodeId,
+    next_link: u64,
+    next_outbox: u64,
+}
+
+const META_NEXT_NODE: &[u8] = b"next_node";
+const META_NEXT_LINK: &[u8] = b"next_link";
+const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
+
+impl<'s> Txn<'s> {
+    pub fn begin(store: &'s dyn GraphStore) -> Result<Self> {
+        let counter = |key: &[u8]| -> Result<u64> {
+            Ok(store
+                .get(Cf::Meta, key)?
+                .map(|b| decode_u64(Cf::Meta, &b))
+                .transpose()?
+                .unwrap_or(0))
+        };
+        Ok(Self {
+            store,
+            ids: Overlay::new(Cf::Ids),
+            nodes: Overlay::new(Cf::Nodes),
+            parent: Overlay::new(Cf::Parent),
+            profiles: Overlay::new(Cf::Profiles),
+            canon: Overlay::new(Cf::Canon),
+            aliases: Overlay::new(Cf::Aliases),
+            links: Overlay::new(Cf::Links),
+            pairs: Overlay::new(Cf::Pairs),
+            extra: Vec::new(),
+            // Node 0 is never used, so a zero in a key is never a real node.
+            next_node: counter(META_NEXT_NODE)?.max(1),
+            next_link: counter(META_NEXT_LINK)?.max(1),
+            next_outbox: counter(META_NEXT_OUTBOX)?,
+        })
+    }
+
+    pub fn node_of(&mut self, tenant: &str, id: &Identifier) -> Result<Option<NodeId>> {
+        self.ids
+            .get(self.store, &id_key(tenant, id), |b| decode_u64(Cf::Ids, b))
+    }
+
+    /// Creates a node for `id` (which must not have one yet).
+    pub fn create_node(&mut self, tenant: &str, id: &Identifier) -> NodeId {
+        let node = self.next_node;
+        self.next_node += 1;
+        self.ids.put(id_key(tenant, id), Some(node));
+        self.nodes.put(
+            node.to_be_bytes().to_vec(),
+            Some(NodeRecord {
+                tenant: tenant.to_string(),
+                identifier: id.clone(),
+            }),
+        );
+        node
+    }
+
+    pub fn node(&mut self, node: NodeId) -> Result<Option<NodeRecord>> {
+        self.nodes
+            .get(self.store, &node.to_be_bytes(), |b| decode_json(Cf::Nodes, b))
+    }
+
+    pub fn parent(&mut self, node: NodeId) -> Result<Option<NodeId>> {
+        self.parent
+            .get(self.store, &node.to_be_bytes(), |b| decode_u64(Cf::Parent, b))
+    }
+
+    pub fn set_parent(&mut self, node: NodeId, parent: Option<NodeId>) {
+        self.parent.put(node.to_be_bytes().to_vec(), parent);
+    }
+
+    /// The root of `node`'s set, compressing the path on the way.
+    pub fn find(&mut self, node: NodeId) -> Result<NodeId> {
+        let mut root = node;
+        let mut path = Vec::new();
+        while let Some(p) = self.parent(root)? {
+            path.push(root);
+            root = p;
+        }
+        // Everything but the last hop now points straight at the root.
+        for n in path.iter().rev().skip(1) {
+            self.set_parent(*n, Some(root));
+        }
+        Ok(root)
+    }
+
+    pub fn profile(&mut self, root: NodeId) -> Result<Option<Profile>> {
+        self.profiles
+            .get(self.store, &root.to_be_bytes(), |b| decode_json(Cf::Profiles, b))
+    }
+
+    pub fn put_profile(&mut self, root: NodeId, profile: Option<Profile>) {
+        self.profiles.put(root.to_be_bytes().to_vec(), profile);
+    }
+
+    pub fn root_of_canonical(&mut self, tenant: &str, canonical_id: &str) -> Result<Option<NodeId>> {
+        self.canon.get(self.store, &tenant_key(tenant, canonical_id), |b| {
+            decode_u64(Cf::Canon, b)
+        })
+    }
+
+    pub fn set_canonical(&mut self, tenant: &str, canonical_id: &str, root: Option<NodeId>) {
+        self.canon.put(tenant_key(tenant, canonical_id), root);
+    }
+
+    pub fn alias(&mut self, tenant: &str, retired: &str) -> Result<Option<String>> {
+        self.aliases
+            .get(self.store, &tenant_key(tenant, retired), |b| {
+                String::from_utf8(b.to_vec()).map_err(|e| corrupt(Cf::Aliases, e))
+            })
+    }
+
+    pub fn set_alias(&mut self, tenant: &str, retired: &str, survivor: Option<String>) {
+        self.aliases.put(tenant_key(tenant, retired), survivor);
+    }
+
+    /// The id of the logged link for `(a, b, rule)`, if that assertion was seen before.
+    pub fn pair(&mut self, a: NodeId, b: NodeId, rule: &str) -> Result<Option<u64>> {
+        self.pairs
+            .get(self.store, &pair_key(a, b, rule), |b| decode_u64(Cf::Pairs, b))
+    }
+
+    pub fn link(&mut self, id: u64) -> Result<Option<Link>> {
+        self.links
+            .get(self.store, &id.to_be_bytes(), |b| decode_json(Cf::Links, b))
+    }
+
+    /// Appends `link` (its id is assigned here) and indexes its pair.
+    pub fn append_link(&mut self, a: NodeId, b: NodeId, mut link: Link) -> u64 {
+        let id = self.next_link;
+        self.next_link += 1;
+        link.id = id;
+        self.pairs.put(pair_key(a, b, &link.rule), Some(id));
+        self.links.put(id.to_be_bytes().to_vec(), Some(link));
+        id
+    }
+
+    pub fn update_link(&mut self, link: Link) {
+        self.links.put(link.id.to_be_bytes().to_vec(), Some(link));
+    }
+
+    /// Queues an encoded output record in the outbox, in order.
+    pub fn push_outbox(&mut self, encoded: Vec<u8>) {
+        let seq = self.next_outbox;
+        self.next_outbox += 1;
+        self.extra
+            .push((Cf::Outbox, seq.to_be_bytes().to_vec(), Some(encoded)));
+    }
+
+    /// Stores the next offset to apply for an input partition.
+    pub fn set_offset(&mut self, topic: &str, partition: i32, next: i64) {
+        self.extra.push((
+            Cf::Offsets,
+            offset_key(topic, partition),
+            Some(next.to_be_bytes().to_vec()),
+        ));
+    }
+
+    /// Everything this transaction wrote, as one atomic batch.
+    pub fn commit(mut self) -> Result<()> {
+        let mut ops = std::mem::take(&mut self.extra);
+        let be = |v: &u64| v.to_be_bytes().to_vec();
+        self.ids.drain_ops(&mut ops, be);
+        self.parent.drain_ops(&mut ops, be);
+        self.canon.drain_ops(&mut ops, be);
+        self.pairs.drain_ops(&mut ops, be);
+        self.nodes.drain_ops(&mut ops, encode_json);
+        self.profiles.drain_ops(&mut ops, encode_json);
+        self.links.drain_ops(&mut ops, encode_json);
+        self.aliases.drain_ops(&mut ops, |s| s.as_bytes().to_vec());
+        for (key, value) in [
+            (META_NEXT_NODE, self.next_node),
+            (META_NEXT_LINK, self.next_link),
+            (META_NEXT_OUTBOX, self.next_outbox),
+        ] {
+            ops.push((Cf::Meta, key.to_vec(), Some(value.to_be_bytes().to_vec())));
+        }
+        self.store.write(ops)
+    }
+}
+
+pub fn id_key(tenant: &str, id: &Identifier) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + id.kind.as_str().len() + id.value.len() + 2);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.kind.as_str().as_bytes());
+    k.push(0);
+    k.extend_from_slice(id.value.as_bytes());
+    k
+}
+
+pub fn tenant_key(tenant: &str, s: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + s.len() + 1);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(s.as_bytes());
+    k
+}
+
+pub fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut k = topic.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+fn pair_key(a: NodeId, b: NodeId, rule: &str) -> Vec<u8> {
+    // Unordered pair: (a, b) and (b, a) are one assertion.
+    let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
+    let mut k = Vec::with_capacity(16 + rule.len());
+    k.extend_from_slice(&lo.to_be_bytes());
+    k.extend_from_slice(&hi.to_be_bytes());
+    k.extend_from_slice(rule.as_bytes());
+    k
+}
+
+pub fn decode_u64(cf: Cf, b: &[u8]) -> Result<u64> {
+    b.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| corrupt(cf, "expected 8 bytes"))
+}
+
+pub fn decode_json<T: DeserializeOwned>(cf: Cf, b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| corrupt(cf, e))
+}
+
+fn encode_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("state types serialise to JSON")
+}
+
+fn corrupt(cf: Cf, e: impl std::fmt::Display) -> ResolverError {
+    ResolverError::Corrupt {
+        cf: cf.name(),
+        detail: e.to_string(),
+    }
+}

@@ -1,0 +1,284 @@
+//! Behaviour of the identity graph users rely on: merges across sources, refused merges,
+//! stable canonical ids, replay idempotence, and equality with a plain union-find model.
+
+use cdp_bus::Record;
+use cdp_proto::{time::from_millis, Identifier, IdentifierKind, IdentityLink, Signal, Source};
+use cdp_resolver::graph::Batch;
+use cdp_resolver::policy::PolicyConfig;
+use cdp_resolver::stage::apply_records;
+use cdp_resolver::txn::Txn;
+use cdp_resolver::{lookup, GraphStore, MemStore, Resolver, ResolverConfig, RocksStore};
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+
+fn id(kind: IdentifierKind, v: &str) -> Identifier {
+    Identifier::new(kind, v)
+}
+
+fn signal(n: i64, source: Source, ids: &[Identifier], rule: &str, confidence: f64) -> Signal {
+    let links = ids
+        .iter()
+        .skip(1)
+        .map(|b| IdentityLink {
+            a: ids[0].clone(),
+            b: b.clone(),
+            rule: rule.into(),
+            confidence,
+        })
+        .collect();
+    Signal {
+        tenant: "acme".into(),
+        source,
+        event_id: format!("e{n}"),
+        event_time: from_millis(1_700_000_000_000 + n * 1000),
+        received_at: from_millis(1_700_000_000_000 + n * 1000),
+        identifiers: ids.to_vec(),
+        links,
+        event: None,
+        traits: Default::default(),
+        consent: Default::default(),
+    }
+}
+
+fn apply(store: &dyn GraphStore, resolver: &Resolver, signals: &[Signal]) -> cdp_resolver::BatchOutput {
+    let mut txn = Txn::begin(store).unwrap();
+    let mut batch = Batch::default();
+    for s in signals {
+        resolver.apply(&mut txn, s, &mut batch).unwrap();
+    }
+    let out = resolver.finish(&mut txn, batch).unwrap();
+    txn.commit().unwrap();
+    out
+}
+
+fn canonical(store: &dyn GraphStore, i: &Identifier) -> String {
+    lookup::canonical_of(store, "acme", i).unwrap().expect("identifier known")
+}
+
+#[test]
+fn web_login_and_crm_record_merge_into_one_profile_with_history() {
+    let store = MemStore::default();
+    let r = Resolver::new(PolicyConfig::default());
+    let cookie = id(IdentifierKind::CookieId, "c1");
+    let user = id(IdentifierKind::UserId, "u1");
+    let email = id(IdentifierKind::EmailSha256, &"a".repeat(64));
+    let crm = id(IdentifierKind::CrmId, "sf:003A");
+
+    apply(&store, &r, &[signal(1, Source::Web, &[cookie.clone()], "same_event", 0.9)]);
+    let web_profile = canonical(&store, &cookie);
+    apply(&store, &r, &[signal(2, Source::Crm, &[crm.clone(), email.clone()], "crm_record", 1.0)]);
+    let crm_profile = canonical(&store, &crm);
+    assert_ne!(web_profile, crm_profile);
+
+    // A login on the web ties the cookie, the user id and the email together.
+    let out = apply(
+        &store,
+        &r,
+        &[signal(3, Source::Web, &[user.clone(), cookie.clone(), email.clone()], "deterministic_login", 1.0)],
+    );
+    assert_eq!(out.merges, 1);
+    let survivor = canonical(&store, &email);
+    assert_eq!(survivor, canonical(&store, &cookie));
+    assert_eq!(survivor, web_profile, "the older profile keeps its id");
+
+    let p = lookup::profile_by_identifier(&store, "acme", &crm).unwrap().unwrap();
+    assert_eq!(p.identifiers.len(), 4);
+    assert_eq!(p.merge_history.len(), 1);
+    let m = &p.merge_history[0];
+    assert_eq!((m.from.as_str(), m.into.as_str()), (crm_profile.as_str(), survivor.as_str()));
+    assert_eq!(m.rule, "deterministic_login");
+    assert_eq!(out.changes.len(), 1);
+    assert_eq!(out.changes[0].retired, vec![crm_profile.clone()]);
+    assert_eq!(out.changes[0].version, p.version);
+
+    // The retired id still resolves to the survivor.
+    let by_alias = lookup::profile_by_canonical(&store, "acme", &crm_profile).unwrap().unwrap();
+    assert_eq!(by_alias.canonical_id, survivor);
+    assert_eq!(p.attributes.channels_active.len(), 2);
+}
+
+#[test]
+fn merge_that_would_join_two_user_ids_is_refused_and_recorded() {
+    let store = MemStore::default();
+    let r = Resolver::new(PolicyConfig::default());
+    let tablet = id(IdentifierKind::DeviceId, "family-tablet");
+    let alice = id(IdentifierKind::UserId, "alice");
+    let bob = id(IdentifierKind::UserId, "bob");
+    let out = apply(
+        &store,
+        &r,
+        &[
+            signal(1, Source::App, &[alice.clone(), tablet.clone()], "deterministic_login", 1.0),
+            signal(2, Source::App, &[bob.clone(), tablet.clone()], "deterministic_login", 1.0),
+        ],
+    );
+    assert_eq!(out.refused, 1);
+    assert_ne!(canonical(&store, &alice), canonical(&store, &bob));
+    assert_eq!(canonical(&store, &tablet), canonical(&store, &alice), "first login keeps the device");
+    let refused: Vec<_> = store
+        .scan_prefix(cdp_resolver::store::Cf::Links, b"")
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| serde_json::from_slice::<cdp_resolver::link::Link>(&v).unwrap())
+        .filter(|l| matches!(&l.decision, cdp_resolver::link::LinkDecision::Refused(reason) if reason == "kind_limit:user_id"))
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].signal_id, "e2");
+}
+
+#[test]
+fn weak_links_stay_candidates() {
+    let store = MemStore::default();
+    let r = Resolver::new(PolicyConfig::default());
+    let a = id(IdentifierKind::CookieId, "c1");
+    let b = id(IdentifierKind::ClickId, "Cj0");
+    let out = apply(&store, &r, &[signal(1, Source::Media, &[a.clone(), b.clone()], "click_id_match", 0.5)]);
+    assert_eq!(out.candidates, 1);
+    assert_ne!(canonical(&store, &a), canonical(&store, &b));
+}
+
+fn record(offset: i64, s: &Signal) -> Record {
+    Record {
+        topic: "cdp.signals".into(),
+        partition: 0,
+        offset,
+        timestamp_ms: 0,
+        key: Some(b"acme".to_vec()),
+        value: Some(serde_json::to_vec(s).unwrap()),
+        headers: vec![],
+    }
+}
+
+#[test]
+fn replaying_applied_records_changes_nothing() {
+    let store = MemStore::default();
+    let config = ResolverConfig::default();
+    let r = Resolver::new(config.policy.clone());
+    let signals: Vec<Record> = (0..20)
+        .map(|n| {
+            let s = signal(
+                n,
+                Source::Web,
+                &[id(IdentifierKind::UserId, &format!("u{}", n % 5)), id(IdentifierKind::CookieId, &format!("c{n}"))],
+                "deterministic_login",
+                1.0,
+            );
+            record(n, &s)
+        })
+        .collect();
+    apply_records(&r, &store, &config, &signals[..12]).unwrap();
+    apply_records(&r, &store, &config, &signals[8..]).unwrap();
+    let once = store.dump();
+    // The whole input again, as after a crash that lost the bus's committed position.
+    let (out, dead) = apply_records(&r, &store, &config, &signals).unwrap();
+    assert_eq!((out.updates.len(), dead), (0, 0));
+    let mut after = store.dump();
+    let mut before = once.clone();
+    // Only the outbox grows (nothing was added to it) and meta is rewritten identically.
+    after.remove(&cdp_resolver::store::Cf::Outbox);
+    before.remove(&cdp_resolver::store::Cf::Outbox);
+    assert_eq!(after, before);
+
+    let fresh = MemStore::default();
+    apply_records(&r, &fresh, &config, &signals).unwrap();
+    let mut a = fresh.dump();
+    a.remove(&cdp_resolver::store::Cf::Outbox);
+    // Different batch boundaries bump versions differently; the graph itself is the same.
+    for cf in [cdp_resolver::store::Cf::Ids, cdp_resolver::store::Cf::Canon, cdp_resolver::store::Cf::Aliases] {
+        assert_eq!(a.get(&cf), before.get(&cf), "{cf:?}");
+    }
+}
+
+#[test]
+fn invalid_signals_go_to_the_dlq_with_reasons() {
+    let store = MemStore::default();
+    let config = ResolverConfig::default();
+    let r = Resolver::new(config.policy.clone());
+    let mut bad_tenant = signal(1, Source::Web, &[id(IdentifierKind::UserId, "u")], "x", 1.0);
+    bad_tenant.tenant = "Not A Tenant".into();
+    let mut future = signal(2, Source::Web, &[id(IdentifierKind::UserId, "u")], "x", 1.0);
+    future.event_time = future.received_at + chrono::Duration::days(30);
+    let mut records = vec![record(0, &bad_tenant), record(1, &future)];
+    records.push(Record { value: Some(b"{not json".to_vec()), ..record(2, &bad_tenant) });
+    let (_, dead) = apply_records(&r, &store, &config, &records).unwrap();
+    assert_eq!(dead, 3);
+    let outbox = store.scan_prefix(cdp_resolver::store::Cf::Outbox, b"").unwrap();
+    let codes: Vec<String> = outbox
+        .iter()
+        .map(|(_, v)| cdp_bus::OutRecord::from_bytes(v).unwrap())
+        .map(|r| {
+            assert_eq!(r.topic, "cdp.dlq");
+            let h = r.headers.iter().find(|(k, _)| k == "cdp.error.code").unwrap();
+            String::from_utf8(h.1.clone()).unwrap()
+        })
+        .collect();
+    assert_eq!(codes, vec!["invalid_tenant", "invalid_timestamp", "invalid_signal"]);
+}
+
+/// Partition of identifiers into profiles.
+fn partition(store: &dyn GraphStore, ids: &[Identifier]) -> BTreeSet<BTreeSet<Identifier>> {
+    let mut groups: BTreeMap<String, BTreeSet<Identifier>> = BTreeMap::new();
+    for i in ids {
+        if let Some(c) = lookup::canonical_of(store, "acme", i).unwrap() {
+            groups.entry(c).or_default().insert(i.clone());
+        }
+    }
+    groups.into_values().collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
+
+    /// With no limits in the policy, the graph's partition is exactly the union-find of the links,
+    /// the RocksDB store equals the in-memory one byte for byte, and batch size does not matter.
+    #[test]
+    fn graph_equals_union_find_model(
+        edges in prop::collection::vec((0u8..40, 0u8..40), 1..120),
+        split in 1usize..10,
+    ) {
+        let ids: Vec<Identifier> = (0..40).map(|n| id(IdentifierKind::CookieId, &format!("c{n}"))).collect();
+        let signals: Vec<Signal> = edges
+            .iter()
+            .enumerate()
+            .map(|(n, (a, b))| signal(n as i64, Source::Web, &[ids[*a as usize].clone(), ids[*b as usize].clone()], "same_event", 1.0))
+            .collect();
+        let policy = PolicyConfig { max_per_kind: BTreeMap::new(), max_profile_identifiers: 10_000, ..PolicyConfig::default() };
+        let r = Resolver::new(policy);
+
+        let mem = MemStore::default();
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = RocksStore::open(dir.path()).unwrap();
+        let chunked = MemStore::default();
+        apply(&mem, &r, &signals);
+        apply(&rocks, &r, &signals);
+        for chunk in signals.chunks(split) {
+            apply(&chunked, &r, chunk);
+        }
+
+        let mut model = petgraph::unionfind::UnionFind::<usize>::new(40);
+        for (a, b) in &edges {
+            model.union(*a as usize, *b as usize);
+        }
+        let seen: BTreeSet<usize> = edges.iter().flat_map(|(a, b)| [*a as usize, *b as usize]).collect();
+        let mut expected: BTreeMap<usize, BTreeSet<Identifier>> = BTreeMap::new();
+        for n in &seen {
+            expected.entry(model.find(*n)).or_default().insert(ids[*n].clone());
+        }
+        let expected: BTreeSet<_> = expected.into_values().collect();
+
+        prop_assert_eq!(&partition(&mem, &ids), &expected);
+        prop_assert_eq!(&partition(&chunked, &ids), &expected);
+        prop_assert_eq!(&partition(&rocks, &ids), &expected);
+        for i in &ids {
+            let c = lookup::canonical_of(&mem, "acme", i).unwrap();
+            prop_assert_eq!(&c, &lookup::canonical_of(&rocks, "acme", i).unwrap());
+            prop_assert_eq!(&c, &lookup::canonical_of(&chunked, "acme", i).unwrap());
+        }
+        let dump = mem.dump();
+        for cf in cdp_resolver::store::Cf::ALL {
+            let rocks_entries = rocks.scan_prefix(cf, b"").unwrap();
+            let mem_entries: Vec<_> = dump.get(&cf).map(|m| m.clone().into_iter().collect()).unwrap_or_default();
+            prop_assert_eq!(rocks_entries, mem_entries, "{:?}", cf);
+        }
+    }
+}
