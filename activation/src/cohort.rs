@@ -27,7 +27,9 @@ pub struct Cohort {
 
 impl std::fmt::Debug for Cohort {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cohort").field("key", &self.config.key).finish()
+        f.debug_struct("Cohort")
+            .field("key", &self.config.key)
+            .finish()
     }
 }
 
@@ -103,7 +105,13 @@ impl Cohorts {
             return (0..self.list.len())
                 .map(|i| {
                     let key = self.list[i].key().to_string();
-                    (i, Err(CohortError::Eval { key, message: message.clone() }))
+                    (
+                        i,
+                        Err(CohortError::Eval {
+                            key,
+                            message: message.clone(),
+                        }),
+                    )
                 })
                 .collect();
         }
@@ -136,7 +144,11 @@ mod tests {
         };
         p.attributes.lifecycle_stage = Some("lead".into());
         p.attributes.channels_active.insert(Source::Web);
-        let c = p.attributes.counts.entry("Pricing Viewed".into()).or_default();
+        let c = p
+            .attributes
+            .counts
+            .entry("Pricing Viewed".into())
+            .or_default();
         c.record(now);
         c.record(now);
         p
@@ -175,11 +187,21 @@ mod tests {
 
     #[test]
     fn windows_follow_evaluation_time() {
-        let cohorts = Cohorts::compile(&[cfg("hi", r#"profile.counts["Pricing Viewed"].last_7d >= 2"#)]).unwrap();
+        let cohorts = Cohorts::compile(&[cfg(
+            "hi",
+            r#"profile.counts["Pricing Viewed"].last_7d >= 2"#,
+        )])
+        .unwrap();
         let p = profile();
         let later = p.updated_at + chrono::Duration::days(8);
-        assert!(cohorts.evaluate(&ProfileView::new(&p, p.updated_at))[0].1.as_ref().unwrap());
-        assert!(!cohorts.evaluate(&ProfileView::new(&p, later))[0].1.as_ref().unwrap());
+        assert!(cohorts.evaluate(&ProfileView::new(&p, p.updated_at))[0]
+            .1
+            .as_ref()
+            .unwrap());
+        assert!(!cohorts.evaluate(&ProfileView::new(&p, later))[0]
+            .1
+            .as_ref()
+            .unwrap());
     }
 
     #[test]
@@ -196,7 +218,10 @@ mod tests {
         let p = profile();
         let r = &cohorts.evaluate(&ProfileView::new(&p, p.updated_at))[0].1;
         assert!(matches!(r, Err(CohortError::NotBool { .. })), "{r:?}");
-        assert!(matches!(Cohorts::compile(&[cfg("Bad Key", "true")]), Err(CohortError::InvalidKey(_))));
+        assert!(matches!(
+            Cohorts::compile(&[cfg("Bad Key", "true")]),
+            Err(CohortError::InvalidKey(_))
+        ));
         assert!(matches!(
             Cohorts::compile(&[cfg("a", "true"), cfg("a", "false")]),
             Err(CohortError::Duplicate(_))

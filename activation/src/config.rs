@@ -36,13 +36,14 @@ pub struct CohortConfig {
 
 impl Default for ActivationConfig {
     fn default() -> Self {
-        let cohort = |key: &str, description: &str, expression: &str, priority, ids: &[&str]| CohortConfig {
-            key: key.into(),
-            description: description.into(),
-            expression: expression.into(),
-            priority,
-            identifiers: ids.iter().map(|s| s.to_string()).collect(),
-        };
+        let cohort =
+            |key: &str, description: &str, expression: &str, priority, ids: &[&str]| CohortConfig {
+                key: key.into(),
+                description: description.into(),
+                expression: expression.into(),
+                priority,
+                identifiers: ids.iter().map(|s| s.to_string()).collect(),
+            };
         Self {
             group: "cdp-activation".into(),
             profiles_topic: cdp_proto::topics::PROFILES.into(),

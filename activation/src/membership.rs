@@ -42,13 +42,15 @@ impl MembershipStore {
     }
 
     pub fn open_read_only(dir: &Path) -> Result<Self> {
-        let db = DB::open_cf_for_read_only(&Options::default(), dir, ALL_CFS, false)
-            .map_err(storage)?;
+        let db =
+            DB::open_cf_for_read_only(&Options::default(), dir, ALL_CFS, false).map_err(storage)?;
         Ok(Self { db })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(name).expect("every column family is opened in open()")
+        self.db
+            .cf_handle(name)
+            .expect("every column family is opened in open()")
     }
 
     fn scan(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -134,7 +136,12 @@ pub struct MembershipTxn<'s> {
 }
 
 impl MembershipTxn<'_> {
-    pub fn state(&mut self, tenant: &str, canonical_id: &str, audience: &str) -> Result<Option<MemberState>> {
+    pub fn state(
+        &mut self,
+        tenant: &str,
+        canonical_id: &str,
+        audience: &str,
+    ) -> Result<Option<MemberState>> {
         let key = member_key(tenant, canonical_id, audience);
         if let Some(v) = self.members.get(&key) {
             return Ok(v.clone());
@@ -150,7 +157,13 @@ impl MembershipTxn<'_> {
         Ok(v)
     }
 
-    pub fn set_state(&mut self, tenant: &str, canonical_id: &str, audience: &str, state: MemberState) {
+    pub fn set_state(
+        &mut self,
+        tenant: &str,
+        canonical_id: &str,
+        audience: &str,
+        state: MemberState,
+    ) {
         self.members
             .insert(member_key(tenant, canonical_id, audience), Some(state));
     }
@@ -167,13 +180,21 @@ impl MembershipTxn<'_> {
             .into_iter()
             .map(|(k, _)| k)
             .collect();
-        keys.extend(self.members.keys().filter(|k| k.starts_with(&prefix)).cloned());
+        keys.extend(
+            self.members
+                .keys()
+                .filter(|k| k.starts_with(&prefix))
+                .cloned(),
+        );
         keys.sort();
         keys.dedup();
         let mut out = Vec::new();
         for k in keys {
             let audience = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            if self.state(tenant, canonical_id, &audience)?.is_some_and(|s| s.member) {
+            if self
+                .state(tenant, canonical_id, &audience)?
+                .is_some_and(|s| s.member)
+            {
                 out.push(audience);
             }
         }
@@ -197,7 +218,8 @@ impl MembershipTxn<'_> {
     }
 
     pub fn set_version(&mut self, tenant: &str, canonical_id: &str, version: u64) {
-        self.versions.insert(pair_key(tenant, canonical_id), version);
+        self.versions
+            .insert(pair_key(tenant, canonical_id), version);
     }
 
     pub fn set_offset(&mut self, topic: &str, partition: i32, next: i64) {
@@ -213,7 +235,11 @@ impl MembershipTxn<'_> {
         let mut batch = WriteBatch::default();
         for (k, v) in self.members {
             if let Some(v) = v {
-                batch.put_cf(s.cf(CF_MEMBERS), k, serde_json::to_vec(&v).expect("MemberState serialises"));
+                batch.put_cf(
+                    s.cf(CF_MEMBERS),
+                    k,
+                    serde_json::to_vec(&v).expect("MemberState serialises"),
+                );
             }
         }
         for (k, v) in self.versions {

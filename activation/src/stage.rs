@@ -9,10 +9,13 @@ use crate::config::ActivationConfig;
 use crate::membership::{MemberState, MembershipStore, MembershipTxn};
 use crate::view::ProfileView;
 use crate::Result;
-use cdp_bus::{advance, Bus, ConsumerOptions, OutRecord, Positions, Producer, Record, StageCounters};
+use cdp_bus::{
+    advance, Bus, ConsumerOptions, OutRecord, Positions, Producer, Record, StageCounters,
+};
 use cdp_proto::dlq::{self, Rejection};
 use cdp_proto::{
-    CohortChange, CohortChangeKind, IdentityChange, IdentityChangeKind, Profile, ProfileUpdate, Timestamp,
+    CohortChange, CohortChangeKind, IdentityChange, IdentityChangeKind, Profile, ProfileUpdate,
+    Timestamp,
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,7 +45,10 @@ pub fn run(
 ) -> Result<()> {
     let mut producer = bus.producer()?;
     publish_outbox(store, producer.as_mut())?;
-    let topics = [config.profiles_topic.as_str(), config.changes_topic.as_str()];
+    let topics = [
+        config.profiles_topic.as_str(),
+        config.changes_topic.as_str(),
+    ];
     let mut consumer = bus.consumer(ConsumerOptions::group(config.group.clone(), &topics))?;
     let timeout = Duration::from_millis(config.poll_timeout_ms);
     while !shutdown.load(Ordering::Relaxed) {
@@ -51,14 +57,24 @@ pub fn run(
             continue;
         }
         let started = Instant::now();
-        let dead = apply_records(store, config, cohorts, &records, chrono::Utc::now(), counters)?;
+        let dead = apply_records(
+            store,
+            config,
+            cohorts,
+            &records,
+            chrono::Utc::now(),
+            counters,
+        )?;
         let published = publish_outbox(store, producer.as_mut())?;
         let mut positions = Positions::new();
         advance(&mut positions, &records);
         consumer.commit(&positions)?;
-        counters
-            .stage
-            .record_batch(records.len() as u64, published.saturating_sub(dead), dead, started.elapsed());
+        counters.stage.record_batch(
+            records.len() as u64,
+            published.saturating_sub(dead),
+            dead,
+            started.elapsed(),
+        );
     }
     consumer.close()?;
     Ok(())
@@ -158,7 +174,11 @@ fn on_update(
         if state.as_ref().map(|s| s.member).unwrap_or(false) == member {
             continue;
         }
-        let kind = if member { CohortChangeKind::Entered } else { CohortChangeKind::Exited };
+        let kind = if member {
+            CohortChangeKind::Entered
+        } else {
+            CohortChangeKind::Exited
+        };
         let kinds = &cohort.config.identifiers;
         let identifiers = p
             .identifiers
@@ -166,7 +186,18 @@ fn on_update(
             .filter(|id| kinds.iter().any(|k| k == id.kind.as_str()))
             .cloned()
             .collect();
-        emit(txn, config, p.tenant.clone(), cohort.key(), p.canonical_id.clone(), kind, state, identifiers, now, counters);
+        emit(
+            txn,
+            config,
+            p.tenant.clone(),
+            cohort.key(),
+            p.canonical_id.clone(),
+            kind,
+            state,
+            identifiers,
+            now,
+            counters,
+        );
         changed = true;
     }
     if changed {
@@ -227,7 +258,16 @@ fn emit(
 ) {
     let seq = previous.map(|s| s.seq).unwrap_or(0) + 1;
     let member = kind == CohortChangeKind::Entered;
-    txn.set_state(&tenant, &canonical_id, audience, MemberState { member, seq, since: now });
+    txn.set_state(
+        &tenant,
+        &canonical_id,
+        audience,
+        MemberState {
+            member,
+            seq,
+            since: now,
+        },
+    );
     let change = CohortChange {
         event: CohortChange::event_name(kind).to_string(),
         kind,
@@ -240,14 +280,20 @@ fn emit(
     };
     let key = change.key();
     let value = serde_json::to_vec(&change).expect("CohortChange serialises");
-    txn.push_outbox(OutRecord::new(&config.cohorts_topic, key.as_bytes(), value.clone()).to_bytes());
+    txn.push_outbox(
+        OutRecord::new(&config.cohorts_topic, key.as_bytes(), value.clone()).to_bytes(),
+    );
     let membership = if member {
         OutRecord::new(&config.membership_topic, key.as_bytes(), value)
     } else {
         OutRecord::tombstone(&config.membership_topic, key.as_bytes())
     };
     txn.push_outbox(membership.to_bytes());
-    let counter = if member { &counters.entered } else { &counters.exited };
+    let counter = if member {
+        &counters.entered
+    } else {
+        &counters.exited
+    };
     counter.fetch_add(1, Ordering::Relaxed);
 }
 

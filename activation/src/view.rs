@@ -41,7 +41,11 @@ impl ProfileView {
             lifecycle_stage: a.lifecycle_stage.clone().unwrap_or_default(),
             segment: a.segment.clone().unwrap_or_default(),
             total_touchpoints: a.total_touchpoints as i64,
-            channels_active: a.channels_active.iter().map(|s| s.as_str().to_string()).collect(),
+            channels_active: a
+                .channels_active
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect(),
             days_since_last_engagement: a
                 .last_engagement
                 .map(|t| (now - t).num_days().max(0))

@@ -6,11 +6,11 @@
 //! `meta` holds topic partition counts and group positions. Every flush is one atomic
 //! `WriteBatch` written through the WAL, so a killed process loses no acknowledged record.
 
+use crate::record::codec;
 use crate::{
     partition_for_key, validate_topic_name, Bus, BusError, Consumer, ConsumerOptions, OutRecord,
     Positions, Producer, Record, Result, StartFrom, TopicInfo,
 };
-use crate::record::codec;
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,7 +49,8 @@ impl EmbeddedBus {
     /// Opens the bus in `dir` for reading while another process owns it (a point-in-time view).
     pub fn open_read_only(dir: &Path) -> Result<Self> {
         let opts = Options::default();
-        let db = DB::open_cf_for_read_only(&opts, dir, [CF_LOG, CF_META], false).map_err(storage)?;
+        let db =
+            DB::open_cf_for_read_only(&opts, dir, [CF_LOG, CF_META], false).map_err(storage)?;
         Self::from_db(db, true)
     }
 
@@ -245,11 +246,14 @@ impl Producer for EmbeddedProducer {
         if self.pending.is_empty() {
             return Ok(());
         }
+        // A failed batch is reported once and dropped, as Kafka drops records whose delivery
+        // failed: keeping it would fail every later flush and wedge the producer for good.
+        let pending = std::mem::take(&mut self.pending);
         let now = now_ms();
         let mut batch = WriteBatch::default();
         let mut ends = self.inner.ends();
         let mut next = ends.clone();
-        for r in &self.pending {
+        for r in &pending {
             let parts = next
                 .get_mut(&r.topic)
                 .ok_or_else(|| BusError::UnknownTopic(r.topic.clone()))?;
@@ -293,7 +297,11 @@ struct EmbeddedConsumer {
 }
 
 impl EmbeddedConsumer {
-    fn read_available(&mut self, max: usize, ends: &BTreeMap<String, Vec<i64>>) -> Result<Vec<Record>> {
+    fn read_available(
+        &mut self,
+        max: usize,
+        ends: &BTreeMap<String, Vec<i64>>,
+    ) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         let n = self.assignment.len();
         for i in 0..n {
@@ -308,10 +316,10 @@ impl EmbeddedConsumer {
             }
             let want = ((end - pos) as usize).min(max - out.len());
             let start = log_key(topic, *p, pos);
-            let it = self
-                .inner
-                .db
-                .iterator_cf(self.inner.log(), IteratorMode::From(&start, Direction::Forward));
+            let it = self.inner.db.iterator_cf(
+                self.inner.log(),
+                IteratorMode::From(&start, Direction::Forward),
+            );
             let mut last = pos - 1;
             for item in it.take(want) {
                 let (k, v) = item.map_err(storage)?;
@@ -404,7 +412,9 @@ fn log_key(topic: &str, partition: i32, offset: i64) -> Vec<u8> {
 }
 
 fn decode_offset(key: &[u8]) -> i64 {
-    let tail: [u8; 8] = key[key.len() - 8..].try_into().expect("log keys end in 8 bytes");
+    let tail: [u8; 8] = key[key.len() - 8..]
+        .try_into()
+        .expect("log keys end in 8 bytes");
     u64::from_be_bytes(tail) as i64
 }
 
@@ -433,7 +443,12 @@ fn decode(topic: &str, partition: i32, offset: i64, v: &[u8]) -> Result<Record> 
         offset,
     };
     let mut r = codec::Reader(v);
-    let ts = i64::from_le_bytes(r.take(8).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?);
+    let ts = i64::from_le_bytes(
+        r.take(8)
+            .ok_or_else(corrupt)?
+            .try_into()
+            .map_err(|_| corrupt())?,
+    );
     let key = r.bytes().ok_or_else(corrupt)?;
     let value = r.bytes().ok_or_else(corrupt)?;
     let headers = r.headers().ok_or_else(corrupt)?;

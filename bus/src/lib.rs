@@ -86,7 +86,9 @@ pub type Positions = BTreeMap<(String, i32), i64>;
 pub fn advance(positions: &mut Positions, records: &[Record]) {
     for r in records {
         let next = r.offset + 1;
-        let slot = positions.entry((r.topic.clone(), r.partition)).or_insert(next);
+        let slot = positions
+            .entry((r.topic.clone(), r.partition))
+            .or_insert(next);
         if next > *slot {
             *slot = next;
         }

@@ -34,7 +34,11 @@ pub struct OutRecord {
 }
 
 impl OutRecord {
-    pub fn new(topic: impl Into<String>, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Self {
+    pub fn new(
+        topic: impl Into<String>,
+        key: impl Into<Vec<u8>>,
+        value: impl Into<Vec<u8>>,
+    ) -> Self {
         Self {
             topic: topic.into(),
             partition: None,
@@ -74,10 +78,19 @@ impl OutRecord {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = Vec::new();
         codec::put_bytes(&mut out, Some(self.topic.as_bytes()));
-        codec::put_bytes(&mut out, self.partition.map(|p| p.to_le_bytes()).as_ref().map(|b| &b[..]));
         codec::put_bytes(
             &mut out,
-            self.timestamp_ms.map(|t| t.to_le_bytes()).as_ref().map(|b| &b[..]),
+            self.partition
+                .map(|p| p.to_le_bytes())
+                .as_ref()
+                .map(|b| &b[..]),
+        );
+        codec::put_bytes(
+            &mut out,
+            self.timestamp_ms
+                .map(|t| t.to_le_bytes())
+                .as_ref()
+                .map(|b| &b[..]),
         );
         codec::put_bytes(&mut out, self.key.as_deref());
         codec::put_bytes(&mut out, self.value.as_deref());
@@ -178,7 +191,8 @@ mod tests {
 
     #[test]
     fn out_record_bytes_round_trip() {
-        let mut r = OutRecord::new("cdp.profiles", "k", "v").with_headers(vec![("h".into(), b"x".to_vec())]);
+        let mut r = OutRecord::new("cdp.profiles", "k", "v")
+            .with_headers(vec![("h".into(), b"x".to_vec())]);
         r.timestamp_ms = Some(42);
         assert_eq!(OutRecord::from_bytes(&r.to_bytes()), Some(r.clone()));
         let t = OutRecord::tombstone("t", "k").with_partition(3);

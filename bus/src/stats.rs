@@ -22,7 +22,8 @@ impl StageCounters {
     pub fn record_batch(&self, consumed: u64, produced: u64, dead_lettered: u64, busy: Duration) {
         self.consumed.fetch_add(consumed, Ordering::Relaxed);
         self.produced.fetch_add(produced, Ordering::Relaxed);
-        self.dead_lettered.fetch_add(dead_lettered, Ordering::Relaxed);
+        self.dead_lettered
+            .fetch_add(dead_lettered, Ordering::Relaxed);
         self.busy_nanos
             .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);

@@ -10,7 +10,9 @@ pub mod signal;
 pub mod time;
 pub mod topics;
 
-pub use change::{CohortChange, CohortChangeKind, IdentityChange, IdentityChangeKind, ProfileUpdate};
+pub use change::{
+    CohortChange, CohortChangeKind, IdentityChange, IdentityChangeKind, ProfileUpdate,
+};
 pub use identifier::{Identifier, IdentifierKind, ParseIdentifierError};
 pub use normalize::{normalize, NormalizeError, NormalizeOptions};
 pub use profile::{Attributes, EventCounter, MergeRecord, Profile};

@@ -306,7 +306,16 @@ mod tests {
 
     #[test]
     fn placeholders_are_blocked() {
-        for raw in ["null", "NULL", "undefined", "anonymous", "0", "-1", "000-000", "---"] {
+        for raw in [
+            "null",
+            "NULL",
+            "undefined",
+            "anonymous",
+            "0",
+            "-1",
+            "000-000",
+            "---",
+        ] {
             assert_eq!(
                 norm(IdentifierKind::UserId, raw),
                 Err(NormalizeError::Blocked),

@@ -38,7 +38,8 @@ impl EventCounter {
         }
         *self.daily.entry(epoch_day(at)).or_default() += 1;
         let newest = *self.daily.keys().next_back().unwrap_or(&0);
-        self.daily.retain(|day, _| *day > newest - Self::WINDOW_DAYS);
+        self.daily
+            .retain(|day, _| *day > newest - Self::WINDOW_DAYS);
     }
 
     /// Occurrences on the `days` calendar days ending with the day of `now`.

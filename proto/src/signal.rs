@@ -146,7 +146,10 @@ mod tests {
     fn signal_json_round_trip() {
         let s = sample();
         let json = serde_json::to_string(&s).unwrap();
-        assert!(json.contains("\"event_time\":\"2023-11-14T22:13:20.123Z\""), "{json}");
+        assert!(
+            json.contains("\"event_time\":\"2023-11-14T22:13:20.123Z\""),
+            "{json}"
+        );
         assert!(json.contains("\"kind\":\"user_id\""));
         let back: Signal = serde_json::from_str(&json).unwrap();
         assert_eq!(back, s);

@@ -23,7 +23,13 @@ pub fn fold_signal(profile: &mut Profile, signal: &Signal) {
     profile.updated_at = profile.updated_at.max(signal.received_at);
 }
 
-fn set_trait(profile: &mut Profile, key: &str, value: &serde_json::Value, at: Timestamp, source: Source) {
+fn set_trait(
+    profile: &mut Profile,
+    key: &str,
+    value: &serde_json::Value,
+    at: Timestamp,
+    source: Source,
+) {
     let a = &mut profile.attributes;
     let crm_owned = CRM_OWNED.contains(&key);
     let previous = a.trait_times.get(key).copied();
@@ -57,13 +63,17 @@ pub fn merge_into(survivor: &mut Profile, loser: Profile) {
     survivor.identifiers = identifiers;
     survivor.aliases.extend(loser.aliases);
     survivor.merge_history.extend(loser.merge_history);
-    survivor.merge_history.sort_by(|x, y| x.merged_at.cmp(&y.merged_at));
+    survivor.merge_history.sort_by_key(|m| m.merged_at);
 
     let a = &mut survivor.attributes;
     let b = loser.attributes;
     a.total_touchpoints += b.total_touchpoints;
     a.channels_active.extend(b.channels_active);
-    a.first_seen = a.first_seen.min(b.first_seen).or(a.first_seen).or(b.first_seen);
+    a.first_seen = a
+        .first_seen
+        .min(b.first_seen)
+        .or(a.first_seen)
+        .or(b.first_seen);
     a.last_engagement = a.last_engagement.max(b.last_engagement);
     for (name, counter) in &b.counts {
         a.counts.entry(name.clone()).or_default().merge(counter);

@@ -80,13 +80,15 @@ impl Resolver {
         // Strongest assertions first: when a limit must refuse one, it refuses the weaker.
         links.sort_by(|x, y| y.confidence.total_cmp(&x.confidence));
         for l in links {
-            let (Some(a), Some(b)) = (txn.node_of(tenant, &l.a)?, txn.node_of(tenant, &l.b)?) else {
+            let (Some(a), Some(b)) = (txn.node_of(tenant, &l.a)?, txn.node_of(tenant, &l.b)?)
+            else {
                 continue;
             };
             if a == b {
                 continue;
             }
-            let decision = self.decide(txn, signal, a, b, &l.rule, l.confidence, &mut fresh, batch)?;
+            let decision =
+                self.decide(txn, signal, a, b, &l.rule, l.confidence, &mut fresh, batch)?;
             match txn.pair(a, b, &l.rule)? {
                 None => {
                     txn.append_link(
@@ -194,7 +196,16 @@ impl Resolver {
             batch.refused += 1;
             return Ok(LinkDecision::Refused(refusal.code()));
         }
-        self.union(txn, signal, (ra, pa), (rb, pb), rule, confidence, fresh, batch);
+        self.union(
+            txn,
+            signal,
+            (ra, pa),
+            (rb, pb),
+            rule,
+            confidence,
+            fresh,
+            batch,
+        );
         Ok(LinkDecision::Accepted)
     }
 

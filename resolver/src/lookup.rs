@@ -8,7 +8,11 @@ use crate::Result;
 use cdp_proto::{Identifier, Profile};
 
 /// The live canonical id of the profile that holds `id`.
-pub fn canonical_of(store: &dyn GraphStore, tenant: &str, id: &Identifier) -> Result<Option<String>> {
+pub fn canonical_of(
+    store: &dyn GraphStore,
+    tenant: &str,
+    id: &Identifier,
+) -> Result<Option<String>> {
     Ok(profile_by_identifier(store, tenant, id)?.map(|p| p.canonical_id))
 }
 

@@ -12,7 +12,9 @@ use crate::graph::{Batch, BatchOutput, Resolver};
 use crate::store::{Cf, GraphStore};
 use crate::txn::{offset_key, Txn};
 use crate::Result;
-use cdp_bus::{advance, Bus, ConsumerOptions, OutRecord, Positions, Producer, Record, StageCounters};
+use cdp_bus::{
+    advance, Bus, ConsumerOptions, OutRecord, Positions, Producer, Record, StageCounters,
+};
 use cdp_proto::dlq::{self, Rejection};
 use cdp_proto::Signal;
 use std::collections::BTreeMap;
@@ -61,8 +63,12 @@ pub fn run(
 
         counters.merges.fetch_add(out.merges, Ordering::Relaxed);
         counters.refused.fetch_add(out.refused, Ordering::Relaxed);
-        counters.candidates.fetch_add(out.candidates, Ordering::Relaxed);
-        counters.new_profiles.fetch_add(out.new_profiles, Ordering::Relaxed);
+        counters
+            .candidates
+            .fetch_add(out.candidates, Ordering::Relaxed);
+        counters
+            .new_profiles
+            .fetch_add(out.new_profiles, Ordering::Relaxed);
         counters.stage.record_batch(
             records.len() as u64,
             published.saturating_sub(dead),
@@ -106,22 +112,22 @@ pub fn apply_records(
         applied.insert(part, r.offset + 1);
         match decode_signal(r) {
             Ok(signal) => resolver.apply(&mut txn, &signal, &mut batch)?,
-            Err(rejection) => dead.push(
-                OutRecord {
-                    topic: config.dlq_topic.clone(),
-                    partition: None,
-                    key: r.key.clone(),
-                    value: r.value.clone(),
-                    headers: dlq::headers(STAGE, &rejection, &r.topic, r.partition, r.offset),
-                    timestamp_ms: None,
-                },
-            ),
+            Err(rejection) => dead.push(OutRecord {
+                topic: config.dlq_topic.clone(),
+                partition: None,
+                key: r.key.clone(),
+                value: r.value.clone(),
+                headers: dlq::headers(STAGE, &rejection, &r.topic, r.partition, r.offset),
+                timestamp_ms: None,
+            }),
         }
     }
     let out = resolver.finish(&mut txn, batch)?;
     for change in &out.changes {
         let value = serde_json::to_vec(change).expect("IdentityChange serialises");
-        txn.push_outbox(OutRecord::new(&config.changes_topic, change.canonical_id.as_bytes(), value).to_bytes());
+        txn.push_outbox(
+            OutRecord::new(&config.changes_topic, change.canonical_id.as_bytes(), value).to_bytes(),
+        );
     }
     for update in &out.updates {
         let value = serde_json::to_vec(update).expect("ProfileUpdate serialises");
@@ -189,7 +195,10 @@ pub fn decode_signal(r: &Record) -> Result<Signal, Rejection> {
         ));
     }
     if signal.identifiers.is_empty() {
-        return Err(Rejection::new("no_identifiers", "signal carries no identifiers"));
+        return Err(Rejection::new(
+            "no_identifiers",
+            "signal carries no identifiers",
+        ));
     }
     let day = chrono::Duration::days(1);
     let floor = chrono::DateTime::from_timestamp(946_684_800, 0).unwrap_or_default(); // 2000-01-01

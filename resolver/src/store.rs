@@ -98,8 +98,8 @@ impl RocksStore {
     /// Opens the store for reading while a running resolver owns it (a point-in-time view).
     pub fn open_read_only(dir: &Path) -> Result<Self> {
         let names = Cf::ALL.map(Cf::name);
-        let db = DB::open_cf_for_read_only(&Options::default(), dir, names, false)
-            .map_err(storage)?;
+        let db =
+            DB::open_cf_for_read_only(&Options::default(), dir, names, false).map_err(storage)?;
         Ok(Self { db })
     }
 
@@ -143,15 +143,18 @@ impl GraphStore for RocksStore {
     }
 }
 
+/// Every entry of every column family, in key order.
+pub type Dump = BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>;
+
 /// In-memory store with the same semantics, for tests and as a model.
 #[derive(Default)]
 pub struct MemStore {
-    cfs: Mutex<BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>>>,
+    cfs: Mutex<Dump>,
 }
 
 impl MemStore {
     /// Every entry of every column family: used to compare two stores byte for byte.
-    pub fn dump(&self) -> BTreeMap<Cf, BTreeMap<Vec<u8>, Vec<u8>>> {
+    pub fn dump(&self) -> Dump {
         self.cfs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }

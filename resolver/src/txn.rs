@@ -126,13 +126,15 @@ impl<'s> Txn<'s> {
     }
 
     pub fn node(&mut self, node: NodeId) -> Result<Option<NodeRecord>> {
-        self.nodes
-            .get(self.store, &node.to_be_bytes(), |b| decode_json(Cf::Nodes, b))
+        self.nodes.get(self.store, &node.to_be_bytes(), |b| {
+            decode_json(Cf::Nodes, b)
+        })
     }
 
     pub fn parent(&mut self, node: NodeId) -> Result<Option<NodeId>> {
-        self.parent
-            .get(self.store, &node.to_be_bytes(), |b| decode_u64(Cf::Parent, b))
+        self.parent.get(self.store, &node.to_be_bytes(), |b| {
+            decode_u64(Cf::Parent, b)
+        })
     }
 
     pub fn set_parent(&mut self, node: NodeId, parent: Option<NodeId>) {
@@ -155,18 +157,24 @@ impl<'s> Txn<'s> {
     }
 
     pub fn profile(&mut self, root: NodeId) -> Result<Option<Profile>> {
-        self.profiles
-            .get(self.store, &root.to_be_bytes(), |b| decode_json(Cf::Profiles, b))
+        self.profiles.get(self.store, &root.to_be_bytes(), |b| {
+            decode_json(Cf::Profiles, b)
+        })
     }
 
     pub fn put_profile(&mut self, root: NodeId, profile: Option<Profile>) {
         self.profiles.put(root.to_be_bytes().to_vec(), profile);
     }
 
-    pub fn root_of_canonical(&mut self, tenant: &str, canonical_id: &str) -> Result<Option<NodeId>> {
-        self.canon.get(self.store, &tenant_key(tenant, canonical_id), |b| {
-            decode_u64(Cf::Canon, b)
-        })
+    pub fn root_of_canonical(
+        &mut self,
+        tenant: &str,
+        canonical_id: &str,
+    ) -> Result<Option<NodeId>> {
+        self.canon
+            .get(self.store, &tenant_key(tenant, canonical_id), |b| {
+                decode_u64(Cf::Canon, b)
+            })
     }
 
     pub fn set_canonical(&mut self, tenant: &str, canonical_id: &str, root: Option<NodeId>) {
@@ -186,8 +194,9 @@ impl<'s> Txn<'s> {
 
     /// The id of the logged link for `(a, b, rule)`, if that assertion was seen before.
     pub fn pair(&mut self, a: NodeId, b: NodeId, rule: &str) -> Result<Option<u64>> {
-        self.pairs
-            .get(self.store, &pair_key(a, b, rule), |b| decode_u64(Cf::Pairs, b))
+        self.pairs.get(self.store, &pair_key(a, b, rule), |b| {
+            decode_u64(Cf::Pairs, b)
+        })
     }
 
     pub fn link(&mut self, id: u64) -> Result<Option<Link>> {

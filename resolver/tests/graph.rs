@@ -40,7 +40,11 @@ fn signal(n: i64, source: Source, ids: &[Identifier], rule: &str, confidence: f6
     }
 }
 
-fn apply(store: &dyn GraphStore, resolver: &Resolver, signals: &[Signal]) -> cdp_resolver::BatchOutput {
+fn apply(
+    store: &dyn GraphStore,
+    resolver: &Resolver,
+    signals: &[Signal],
+) -> cdp_resolver::BatchOutput {
     let mut txn = Txn::begin(store).unwrap();
     let mut batch = Batch::default();
     for s in signals {
@@ -52,7 +56,9 @@ fn apply(store: &dyn GraphStore, resolver: &Resolver, signals: &[Signal]) -> cdp
 }
 
 fn canonical(store: &dyn GraphStore, i: &Identifier) -> String {
-    lookup::canonical_of(store, "acme", i).unwrap().expect("identifier known")
+    lookup::canonical_of(store, "acme", i)
+        .unwrap()
+        .expect("identifier known")
 }
 
 #[test]
@@ -64,9 +70,29 @@ fn web_login_and_crm_record_merge_into_one_profile_with_history() {
     let email = id(IdentifierKind::EmailSha256, &"a".repeat(64));
     let crm = id(IdentifierKind::CrmId, "sf:003A");
 
-    apply(&store, &r, &[signal(1, Source::Web, &[cookie.clone()], "same_event", 0.9)]);
+    apply(
+        &store,
+        &r,
+        &[signal(
+            1,
+            Source::Web,
+            std::slice::from_ref(&cookie),
+            "same_event",
+            0.9,
+        )],
+    );
     let web_profile = canonical(&store, &cookie);
-    apply(&store, &r, &[signal(2, Source::Crm, &[crm.clone(), email.clone()], "crm_record", 1.0)]);
+    apply(
+        &store,
+        &r,
+        &[signal(
+            2,
+            Source::Crm,
+            &[crm.clone(), email.clone()],
+            "crm_record",
+            1.0,
+        )],
+    );
     let crm_profile = canonical(&store, &crm);
     assert_ne!(web_profile, crm_profile);
 
@@ -74,25 +100,38 @@ fn web_login_and_crm_record_merge_into_one_profile_with_history() {
     let out = apply(
         &store,
         &r,
-        &[signal(3, Source::Web, &[user.clone(), cookie.clone(), email.clone()], "deterministic_login", 1.0)],
+        &[signal(
+            3,
+            Source::Web,
+            &[user.clone(), cookie.clone(), email.clone()],
+            "deterministic_login",
+            1.0,
+        )],
     );
     assert_eq!(out.merges, 1);
     let survivor = canonical(&store, &email);
     assert_eq!(survivor, canonical(&store, &cookie));
     assert_eq!(survivor, web_profile, "the older profile keeps its id");
 
-    let p = lookup::profile_by_identifier(&store, "acme", &crm).unwrap().unwrap();
+    let p = lookup::profile_by_identifier(&store, "acme", &crm)
+        .unwrap()
+        .unwrap();
     assert_eq!(p.identifiers.len(), 4);
     assert_eq!(p.merge_history.len(), 1);
     let m = &p.merge_history[0];
-    assert_eq!((m.from.as_str(), m.into.as_str()), (crm_profile.as_str(), survivor.as_str()));
+    assert_eq!(
+        (m.from.as_str(), m.into.as_str()),
+        (crm_profile.as_str(), survivor.as_str())
+    );
     assert_eq!(m.rule, "deterministic_login");
     assert_eq!(out.changes.len(), 1);
     assert_eq!(out.changes[0].retired, vec![crm_profile.clone()]);
     assert_eq!(out.changes[0].version, p.version);
 
     // The retired id still resolves to the survivor.
-    let by_alias = lookup::profile_by_canonical(&store, "acme", &crm_profile).unwrap().unwrap();
+    let by_alias = lookup::profile_by_canonical(&store, "acme", &crm_profile)
+        .unwrap()
+        .unwrap();
     assert_eq!(by_alias.canonical_id, survivor);
     assert_eq!(p.attributes.channels_active.len(), 2);
 }
@@ -108,13 +147,29 @@ fn merge_that_would_join_two_user_ids_is_refused_and_recorded() {
         &store,
         &r,
         &[
-            signal(1, Source::App, &[alice.clone(), tablet.clone()], "deterministic_login", 1.0),
-            signal(2, Source::App, &[bob.clone(), tablet.clone()], "deterministic_login", 1.0),
+            signal(
+                1,
+                Source::App,
+                &[alice.clone(), tablet.clone()],
+                "deterministic_login",
+                1.0,
+            ),
+            signal(
+                2,
+                Source::App,
+                &[bob.clone(), tablet.clone()],
+                "deterministic_login",
+                1.0,
+            ),
         ],
     );
     assert_eq!(out.refused, 1);
     assert_ne!(canonical(&store, &alice), canonical(&store, &bob));
-    assert_eq!(canonical(&store, &tablet), canonical(&store, &alice), "first login keeps the device");
+    assert_eq!(
+        canonical(&store, &tablet),
+        canonical(&store, &alice),
+        "first login keeps the device"
+    );
     let refused: Vec<_> = store
         .scan_prefix(cdp_resolver::store::Cf::Links, b"")
         .unwrap()
@@ -132,7 +187,17 @@ fn weak_links_stay_candidates() {
     let r = Resolver::new(PolicyConfig::default());
     let a = id(IdentifierKind::CookieId, "c1");
     let b = id(IdentifierKind::ClickId, "Cj0");
-    let out = apply(&store, &r, &[signal(1, Source::Media, &[a.clone(), b.clone()], "click_id_match", 0.5)]);
+    let out = apply(
+        &store,
+        &r,
+        &[signal(
+            1,
+            Source::Media,
+            &[a.clone(), b.clone()],
+            "click_id_match",
+            0.5,
+        )],
+    );
     assert_eq!(out.candidates, 1);
     assert_ne!(canonical(&store, &a), canonical(&store, &b));
 }
@@ -159,7 +224,10 @@ fn replaying_applied_records_changes_nothing() {
             let s = signal(
                 n,
                 Source::Web,
-                &[id(IdentifierKind::UserId, &format!("u{}", n % 5)), id(IdentifierKind::CookieId, &format!("c{n}"))],
+                &[
+                    id(IdentifierKind::UserId, &format!("u{}", n % 5)),
+                    id(IdentifierKind::CookieId, &format!("c{n}")),
+                ],
                 "deterministic_login",
                 1.0,
             );
@@ -184,7 +252,11 @@ fn replaying_applied_records_changes_nothing() {
     let mut a = fresh.dump();
     a.remove(&cdp_resolver::store::Cf::Outbox);
     // Different batch boundaries bump versions differently; the graph itself is the same.
-    for cf in [cdp_resolver::store::Cf::Ids, cdp_resolver::store::Cf::Canon, cdp_resolver::store::Cf::Aliases] {
+    for cf in [
+        cdp_resolver::store::Cf::Ids,
+        cdp_resolver::store::Cf::Canon,
+        cdp_resolver::store::Cf::Aliases,
+    ] {
         assert_eq!(a.get(&cf), before.get(&cf), "{cf:?}");
     }
 }
@@ -199,20 +271,32 @@ fn invalid_signals_go_to_the_dlq_with_reasons() {
     let mut future = signal(2, Source::Web, &[id(IdentifierKind::UserId, "u")], "x", 1.0);
     future.event_time = future.received_at + chrono::Duration::days(30);
     let mut records = vec![record(0, &bad_tenant), record(1, &future)];
-    records.push(Record { value: Some(b"{not json".to_vec()), ..record(2, &bad_tenant) });
+    records.push(Record {
+        value: Some(b"{not json".to_vec()),
+        ..record(2, &bad_tenant)
+    });
     let (_, dead) = apply_records(&r, &store, &config, &records).unwrap();
     assert_eq!(dead, 3);
-    let outbox = store.scan_prefix(cdp_resolver::store::Cf::Outbox, b"").unwrap();
+    let outbox = store
+        .scan_prefix(cdp_resolver::store::Cf::Outbox, b"")
+        .unwrap();
     let codes: Vec<String> = outbox
         .iter()
         .map(|(_, v)| cdp_bus::OutRecord::from_bytes(v).unwrap())
         .map(|r| {
             assert_eq!(r.topic, "cdp.dlq");
-            let h = r.headers.iter().find(|(k, _)| k == "cdp.error.code").unwrap();
+            let h = r
+                .headers
+                .iter()
+                .find(|(k, _)| k == "cdp.error.code")
+                .unwrap();
             String::from_utf8(h.1.clone()).unwrap()
         })
         .collect();
-    assert_eq!(codes, vec!["invalid_tenant", "invalid_timestamp", "invalid_signal"]);
+    assert_eq!(
+        codes,
+        vec!["invalid_tenant", "invalid_timestamp", "invalid_signal"]
+    );
 }
 
 /// Partition of identifiers into profiles.

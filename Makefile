@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` and `make test`.
+# Builds share a target directory outside the clone, so a fresh clone reuses earlier builds.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/cdp/target
+export CDP_TANSU_BIN ?= $(HOME)/.cache/cdp/tansu/bin/tansu
+
+PROFILES ?= 5000
+SEED ?= 42
+
+.PHONY: demo test deps tansu build fmt lint bench
+
+## Generate a multi-source workload, resolve it and activate cohorts on the embedded bus; print the report.
+demo: deps
+	cargo run --release --bin cdp -- demo --profiles $(PROFILES) --seed $(SEED)
+
+## Formatting, lints and the whole test suite, including the Kafka-protocol broker tests.
+test: deps tansu
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	CDP_REQUIRE_KAFKA=1 cargo test --workspace
+
+deps:
+	@scripts/install-deps.sh
+
+tansu:
+	@scripts/install-tansu.sh
+
+build: deps
+	cargo build --release --bin cdp
+
+fmt:
+	cargo fmt --all

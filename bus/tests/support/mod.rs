@@ -1,0 +1,3 @@
+//! Helpers shared by the bus integration tests.
+
+pub mod tansu;

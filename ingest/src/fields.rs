@@ -1,0 +1,220 @@
+//! Typed access to the fields of a JSON object, with rejections that name the field's path.
+//!
+//! Sources send loosely typed JSON; the parsers decide per field what is acceptable. These
+//! accessors keep that decision in one line at the call site and make every error message say
+//! which field was wrong (`context.device.advertisingId must be a string`) without its value.
+
+use crate::rejection::{self, missing, wrong_type};
+use cdp_proto::dlq::Rejection;
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+pub(crate) type Object = Map<String, Value>;
+
+/// A JSON object and its path from the root of the message (empty at the root).
+#[derive(Clone, Copy)]
+pub(crate) struct Fields<'a> {
+    obj: &'a Object,
+    path: &'static str,
+}
+
+impl<'a> Fields<'a> {
+    pub(crate) fn root(obj: &'a Object) -> Self {
+        Self { obj, path: "" }
+    }
+
+    pub(crate) fn object(&self) -> &'a Object {
+        self.obj
+    }
+
+    /// The dotted name of `key` in this object, for messages. Allocates only when called, which
+    /// is only on the error path.
+    pub(crate) fn name(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// The value of `key`; a JSON `null` counts as absent, as every source uses it that way.
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
+        self.obj.get(key).filter(|v| !v.is_null())
+    }
+
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.get(key).is_some()
+    }
+
+    /// A nested object at `key`, whose own path is `path` (spelled out by the caller so that no
+    /// path is built on the success path).
+    pub(crate) fn child(
+        &self,
+        key: &str,
+        path: &'static str,
+    ) -> Result<Option<Fields<'a>>, Rejection> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Object(obj)) => Ok(Some(Fields { obj, path })),
+            Some(_) => Err(wrong_type(&self.name(key), "an object")),
+        }
+    }
+
+    pub(crate) fn str(&self, key: &str) -> Result<Option<&'a str>, Rejection> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(wrong_type(&self.name(key), "a string")),
+        }
+    }
+
+    /// A string that must be present and not blank.
+    pub(crate) fn required_str(&self, key: &str) -> Result<&'a str, Rejection> {
+        match self.str(key)? {
+            Some(s) if !s.trim().is_empty() => Ok(s),
+            _ => Err(missing(&self.name(key))),
+        }
+    }
+
+    /// An id-like value: a string, or an integer that a source sent unquoted (numeric user ids
+    /// and phone numbers are common). Floats, booleans, arrays and objects are wrong.
+    pub(crate) fn id_text(&self, key: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => id_value(v)
+                .map(Some)
+                .ok_or_else(|| wrong_type(&self.name(key), "a string or an integer")),
+        }
+    }
+
+    /// A record id that becomes part of `Signal.event_id`: required, not blank, bounded.
+    pub(crate) fn record_id(&self, key: &str) -> Result<Cow<'a, str>, Rejection> {
+        let id = self.id_text(key)?.ok_or_else(|| missing(&self.name(key)))?;
+        let trimmed_len = id.trim().len();
+        if trimmed_len == 0 {
+            return Err(missing(&self.name(key)));
+        }
+        if id.len() > MAX_RECORD_ID_BYTES {
+            return Err(Rejection::new(
+                rejection::OVERSIZE,
+                format!(
+                    "field `{}` is longer than {MAX_RECORD_ID_BYTES} bytes",
+                    self.name(key)
+                ),
+            ));
+        }
+        Ok(id)
+    }
+
+    /// A flag that sources send as a JSON boolean or as text (`"true"`, `"Yes"`, `"1"`).
+    pub(crate) fn flag(&self, key: &str) -> Result<Option<bool>, Rejection> {
+        let bad = || wrong_type(&self.name(key), "a boolean");
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(0) => Ok(Some(false)),
+                Some(1) => Ok(Some(true)),
+                _ => Err(bad()),
+            },
+            Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "yes" | "1" => Ok(Some(true)),
+                "false" | "no" | "0" => Ok(Some(false)),
+                "" => Ok(None),
+                _ => Err(bad()),
+            },
+            Some(_) => Err(bad()),
+        }
+    }
+
+    /// The object at `key` copied into a property map, or empty when absent.
+    pub(crate) fn map(&self, key: &str) -> Result<Object, Rejection> {
+        match self.get(key) {
+            None => Ok(Object::new()),
+            Some(Value::Object(obj)) => Ok(obj.clone()),
+            Some(_) => Err(wrong_type(&self.name(key), "an object")),
+        }
+    }
+}
+
+/// Longest record id accepted into `Signal.event_id`.
+pub(crate) const MAX_RECORD_ID_BYTES: usize = 256;
+
+/// A string or integer JSON value as text.
+pub(crate) fn id_value(v: &Value) -> Option<Cow<'_, str>> {
+    match v {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(Cow::Owned(n.to_string())),
+        _ => None,
+    }
+}
+
+/// Keys that hold raw contact details. They are turned into hashed identifiers and must never be
+/// copied into traits or properties.
+pub(crate) fn is_contact_key(key: &str) -> bool {
+    key.eq_ignore_ascii_case("email") || key.eq_ignore_ascii_case("phone")
+}
+
+/// Inserts `value` under `key` unless the map already has it: what the event said explicitly wins
+/// over what ingest derived.
+pub(crate) fn insert_absent(map: &mut Object, key: &str, value: Value) {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Object {
+        match v {
+            Value::Object(o) => o,
+            _ => Object::new(),
+        }
+    }
+
+    #[test]
+    fn null_is_absent_and_types_are_checked_with_paths() {
+        let o = obj(json!({"a": null, "b": 5, "c": {"d": true}}));
+        let f = Fields::root(&o);
+        assert_eq!(f.str("a").unwrap(), None);
+        assert_eq!(
+            f.str("b").unwrap_err().message,
+            "field `b` must be a string"
+        );
+        let c = f.child("c", "c").unwrap().unwrap();
+        let err = c.str("d").unwrap_err();
+        assert_eq!(err.code, rejection::WRONG_TYPE);
+        assert_eq!(err.message, "field `c.d` must be a string");
+        assert_eq!(
+            f.required_str("zz").unwrap_err().code,
+            rejection::MISSING_FIELD
+        );
+    }
+
+    #[test]
+    fn ids_accept_integers_but_not_floats() {
+        let o = obj(json!({"n": 42, "f": 1.5, "s": "x", "blank": "  "}));
+        let f = Fields::root(&o);
+        assert_eq!(f.id_text("n").unwrap().as_deref(), Some("42"));
+        assert_eq!(f.id_text("f").unwrap_err().code, rejection::WRONG_TYPE);
+        assert_eq!(f.record_id("s").unwrap(), "x");
+        assert_eq!(
+            f.record_id("blank").unwrap_err().code,
+            rejection::MISSING_FIELD
+        );
+    }
+
+    #[test]
+    fn flags_accept_text_forms() {
+        let o = obj(json!({"a": "Yes", "b": "0", "c": false, "d": "maybe"}));
+        let f = Fields::root(&o);
+        assert_eq!(f.flag("a").unwrap(), Some(true));
+        assert_eq!(f.flag("b").unwrap(), Some(false));
+        assert_eq!(f.flag("c").unwrap(), Some(false));
+        assert!(f.flag("d").is_err());
+        assert_eq!(f.flag("missing").unwrap(), None);
+    }
+}

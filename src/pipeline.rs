@@ -1,0 +1,307 @@
+//! Running stages: opening the bus and state stores from config, creating topics, feeding input
+//! files into the raw topics, and running ingest, resolver and activation on their own threads
+//! (each stage owns its state; they talk only through topics).
+
+use crate::config::{Backend, Config};
+use anyhow::{Context, Result};
+use cdp_activation::membership::MembershipStore;
+use cdp_activation::stage::ActivationCounters;
+use cdp_bus::{embedded::EmbeddedBus, kafka::KafkaBus, Bus, OutRecord};
+use cdp_resolver::stage::ResolverCounters;
+use cdp_resolver::RocksStore;
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which stages a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stages {
+    pub ingest: bool,
+    pub resolve: bool,
+    pub activate: bool,
+}
+
+impl Stages {
+    pub const ALL: Stages = Stages {
+        ingest: true,
+        resolve: true,
+        activate: true,
+    };
+}
+
+/// Counters of every stage, shared with the threads running them.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub ingest: cdp_bus::StageCounters,
+    pub resolver: ResolverCounters,
+    pub activation: ActivationCounters,
+}
+
+pub fn open_bus(config: &Config, data: &Path) -> Result<Arc<dyn Bus>> {
+    Ok(match config.bus.backend {
+        Backend::Embedded => {
+            let dir = data.join("bus");
+            std::fs::create_dir_all(&dir)?;
+            Arc::new(
+                EmbeddedBus::open(&dir)
+                    .with_context(|| format!("opening bus in {}", dir.display()))?,
+            )
+        }
+        Backend::Kafka => Arc::new(KafkaBus::new(config.bus.kafka.clone())?),
+    })
+}
+
+/// A view of the bus for tools that only read, usable while a pipeline owns the data directory.
+pub fn open_bus_for_reading(config: &Config, data: &Path) -> Result<Arc<dyn Bus>> {
+    if config.bus.backend == Backend::Embedded {
+        let dir = data.join("bus");
+        if !dir.exists() {
+            anyhow::bail!(
+                "no embedded bus in {} (run `cdp run` or `cdp demo` first, or pass --data)",
+                dir.display()
+            );
+        }
+        if let Ok(bus) = EmbeddedBus::open(&dir) {
+            return Ok(Arc::new(bus));
+        }
+        return Ok(Arc::new(EmbeddedBus::open_read_only(&dir)?));
+    }
+    open_bus(config, data)
+}
+
+/// Every topic the configured stages use.
+pub fn topic_names(config: &Config) -> Vec<String> {
+    let i = &config.ingest;
+    let r = &config.resolver;
+    let a = &config.activation;
+    let mut names = vec![
+        i.web_topic.clone(),
+        i.app_topic.clone(),
+        i.crm_topic.clone(),
+        i.media_topic.clone(),
+        i.signals_topic.clone(),
+        i.dlq_topic.clone(),
+        r.dlq_topic.clone(),
+        r.changes_topic.clone(),
+        r.profiles_topic.clone(),
+        a.cohorts_topic.clone(),
+        a.membership_topic.clone(),
+        a.dlq_topic.clone(),
+    ];
+    names.sort();
+    names.dedup();
+    names
+}
+
+pub fn create_topics(bus: &dyn Bus, config: &Config) -> Result<()> {
+    for name in topic_names(config) {
+        bus.create_topic(&name, config.bus.partitions)
+            .with_context(|| format!("creating topic {name}"))?;
+    }
+    Ok(())
+}
+
+/// Produces every line of `DIR/{web,app,crm,media}.jsonl` to its raw topic. Returns lines per file.
+pub fn feed_inputs(bus: &dyn Bus, config: &Config, dir: &Path) -> Result<Vec<(String, u64)>> {
+    let i = &config.ingest;
+    let mut producer = bus.producer()?;
+    let mut fed = Vec::new();
+    for (file, topic) in [
+        ("web.jsonl", &i.web_topic),
+        ("app.jsonl", &i.app_topic),
+        ("crm.jsonl", &i.crm_topic),
+        ("media.jsonl", &i.media_topic),
+    ] {
+        let path = dir.join(file);
+        if !path.exists() {
+            continue;
+        }
+        let reader = std::io::BufReader::new(
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?,
+        );
+        let mut n = 0u64;
+        for line in reader.split(b'\n') {
+            let line = line?;
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            // Keyed by position so records spread over partitions like independent sources.
+            let key = format!("{file}:{n}");
+            producer.send(OutRecord::new(topic.clone(), key, line))?;
+            n += 1;
+        }
+        producer.flush()?;
+        fed.push((file.trim_end_matches(".jsonl").to_string(), n));
+    }
+    Ok(fed)
+}
+
+/// The state directories of a data directory.
+pub fn resolver_dir(data: &Path) -> PathBuf {
+    data.join("resolver")
+}
+
+pub fn activation_dir(data: &Path) -> PathBuf {
+    data.join("activation")
+}
+
+/// Runs `stages` until `shutdown` is set, or, with `until_drained`, until every stage has caught up.
+pub fn run(
+    config: &Config,
+    data: &Path,
+    bus: Arc<dyn Bus>,
+    stages: Stages,
+    counters: Arc<Counters>,
+    shutdown: Arc<AtomicBool>,
+    until_drained: bool,
+) -> Result<()> {
+    let mut handles: Vec<(&str, std::thread::JoinHandle<Result<()>>)> = Vec::new();
+    if stages.ingest {
+        let (bus, cfg, c, s) = (
+            bus.clone(),
+            config.ingest.clone(),
+            counters.clone(),
+            shutdown.clone(),
+        );
+        handles.push((
+            "ingest",
+            std::thread::Builder::new()
+                .name("ingest".into())
+                .spawn(move || {
+                    cdp_ingest::stage::run(bus.as_ref(), &cfg, &c.ingest, &s)
+                        .map_err(anyhow::Error::from)
+                })?,
+        ));
+    }
+    if stages.resolve {
+        let dir = resolver_dir(data);
+        std::fs::create_dir_all(&dir)?;
+        let store = RocksStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        let (bus, cfg, c, s) = (
+            bus.clone(),
+            config.resolver.clone(),
+            counters.clone(),
+            shutdown.clone(),
+        );
+        handles.push((
+            "resolver",
+            std::thread::Builder::new()
+                .name("resolver".into())
+                .spawn(move || {
+                    cdp_resolver::stage::run(bus.as_ref(), &store, &cfg, &c.resolver, &s)
+                        .map_err(anyhow::Error::from)
+                })?,
+        ));
+    }
+    if stages.activate {
+        let dir = activation_dir(data);
+        std::fs::create_dir_all(&dir)?;
+        let store =
+            MembershipStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        let cohorts = cdp_activation::Cohorts::compile(&config.activation.cohorts)?;
+        let (bus, cfg, c, s) = (
+            bus.clone(),
+            config.activation.clone(),
+            counters.clone(),
+            shutdown.clone(),
+        );
+        handles.push((
+            "activation",
+            std::thread::Builder::new()
+                .name("activation".into())
+                .spawn(move || {
+                    cdp_activation::stage::run(
+                        bus.as_ref(),
+                        &store,
+                        &cfg,
+                        &cohorts,
+                        &c.activation,
+                        &s,
+                    )
+                    .map_err(anyhow::Error::from)
+                })?,
+        ));
+    }
+
+    let groups = drain_groups(config, stages);
+    let mut failure = None;
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Some(pos) = handles.iter().position(|(_, h)| h.is_finished()) {
+            // A stage that stops on its own has failed (or was told to stop): stop the rest.
+            let (name, handle) = handles.remove(pos);
+            if let Err(e) = join(name, handle) {
+                failure = Some(e);
+            }
+            shutdown.store(true, Ordering::Relaxed);
+            break;
+        }
+        if shutdown.load(Ordering::Relaxed) {
+            break;
+        }
+        if until_drained && drained(bus.as_ref(), &groups)? {
+            shutdown.store(true, Ordering::Relaxed);
+            break;
+        }
+    }
+    for (name, handle) in handles {
+        if let Err(e) = join(name, handle) {
+            failure.get_or_insert(e);
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn join(name: &str, handle: std::thread::JoinHandle<Result<()>>) -> Result<()> {
+    match handle.join() {
+        Ok(r) => r.with_context(|| format!("{name} stage failed")),
+        Err(_) => anyhow::bail!("{name} stage panicked"),
+    }
+}
+
+/// (group, input topics) of each running stage, in pipeline order.
+fn drain_groups(config: &Config, stages: Stages) -> Vec<(String, Vec<String>)> {
+    let i = &config.ingest;
+    let mut groups = Vec::new();
+    if stages.ingest {
+        groups.push((
+            i.group.clone(),
+            vec![
+                i.web_topic.clone(),
+                i.app_topic.clone(),
+                i.crm_topic.clone(),
+                i.media_topic.clone(),
+            ],
+        ));
+    }
+    if stages.resolve {
+        groups.push((
+            config.resolver.group.clone(),
+            vec![config.resolver.signals_topic.clone()],
+        ));
+    }
+    if stages.activate {
+        let a = &config.activation;
+        groups.push((
+            a.group.clone(),
+            vec![a.profiles_topic.clone(), a.changes_topic.clone()],
+        ));
+    }
+    groups
+}
+
+/// True when every group has committed everything. Checked upstream first: a stage commits only
+/// after its outputs are flushed, so once ingest is at zero, all signals exist, and so on down.
+fn drained(bus: &dyn Bus, groups: &[(String, Vec<String>)]) -> Result<bool> {
+    for (group, topics) in groups {
+        if bus.lag(group, topics)? > 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
