@@ -35,4 +35,4 @@ pub use links::LinkRule;
 pub use metrics::IngestMetrics;
 pub use normalize::{normalize_payload, normalize_payload_counted, NormalizeOptions};
 pub use stage::{process_batch, run, run_with_metrics, BatchOutput};
-pub use workload::{generate, WorkloadSummary};
+pub use workload::{generate, generate_with, WorkloadOptions, WorkloadSummary};

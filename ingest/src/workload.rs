@@ -33,13 +33,13 @@ mod app;
 mod crm;
 mod media;
 mod person;
+mod segment;
 mod values;
 mod web;
 
 use cdp_proto::{Source, Timestamp};
 use person::Person;
 use rand::{Rng, SeedableRng};
-use serde_json::Value;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -174,11 +174,11 @@ pub(crate) struct Lines {
 
 impl Lines {
     /// Adds a line of `source` at `time_ms` whose signals are `truth`.
-    fn push(&mut self, source: Source, time_ms: i64, value: &Value, truth: Vec<(String, usize)>) {
+    fn push(&mut self, source: Source, time_ms: i64, text: String, truth: Vec<(String, usize)>) {
         self.lines.push(Line {
             time_ms,
             source,
-            text: value.to_string(),
+            text,
             truth,
         });
     }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo"))
             .join("tests/fixtures")
             .join(path),
     )

@@ -3,11 +3,13 @@
 //! Shared installs (one device, several logged-in people) send Segment messages only.
 
 use super::person::{Device, Person, Platform, SharedDevice};
+use super::segment::{to_json, Body, Library, Message};
 use super::values::{self, pick, Rand};
 use super::{media, rfc3339, schedule, Lines};
 use crate::app::ga4_event_id;
 use cdp_proto::{time, Source};
 use rand::Rng;
+use serde::Serialize;
 use serde_json::{json, Value};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -96,7 +98,7 @@ struct AppSession<'a> {
     skew_ms: i64,
     delay_ms: i64,
     /// Each line, its record id and its true time.
-    lines: Vec<(Value, String, i64)>,
+    lines: Vec<(String, String, i64)>,
 }
 
 impl<'a> AppSession<'a> {
@@ -153,51 +155,72 @@ impl<'a> AppSession<'a> {
     fn segment(&mut self, rng: &mut Rand, kind: &str, name: Option<&str>, extra: Value) {
         let d = self.device;
         let message_id = values::uuid(rng);
-        let (os, library, manufacturer, model) = match d.platform {
-            Platform::Ios => ("iOS", "analytics-swift", "Apple", "iPhone15,2"),
-            Platform::Android => ("Android", "analytics-kotlin", "Google", "Pixel 8"),
+        let (os, os_version, library, manufacturer, model) = match d.platform {
+            Platform::Ios => ("iOS", "17.4", "analytics-swift", "Apple", "iPhone15,2"),
+            Platform::Android => ("Android", "14", "analytics-kotlin", "Google", "Pixel 8"),
         };
         let original = self.t + self.skew_ms;
-        let mut m = json!({
-            "type": kind,
-            "messageId": message_id,
-            "anonymousId": d.anonymous_id,
-            "context": {
-                "device": {
-                    "id": d.vendor_id,
-                    "advertisingId": d.ad_id,
-                    "adTrackingEnabled": d.tracking,
-                    "manufacturer": manufacturer,
-                    "model": model,
-                    "type": os.to_ascii_lowercase(),
-                },
-                "app": {"name": "Northwind", "version": "5.2.1", "build": "521", "namespace": "com.northwind.app"},
-                "os": {"name": os, "version": if d.platform == Platform::Ios { "17.4" } else { "14" }},
-                "library": {"name": library, "version": "1.5.11"},
-                "network": {"wifi": true},
-                "locale": "en-US",
-                "timezone": "America/New_York",
+        let (timestamp, original_timestamp) = (rfc3339(self.t), rfc3339(original));
+        let sent_at = rfc3339(original + self.delay_ms);
+        let received_at = rfc3339(self.t + self.delay_ms + 80);
+        let body = match kind {
+            "identify" => Body {
+                traits: Some(extra),
+                ..Body::default()
             },
-            "timestamp": rfc3339(self.t),
-            "originalTimestamp": rfc3339(original),
-            "sentAt": rfc3339(original + self.delay_ms),
-            "receivedAt": rfc3339(self.t + self.delay_ms + 80),
-        });
-        if let Some(user) = &self.user_id {
-            m["userId"] = json!(user);
-        }
-        match (kind, extra) {
-            ("identify", traits) => m["traits"] = traits,
-            ("screen", props) => {
-                m["name"] = json!(name);
-                m["properties"] = props;
-            }
-            (_, props) => {
-                m["event"] = json!(name);
-                m["properties"] = props;
-            }
-        }
-        self.lines.push((m, message_id, self.t));
+            "screen" => Body {
+                name,
+                properties: Some(extra),
+                ..Body::default()
+            },
+            _ => Body {
+                event: name,
+                properties: Some(extra),
+                ..Body::default()
+            },
+        };
+        let message = Message {
+            kind,
+            message_id: &message_id,
+            anonymous_id: &d.anonymous_id,
+            user_id: self.user_id.as_deref(),
+            body,
+            context: MobileContext {
+                device: DeviceContext {
+                    id: &d.vendor_id,
+                    advertising_id: &d.ad_id,
+                    ad_tracking_enabled: d.tracking,
+                    manufacturer,
+                    model,
+                    kind: if d.platform == Platform::Ios {
+                        "ios"
+                    } else {
+                        "android"
+                    },
+                },
+                app: AppContext {
+                    name: "Northwind",
+                    version: "5.2.1",
+                    build: "521",
+                    namespace: "com.northwind.app",
+                },
+                os: OsContext {
+                    name: os,
+                    version: os_version,
+                },
+                library: Library {
+                    name: library,
+                    version: "1.5.11",
+                },
+                locale: "en-US",
+                timezone: "America/New_York",
+            },
+            timestamp: &timestamp,
+            original_timestamp: &original_timestamp,
+            sent_at: &sent_at,
+            received_at: &received_at,
+        };
+        self.lines.push((to_json(&message), message_id, self.t));
     }
 
     fn ga4_row(&mut self, name: &str, properties: &Value) {
@@ -238,7 +261,7 @@ impl<'a> AppSession<'a> {
             row["user_id"] = json!(user);
         }
         let record_id = ga4_event_id(&d.anonymous_id, time::from_millis(self.t), name);
-        self.lines.push((row, record_id, self.t));
+        self.lines.push((row.to_string(), record_id, self.t));
     }
 
     fn identify(&mut self, rng: &mut Rand, p: &Person) {
@@ -316,7 +339,44 @@ impl<'a> AppSession<'a> {
     fn write(self, out: &mut Lines) {
         let person = self.person.index;
         for (line, record_id, t) in self.lines {
-            out.push(Source::App, t, &line, vec![(record_id, person)]);
+            out.push(Source::App, t, line, vec![(record_id, person)]);
         }
     }
+}
+
+/// The Segment mobile libraries' `context`.
+#[derive(Serialize)]
+struct MobileContext<'a> {
+    device: DeviceContext<'a>,
+    app: AppContext,
+    os: OsContext,
+    library: Library,
+    locale: &'static str,
+    timezone: &'static str,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeviceContext<'a> {
+    id: &'a str,
+    advertising_id: &'a str,
+    ad_tracking_enabled: bool,
+    manufacturer: &'static str,
+    model: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+}
+
+#[derive(Serialize)]
+struct AppContext {
+    name: &'static str,
+    version: &'static str,
+    build: &'static str,
+    namespace: &'static str,
+}
+
+#[derive(Serialize)]
+struct OsContext {
+    name: &'static str,
+    version: &'static str,
 }

@@ -78,7 +78,12 @@ pub(super) fn emit(rng: &mut Rand, p: &Person, now_ms: i64, out: &mut Lines) {
 
 fn push(out: &mut Lines, p: &Person, crm_id: String, at: i64, line: &Value) {
     let record_id = record_event_id(&crm_id, Some(time::from_millis(at)));
-    out.push(Source::Crm, at, line, vec![(record_id, p.index)]);
+    out.push(
+        Source::Crm,
+        at,
+        line.to_string(),
+        vec![(record_id, p.index)],
+    );
 }
 
 /// The lifecycle stages of the person's record versions, in order (HubSpot vocabulary).

@@ -56,7 +56,12 @@ pub(super) fn install(rng: &mut Rand, p: &Person, device: &Device, out: &mut Lin
             (v, id)
         }
     };
-    out.push(Source::Media, t, &line, vec![(record_id, p.index)]);
+    out.push(
+        Source::Media,
+        t,
+        line.to_string(),
+        vec![(record_id, p.index)],
+    );
 }
 
 /// An in-app event postback; `user_id` is the customer user id the app set after login.
@@ -106,7 +111,12 @@ pub(super) fn in_app(
             (v, id)
         }
     };
-    out.push(Source::Media, t, &line, vec![(record_id, p.index)]);
+    out.push(
+        Source::Media,
+        t,
+        line.to_string(),
+        vec![(record_id, p.index)],
+    );
 }
 
 /// The ad server's record of a click that landed on the site with `click_id`.
@@ -134,7 +144,7 @@ pub(super) fn click_log(
     out.push(
         Source::Media,
         t,
-        &line,
+        line.to_string(),
         vec![(click_event_id(click_id), p.index)],
     );
 }

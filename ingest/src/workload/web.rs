@@ -3,10 +3,12 @@
 //! parameters (and the ad server's click log), some sessions sent as one `batch` envelope.
 
 use super::person::Person;
+use super::segment::{to_json, Body, Library, Message};
 use super::values::{self, pick, Rand};
 use super::{media, rfc3339, Lines};
 use cdp_proto::Source;
 use rand::Rng;
+use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 const SITE: &str = "https://www.northwind.example";
@@ -44,78 +46,142 @@ struct Session<'p> {
     delay_ms: i64,
     user_agent: &'static str,
     consent: Option<bool>,
-    page: Value,
+    page: Page,
     context_traits: Option<Value>,
-    /// Each message, its `messageId` and its true time.
-    messages: Vec<(Value, String, i64)>,
+    messages: Vec<Sent>,
+}
+
+/// A message as written, with what the line and its truth row need.
+struct Sent {
+    json: String,
+    message_id: String,
+    t: i64,
+    sent_at: String,
+}
+
+/// analytics.js's `context`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Context<'a> {
+    library: Library,
+    locale: &'static str,
+    user_agent: &'a str,
+    page: &'a Page,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    consent: Option<ConsentContext>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    traits: Option<&'a Value>,
+}
+
+#[derive(Serialize, Default)]
+struct Page {
+    path: String,
+    url: String,
+    title: String,
+    referrer: String,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConsentContext {
+    category_preferences: CategoryPreferences,
+}
+
+#[derive(Serialize)]
+struct CategoryPreferences {
+    necessary: bool,
+    analytics: bool,
+    advertising: bool,
 }
 
 impl Session<'_> {
-    fn message(&mut self, rng: &mut Rand, kind: &str, extra: Value) {
+    fn message(&mut self, rng: &mut Rand, kind: &str, body: Body<'_>) {
         let message_id = format!("ajs-next-{}", values::uuid(rng));
-        let mut context = json!({
-            "library": {"name": "analytics.js", "version": "next-1.70.0"},
-            "locale": "en-US",
-            "userAgent": self.user_agent,
-            "page": self.page,
-        });
-        if let Some(advertising) = self.consent {
-            context["consent"] = json!({"categoryPreferences": {
-                "necessary": true, "analytics": true, "advertising": advertising
-            }});
-        }
-        if let Some(traits) = &self.context_traits {
-            context["traits"] = traits.clone();
-        }
         let original = self.t + self.skew_ms;
-        let mut m = json!({
-            "type": kind,
-            "messageId": message_id,
-            "anonymousId": self.anonymous_id,
-            "context": context,
-            "timestamp": rfc3339(self.t),
-            "originalTimestamp": rfc3339(original),
-            "sentAt": rfc3339(original + self.delay_ms),
-            "receivedAt": rfc3339(self.t + self.delay_ms + 40),
-        });
-        match &self.user_id {
-            Some(user) => m["userId"] = json!(user),
+        let (timestamp, original_timestamp) = (rfc3339(self.t), rfc3339(original));
+        let sent_at = rfc3339(original + self.delay_ms);
+        let received_at = rfc3339(self.t + self.delay_ms + 40);
+        let user_id = match &self.user_id {
+            Some(user) => Some(user.as_str()),
             // Broken tag-manager setups send the string "null" for anonymous visitors.
-            None if rng.gen_bool(0.03) => m["userId"] = json!("null"),
-            None => {}
-        }
-        if let (Value::Object(m), Value::Object(extra)) = (&mut m, extra) {
-            m.extend(extra);
-        }
-        self.messages.push((m, message_id, self.t));
+            None if rng.gen_bool(0.03) => Some("null"),
+            None => None,
+        };
+        let message = Message {
+            kind,
+            message_id: &message_id,
+            anonymous_id: &self.anonymous_id,
+            user_id,
+            body,
+            context: Context {
+                library: Library {
+                    name: "analytics.js",
+                    version: "next-1.70.0",
+                },
+                locale: "en-US",
+                user_agent: self.user_agent,
+                page: &self.page,
+                consent: self.consent.map(|advertising| ConsentContext {
+                    category_preferences: CategoryPreferences {
+                        necessary: true,
+                        analytics: true,
+                        advertising,
+                    },
+                }),
+                traits: self.context_traits.as_ref(),
+            },
+            timestamp: &timestamp,
+            original_timestamp: &original_timestamp,
+            sent_at: &sent_at,
+            received_at: &received_at,
+        };
+        let json = to_json(&message);
+        self.messages.push(Sent {
+            json,
+            message_id,
+            t: self.t,
+            sent_at,
+        });
         self.t += rng.gen_range(5_000..90_000);
     }
 
     fn page(&mut self, rng: &mut Rand, path: &str, name: &str, query: &str) {
         let url = format!("{SITE}{path}{query}");
-        self.page = json!({
-            "path": path,
-            "url": url,
-            "title": format!("{name} | Northwind"),
-            "referrer": if query.is_empty() { format!("{SITE}/") } else { "https://www.google.com/".to_string() },
-        });
-        self.message(
-            rng,
-            "page",
-            json!({"name": name, "properties": {"path": path, "url": url, "title": format!("{name} | Northwind")}}),
-        );
+        let title = format!("{name} | Northwind");
+        let properties = json!({"path": path, "url": url, "title": title});
+        self.page = Page {
+            path: path.to_string(),
+            url,
+            title,
+            referrer: if query.is_empty() {
+                format!("{SITE}/")
+            } else {
+                "https://www.google.com/".to_string()
+            },
+        };
+        let body = Body {
+            name: Some(name),
+            properties: Some(properties),
+            ..Body::default()
+        };
+        self.message(rng, "page", body);
     }
 
     fn track(&mut self, rng: &mut Rand, event: &str, properties: Value) {
-        self.message(
-            rng,
-            "track",
-            json!({"event": event, "properties": properties}),
-        );
+        let body = Body {
+            event: Some(event),
+            properties: Some(properties),
+            ..Body::default()
+        };
+        self.message(rng, "track", body);
     }
 
     fn identify(&mut self, rng: &mut Rand, traits: Map<String, Value>) {
-        self.message(rng, "identify", json!({"traits": traits}));
+        let body = Body {
+            traits: Some(Value::Object(traits)),
+            ..Body::default()
+        };
+        self.message(rng, "identify", body);
     }
 }
 
@@ -148,7 +214,7 @@ pub(super) fn emit(rng: &mut Rand, p: &Person, now_ms: i64, out: &mut Lines) {
             delay_ms: rng.gen_range(100..3_000),
             user_agent: USER_AGENTS[rng.gen_range(0..USER_AGENTS.len())],
             consent: rng.gen_bool(0.7).then(|| rng.gen_bool(0.6)),
-            page: Value::Null,
+            page: Page::default(),
             context_traits: None,
             messages: Vec::new(),
         };
@@ -309,26 +375,31 @@ fn order(rng: &mut Rand, s: &mut Session<'_>) {
 /// One line per message, or (for some sessions) one `batch` envelope for the whole session.
 fn write_session(rng: &mut Rand, s: Session<'_>, out: &mut Lines) {
     let person = s.person.index;
-    let Some(&(_, _, start_ms)) = s.messages.first() else {
+    let (Some(first), Some(last)) = (s.messages.first(), s.messages.last()) else {
         return;
     };
     if s.messages.len() > 1 && rng.gen_bool(0.1) {
-        let sent_at = s.messages.last().map(|(m, _, _)| m["sentAt"].clone());
+        // The messages are JSON objects already: the envelope is assembled around their text.
+        let mut json = String::from("{\"batch\":[");
+        for (i, m) in s.messages.iter().enumerate() {
+            if i > 0 {
+                json.push(',');
+            }
+            json.push_str(&m.json);
+        }
+        json.push_str("],\"sentAt\":\"");
+        json.push_str(&last.sent_at);
+        json.push_str("\"}");
+        let start = first.t;
         let truth = s
             .messages
-            .iter()
-            .map(|(_, id, _)| (id.clone(), person))
+            .into_iter()
+            .map(|m| (m.message_id, person))
             .collect();
-        let batch: Vec<Value> = s.messages.into_iter().map(|(m, _, _)| m).collect();
-        out.push(
-            Source::Web,
-            start_ms,
-            &json!({"batch": batch, "sentAt": sent_at}),
-            truth,
-        );
+        out.push(Source::Web, start, json, truth);
         return;
     }
-    for (m, id, t) in s.messages {
-        out.push(Source::Web, t, &m, vec![(id, person)]);
+    for m in s.messages {
+        out.push(Source::Web, m.t, m.json, vec![(m.message_id, person)]);
     }
 }
