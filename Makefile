@@ -6,23 +6,27 @@ export CDP_TANSU_BIN ?= $(HOME)/.cache/cdp/tansu/bin/tansu
 PROFILES ?= 5000
 SEED ?= 42
 
-.PHONY: demo test deps tansu build fmt lint bench
+.PHONY: demo test deps tansu chart-tools build fmt lint bench
 
 ## Generate a multi-source workload, resolve it and activate cohorts on the embedded bus; print the report.
 demo: deps
 	cargo run --release --bin cdp -- demo --profiles $(PROFILES) --seed $(SEED)
 
 ## Formatting, lints and the whole test suite, including the Kafka-protocol broker tests.
-test: deps tansu
+test: deps tansu chart-tools
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	CDP_REQUIRE_KAFKA=1 cargo test --workspace
+	CDP_REQUIRE_KAFKA=1 CDP_REQUIRE_HELM=1 cargo test --workspace
 
 deps:
 	@scripts/install-deps.sh
 
 tansu:
 	@scripts/install-tansu.sh
+
+## Helm engine and Kubernetes schemas (Python venv) for the chart check in tests/deploy.rs.
+chart-tools:
+	@scripts/install-chart-tools.sh
 
 build: deps
 	cargo build --release --bin cdp

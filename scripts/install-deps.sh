@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs the system packages cdp's build needs when they are missing (Debian/Ubuntu):
-# libclang for RocksDB's bindings, and a C/C++ toolchain for RocksDB and librdkafka.
+# libclang for RocksDB's bindings, a C/C++ toolchain for RocksDB and librdkafka, and OpenSSL
+# headers for librdkafka's TLS and SASL/SCRAM.
 set -euo pipefail
 
 missing=()
-for pkg in libclang-dev clang g++ make; do
+for pkg in libclang-dev clang g++ make pkg-config libssl-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -6,6 +6,7 @@ use cdp_activation::ActivationConfig;
 use cdp_ingest::IngestConfig;
 use cdp_resolver::ResolverConfig;
 use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
 use std::path::Path;
 
 pub const DEFAULT_TOML: &str = include_str!("default_config.toml");
@@ -37,37 +38,124 @@ impl Default for BusSection {
     }
 }
 
+/// The HTTP listener of every process: health, readiness and metrics; the profile API where the
+/// resolver runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address to listen on; empty disables the listener.
+    pub listen: String,
+    /// `/readyz` answers 503 while the process's consumer lag is above this many records.
+    pub ready_max_lag: u64,
+    /// Keys of the profile API. With none, the API answers unauthenticated requests for
+    /// `ingest.default_tenant`, read-only: fine on loopback, not on a network.
+    pub api_keys: Vec<ApiKey>,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            ready_max_lag: 100_000,
+            api_keys: Vec::new(),
+        }
+    }
+}
+
+/// A bearer token of the profile API, stored as its SHA-256 so the config holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// The one tenant this key reads (and erases in).
+    pub tenant: String,
+    /// Lower-case hex SHA-256 of the token: `printf %s "$TOKEN" | sha256sum`.
+    pub token_sha256: String,
+    /// `read` (profiles, explain, history) and `erase` (DELETE).
+    #[serde(default = "ApiKey::default_scopes")]
+    pub scopes: Vec<Scope>,
+}
+
+impl ApiKey {
+    fn default_scopes() -> Vec<Scope> {
+        vec![Scope::Read]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Read,
+    Erase,
+}
+
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub bus: BusSection,
+    pub http: HttpSection,
     pub ingest: IngestConfig,
     pub resolver: ResolverConfig,
     pub activation: ActivationConfig,
 }
 
 impl Config {
+    /// Parses `text` alone, without environment overrides.
+    #[cfg(test)]
     pub fn from_toml(text: &str) -> Result<Self> {
-        let config: Config = toml::from_str(text)?;
-        config.validate()?;
-        Ok(config)
+        Self::from_toml_with_env(text, std::iter::empty())
     }
 
-    /// The file at `path`, or the defaults when there is none.
+    /// The file at `path` (or the defaults when there is none), with `CDP_…` overrides from the
+    /// process environment applied on top.
     pub fn load(path: Option<&Path>) -> Result<Self> {
+        let text = match path {
+            None => String::new(),
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("reading config {}", p.display()))?,
+        };
+        let config = Self::from_toml_with_env(&text, std::env::vars());
         match path {
-            None => Ok(Config::default()),
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading config {}", p.display()))?;
-                Self::from_toml(&text).with_context(|| format!("in config {}", p.display()))
-            }
+            None => config,
+            Some(p) => config.with_context(|| format!("in config {}", p.display())),
         }
+    }
+
+    /// Parses `text` and applies the overrides among `vars` (see [`crate::env_override`]).
+    pub fn from_toml_with_env(
+        text: &str,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self> {
+        let mut table: toml::Table = toml::from_str(text)?;
+        let defaults = toml::Table::try_from(Config::default())?;
+        let applied = crate::env_override::apply(&mut table, &defaults, vars)?;
+        let config: Config = toml::Value::Table(table).try_into().with_context(|| {
+            if applied.is_empty() {
+                String::from("invalid configuration")
+            } else {
+                format!("with overrides from {}", applied.join(", "))
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
     }
 
     fn validate(&self) -> Result<()> {
         if !(1..=1024).contains(&self.bus.partitions) {
             bail!("bus.partitions must be between 1 and 1024");
+        }
+        for (n, key) in self.http.api_keys.iter().enumerate() {
+            if !cdp_proto::normalize::is_sha256_hex(&key.token_sha256) {
+                bail!("http.api_keys[{n}].token_sha256 must be 64 lower-case hex digits");
+            }
+            if key.tenant.is_empty() {
+                bail!("http.api_keys[{n}].tenant is empty");
+            }
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
+            bail!(
+                "http.listen {:?} is not an address like 0.0.0.0:8080",
+                self.http.listen
+            );
         }
         cdp_activation::Cohorts::compile(&self.activation.cohorts)?;
         Ok(())
@@ -88,6 +176,45 @@ mod tests {
     fn unknown_fields_are_named() {
         let err = Config::from_toml("[resolver]\nbatch_sise = 3\n").unwrap_err();
         assert!(format!("{err:#}").contains("batch_sise"), "{err:#}");
+    }
+
+    #[test]
+    fn environment_overrides_keys_and_kafka_properties() {
+        let vars = [
+            ("CDP_BUS__BACKEND", "kafka"),
+            ("CDP_BUS__PARTITIONS", "12"),
+            ("CDP_BUS__KAFKA__BROKERS", "kafka-0:9092,kafka-1:9092"),
+            ("CDP_KAFKA_SASL_PASSWORD", "s3cret"),
+            ("CDP_KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("CDP_INGEST__DEFAULT_TENANT", "1234"),
+            ("CDP_HTTP__LISTEN", "0.0.0.0:9000"),
+            ("CDP_LOG", "debug"),
+            ("HOME", "/root"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::from_toml_with_env("[bus]\npartitions = 3\n", vars).unwrap();
+        assert_eq!(c.bus.backend, Backend::Kafka);
+        assert_eq!(c.bus.partitions, 12, "the environment wins over the file");
+        assert_eq!(c.bus.kafka.brokers, "kafka-0:9092,kafka-1:9092");
+        assert_eq!(c.bus.kafka.properties["sasl.password"], "s3cret");
+        assert_eq!(c.bus.kafka.properties["security.protocol"], "SASL_SSL");
+        assert_eq!(
+            c.ingest.default_tenant, "1234",
+            "typed by the key, not the text"
+        );
+        assert_eq!(c.http.listen, "0.0.0.0:9000");
+    }
+
+    #[test]
+    fn bad_environment_overrides_name_the_variable() {
+        for (name, value) in [
+            ("CDP_RESOLVER__BATCH_SISE", "3"),
+            ("CDP_RESOLVER__BATCH_SIZE", "many"),
+        ] {
+            let vars = [(name.to_string(), value.to_string())];
+            let err = Config::from_toml_with_env("", vars).unwrap_err();
+            assert!(format!("{err:#}").contains(name), "{err:#}");
+        }
     }
 
     #[test]

@@ -60,7 +60,10 @@ pub fn run(config: &Config, opts: &DemoOptions, shutdown: Arc<AtomicBool>) -> Re
         Stages::ALL,
         counters.clone(),
         shutdown.clone(),
-        true,
+        pipeline::RunOptions {
+            until_drained: true,
+            ..Default::default()
+        },
     )?;
     let wall = t.elapsed();
     if shutdown.load(Ordering::Relaxed)

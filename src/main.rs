@@ -1,8 +1,13 @@
 //! The `cdp` command line. Parsing and dispatch only: the work is done by the crates.
 
+mod api;
 mod config;
 mod demo;
+mod env_override;
 mod eval;
+mod graph;
+mod http;
+mod metrics;
 mod pipeline;
 mod topic;
 
@@ -65,11 +70,23 @@ enum Command {
         until_drained: bool,
     },
     /// Run only the ingest stage.
-    Ingest,
+    Ingest {
+        /// Exit once the stage has caught up with its input.
+        #[arg(long)]
+        until_drained: bool,
+    },
     /// Run only the resolver stage.
-    Resolve,
+    Resolve {
+        /// Exit once the stage has caught up with its input.
+        #[arg(long)]
+        until_drained: bool,
+    },
     /// Run only the activation stage.
-    Activate,
+    Activate {
+        /// Exit once the stage has caught up with its input.
+        #[arg(long)]
+        until_drained: bool,
+    },
     /// Generate a workload, run the pipeline until drained, and report.
     Demo {
         #[arg(long, default_value_t = 5000)]
@@ -81,6 +98,11 @@ enum Command {
     Profile {
         #[command(subcommand)]
         command: ProfileCommand,
+    },
+    /// Explain, erase and repair the identity graph.
+    Graph {
+        #[command(subcommand)]
+        command: GraphCommand,
     },
     /// Inspect topics.
     Topic {
@@ -106,6 +128,48 @@ enum ProfileCommand {
 }
 
 #[derive(Subcommand)]
+enum GraphCommand {
+    /// Print the component of KIND:VALUE or a canonical id as JSON: identifiers, links with
+    /// rules and confidences, merges, refused merges with reasons, candidates.
+    Explain {
+        target: String,
+        /// Default: the ingest default tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Erase the profile holding KIND:VALUE (or a canonical id) and tombstone its identifiers.
+    Forget {
+        target: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Take a link or an identifier out of a profile and rebuild that component.
+    Unmerge {
+        canonical_id: String,
+        /// Link id, as `explain` shows it.
+        #[arg(long, conflicts_with = "identifier")]
+        link: Option<u64>,
+        /// KIND:VALUE of an identifier to detach into a profile of its own.
+        #[arg(long)]
+        identifier: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Recompute every profile from the link log under the configured policy and print the
+    /// difference (profiles split or merged); offline: stop the pipeline first.
+    Rebuild {
+        /// Write the new partition and publish the resulting changes.
+        #[arg(long)]
+        apply: bool,
+        /// Examples of each kind of difference to print.
+        #[arg(long, default_value_t = 10)]
+        examples: usize,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum TopicCommand {
     /// List topics with partition and record counts.
     List,
@@ -116,13 +180,17 @@ enum TopicCommand {
         from_beginning: bool,
         #[arg(long)]
         limit: Option<usize>,
-        /// Stop after this long without new records.
+        /// Stop after this long without new records (from the beginning, also at the end).
         #[arg(long, default_value_t = 1000)]
         idle_ms: u64,
     },
 }
 
 fn main() {
+    if let Err(e) = shutdown_flag() {
+        eprintln!("error: installing signal handlers: {e:#}");
+        std::process::exit(1);
+    }
     let cli = Cli::parse();
     init_logging(cli.log_format);
     if let Err(e) = dispatch(cli) {
@@ -143,13 +211,18 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// A flag set on SIGINT/SIGTERM: stages finish their batch, commit, and stop.
+/// The process's flag set on SIGINT/SIGTERM: stages finish their batch, commit, and stop.
+/// Registered once, first thing in `main`, so a signal during start-up is not fatal.
 fn shutdown_flag() -> Result<Arc<AtomicBool>> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    if let Some(flag) = FLAG.get() {
+        return Ok(flag.clone());
+    }
     let flag = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, flag.clone())?;
     }
-    Ok(flag)
+    Ok(FLAG.get_or_init(|| flag).clone())
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -201,34 +274,32 @@ fn dispatch(cli: Cli) -> Result<()> {
                     eprintln!("fed {n} {source} records");
                 }
             }
-            let counters = Arc::new(pipeline::Counters::default());
-            pipeline::run(
+            serve_and_run(
                 &config,
+                cli.config.as_deref(),
                 &data,
                 bus,
                 Stages::ALL,
-                counters,
-                shutdown_flag()?,
                 until_drained,
             )?;
         }
-        Command::Ingest | Command::Resolve | Command::Activate => {
+        Command::Ingest { until_drained }
+        | Command::Resolve { until_drained }
+        | Command::Activate { until_drained } => {
             let stages = Stages {
-                ingest: matches!(cli.command, Command::Ingest),
-                resolve: matches!(cli.command, Command::Resolve),
-                activate: matches!(cli.command, Command::Activate),
+                ingest: matches!(cli.command, Command::Ingest { .. }),
+                resolve: matches!(cli.command, Command::Resolve { .. }),
+                activate: matches!(cli.command, Command::Activate { .. }),
             };
             let bus = pipeline::open_bus(&config, &data)?;
             pipeline::create_topics(bus.as_ref(), &config)?;
-            let counters = Arc::new(pipeline::Counters::default());
-            pipeline::run(
+            serve_and_run(
                 &config,
+                cli.config.as_deref(),
                 &data,
                 bus,
                 stages,
-                counters,
-                shutdown_flag()?,
-                false,
+                until_drained,
             )?;
         }
         Command::Demo { profiles, seed } => {
@@ -258,6 +329,41 @@ fn dispatch(cli: Cli) -> Result<()> {
                 None => anyhow::bail!("no profile holds {id} in tenant {tenant:?}"),
             }
         }
+        Command::Graph { command } => match command {
+            GraphCommand::Explain { target, tenant } => {
+                let tenant = tenant.unwrap_or_else(|| config.ingest.default_tenant.clone());
+                graph::explain(&config, &data, &tenant, &target)?;
+            }
+            GraphCommand::Forget { target, tenant } => {
+                let tenant = tenant.unwrap_or_else(|| config.ingest.default_tenant.clone());
+                graph::forget(&config, &data, &tenant, &target, &*shutdown_flag()?)?;
+            }
+            GraphCommand::Unmerge {
+                canonical_id,
+                link,
+                identifier,
+                tenant,
+            } => {
+                let tenant = tenant.unwrap_or_else(|| config.ingest.default_tenant.clone());
+                graph::unmerge(
+                    &config,
+                    &data,
+                    &tenant,
+                    &canonical_id,
+                    link,
+                    identifier.as_deref(),
+                    &*shutdown_flag()?,
+                )?;
+            }
+            GraphCommand::Rebuild {
+                apply,
+                examples,
+                tenant,
+            } => {
+                let tenant = tenant.unwrap_or_else(|| config.ingest.default_tenant.clone());
+                graph::rebuild(&config, &data, &tenant, apply, examples)?;
+            }
+        },
         Command::Topic { command } => {
             let bus = pipeline::open_bus_for_reading(&config, &data)?;
             let mut out = std::io::stdout().lock();
@@ -283,6 +389,69 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Config { .. } => unreachable!("handled above"),
     }
     Ok(())
+}
+
+/// Runs `stages` with the process's HTTP listener (health, readiness, metrics, and the profile
+/// API where the resolver runs) unless `http.listen` is empty.
+fn serve_and_run(
+    config: &Config,
+    config_path: Option<&std::path::Path>,
+    data: &std::path::Path,
+    bus: Arc<dyn cdp_bus::Bus>,
+    stages: Stages,
+    until_drained: bool,
+) -> Result<()> {
+    let counters = Arc::new(pipeline::Counters::default());
+    let shutdown = shutdown_flag()?;
+    let resolver_store = if stages.resolve {
+        Some(pipeline::open_resolver_store(data)?)
+    } else {
+        None
+    };
+    let _http = if config.http.listen.is_empty() {
+        None
+    } else {
+        let mut probe = http::Probe::new(
+            config,
+            stages,
+            bus.clone(),
+            counters.clone(),
+            shutdown.clone(),
+        )?;
+        if let Some(store) = &resolver_store {
+            probe.api = Some(Arc::new(api::Api::new(
+                config,
+                store.clone(),
+                bus.as_ref(),
+            )?));
+        }
+        let server = http::start(&config.http.listen, probe)?;
+        eprintln!("http listening on {}", server.addr);
+        Some(server)
+    };
+    pipeline::run(
+        config,
+        data,
+        bus,
+        stages,
+        counters,
+        shutdown,
+        pipeline::RunOptions {
+            until_drained,
+            resolver_store,
+            reload: Some(pipeline::Reload {
+                requested: reload_flag()?,
+                config_path: config_path.map(PathBuf::from),
+            }),
+        },
+    )
+}
+
+/// Set on SIGHUP: re-read the config file and swap activation's cohorts and destinations.
+fn reload_flag() -> Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, flag.clone())?;
+    Ok(flag)
 }
 
 /// `KIND:VALUE` as users type it: raw emails and phones are normalised the way ingest does;

@@ -84,6 +84,7 @@ pub fn topic_names(config: &Config) -> Vec<String> {
         i.signals_topic.clone(),
         i.dlq_topic.clone(),
         r.dlq_topic.clone(),
+        r.commands_topic.clone(),
         r.changes_topic.clone(),
         r.profiles_topic.clone(),
         a.cohorts_topic.clone(),
@@ -147,6 +148,53 @@ pub fn activation_dir(data: &Path) -> PathBuf {
     data.join("activation")
 }
 
+/// How [`run`] runs.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Return once every stage has caught up, instead of at shutdown.
+    pub until_drained: bool,
+    /// The resolver's state, when the caller opened it (to serve it too); else `run` opens it.
+    pub resolver_store: Option<Arc<RocksStore>>,
+    /// Reload activation's cohorts and destinations from the config file on request (SIGHUP).
+    pub reload: Option<Reload>,
+}
+
+/// A request to re-read the config file, and where it is.
+pub struct Reload {
+    pub requested: Arc<AtomicBool>,
+    pub config_path: Option<PathBuf>,
+}
+
+/// Swaps activation's cohorts and destinations for those of the config file as it is now; a file
+/// that does not load leaves the running definitions in place. Says what happened on stderr.
+fn reload_activation(reload: &Reload, activation: &cdp_activation::Activation) {
+    let result = Config::load(reload.config_path.as_deref())
+        .and_then(|config| Ok(activation.reload(&config.activation)?));
+    match result {
+        Ok(summary) => {
+            eprintln!(
+                "reloaded activation: {} cohorts, {} destinations",
+                summary.cohorts, summary.destinations
+            );
+            if !summary.needs_restart.is_empty() {
+                eprintln!(
+                    "changed settings that take effect only after a restart: {}",
+                    summary.needs_restart.join(", ")
+                );
+            }
+        }
+        Err(e) => eprintln!("config reload refused, the running definitions stay: {e:#}"),
+    }
+}
+
+/// Opens (creating) the resolver's state; the stage writes it, the profile API reads it.
+pub fn open_resolver_store(data: &Path) -> Result<Arc<RocksStore>> {
+    let dir = resolver_dir(data);
+    std::fs::create_dir_all(&dir)?;
+    let store = RocksStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
 /// Runs `stages` until `shutdown` is set, or, with `until_drained`, until every stage has caught up.
 pub fn run(
     config: &Config,
@@ -155,8 +203,17 @@ pub fn run(
     stages: Stages,
     counters: Arc<Counters>,
     shutdown: Arc<AtomicBool>,
-    until_drained: bool,
+    options: RunOptions,
 ) -> Result<()> {
+    let RunOptions {
+        until_drained,
+        resolver_store,
+        reload,
+    } = options;
+    let mut activation_defs: Option<Arc<cdp_activation::Activation>> = None;
+    // How far each stateful stage's own state is behind its input: a stage that restarts on an
+    // empty volume re-reads input its group already committed, so group lag alone is not enough.
+    let mut state_lags: Vec<StateLag> = Vec::new();
     let mut handles: Vec<(&str, std::thread::JoinHandle<Result<()>>)> = Vec::new();
     if stages.ingest {
         let (bus, cfg, c, s) = (
@@ -176,9 +233,17 @@ pub fn run(
         ));
     }
     if stages.resolve {
-        let dir = resolver_dir(data);
-        std::fs::create_dir_all(&dir)?;
-        let store = RocksStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+        let store = match resolver_store {
+            Some(store) => store,
+            None => open_resolver_store(data)?,
+        };
+        let (checked, cfg) = (store.clone(), config.resolver.clone());
+        state_lags.push(Box::new(move |bus: &dyn Bus| {
+            let topics = [cfg.signals_topic.as_str(), cfg.commands_topic.as_str()];
+            Ok(cdp_bus::state_lag(bus, &topics, |t, p| {
+                cdp_resolver::stage::stored_offset(checked.as_ref(), t, p)
+            })?)
+        }));
         let (bus, cfg, c, s) = (
             bus.clone(),
             config.resolver.clone(),
@@ -190,7 +255,7 @@ pub fn run(
             std::thread::Builder::new()
                 .name("resolver".into())
                 .spawn(move || {
-                    cdp_resolver::stage::run(bus.as_ref(), &store, &cfg, &c.resolver, &s)
+                    cdp_resolver::stage::run(bus.as_ref(), store.as_ref(), &cfg, &c.resolver, &s)
                         .map_err(anyhow::Error::from)
                 })?,
         ));
@@ -198,9 +263,18 @@ pub fn run(
     if stages.activate {
         let dir = activation_dir(data);
         std::fs::create_dir_all(&dir)?;
-        let store =
-            MembershipStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
-        let cohorts = cdp_activation::Cohorts::compile(&config.activation.cohorts)?;
+        let store = Arc::new(
+            MembershipStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?,
+        );
+        let (checked, cfg) = (store.clone(), config.activation.clone());
+        state_lags.push(Box::new(move |bus: &dyn Bus| {
+            let topics = [cfg.profiles_topic.as_str(), cfg.changes_topic.as_str()];
+            Ok(cdp_bus::state_lag(bus, &topics, |t, p| {
+                checked.offset(t, p)
+            })?)
+        }));
+        let activation = Arc::new(cdp_activation::Activation::new(&config.activation)?);
+        activation_defs = Some(activation.clone());
         let (bus, cfg, c, s) = (
             bus.clone(),
             config.activation.clone(),
@@ -216,7 +290,7 @@ pub fn run(
                         bus.as_ref(),
                         &store,
                         &cfg,
-                        &cohorts,
+                        &activation,
                         &c.activation,
                         &s,
                     )
@@ -225,7 +299,7 @@ pub fn run(
         ));
     }
 
-    let groups = drain_groups(config, stages);
+    let groups = stage_groups(config, stages);
     let mut failure = None;
     loop {
         std::thread::sleep(Duration::from_millis(50));
@@ -241,7 +315,12 @@ pub fn run(
         if shutdown.load(Ordering::Relaxed) {
             break;
         }
-        if until_drained && drained(bus.as_ref(), &groups)? {
+        if let (Some(reload), Some(activation)) = (&reload, &activation_defs) {
+            if reload.requested.swap(false, Ordering::Relaxed) {
+                reload_activation(reload, activation);
+            }
+        }
+        if until_drained && drained(bus.as_ref(), &groups, &state_lags)? {
             shutdown.store(true, Ordering::Relaxed);
             break;
         }
@@ -264,12 +343,13 @@ fn join(name: &str, handle: std::thread::JoinHandle<Result<()>>) -> Result<()> {
     }
 }
 
-/// (group, input topics) of each running stage, in pipeline order.
-fn drain_groups(config: &Config, stages: Stages) -> Vec<(String, Vec<String>)> {
+/// (stage, consumer group, input topics) of each running stage, in pipeline order.
+pub fn stage_groups(config: &Config, stages: Stages) -> Vec<(&'static str, String, Vec<String>)> {
     let i = &config.ingest;
     let mut groups = Vec::new();
     if stages.ingest {
         groups.push((
+            cdp_ingest::stage::STAGE,
             i.group.clone(),
             vec![
                 i.web_topic.clone(),
@@ -281,13 +361,18 @@ fn drain_groups(config: &Config, stages: Stages) -> Vec<(String, Vec<String>)> {
     }
     if stages.resolve {
         groups.push((
+            cdp_resolver::stage::STAGE,
             config.resolver.group.clone(),
-            vec![config.resolver.signals_topic.clone()],
+            vec![
+                config.resolver.signals_topic.clone(),
+                config.resolver.commands_topic.clone(),
+            ],
         ));
     }
     if stages.activate {
         let a = &config.activation;
         groups.push((
+            cdp_activation::stage::STAGE,
             a.group.clone(),
             vec![a.profiles_topic.clone(), a.changes_topic.clone()],
         ));
@@ -297,11 +382,23 @@ fn drain_groups(config: &Config, stages: Stages) -> Vec<(String, Vec<String>)> {
 
 /// True when every group has committed everything. Checked upstream first: a stage commits only
 /// after its outputs are flushed, so once ingest is at zero, all signals exist, and so on down.
-fn drained(bus: &dyn Bus, groups: &[(String, Vec<String>)]) -> Result<bool> {
-    for (group, topics) in groups {
+fn drained(
+    bus: &dyn Bus,
+    groups: &[(&str, String, Vec<String>)],
+    state_lags: &[StateLag],
+) -> Result<bool> {
+    for (_, group, topics) in groups {
         if bus.lag(group, topics)? > 0 {
+            return Ok(false);
+        }
+    }
+    for lag in state_lags {
+        if lag(bus)? > 0 {
             return Ok(false);
         }
     }
     Ok(true)
 }
+
+/// Records a stateful stage has not applied, by its own state.
+type StateLag = Box<dyn Fn(&dyn Bus) -> Result<u64>>;

@@ -19,7 +19,8 @@ pub fn list(bus: &dyn Bus, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// Prints up to `limit` records of `topic`, from the beginning or from now, stopping once the
+/// Prints up to `limit` records of `topic`, from the beginning or from now. From the beginning
+/// it stops at the end the topic had when the command started; either way it stops once the
 /// topic has been idle for `idle`.
 pub fn read(
     bus: &dyn Bus,
@@ -39,9 +40,20 @@ pub fn read(
         },
         commit: false,
     })?;
+    // Next offset still to print, per partition, up to the end as of now.
+    let mut pending: Vec<(i64, i64)> = if from_beginning {
+        bus.end_offsets(topic)?
+            .into_iter()
+            .map(|end| (0, end))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let at_end =
+        |pending: &[(i64, i64)]| from_beginning && pending.iter().all(|(next, end)| next >= end);
     let mut printed = 0;
     let mut last = Instant::now();
-    while limit.is_none_or(|l| printed < l) && last.elapsed() < idle {
+    while limit.is_none_or(|l| printed < l) && last.elapsed() < idle && !at_end(&pending) {
         let want = limit.map(|l| l - printed).unwrap_or(1000).min(1000);
         let records = consumer.poll(want, Duration::from_millis(100))?;
         if !records.is_empty() {
@@ -50,6 +62,12 @@ pub fn read(
         for r in &records {
             writeln!(out, "{}", to_json(r))?;
             printed += 1;
+            if let Some(slot) = usize::try_from(r.partition)
+                .ok()
+                .and_then(|p| pending.get_mut(p))
+            {
+                slot.0 = slot.0.max(r.offset + 1);
+            }
         }
     }
     consumer.close()?;

@@ -9,6 +9,8 @@ use std::process::{Command, Output};
 
 fn cdp(data: &Path, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_cdp"))
+        // Tests run side by side: each process takes a free port.
+        .env("CDP_HTTP__LISTEN", "127.0.0.1:0")
         .arg("--data")
         .arg(data)
         .args(args)
@@ -36,7 +38,7 @@ fn read_topic(data: &Path, topic: &str) -> Vec<Value> {
             topic,
             "--from-beginning",
             "--idle-ms",
-            "300",
+            "5000",
         ],
     );
     stdout(&out)

@@ -161,6 +161,7 @@ mod tests {
             expression: expression.into(),
             priority: 0,
             identifiers: vec![],
+            destinations: vec![],
         }
     }
 

@@ -1,9 +1,11 @@
-//! Activation configuration: topics, and the cohorts with their CEL expressions.
+//! Activation configuration: topics, cohorts with their CEL expressions, and the destinations
+//! cohorts are delivered to. The file is parsed into a raw shape, then validated: an invalid
+//! destination or a cohort naming an unknown destination fails at load, naming the field.
 
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(try_from = "RawActivationConfig")]
 pub struct ActivationConfig {
     pub group: String,
     pub profiles_topic: String,
@@ -13,7 +15,10 @@ pub struct ActivationConfig {
     pub dlq_topic: String,
     pub batch_size: usize,
     pub poll_timeout_ms: u64,
+    /// How often profiles whose windows expire are re-evaluated without a new event.
+    pub timer_interval_ms: u64,
     pub cohorts: Vec<CohortConfig>,
+    pub destinations: Vec<DestinationConfig>,
 }
 
 /// One cohort: who is in it, and what its change events carry.
@@ -29,10 +34,304 @@ pub struct CohortConfig {
     /// Higher wins when cohorts compete for one person.
     #[serde(default)]
     pub priority: i32,
-    /// Identifier kinds included in this cohort's change events (none: canonical id only).
+    /// Identifier kinds included in this cohort's events on `cohorts_topic` (none: canonical id only).
     #[serde(default)]
     pub identifiers: Vec<String>,
+    /// Keys of the destinations this cohort's changes are delivered to.
+    #[serde(default)]
+    pub destinations: Vec<String>,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationKind {
+    /// Records on a topic of the bus.
+    Kafka,
+    /// Signed HTTP POSTs (Standard Webhooks).
+    Webhook,
+}
+
+/// A downstream channel: what it receives, and who may be sent to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Stable key: `[a-z0-9_]`, referenced by cohorts.
+    pub key: String,
+    pub kind: DestinationKind,
+    /// `kafka`: the topic written to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub topic: String,
+    /// `webhook`: the `http://` or `https://` URL posted to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub url: String,
+    /// Identifier kinds this destination receives (none: canonical id only).
+    #[serde(default)]
+    pub identifiers: Vec<String>,
+    /// Consent purposes that must be granted explicitly; anyone else is never sent here.
+    #[serde(default)]
+    pub consent: Vec<String>,
+    /// `webhook`: signing secret `whsec_<base64>`. Prefer `secret_env`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub secret: String,
+    /// `webhook`: name of the environment variable holding the signing secret.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub secret_env: String,
+    /// `webhook`: most events in one request.
+    #[serde(default = "defaults::batch_size")]
+    pub batch_size: usize,
+    /// `webhook`: limit for one request, connect to last byte.
+    #[serde(default = "defaults::timeout_ms")]
+    pub timeout_ms: u64,
+    /// `webhook`: attempts per batch before it goes to `dlq_topic`.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// `webhook`: first retry delay; doubles per attempt, with jitter, up to `max_backoff_ms`.
+    #[serde(default = "defaults::initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    #[serde(default = "defaults::max_backoff_ms")]
+    pub max_backoff_ms: u64,
+    /// Where undeliverable events go, with reason headers.
+    #[serde(default = "defaults::dlq_topic")]
+    pub dlq_topic: String,
+}
+
+mod defaults {
+    pub fn batch_size() -> usize {
+        100
+    }
+    pub fn timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn max_attempts() -> u32 {
+        8
+    }
+    pub fn initial_backoff_ms() -> u64 {
+        500
+    }
+    pub fn max_backoff_ms() -> u64 {
+        60_000
+    }
+    pub fn dlq_topic() -> String {
+        cdp_proto::topics::DLQ.into()
+    }
+}
+
+impl DestinationConfig {
+    /// A Kafka-topic destination with the delivery defaults.
+    pub fn kafka(key: &str, topic: &str) -> Self {
+        Self::new(key, DestinationKind::Kafka, topic, "")
+    }
+
+    /// A webhook destination with the delivery defaults.
+    pub fn webhook(key: &str, url: &str) -> Self {
+        Self::new(key, DestinationKind::Webhook, "", url)
+    }
+
+    fn new(key: &str, kind: DestinationKind, topic: &str, url: &str) -> Self {
+        Self {
+            key: key.into(),
+            kind,
+            topic: topic.into(),
+            url: url.into(),
+            identifiers: Vec::new(),
+            consent: Vec::new(),
+            secret: String::new(),
+            secret_env: String::new(),
+            batch_size: defaults::batch_size(),
+            timeout_ms: defaults::timeout_ms(),
+            max_attempts: defaults::max_attempts(),
+            initial_backoff_ms: defaults::initial_backoff_ms(),
+            max_backoff_ms: defaults::max_backoff_ms(),
+            dlq_topic: defaults::dlq_topic(),
+        }
+    }
+}
+
+/// A config that does not hold together; the message names the field and the entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("activation.{field}: {message}")]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+pub(crate) fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl ActivationConfig {
+    /// Checks destinations and the cohorts' references to them. CEL expressions are checked by
+    /// [`crate::Cohorts::compile`], which the stage and the config loader both run.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("batch_size", self.batch_size as u64),
+            ("poll_timeout_ms", self.poll_timeout_ms),
+            ("timer_interval_ms", self.timer_interval_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(name, "must be at least 1"));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &self.destinations {
+            let field = |f: &str| format!("destinations[{}].{f}", d.key);
+            if !valid_key(&d.key) {
+                return Err(invalid(
+                    "destinations.key",
+                    format!("{:?} must be 1-64 of [a-z0-9_]", d.key),
+                ));
+            }
+            if !seen.insert(d.key.as_str()) {
+                return Err(invalid(
+                    "destinations.key",
+                    format!("{:?} is declared twice", d.key),
+                ));
+            }
+            match d.kind {
+                DestinationKind::Kafka => {
+                    cdp_bus::validate_topic_name(&d.topic)
+                        .map_err(|e| invalid(field("topic"), e.to_string()))?;
+                    if !d.url.is_empty() || !d.secret.is_empty() || !d.secret_env.is_empty() {
+                        return Err(invalid(
+                            field("kind"),
+                            "url, secret and secret_env are for kind = \"webhook\"",
+                        ));
+                    }
+                }
+                DestinationKind::Webhook => {
+                    if !d.topic.is_empty() {
+                        return Err(invalid(field("topic"), "is for kind = \"kafka\""));
+                    }
+                    let scheme_ok = d.url.starts_with("http://") || d.url.starts_with("https://");
+                    if !scheme_ok || d.url.contains(char::is_whitespace) {
+                        return Err(invalid(field("url"), "must be an http:// or https:// URL"));
+                    }
+                    match (d.secret.is_empty(), d.secret_env.is_empty()) {
+                        (true, true) => {
+                            return Err(invalid(field("secret_env"), "a webhook needs a secret"))
+                        }
+                        (false, false) => {
+                            return Err(invalid(
+                                field("secret"),
+                                "set secret or secret_env, not both",
+                            ))
+                        }
+                        (false, true) => crate::webhook::Secret::parse(&d.secret)
+                            .map(|_| ())
+                            .map_err(|e| invalid(field("secret"), e))?,
+                        (true, false) => {}
+                    }
+                    for (name, v) in [
+                        ("batch_size", d.batch_size as u64),
+                        ("timeout_ms", d.timeout_ms),
+                        ("max_attempts", d.max_attempts as u64),
+                        ("initial_backoff_ms", d.initial_backoff_ms),
+                    ] {
+                        if v == 0 {
+                            return Err(invalid(field(name), "must be at least 1"));
+                        }
+                    }
+                    if d.max_backoff_ms < d.initial_backoff_ms {
+                        return Err(invalid(
+                            field("max_backoff_ms"),
+                            "must not be below initial_backoff_ms",
+                        ));
+                    }
+                }
+            }
+            cdp_bus::validate_topic_name(&d.dlq_topic)
+                .map_err(|e| invalid(field("dlq_topic"), e.to_string()))?;
+            for (name, list) in [("identifiers", &d.identifiers), ("consent", &d.consent)] {
+                if list.iter().any(|s| s.trim().is_empty()) {
+                    return Err(invalid(field(name), "entries must not be empty"));
+                }
+            }
+        }
+        for c in &self.cohorts {
+            for d in &c.destinations {
+                if !seen.contains(d.as_str()) {
+                    return Err(invalid(
+                        format!("cohorts[{}].destinations", c.key),
+                        format!("no destination with key {d:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The file's shape, before validation.
+#[derive(Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct RawActivationConfig {
+    group: String,
+    profiles_topic: String,
+    changes_topic: String,
+    cohorts_topic: String,
+    membership_topic: String,
+    dlq_topic: String,
+    batch_size: usize,
+    poll_timeout_ms: u64,
+    timer_interval_ms: u64,
+    cohorts: Vec<CohortConfig>,
+    destinations: Vec<DestinationConfig>,
+}
+
+impl Default for RawActivationConfig {
+    fn default() -> Self {
+        let d = ActivationConfig::default();
+        Self {
+            group: d.group,
+            profiles_topic: d.profiles_topic,
+            changes_topic: d.changes_topic,
+            cohorts_topic: d.cohorts_topic,
+            membership_topic: d.membership_topic,
+            dlq_topic: d.dlq_topic,
+            batch_size: d.batch_size,
+            poll_timeout_ms: d.poll_timeout_ms,
+            timer_interval_ms: d.timer_interval_ms,
+            cohorts: d.cohorts,
+            destinations: d.destinations,
+        }
+    }
+}
+
+impl TryFrom<RawActivationConfig> for ActivationConfig {
+    type Error = ConfigError;
+
+    fn try_from(r: RawActivationConfig) -> Result<Self, ConfigError> {
+        let config = Self {
+            group: r.group,
+            profiles_topic: r.profiles_topic,
+            changes_topic: r.changes_topic,
+            cohorts_topic: r.cohorts_topic,
+            membership_topic: r.membership_topic,
+            dlq_topic: r.dlq_topic,
+            batch_size: r.batch_size,
+            poll_timeout_ms: r.poll_timeout_ms,
+            timer_interval_ms: r.timer_interval_ms,
+            cohorts: r.cohorts,
+            destinations: r.destinations,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+/// Key of the default Kafka-topic destination the example cohorts feed.
+pub const DEFAULT_AUDIENCE_DESTINATION: &str = "audience_topic";
 
 impl Default for ActivationConfig {
     fn default() -> Self {
@@ -43,7 +342,12 @@ impl Default for ActivationConfig {
                 expression: expression.into(),
                 priority,
                 identifiers: ids.iter().map(|s| s.to_string()).collect(),
+                destinations: vec![DEFAULT_AUDIENCE_DESTINATION.into()],
             };
+        let mut audiences =
+            DestinationConfig::kafka(DEFAULT_AUDIENCE_DESTINATION, "cdp.activation.audiences");
+        audiences.identifiers = vec!["email_sha256".into(), "device_id".into()];
+        audiences.consent = vec!["ad_personalization".into()];
         Self {
             group: "cdp-activation".into(),
             profiles_topic: cdp_proto::topics::PROFILES.into(),
@@ -53,6 +357,7 @@ impl Default for ActivationConfig {
             dlq_topic: cdp_proto::topics::DLQ.into(),
             batch_size: 2000,
             poll_timeout_ms: 100,
+            timer_interval_ms: 1000,
             cohorts: vec![
                 cohort(
                     "high_intent",
@@ -83,6 +388,109 @@ impl Default for ActivationConfig {
                     &["crm_id"],
                 ),
             ],
+            destinations: vec![audiences],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    struct File {
+        activation: ActivationConfig,
+    }
+
+    fn parse(text: &str) -> Result<ActivationConfig, String> {
+        toml::from_str::<File>(text)
+            .map(|f| f.activation)
+            .map_err(|e| e.to_string())
+    }
+
+    const WEBHOOK: &str = r#"
+[activation]
+[[activation.destinations]]
+key = "crm"
+kind = "webhook"
+url = "https://crm.example.com/hooks/cdp"
+secret_env = "CDP_CRM_WEBHOOK_SECRET"
+identifiers = ["crm_id"]
+
+[[activation.cohorts]]
+key = "vip"
+expression = "profile.total_touchpoints > 10"
+destinations = ["crm"]
+"#;
+
+    #[test]
+    fn defaults_are_valid_and_feed_the_topic_destination() {
+        let d = ActivationConfig::default();
+        d.validate().unwrap();
+        assert!(d
+            .cohorts
+            .iter()
+            .all(|c| c.destinations == [DEFAULT_AUDIENCE_DESTINATION]));
+        assert_eq!(d.destinations[0].kind, DestinationKind::Kafka);
+        assert_eq!(parse("[activation]\n").unwrap(), d);
+    }
+
+    #[test]
+    fn a_webhook_destination_parses_with_delivery_defaults() {
+        let c = parse(WEBHOOK).unwrap();
+        let d = &c.destinations[0];
+        assert_eq!(d.kind, DestinationKind::Webhook);
+        assert_eq!(d.max_attempts, 8);
+        assert_eq!(d.dlq_topic, "cdp.dlq");
+        assert_eq!(c.cohorts[0].destinations, ["crm"]);
+    }
+
+    #[test]
+    fn invalid_destinations_name_the_field() {
+        let cases = [
+            (
+                WEBHOOK.replace(r#"destinations = ["crm"]"#, r#"destinations = ["ads"]"#),
+                "cohorts[vip].destinations",
+            ),
+            (
+                WEBHOOK.replace("https://crm.example.com/hooks/cdp", "ftp://x"),
+                "destinations[crm].url",
+            ),
+            (
+                WEBHOOK.replace("secret_env = \"CDP_CRM_WEBHOOK_SECRET\"\n", ""),
+                "destinations[crm].secret_env",
+            ),
+            (
+                WEBHOOK.replace(
+                    "secret_env = \"CDP_CRM_WEBHOOK_SECRET\"",
+                    "secret = \"whsec_%%%\"",
+                ),
+                "destinations[crm].secret",
+            ),
+            (
+                WEBHOOK.replace("kind = \"webhook\"", "kind = \"kafka\""),
+                "destinations[crm].topic",
+            ),
+            (
+                WEBHOOK.replace("kind = \"webhook\"", "kind = \"ftp\""),
+                "unknown variant",
+            ),
+            (
+                WEBHOOK.replace("key = \"crm\"", "key = \"CRM\""),
+                "destinations.key",
+            ),
+            (
+                WEBHOOK.replace("identifiers = [\"crm_id\"]", "identifers = [\"crm_id\"]"),
+                "identifers",
+            ),
+            (
+                WEBHOOK.replace("identifiers = [\"crm_id\"]", "max_attempts = 0"),
+                "destinations[crm].max_attempts",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(field), "expected {field} in: {err}");
         }
     }
 }

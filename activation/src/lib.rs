@@ -1,18 +1,28 @@
-//! Activation: evaluates cohorts on every profile change and publishes who entered and exited.
+//! Activation: evaluates cohorts on every profile change and publishes who entered and exited,
+//! to the cohort topics and to the destinations each cohort feeds.
 //!
 //! Cohorts are CEL expressions over a [`view::ProfileView`] ([`cohort`]). Membership lives in
 //! RocksDB ([`membership`]); each batch of profile updates and identity changes is applied with
-//! its outputs (an outbox) and input offsets in one atomic write ([`stage`]), so a restart neither
-//! loses nor repeats a cohort change.
+//! its outputs (an outbox and per-destination delivery queues) and input offsets in one atomic
+//! write ([`stage`]), so a restart neither loses nor repeats a cohort change. Destinations
+//! ([`destination`]) are Kafka topics or signed webhooks ([`webhook`]) drained by one thread each
+//! ([`delivery`]); windows that expire without a new event are caught by a timer ([`timer`]).
+//! Definitions can be swapped while running ([`definitions::Activation::reload`]).
 
 pub mod cohort;
 pub mod config;
+pub mod definitions;
+pub mod delivery;
+pub mod destination;
 pub mod membership;
 pub mod stage;
+pub mod timer;
 pub mod view;
+pub mod webhook;
 
 pub use cohort::{Cohort, CohortError, Cohorts};
-pub use config::{ActivationConfig, CohortConfig};
+pub use config::{ActivationConfig, CohortConfig, DestinationConfig, DestinationKind};
+pub use definitions::{Activation, Definitions, ReloadSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
@@ -20,6 +30,8 @@ pub enum ActivationError {
     Storage(String),
     #[error("corrupt state: {0}")]
     Corrupt(String),
+    #[error("config: {0}")]
+    Config(String),
     #[error(transparent)]
     Cohort(#[from] CohortError),
     #[error(transparent)]

@@ -1,6 +1,8 @@
 //! Membership state in RocksDB: who is in which cohort, the per-(cohort, profile) change
-//! sequence, the last profile version applied, input offsets and the outbox. A batch's writes
-//! are collected in a [`MembershipTxn`] and committed atomically.
+//! sequence, the last profile version applied, input offsets and the outbox; per destination,
+//! who it holds and the queue of events still to deliver; the last profile of each person with
+//! the time its windows next change (the timer index). A batch's writes are collected in a
+//! [`MembershipTxn`] and committed atomically.
 
 use crate::{ActivationError, Result};
 use cdp_proto::Timestamp;
@@ -14,8 +16,31 @@ const CF_VERSIONS: &str = "versions";
 const CF_OFFSETS: &str = "offsets";
 const CF_OUTBOX: &str = "outbox";
 const CF_META: &str = "meta";
-const ALL_CFS: [&str; 5] = [CF_MEMBERS, CF_VERSIONS, CF_OFFSETS, CF_OUTBOX, CF_META];
+/// `dest \0 tenant \0 canonical_id \0 audience` -> [`DestMember`].
+pub(crate) const CF_DEST_MEMBERS: &str = "dest_members";
+/// `dest \0 seq` -> an encoded delivery (see `delivery`), drained by the destination's worker.
+pub(crate) const CF_DELIVERIES: &str = "deliveries";
+/// `tenant \0 canonical_id` -> the last profile applied (JSON), for timer re-evaluation.
+pub(crate) const CF_PROFILES: &str = "profiles";
+/// `due_ms \0 tenant \0 canonical_id` -> empty: when a profile's windows next change.
+pub(crate) const CF_DUE: &str = "due";
+/// `tenant \0 canonical_id` -> its entry's `due_ms` in [`CF_DUE`], to move it.
+pub(crate) const CF_DUE_OF: &str = "due_of";
+const ALL_CFS: [&str; 10] = [
+    CF_MEMBERS,
+    CF_VERSIONS,
+    CF_OFFSETS,
+    CF_OUTBOX,
+    CF_META,
+    CF_DEST_MEMBERS,
+    CF_DELIVERIES,
+    CF_PROFILES,
+    CF_DUE,
+    CF_DUE_OF,
+];
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
+const META_NEXT_DELIVERY: &[u8] = b"next_delivery\0";
+const META_INFLIGHT: &[u8] = b"inflight\0";
 
 /// A profile's standing in one cohort.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,6 +49,17 @@ pub struct MemberState {
     /// Version of the last change emitted for this (cohort, profile); strictly increasing.
     pub seq: u64,
     pub since: Timestamp,
+}
+
+/// What one destination was last sent for a (cohort, profile).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DestMember {
+    pub member: bool,
+    /// Version of the last event this destination got for the pair; strictly increasing.
+    pub seq: u64,
+    /// The identifiers it was sent on entry, so the exit names the same people.
+    #[serde(default)]
+    pub identifiers: Vec<cdp_proto::Identifier>,
 }
 
 pub struct MembershipStore {
@@ -107,6 +143,104 @@ impl MembershipStore {
         self.db.write(batch).map_err(storage)
     }
 
+    /// Up to `max` queued deliveries of `dest` in order, with their sequence numbers.
+    pub fn deliveries(&self, dest: &str, max: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        let prefix = dest_prefix(dest);
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_DELIVERIES),
+            rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(storage)?;
+            if !k.starts_with(&prefix) || out.len() >= max {
+                break;
+            }
+            let seq = k[prefix.len()..]
+                .try_into()
+                .map(u64::from_be_bytes)
+                .map_err(|_| ActivationError::Corrupt("delivery key".into()))?;
+            out.push((seq, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Removes delivered (or dead-lettered) entries of `dest` and its in-flight marker.
+    pub fn complete_deliveries(&self, dest: &str, seqs: &[u64]) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for seq in seqs {
+            batch.delete_cf(self.cf(CF_DELIVERIES), delivery_key(dest, *seq));
+        }
+        batch.delete_cf(self.cf(CF_META), meta_key(META_INFLIGHT, dest));
+        self.db.write(batch).map_err(storage)
+    }
+
+    /// The batch of `dest` being attempted (its sequence numbers), kept so that a restart
+    /// retries exactly the same batch under the same webhook id.
+    pub fn inflight(&self, dest: &str) -> Result<Option<Vec<u64>>> {
+        self.db
+            .get_cf(self.cf(CF_META), meta_key(META_INFLIGHT, dest))
+            .map_err(storage)?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    pub fn set_inflight(&self, dest: &str, seqs: &[u64]) -> Result<()> {
+        let value = serde_json::to_vec(seqs).expect("sequence numbers serialise");
+        self.db
+            .put_cf(self.cf(CF_META), meta_key(META_INFLIGHT, dest), value)
+            .map_err(storage)
+    }
+
+    /// One queued delivery of `dest`, if it is still queued.
+    pub fn delivery(&self, dest: &str, seq: u64) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(CF_DELIVERIES), delivery_key(dest, seq))
+            .map_err(storage)
+    }
+
+    /// What `dest` holds for a (cohort, profile).
+    pub fn dest_member(
+        &self,
+        dest: &str,
+        tenant: &str,
+        canonical_id: &str,
+        audience: &str,
+    ) -> Result<Option<DestMember>> {
+        self.db
+            .get_cf(
+                self.cf(CF_DEST_MEMBERS),
+                dest_member_key(dest, tenant, canonical_id, audience),
+            )
+            .map_err(storage)?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    /// Profiles whose windows change at or before `now_ms`: `(due_ms, tenant, canonical_id)`.
+    pub fn due(&self, now_ms: u64, max: usize) -> Result<Vec<(u64, String, String)>> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_DUE), rocksdb::IteratorMode::Start)
+        {
+            let (k, _) = item.map_err(storage)?;
+            if out.len() >= max || k.len() < 9 {
+                break;
+            }
+            let due = u64::from_be_bytes(k[..8].try_into().expect("8 bytes checked above"));
+            if due > now_ms {
+                break;
+            }
+            let parts: Vec<&[u8]> = k[9..].split(|b| *b == 0).collect();
+            if let [t, c] = parts.as_slice() {
+                let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                out.push((due, s(t), s(c)));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn txn(&self) -> Result<MembershipTxn<'_>> {
         let next_outbox = self
             .db
@@ -121,6 +255,8 @@ impl MembershipStore {
             offsets: BTreeMap::new(),
             outbox: Vec::new(),
             next_outbox,
+            kv: BTreeMap::new(),
+            deliveries: BTreeMap::new(),
         })
     }
 }
@@ -133,6 +269,10 @@ pub struct MembershipTxn<'s> {
     offsets: BTreeMap<Vec<u8>, i64>,
     outbox: Vec<Vec<u8>>,
     next_outbox: u64,
+    /// Writes to the other column families: `None` deletes.
+    kv: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+    /// Per destination: next sequence number and the entries queued in this batch.
+    deliveries: BTreeMap<String, (u64, Vec<Vec<u8>>)>,
 }
 
 impl MembershipTxn<'_> {
@@ -230,9 +370,162 @@ impl MembershipTxn<'_> {
         self.outbox.push(encoded);
     }
 
+    fn get(&mut self, cf: &'static str, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.kv.get(&(cf, key.clone())) {
+            return Ok(v.clone());
+        }
+        let v = self
+            .store
+            .db
+            .get_cf(self.store.cf(cf), &key)
+            .map_err(storage)?;
+        Ok(v)
+    }
+
+    fn put(&mut self, cf: &'static str, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.kv.insert((cf, key), value);
+    }
+
+    pub fn dest_member(
+        &mut self,
+        dest: &str,
+        tenant: &str,
+        canonical_id: &str,
+        audience: &str,
+    ) -> Result<Option<DestMember>> {
+        let key = dest_member_key(dest, tenant, canonical_id, audience);
+        self.get(CF_DEST_MEMBERS, key)?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    pub fn set_dest_member(
+        &mut self,
+        dest: &str,
+        tenant: &str,
+        canonical_id: &str,
+        audience: &str,
+        state: &DestMember,
+    ) {
+        let key = dest_member_key(dest, tenant, canonical_id, audience);
+        let value = serde_json::to_vec(state).expect("DestMember serialises");
+        self.put(CF_DEST_MEMBERS, key, Some(value));
+    }
+
+    /// Whether `dest` was ever sent anything about the person; forgets it when `forget`.
+    pub fn dest_received(
+        &mut self,
+        dest: &str,
+        tenant: &str,
+        canonical_id: &str,
+        forget: bool,
+    ) -> Result<bool> {
+        let mut prefix = dest_prefix(dest);
+        prefix.extend_from_slice(&pair_key(tenant, canonical_id));
+        prefix.push(0);
+        let mut keys: Vec<Vec<u8>> = self
+            .store
+            .scan(CF_DEST_MEMBERS, &prefix)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        keys.extend(
+            self.kv
+                .iter()
+                .filter(|((cf, k), v)| {
+                    *cf == CF_DEST_MEMBERS && k.starts_with(&prefix) && v.is_some()
+                })
+                .map(|((_, k), _)| k.clone()),
+        );
+        keys.sort();
+        keys.dedup();
+        let mut received = false;
+        for k in keys {
+            if self.get(CF_DEST_MEMBERS, k.clone())?.is_some() {
+                received = true;
+                if forget {
+                    self.put(CF_DEST_MEMBERS, k, None);
+                }
+            }
+        }
+        Ok(received)
+    }
+
+    /// Queues an encoded delivery for `dest`'s worker.
+    pub fn push_delivery(&mut self, dest: &str, encoded: Vec<u8>) -> Result<()> {
+        if !self.deliveries.contains_key(dest) {
+            let next = self
+                .store
+                .db
+                .get_cf(self.store.cf(CF_META), meta_key(META_NEXT_DELIVERY, dest))
+                .map_err(storage)?
+                .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes))
+                .unwrap_or(0);
+            self.deliveries.insert(dest.to_string(), (next, Vec::new()));
+        }
+        let entry = self.deliveries.get_mut(dest).expect("inserted above");
+        entry.1.push(encoded);
+        Ok(())
+    }
+
+    /// The last profile stored for the person (raw JSON).
+    pub fn profile(&mut self, tenant: &str, canonical_id: &str) -> Result<Option<Vec<u8>>> {
+        self.get(CF_PROFILES, pair_key(tenant, canonical_id))
+    }
+
+    /// Stores the person's last profile update (raw JSON) and when it must next be re-evaluated,
+    /// or with `None` forgets both: only a new event can change their memberships.
+    pub fn schedule(
+        &mut self,
+        tenant: &str,
+        canonical_id: &str,
+        next: Option<(Vec<u8>, u64)>,
+    ) -> Result<()> {
+        let pair = pair_key(tenant, canonical_id);
+        let old = self
+            .get(CF_DUE_OF, pair.clone())?
+            .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes));
+        match (old, next) {
+            (None, None) => {}
+            (Some(old), None) => {
+                self.put(CF_DUE, due_key(old, &pair), None);
+                self.put(CF_DUE_OF, pair.clone(), None);
+                self.put(CF_PROFILES, pair, None);
+            }
+            (old, Some((profile, due))) => {
+                if old != Some(due) {
+                    if let Some(old) = old {
+                        self.put(CF_DUE, due_key(old, &pair), None);
+                    }
+                    self.put(CF_DUE, due_key(due, &pair), Some(Vec::new()));
+                    self.put(CF_DUE_OF, pair.clone(), Some(due.to_be_bytes().to_vec()));
+                }
+                self.put(CF_PROFILES, pair, Some(profile));
+            }
+        }
+        Ok(())
+    }
+
     pub fn commit(self) -> Result<()> {
         let s = self.store;
         let mut batch = WriteBatch::default();
+        for ((cf, k), v) in self.kv {
+            match v {
+                Some(v) => batch.put_cf(s.cf(cf), k, v),
+                None => batch.delete_cf(s.cf(cf), k),
+            }
+        }
+        for (dest, (mut seq, entries)) in self.deliveries {
+            for e in entries {
+                batch.put_cf(s.cf(CF_DELIVERIES), delivery_key(&dest, seq), e);
+                seq += 1;
+            }
+            batch.put_cf(
+                s.cf(CF_META),
+                meta_key(META_NEXT_DELIVERY, &dest),
+                seq.to_be_bytes(),
+            );
+        }
         for (k, v) in self.members {
             if let Some(v) = v {
                 batch.put_cf(
@@ -269,6 +562,37 @@ fn pair_key(tenant: &str, canonical_id: &str) -> Vec<u8> {
     let mut k = tenant.as_bytes().to_vec();
     k.push(0);
     k.extend_from_slice(canonical_id.as_bytes());
+    k
+}
+
+fn dest_prefix(dest: &str) -> Vec<u8> {
+    let mut k = dest.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn dest_member_key(dest: &str, tenant: &str, canonical_id: &str, audience: &str) -> Vec<u8> {
+    let mut k = dest_prefix(dest);
+    k.extend_from_slice(&member_key(tenant, canonical_id, audience));
+    k
+}
+
+fn delivery_key(dest: &str, seq: u64) -> Vec<u8> {
+    let mut k = dest_prefix(dest);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn due_key(due_ms: u64, pair: &[u8]) -> Vec<u8> {
+    let mut k = due_ms.to_be_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(pair);
+    k
+}
+
+fn meta_key(prefix: &[u8], dest: &str) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(dest.as_bytes());
     k
 }
 

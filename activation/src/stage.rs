@@ -1,11 +1,17 @@
-//! The activation stage loop: profile updates and identity changes in, cohort changes out.
+//! The activation stage loop: profile updates and identity changes in, cohort changes out, to
+//! the cohort topics and to every destination the cohort feeds.
 //!
 //! Ordering and idempotence: a profile update not newer than the last applied version is
-//! ignored; each (cohort, profile) change carries a sequence that only grows. Outputs go through
-//! the outbox committed with the membership state and the input offsets (see `membership`).
+//! ignored; each (cohort, profile) change carries a sequence that only grows, and so does each
+//! (destination, cohort, profile) event. Outputs go through the outbox and the destinations'
+//! delivery queues, committed with the membership state and the input offsets (see
+//! `membership`). Webhook destinations are drained by their own threads (see `delivery`); a
+//! timer re-evaluates profiles whose windows expired (see `timer`).
 
-use crate::cohort::Cohorts;
-use crate::config::ActivationConfig;
+use crate::config::{ActivationConfig, DestinationKind};
+use crate::definitions::{Activation, Definitions};
+use crate::delivery::Worker;
+use crate::destination::{self, Destination, Subject};
 use crate::membership::{MemberState, MembershipStore, MembershipTxn};
 use crate::view::ProfileView;
 use crate::Result;
@@ -19,6 +25,9 @@ use cdp_proto::{
 };
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Arc;
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 pub const STAGE: &str = "activation";
@@ -32,59 +41,222 @@ pub struct ActivationCounters {
     /// Sum and count of end-to-end latency (signal received -> cohort change), in microseconds.
     pub latency_us_sum: AtomicU64,
     pub latency_samples: AtomicU64,
+    /// Profiles re-evaluated because their windows changed, not because of an event.
+    pub timer_evaluations: AtomicU64,
+    /// Events acknowledged by webhook receivers.
+    pub webhook_delivered: AtomicU64,
+    /// Webhook attempts that failed and were retried.
+    pub webhook_retries: AtomicU64,
+    /// Events dead-lettered by webhook destinations.
+    pub webhook_dead: AtomicU64,
 }
 
-/// Runs activation until `shutdown` is set.
+/// A running webhook delivery thread.
+struct WorkerSlot<'scope> {
+    config: crate::config::DestinationConfig,
+    stop: Arc<AtomicBool>,
+    wake: SyncSender<()>,
+    handle: ScopedJoinHandle<'scope, Result<()>>,
+}
+
+/// Runs activation until `shutdown` is set. Cohorts and destinations are read from `activation`
+/// before each batch, so a reload takes effect without a restart.
 pub fn run(
     bus: &dyn Bus,
     store: &MembershipStore,
     config: &ActivationConfig,
-    cohorts: &Cohorts,
+    activation: &Activation,
     counters: &ActivationCounters,
     shutdown: &AtomicBool,
 ) -> Result<()> {
     let mut producer = bus.producer()?;
+    ensure_topics(bus, config, &activation.current())?;
     publish_outbox(store, producer.as_mut())?;
     let topics = [
         config.profiles_topic.as_str(),
         config.changes_topic.as_str(),
     ];
-    let mut consumer = bus.consumer(ConsumerOptions::group(config.group.clone(), &topics))?;
+    let mut options = ConsumerOptions::group(config.group.clone(), &topics);
+    // Start where the membership state says, not where the group committed: a fresh or restored
+    // volume is behind the group, and what it has not applied must be read again.
+    let positions = cdp_bus::stored_positions(bus, &topics, |t, p| store.offset(t, p))?;
+    options.start = cdp_bus::StartFrom::Positions(std::sync::Arc::new(positions));
+    let mut consumer = bus.consumer(options)?;
     let timeout = Duration::from_millis(config.poll_timeout_ms);
-    while !shutdown.load(Ordering::Relaxed) {
-        let records = consumer.poll(config.batch_size, timeout)?;
-        if records.is_empty() {
+    let timer_interval = Duration::from_millis(config.timer_interval_ms);
+    let result = std::thread::scope(|scope| {
+        let mut workers: BTreeMap<String, WorkerSlot> = BTreeMap::new();
+        let result = (|| -> Result<()> {
+            let mut generation = None;
+            let mut defs = activation.current();
+            let mut last_timer: Option<Instant> = None;
+            while !shutdown.load(Ordering::Relaxed) {
+                let records = consumer.poll(config.batch_size, timeout)?;
+                // Checked after the poll: records that arrived after a reload use its definitions.
+                if generation != Some(activation.generation()) {
+                    generation = Some(activation.generation());
+                    defs = activation.current();
+                    ensure_topics(bus, config, &defs)?;
+                    sync_workers(scope, &mut workers, &defs, store, bus, counters)?;
+                }
+                reap_failed_workers(&mut workers)?;
+                if last_timer.is_none_or(|t| t.elapsed() >= timer_interval) {
+                    last_timer = Some(Instant::now());
+                    let fired = fire_timers(store, config, &defs, chrono::Utc::now(), counters)?;
+                    if fired > 0 {
+                        publish_outbox(store, producer.as_mut())?;
+                        nudge(&workers);
+                    }
+                    if fired >= config.batch_size {
+                        // More are due (say, at midnight): keep going between batches.
+                        last_timer = None;
+                    }
+                }
+                if records.is_empty() {
+                    continue;
+                }
+                let started = Instant::now();
+                let dead =
+                    apply_records(store, config, &defs, &records, chrono::Utc::now(), counters)?;
+                let published = publish_outbox(store, producer.as_mut())?;
+                nudge(&workers);
+                let mut positions = Positions::new();
+                advance(&mut positions, &records);
+                consumer.commit(&positions)?;
+                counters.stage.record_batch(
+                    records.len() as u64,
+                    published.saturating_sub(dead),
+                    dead,
+                    started.elapsed(),
+                );
+            }
+            Ok(())
+        })();
+        let stopped = stop_workers(std::mem::take(&mut workers));
+        result.and(stopped)
+    });
+    consumer.close()?;
+    result
+}
+
+/// Creates the topics of Kafka destinations and the destinations' DLQs, with as many partitions
+/// as the cohorts topic.
+fn ensure_topics(bus: &dyn Bus, config: &ActivationConfig, defs: &Definitions) -> Result<()> {
+    let partitions = bus
+        .topics()?
+        .into_iter()
+        .find(|t| t.name == config.cohorts_topic)
+        .map(|t| t.partitions)
+        .unwrap_or(1);
+    for d in &defs.destinations {
+        if d.config.kind == DestinationKind::Kafka {
+            bus.create_topic(&d.config.topic, partitions)?;
+        }
+        bus.create_topic(&d.config.dlq_topic, partitions)?;
+    }
+    Ok(())
+}
+
+/// Starts a delivery thread for each webhook destination without one, and stops those of
+/// destinations that were removed or changed.
+fn sync_workers<'scope, 'env>(
+    scope: &'scope Scope<'scope, 'env>,
+    workers: &mut BTreeMap<String, WorkerSlot<'scope>>,
+    defs: &Definitions,
+    store: &'env MembershipStore,
+    bus: &'env dyn Bus,
+    counters: &'env ActivationCounters,
+) -> Result<()> {
+    let wanted: BTreeMap<&str, &Destination> = defs
+        .destinations
+        .iter()
+        .filter(|d| d.config.kind == DestinationKind::Webhook)
+        .map(|d| (d.key(), d))
+        .collect();
+    let outdated: Vec<String> = workers
+        .iter()
+        .filter(|(k, w)| wanted.get(k.as_str()).is_none_or(|d| d.config != w.config))
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut old = BTreeMap::new();
+    for k in outdated {
+        if let Some(w) = workers.remove(&k) {
+            old.insert(k, w);
+        }
+    }
+    stop_workers(old)?;
+    for (key, dest) in wanted {
+        if workers.contains_key(key) {
             continue;
         }
-        let started = Instant::now();
-        let dead = apply_records(
-            store,
-            config,
-            cohorts,
-            &records,
-            chrono::Utc::now(),
-            counters,
-        )?;
-        let published = publish_outbox(store, producer.as_mut())?;
-        let mut positions = Positions::new();
-        advance(&mut positions, &records);
-        consumer.commit(&positions)?;
-        counters.stage.record_batch(
-            records.len() as u64,
-            published.saturating_sub(dead),
-            dead,
-            started.elapsed(),
+        let stop = Arc::new(AtomicBool::new(false));
+        let (wake, woken) = sync_channel(1);
+        let worker = Worker::new(store, bus, dest.clone(), counters);
+        let thread_stop = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("webhook-{key}"))
+            .spawn_scoped(scope, move || worker.run(&thread_stop, &woken))
+            .map_err(|e| crate::ActivationError::Storage(format!("spawning a worker: {e}")))?;
+        workers.insert(
+            key.to_string(),
+            WorkerSlot {
+                config: dest.config.clone(),
+                stop,
+                wake,
+                handle,
+            },
         );
     }
-    consumer.close()?;
     Ok(())
+}
+
+fn nudge(workers: &BTreeMap<String, WorkerSlot>) {
+    for w in workers.values() {
+        // A full channel means a nudge is already pending.
+        let _ = w.wake.try_send(());
+    }
+}
+
+/// A worker that ended on its own failed (storage or bus): the stage fails with its error.
+fn reap_failed_workers(workers: &mut BTreeMap<String, WorkerSlot>) -> Result<()> {
+    let finished: Vec<String> = workers
+        .iter()
+        .filter(|(_, w)| w.handle.is_finished())
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut done = BTreeMap::new();
+    for k in finished {
+        if let Some(w) = workers.remove(&k) {
+            done.insert(k, w);
+        }
+    }
+    stop_workers(done)
+}
+
+fn stop_workers(workers: BTreeMap<String, WorkerSlot>) -> Result<()> {
+    for w in workers.values() {
+        w.stop.store(true, Ordering::Relaxed);
+    }
+    let mut first = Ok(());
+    for (key, w) in workers {
+        let r = match w.handle.join() {
+            Ok(r) => r,
+            Err(_) => Err(crate::ActivationError::Storage(format!(
+                "webhook worker {key} panicked"
+            ))),
+        };
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
 }
 
 /// Applies a batch atomically; returns how many records went to the DLQ.
 pub fn apply_records(
     store: &MembershipStore,
     config: &ActivationConfig,
-    cohorts: &Cohorts,
+    defs: &Definitions,
     records: &[Record],
     now: Timestamp,
     counters: &ActivationCounters,
@@ -108,8 +280,11 @@ pub fn apply_records(
             decode::<IdentityChange>(r).map(Input::Change)
         };
         match outcome {
-            Ok(Input::Update(u)) => on_update(&mut txn, config, cohorts, &u, now, counters)?,
-            Ok(Input::Change(c)) => on_identity_change(&mut txn, config, &c, now, counters)?,
+            Ok(Input::Update(u)) => {
+                let raw = r.value.as_deref().unwrap_or_default();
+                on_update(&mut txn, config, defs, &u, raw, now, counters)?
+            }
+            Ok(Input::Change(c)) => on_identity_change(&mut txn, config, defs, &c, now, counters)?,
             Err(rejection) => {
                 dead += 1;
                 let headers = dlq::headers(STAGE, &rejection, &r.topic, r.partition, r.offset);
@@ -132,6 +307,39 @@ pub fn apply_records(
     Ok(dead)
 }
 
+/// Re-evaluates the profiles whose windows changed by `now` (at most a batch of them) and
+/// schedules their next check. Returns how many were re-evaluated.
+pub fn fire_timers(
+    store: &MembershipStore,
+    config: &ActivationConfig,
+    defs: &Definitions,
+    now: Timestamp,
+    counters: &ActivationCounters,
+) -> Result<usize> {
+    let due = store.due(now.timestamp_millis().max(0) as u64, config.batch_size)?;
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut txn = store.txn()?;
+    for (_, tenant, canonical_id) in &due {
+        let update = txn
+            .profile(tenant, canonical_id)?
+            .and_then(|raw| Some((serde_json::from_slice::<ProfileUpdate>(&raw).ok()?, raw)));
+        let Some((update, raw)) = update else {
+            txn.schedule(tenant, canonical_id, None)?;
+            continue;
+        };
+        evaluate(&mut txn, config, defs, &update.profile, now, counters)?;
+        let next = crate::timer::next_due(defs, &update.profile, now).map(|due| (raw, due));
+        txn.schedule(tenant, canonical_id, next)?;
+    }
+    txn.commit()?;
+    counters
+        .timer_evaluations
+        .fetch_add(due.len() as u64, Ordering::Relaxed);
+    Ok(due.len())
+}
+
 enum Input {
     Update(Box<ProfileUpdate>),
     Change(IdentityChange),
@@ -148,8 +356,9 @@ fn decode<T: serde::de::DeserializeOwned>(r: &Record) -> Result<T, Rejection> {
 fn on_update(
     txn: &mut MembershipTxn,
     config: &ActivationConfig,
-    cohorts: &Cohorts,
+    defs: &Definitions,
     update: &ProfileUpdate,
+    raw: &[u8],
     now: Timestamp,
     counters: &ActivationCounters,
 ) -> Result<()> {
@@ -158,47 +367,10 @@ fn on_update(
         return Ok(()); // a duplicate or a stale replay
     }
     txn.set_version(&p.tenant, &p.canonical_id, update.version);
-    let view = ProfileView::new(p, now);
-    let mut changed = false;
-    for (i, result) in cohorts.evaluate(&view) {
-        let cohort = &cohorts.list[i];
-        let member = match result {
-            Ok(m) => m,
-            Err(e) => {
-                counters.eval_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "cohort evaluation failed; membership unchanged");
-                continue;
-            }
-        };
-        let state = txn.state(&p.tenant, &p.canonical_id, cohort.key())?;
-        if state.as_ref().map(|s| s.member).unwrap_or(false) == member {
-            continue;
-        }
-        let kind = if member {
-            CohortChangeKind::Entered
-        } else {
-            CohortChangeKind::Exited
-        };
-        let kinds = &cohort.config.identifiers;
-        let identifiers = p
-            .identifiers
-            .iter()
-            .filter(|id| kinds.iter().any(|k| k == id.kind.as_str()))
-            .cloned()
-            .collect();
-        emit(
-            txn,
-            config,
-            p.tenant.clone(),
-            cohort.key(),
-            p.canonical_id.clone(),
-            kind,
-            state,
-            identifiers,
-            now,
-            counters,
-        );
-        changed = true;
+    let changed = evaluate(txn, config, defs, p, now, counters)?;
+    if defs.uses_windows || defs.uses_recency {
+        let next = crate::timer::next_due(defs, p, now).map(|due| (raw.to_vec(), due));
+        txn.schedule(&p.tenant, &p.canonical_id, next)?;
     }
     if changed {
         if let Some(received) = update.received_at {
@@ -210,9 +382,77 @@ fn on_update(
     Ok(())
 }
 
+/// Evaluates every cohort for `p` at `now`, emits the changes and routes them to destinations.
+/// Returns whether any membership changed.
+fn evaluate(
+    txn: &mut MembershipTxn,
+    config: &ActivationConfig,
+    defs: &Definitions,
+    p: &Profile,
+    now: Timestamp,
+    counters: &ActivationCounters,
+) -> Result<bool> {
+    let view = ProfileView::new(p, now);
+    let mut changed = false;
+    for (i, result) in defs.cohorts.evaluate(&view) {
+        let cohort = &defs.cohorts.list[i];
+        let member = match result {
+            Ok(m) => m,
+            Err(e) => {
+                counters.eval_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "cohort evaluation failed; membership unchanged");
+                continue;
+            }
+        };
+        let state = txn.state(&p.tenant, &p.canonical_id, cohort.key())?;
+        let flipped = state.as_ref().map(|s| s.member).unwrap_or(false) != member;
+        if flipped {
+            let kind = if member {
+                CohortChangeKind::Entered
+            } else {
+                CohortChangeKind::Exited
+            };
+            let kinds = &cohort.config.identifiers;
+            let identifiers = p
+                .identifiers
+                .iter()
+                .filter(|id| kinds.iter().any(|k| k == id.kind.as_str()))
+                .cloned()
+                .collect();
+            emit(
+                txn,
+                config,
+                p.tenant.clone(),
+                cohort.key(),
+                p.canonical_id.clone(),
+                kind,
+                state,
+                identifiers,
+                now,
+                counters,
+            );
+            changed = true;
+        }
+        // A member's consent or identifiers can change without their membership changing:
+        // destinations are checked on every update of a member.
+        if flipped || member {
+            let who = Subject {
+                tenant: &p.tenant,
+                canonical_id: &p.canonical_id,
+                audience: cohort.key(),
+            };
+            for d in &defs.feeds[i] {
+                destination::route(txn, &defs.destinations[*d], who, member.then_some(p), now)?;
+            }
+        }
+    }
+    Ok(changed)
+}
+
 fn on_identity_change(
     txn: &mut MembershipTxn,
     config: &ActivationConfig,
+    defs: &Definitions,
     change: &IdentityChange,
     now: Timestamp,
     counters: &ActivationCounters,
@@ -221,6 +461,7 @@ fn on_identity_change(
         // Retired ids leave every cohort; the survivor's update re-evaluates it.
         IdentityChangeKind::Merged => change.retired.iter().collect(),
         IdentityChangeKind::Deleted => vec![&change.canonical_id],
+        // Both sides get profile updates of their own, which re-evaluate them.
         IdentityChangeKind::Split => Vec::new(),
     };
     for id in gone {
@@ -238,7 +479,29 @@ fn on_identity_change(
                 now,
                 counters,
             );
+            if let Some(i) = defs.cohorts.list.iter().position(|c| c.key() == audience) {
+                let who = Subject {
+                    tenant: &change.tenant,
+                    canonical_id: id,
+                    audience: &audience,
+                };
+                for d in &defs.feeds[i] {
+                    let dest = &defs.destinations[*d];
+                    match change.kind {
+                        IdentityChangeKind::Merged => {
+                            destination::exit_merged(txn, dest, who, &change.canonical_id, now)?
+                        }
+                        _ => destination::route(txn, dest, who, None, now)?,
+                    };
+                }
+            }
         }
+        if change.kind == IdentityChangeKind::Deleted {
+            for dest in &defs.destinations {
+                destination::delete(txn, dest, &change.tenant, id, change.version, now)?;
+            }
+        }
+        txn.schedule(&change.tenant, id, None)?;
     }
     Ok(())
 }

@@ -1,1 +1,128 @@
-//! placeholder
+//! Inputs and measurements shared by the benchmarks: a generated multi-source workload as raw
+//! bus records, the signals ingest makes of it, latency percentiles and peak memory.
+
+use cdp_bus::Record;
+use cdp_ingest::workload::{self, WorkloadOptions};
+use cdp_ingest::IngestConfig;
+use cdp_proto::Source;
+use std::io::BufRead;
+use std::time::Duration;
+
+/// The raw records of a workload of `profiles` people, as they sit on the four raw topics
+/// (one partition each, offsets from 0), in source order web, app, crm, media.
+pub fn raw_records(
+    config: &IngestConfig,
+    profiles: usize,
+    seed: u64,
+) -> std::io::Result<Vec<Record>> {
+    let dir = tempfile::tempdir()?;
+    let options = WorkloadOptions {
+        profiles,
+        seed,
+        now: workload::default_now(),
+    };
+    workload::generate_with(dir.path(), &options)?;
+    // Ingest stamps `received_at` from the record's timestamp, as a broker would have set it.
+    let received_ms = chrono::Utc::now().timestamp_millis();
+    let mut records = Vec::new();
+    for (topic, source) in config.raw_topics() {
+        let file = std::fs::File::open(dir.path().join(workload::file_name(source)))?;
+        for (offset, line) in std::io::BufReader::new(file).lines().enumerate() {
+            records.push(Record {
+                topic: topic.to_string(),
+                partition: 0,
+                offset: offset as i64,
+                timestamp_ms: received_ms,
+                key: None,
+                value: Some(line?.into_bytes()),
+                headers: Vec::new(),
+            });
+        }
+    }
+    Ok(records)
+}
+
+/// What ingest makes of `raw`: the signals, as records of the signals topic (one partition).
+pub fn signals(config: &IngestConfig, raw: &[Record]) -> Vec<Record> {
+    let options = config
+        .normalize_options()
+        .expect("the ingest config is valid");
+    let mut out = Vec::new();
+    for chunk in raw.chunks(config.batch_size.max(1)) {
+        let batch =
+            cdp_ingest::stage::process_batch(config, &options, chunk).expect("signals encode");
+        out.extend(
+            batch
+                .records
+                .into_iter()
+                .filter(|r| r.topic == config.signals_topic),
+        );
+    }
+    out.into_iter()
+        .enumerate()
+        .map(|(offset, r)| Record {
+            topic: r.topic,
+            partition: 0,
+            offset: offset as i64,
+            timestamp_ms: r.timestamp_ms.unwrap_or_default(),
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
+        })
+        .collect()
+}
+
+/// Raw records of one source only.
+pub fn of_source<'a>(config: &IngestConfig, raw: &'a [Record], source: Source) -> Vec<&'a Record> {
+    raw.iter()
+        .filter(|r| config.source_of(&r.topic) == Some(source))
+        .collect()
+}
+
+/// The `p`-th percentile (0..=100) of `samples`, which it sorts.
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * (samples.len() - 1) as f64).round() as usize;
+    samples[rank.min(samples.len() - 1)]
+}
+
+/// Peak resident set size of this process so far (Linux `VmHWM`), in bytes.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_of_known_samples() {
+        let mut s: Vec<Duration> = (1..=100).rev().map(Duration::from_millis).collect();
+        assert_eq!(percentile(&mut s, 50.0), Duration::from_millis(51));
+        assert_eq!(percentile(&mut s, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&mut s, 100.0), Duration::from_millis(100));
+        assert_eq!(percentile(&mut [], 99.0), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_workload_becomes_raw_records_and_signals() {
+        let config = IngestConfig::default();
+        let raw = raw_records(&config, 20, 7).unwrap();
+        assert!(!of_source(&config, &raw, Source::Crm).is_empty());
+        let signals = signals(&config, &raw);
+        assert!(
+            signals.len() > raw.len() / 2,
+            "{} of {}",
+            signals.len(),
+            raw.len()
+        );
+        assert!(signals.iter().all(|r| r.topic == config.signals_topic));
+        assert!(peak_rss_bytes().unwrap() > 0);
+    }
+}

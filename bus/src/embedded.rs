@@ -8,8 +8,8 @@
 
 use crate::record::codec;
 use crate::{
-    partition_for_key, validate_topic_name, Bus, BusError, Consumer, ConsumerOptions, OutRecord,
-    Positions, Producer, Record, Result, StartFrom, TopicInfo,
+    partition_for_key, stored_position, validate_topic_name, Bus, BusError, Consumer,
+    ConsumerOptions, OutRecord, Positions, Producer, Record, Result, StartFrom, TopicInfo,
 };
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
 use std::collections::BTreeMap;
@@ -181,12 +181,25 @@ impl Bus for EmbeddedBus {
                 .ok_or_else(|| BusError::UnknownTopic(topic.clone()))?;
             for (p, end) in parts.iter().enumerate() {
                 let p = p as i32;
-                let start = match self.committed(&options.group, topic, p)? {
-                    Some(pos) if options.commit => pos,
-                    _ => match options.start {
-                        StartFrom::Earliest => 0,
-                        StartFrom::Latest => *end,
-                    },
+                // A throw-away reader never starts at the group's position.
+                let committed = || {
+                    if options.commit {
+                        self.committed(&options.group, topic, p)
+                    } else {
+                        Ok(None)
+                    }
+                };
+                let start = match &options.start {
+                    StartFrom::Earliest => committed()?.unwrap_or(0),
+                    StartFrom::Latest => committed()?.unwrap_or(*end),
+                    // The stage's state decides; the group's position is only reported. A
+                    // position outside the log belongs to another one: re-read from the start.
+                    StartFrom::Positions(source) => {
+                        match stored_position(source.as_ref(), topic, p)? {
+                            Some(pos) if (0..=*end).contains(&pos) => pos,
+                            _ => 0,
+                        }
+                    }
                 };
                 positions.insert((topic.clone(), p), start);
             }

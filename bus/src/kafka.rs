@@ -4,22 +4,27 @@
 //! the Java-compatible murmur2 partitioner (so a key lands where [`partition_for_key`] says),
 //! consumers that never store offsets on their own (`enable.auto.offset.store=false`, no
 //! auto-commit) and commit exactly the positions a stage hands to [`Consumer::commit`],
-//! synchronously, so a restarted group member resumes where the last commit left off.
+//! synchronously, so a restarted group member resumes where the last commit left off — unless
+//! the stage started it from its own positions ([`StartFrom::Positions`]), which the consumer
+//! context applies to every partition it is assigned, in the rebalance callback.
 //!
 //! [`partition_for_key`]: crate::partition_for_key
 
 use crate::{
-    validate_topic_name, Bus, BusError, Consumer, ConsumerOptions, OutRecord, Positions, Producer,
-    Record, Result, StartFrom, TopicInfo,
+    stored_position, validate_topic_name, Bus, BusError, Consumer, ConsumerOptions, OutRecord,
+    PositionSource, Positions, Producer, Record, Result, StartFrom, TopicInfo,
 };
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol,
+};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, Headers, Message, OwnedHeaders};
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::{BaseRecord, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -69,7 +74,7 @@ impl KafkaBus {
     /// Creates the admin client. librdkafka connects lazily, so this succeeds without a reachable
     /// broker; the first call that needs one reports the failure.
     pub fn new(config: KafkaConfig) -> Result<Self> {
-        let admin = client_config(&config, &[]).create_with_context(BusContext)?;
+        let admin = client_config(&config, &[]).create_with_context(BusContext::default())?;
         Ok(Self { config, admin })
     }
 
@@ -195,9 +200,18 @@ impl Bus for KafkaBus {
 
     fn consumer(&self, options: ConsumerOptions) -> Result<Box<dyn Consumer>> {
         let partitions = self.partition_counts(&options.topics)?;
+        // For stored positions, the fallback should one fall outside the log after all (see
+        // `start_offset`): re-reading beats skipping.
         let reset = match options.start {
-            StartFrom::Earliest => "earliest",
+            StartFrom::Earliest | StartFrom::Positions(_) => "earliest",
             StartFrom::Latest => "latest",
+        };
+        let positions = match &options.start {
+            StartFrom::Positions(source) => Some(StoredStart {
+                source: source.clone(),
+                timeout: self.timeout(),
+            }),
+            _ => None,
         };
         // A throw-away reader gets a group of its own so it can never disturb the positions of
         // the group it was named after.
@@ -216,7 +230,10 @@ impl Bus for KafkaBus {
                 ("partition.assignment.strategy", "cooperative-sticky"),
             ],
         )
-        .create_with_context(BusContext)?;
+        .create_with_context(BusContext {
+            positions,
+            failure: Mutex::default(),
+        })?;
 
         if options.commit {
             let topics: Vec<&str> = options.topics.iter().map(String::as_str).collect();
@@ -228,9 +245,16 @@ impl Bus for KafkaBus {
             let mut assignment = TopicPartitionList::new();
             for (topic, count) in &partitions {
                 for p in 0..*count {
-                    let start = match options.start {
+                    let start = match &options.start {
                         StartFrom::Earliest => Offset::Beginning,
                         StartFrom::Latest => Offset::Offset(self.high_watermark(topic, p)?),
+                        StartFrom::Positions(source) => {
+                            start_offset(stored_position(source.as_ref(), topic, p)?, || {
+                                self.admin
+                                    .inner()
+                                    .fetch_watermarks(topic, p, self.timeout())
+                            })
+                        }
                     };
                     assignment.add_partition_offset(topic, p, start)?;
                 }
@@ -258,7 +282,7 @@ impl Bus for KafkaBus {
             &self.config,
             &[("group.id", group), ("enable.auto.commit", "false")],
         )
-        .create_with_context(BusContext)?;
+        .create_with_context(BusContext::default())?;
         let committed = reader.committed_offsets(query, self.timeout())?;
         let mut lag = 0u64;
         for elem in committed.elements() {
@@ -355,7 +379,14 @@ impl Consumer for KafkaConsumer {
             } else {
                 Duration::ZERO
             };
-            match self.consumer.poll(wait) {
+            let polled = self.consumer.poll(wait);
+            // A rebalance served by that poll could not learn where a partition starts: read
+            // nothing more. Records already collected were not committed, so a restart
+            // re-reads them.
+            if let Some(failure) = self.consumer.context().failure() {
+                return Err(failure);
+            }
+            match polled {
                 Some(Ok(message)) => out.push(to_record(&message)),
                 Some(Err(KafkaError::PartitionEOF(_))) => {}
                 Some(Err(e)) if out.is_empty() => return Err(e.into()),
@@ -505,9 +536,93 @@ fn log_to_tracing(level: RDKafkaLogLevel, facility: &str, message: &str) {
     }
 }
 
-/// Context of admin clients and consumers: logging only, rebalances use rdkafka's default
-/// (incremental assign/unassign under cooperative-sticky).
-struct BusContext;
+/// Where a partition starts for a stage's stored position (`None`: nothing stored): at the
+/// position while the partition holds it, else at the beginning (state that belongs to another
+/// log). The bounds are checked here rather than left to `auto.offset.reset` because not every
+/// Kafka-protocol broker reports a fetch past the end as out of range (tansu 0.6 waits instead).
+fn start_offset(
+    stored: Option<i64>,
+    watermarks: impl FnOnce() -> KafkaResult<(i64, i64)>,
+) -> Offset {
+    let Some(offset) = stored.filter(|o| *o >= 0) else {
+        return Offset::Beginning;
+    };
+    match watermarks() {
+        Ok((low, high)) if (low..=high).contains(&offset) => Offset::Offset(offset),
+        Ok(_) => Offset::Beginning,
+        Err(error) => {
+            // Bounds unknown: start at the position and leave a bad one to the broker.
+            tracing::warn!(%error, "cannot check a stored position against the partition");
+            Offset::Offset(offset)
+        }
+    }
+}
+
+/// A stage's own positions, for a consumer that starts every assigned partition at them.
+struct StoredStart {
+    source: Arc<dyn PositionSource>,
+    /// Bound for asking the broker about a partition's offsets during a rebalance.
+    timeout: Duration,
+}
+
+/// Context of admin clients and consumers: logging, and rebalances as rdkafka's default does them
+/// (incremental assign/unassign under cooperative-sticky), except that a consumer started from a
+/// stage's own positions sets the start offset of every newly assigned partition first.
+#[derive(Default)]
+struct BusContext {
+    positions: Option<StoredStart>,
+    /// The first failure to read `positions`; from then on every poll reports it.
+    failure: Mutex<Option<BusError>>,
+}
+
+impl BusContext {
+    fn failure(&self) -> Option<BusError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn fail(&self, error: BusError) {
+        tracing::error!(%error, "consumer cannot start an assigned partition");
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(error);
+    }
+
+    /// Sets each partition of `assignment` to start where `source` says. librdkafka starts a
+    /// partition at the offset its assignment list carries and consults the group's committed
+    /// offset only when that is unset, so this is what makes the group's position advisory.
+    fn start_at_stored_positions(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        stored: &StoredStart,
+        assignment: &mut TopicPartitionList,
+    ) {
+        let partitions: Vec<(String, i32)> = assignment
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        for (topic, partition) in partitions {
+            let offset = match stored_position(stored.source.as_ref(), &topic, partition) {
+                Ok(position) => start_offset(position, || {
+                    consumer.fetch_watermarks(&topic, partition, stored.timeout)
+                }),
+                Err(error) => {
+                    // The partition must still be assigned to keep the group protocol going;
+                    // the failure stops the consumer from returning anything read from it.
+                    self.fail(error);
+                    Offset::Beginning
+                }
+            };
+            if let Err(error) = assignment.set_partition_offset(&topic, partition, offset) {
+                self.fail(error.into());
+            }
+        }
+    }
+}
 
 impl ClientContext for BusContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -520,7 +635,48 @@ impl ClientContext for BusContext {
     }
 }
 
-impl ConsumerContext for BusContext {}
+impl ConsumerContext for BusContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Some(stored) = &self.positions {
+                    self.start_at_stored_positions(consumer, stored, partitions);
+                }
+                // Under cooperative-sticky `partitions` holds only the newly added partitions.
+                if cooperative {
+                    consumer.incremental_assign(partitions)
+                } else {
+                    consumer.assign(partitions)
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS if cooperative => {
+                consumer.incremental_unassign(partitions)
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => consumer.unassign(),
+            other => {
+                // As rdkafka's default: give up the partitions and let the group reassign.
+                tracing::warn!(target: "librdkafka", error = ?other, "rebalance error");
+                if cooperative {
+                    consumer.incremental_unassign(partitions)
+                } else {
+                    consumer.unassign()
+                }
+            }
+        };
+        if let Err(error) = result {
+            tracing::warn!(target: "librdkafka", %error, "applying a rebalance failed");
+        }
+    }
+}
 
 /// Producer context that remembers failed deliveries until the next `flush` reports them.
 #[derive(Default)]
@@ -597,6 +753,27 @@ mod tests {
         assert_eq!(client.get("acks"), Some("all"));
         assert_eq!(client.get("security.protocol"), Some("SASL_SSL"));
         assert_eq!(client.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+    }
+
+    #[test]
+    fn stored_positions_start_inside_the_partition_or_at_its_beginning() {
+        let bounds = || Ok((2, 10));
+        assert_eq!(start_offset(Some(5), bounds), Offset::Offset(5));
+        assert_eq!(start_offset(Some(2), bounds), Offset::Offset(2));
+        // The end is where the next record goes: the stage is up to date.
+        assert_eq!(start_offset(Some(10), bounds), Offset::Offset(10));
+        assert_eq!(start_offset(None, bounds), Offset::Beginning);
+        // Past the end or below the retained start: the state belongs to another log.
+        assert_eq!(start_offset(Some(11), bounds), Offset::Beginning);
+        assert_eq!(start_offset(Some(1), bounds), Offset::Beginning);
+        assert_eq!(start_offset(Some(-1), bounds), Offset::Beginning);
+        // Bounds unknown: the position stands, and the broker judges it.
+        let unknown = || {
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::BrokerTransportFailure,
+            ))
+        };
+        assert_eq!(start_offset(Some(5), unknown), Offset::Offset(5));
     }
 
     #[test]

@@ -19,9 +19,11 @@ pub use record::{OutRecord, Record};
 pub use stats::StageCounters;
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BusError {
     #[error("storage error: {0}")]
     Storage(String),
@@ -37,6 +39,12 @@ pub enum BusError {
         partition: i32,
         offset: i64,
     },
+    #[error("reading the stored position of {topic}/{partition}: {reason}")]
+    Positions {
+        topic: String,
+        partition: i32,
+        reason: String,
+    },
     #[error("delivery failed for {failed} record(s): {reason}")]
     Delivery { failed: usize, reason: String },
 }
@@ -50,12 +58,121 @@ pub struct TopicInfo {
     pub partitions: i32,
 }
 
-/// Where a consumer starts on a partition for which its group has no stored position.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Where a consumer starts on each partition it is assigned.
+#[derive(Clone, Default)]
 pub enum StartFrom {
+    /// At the group's committed position; at the beginning where the group has none.
     #[default]
     Earliest,
+    /// At the group's committed position; at the end where the group has none.
     Latest,
+    /// Where the stage's own state says, ignoring the group's committed positions.
+    ///
+    /// For stages that store their input offsets with their state (exactly-once state): when
+    /// that state is behind the group (a fresh volume, or one restored from an older backup),
+    /// starting at the group's position would silently skip history. Every partition the
+    /// consumer is assigned — at creation and on every later rebalance, including incremental
+    /// (cooperative-sticky) ones — starts at the offset [`PositionSource::position`] returns,
+    /// or at the beginning of the partition when it returns `None`. An offset outside the
+    /// partition (state that belongs to another log) restarts at the beginning, as an
+    /// out-of-range committed offset does: re-reading is safe, skipping is not. Commits happen
+    /// as before, so lag and monitoring stay right; they just do not decide where reading starts.
+    ///
+    /// If the source fails, the consumer reads nothing more: creating it fails, or, when the
+    /// failure comes with a later rebalance, every later `poll` returns [`BusError::Positions`].
+    Positions(Arc<dyn PositionSource>),
+}
+
+impl fmt::Debug for StartFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Earliest => f.write_str("Earliest"),
+            Self::Latest => f.write_str("Latest"),
+            Self::Positions(_) => f.write_str("Positions(..)"),
+        }
+    }
+}
+
+/// A stage's own record of where it is in its inputs, consulted by consumers started with
+/// [`StartFrom::Positions`] whenever they are assigned a partition.
+///
+/// Called on the consumer's thread while it polls (on Kafka, from the rebalance callback), so
+/// it should be a quick read of local state.
+pub trait PositionSource: Send + Sync {
+    /// The next offset to read on `topic`/`partition`, or `None` when the state has nothing for
+    /// that partition (reading then starts at its beginning).
+    fn position(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> std::result::Result<Option<i64>, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// A fixed set of positions: partitions not in the map start at the beginning.
+impl PositionSource for Positions {
+    fn position(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> std::result::Result<Option<i64>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(self.get(&(topic.to_string(), partition)).copied())
+    }
+}
+
+/// The positions a stateful stage records for every partition of `topics`, read from its state
+/// with `stored` (the next offset to apply, or `None`). A snapshot is enough for
+/// [`StartFrom::Positions`]: the state only moves ahead of it, and a stage skips records its state
+/// already holds, so starting from an older position re-reads but never loses.
+pub fn stored_positions<E: From<BusError>>(
+    bus: &dyn Bus,
+    topics: &[&str],
+    stored: impl Fn(&str, i32) -> std::result::Result<Option<i64>, E>,
+) -> std::result::Result<Positions, E> {
+    let mut positions = Positions::new();
+    for info in bus.topics()? {
+        if !topics.contains(&info.name.as_str()) {
+            continue;
+        }
+        for partition in 0..info.partitions {
+            if let Some(next) = stored(&info.name, partition)? {
+                positions.insert((info.name.clone(), partition), next);
+            }
+        }
+    }
+    Ok(positions)
+}
+
+/// Records of `topics` a stateful stage has not applied yet, by its own stored positions
+/// (`stored`, as for [`stored_positions`]) rather than its group's commits.
+pub fn state_lag<E: From<BusError>>(
+    bus: &dyn Bus,
+    topics: &[&str],
+    stored: impl Fn(&str, i32) -> std::result::Result<Option<i64>, E>,
+) -> std::result::Result<u64, E> {
+    let mut lag = 0;
+    for topic in topics {
+        for (partition, end) in bus.end_offsets(topic)?.into_iter().enumerate() {
+            let partition = i32::try_from(partition).unwrap_or(i32::MAX);
+            let next = stored(topic, partition)?.unwrap_or(0);
+            lag += u64::try_from(end - next).unwrap_or(0);
+        }
+    }
+    Ok(lag)
+}
+
+/// Asks `source` where `topic`/`partition` starts, as a bus error naming the partition if it fails.
+pub(crate) fn stored_position(
+    source: &dyn PositionSource,
+    topic: &str,
+    partition: i32,
+) -> Result<Option<i64>> {
+    source
+        .position(topic, partition)
+        .map_err(|e| BusError::Positions {
+            topic: topic.to_string(),
+            partition,
+            reason: e.to_string(),
+        })
 }
 
 /// How to consume.
@@ -63,6 +180,8 @@ pub enum StartFrom {
 pub struct ConsumerOptions {
     pub group: String,
     pub topics: Vec<String>,
+    /// Where reading starts on each assigned partition; see [`StartFrom::Positions`] for
+    /// stages that keep their input offsets in their own state.
     pub start: StartFrom,
     /// `false` for throw-away readers (`cdp topic read`): positions are never stored.
     pub commit: bool,

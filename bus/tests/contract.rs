@@ -10,10 +10,11 @@ mod support;
 
 use cdp_bus::embedded::EmbeddedBus;
 use cdp_bus::{
-    advance, partition_for_key, Bus, BusError, Consumer, ConsumerOptions, OutRecord, Positions,
-    Record, StartFrom, TopicInfo,
+    advance, partition_for_key, Bus, BusError, Consumer, ConsumerOptions, OutRecord,
+    PositionSource, Positions, Record, StartFrom, TopicInfo,
 };
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Bounds how long a read may wait for records that should arrive, so a broken backend fails
@@ -64,6 +65,12 @@ contract!(
     reader_without_commit_sees_everything_and_stores_nothing,
     latest_reader_sees_only_new_records,
     failed_delivery_is_reported_once_and_producer_recovers,
+    stored_position_behind_the_group_rereads_from_it,
+    no_stored_position_starts_at_the_beginning_whatever_the_group_committed,
+    stored_position_ahead_of_the_group_skips_ahead,
+    stored_positions_apply_per_partition,
+    stored_position_outside_the_log_restarts_at_the_beginning,
+    failing_position_source_stops_the_consumer,
 );
 
 fn prefix(case: &str) -> String {
@@ -489,6 +496,149 @@ fn failed_delivery_is_reported_once_and_producer_recovers(bus: &dyn Bus, prefix:
     );
 }
 
+/// Ten records on partition 0 of a new one-partition topic, and `group` committed at `committed`.
+fn one_partition_with_commit(bus: &dyn Bus, topic: &str, group: &str, committed: i64) {
+    bus.create_topic(topic, 1).expect("create");
+    produce(bus, on_partition(topic, 0, 0..10));
+    commit_as(bus, group, topic, &[(0, committed)]);
+    assert_eq!(
+        bus.lag(group, &[topic.to_string()]).expect("lag"),
+        (10 - committed) as u64,
+        "the group committed {committed}"
+    );
+}
+
+fn stored_position_behind_the_group_rereads_from_it(bus: &dyn Bus, prefix: &str) {
+    let topic = format!("{prefix}.signals");
+    let group = format!("{prefix}.g");
+    one_partition_with_commit(bus, &topic, &group, 8);
+
+    // The stage's state was restored from a backup taken at offset 3.
+    let mut consumer = from_positions(bus, &group, &topic, &[(0, 3)]);
+    let got = read_exactly(consumer.as_mut(), 7);
+    assert_eq!(offsets(&got, 0), (3..10).collect::<Vec<_>>());
+
+    // Commits still move the group, so lag reports what the stage has done.
+    let mut positions = Positions::new();
+    advance(&mut positions, &got);
+    consumer.commit(&positions).expect("commit");
+    consumer.close().expect("close");
+    assert_eq!(bus.lag(&group, &[topic]).expect("lag"), 0);
+}
+
+fn no_stored_position_starts_at_the_beginning_whatever_the_group_committed(
+    bus: &dyn Bus,
+    prefix: &str,
+) {
+    let topic = format!("{prefix}.signals");
+    let group = format!("{prefix}.g");
+    one_partition_with_commit(bus, &topic, &group, 8);
+
+    // A fresh volume: the state has nothing for the partition.
+    let mut consumer = from_positions(bus, &group, &topic, &[]);
+    let got = read_exactly(consumer.as_mut(), 10);
+    consumer.close().expect("close");
+    assert_eq!(offsets(&got, 0), (0..10).collect::<Vec<_>>());
+    assert_eq!(
+        bus.lag(&group, &[topic]).expect("lag"),
+        2,
+        "reading without committing leaves the group where it was"
+    );
+}
+
+fn stored_position_ahead_of_the_group_skips_ahead(bus: &dyn Bus, prefix: &str) {
+    let topic = format!("{prefix}.signals");
+    let group = format!("{prefix}.g");
+    // The stage flushed its state up to 7 but crashed before committing past 3.
+    one_partition_with_commit(bus, &topic, &group, 3);
+
+    let mut consumer = from_positions(bus, &group, &topic, &[(0, 7)]);
+    let got = read_exactly(consumer.as_mut(), 3);
+    consumer.close().expect("close");
+    assert_eq!(offsets(&got, 0), vec![7, 8, 9]);
+}
+
+fn stored_positions_apply_per_partition(bus: &dyn Bus, prefix: &str) {
+    let topic = format!("{prefix}.signals");
+    let group = format!("{prefix}.g");
+    bus.create_topic(&topic, 3).expect("create");
+    produce(
+        bus,
+        [
+            on_partition(&topic, 0, 0..10),
+            on_partition(&topic, 1, 0..10),
+            on_partition(&topic, 2, 0..10),
+        ]
+        .concat(),
+    );
+    commit_as(bus, &group, &topic, &[(0, 5), (1, 5), (2, 5)]);
+
+    // Behind the group on 0, ahead on 1, nothing stored for 2.
+    let mut consumer = from_positions(bus, &group, &topic, &[(0, 2), (1, 6)]);
+    let got = read_exactly(consumer.as_mut(), 8 + 4 + 10);
+    consumer.close().expect("close");
+    assert_eq!(offsets(&got, 0), (2..10).collect::<Vec<_>>());
+    assert_eq!(offsets(&got, 1), (6..10).collect::<Vec<_>>());
+    assert_eq!(offsets(&got, 2), (0..10).collect::<Vec<_>>());
+}
+
+fn stored_position_outside_the_log_restarts_at_the_beginning(bus: &dyn Bus, prefix: &str) {
+    let topic = format!("{prefix}.signals");
+    let group = format!("{prefix}.g");
+    one_partition_with_commit(bus, &topic, &group, 8);
+
+    // State that belongs to another log (a recreated topic): re-reading is safe, skipping is not.
+    let mut consumer = from_positions(bus, &group, &topic, &[(0, 1_000)]);
+    let got = read_exactly(consumer.as_mut(), 10);
+    consumer.close().expect("close");
+    assert_eq!(offsets(&got, 0), (0..10).collect::<Vec<_>>());
+}
+
+fn failing_position_source_stops_the_consumer(bus: &dyn Bus, prefix: &str) {
+    struct Unreadable;
+    impl PositionSource for Unreadable {
+        fn position(
+            &self,
+            _: &str,
+            _: i32,
+        ) -> Result<Option<i64>, Box<dyn std::error::Error + Send + Sync>> {
+            Err("state store unreadable".into())
+        }
+    }
+    let topic = format!("{prefix}.signals");
+    let group = format!("{prefix}.g");
+    one_partition_with_commit(bus, &topic, &group, 8);
+
+    let mut options = ConsumerOptions::group(&group, &[&topic]);
+    options.start = StartFrom::Positions(Arc::new(Unreadable));
+    // Either creating the consumer fails, or (when partitions arrive later, with a group
+    // rebalance) polling does; no record is ever read from an unknown start.
+    let error = match bus.consumer(options) {
+        Err(e) => e,
+        Ok(mut consumer) => {
+            let deadline = Instant::now() + READ_DEADLINE;
+            loop {
+                assert!(Instant::now() < deadline, "the failure was never reported");
+                match consumer.poll(10, POLL) {
+                    Ok(records) => assert!(records.is_empty(), "read {records:?}"),
+                    Err(e) => break e,
+                }
+            }
+        }
+    };
+    match error {
+        BusError::Positions {
+            topic: t,
+            partition,
+            reason,
+        } => {
+            assert_eq!((t.as_str(), partition), (topic.as_str(), 0));
+            assert!(reason.contains("unreadable"), "{reason}");
+        }
+        other => panic!("expected a positions error, got {other}"),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Embedded only
 // ---------------------------------------------------------------------------------------------
@@ -558,6 +708,104 @@ fn embedded_records_survive_reopen_and_read_only_sees_them() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Kafka only
+// ---------------------------------------------------------------------------------------------
+
+/// Partitions that move between members in a cooperative-sticky rebalance start at the stored
+/// positions too — on the member that joins and on the one that gets them back — not where the
+/// group or the previous owner was.
+#[test]
+fn kafka_rebalanced_partitions_start_at_stored_positions() {
+    let Some(broker) = support::tansu::Tansu::start_or_skip("rebalanced_partitions") else {
+        return;
+    };
+    let bus = broker.bus();
+    let prefix = prefix("rebalanced_partitions");
+    let topic = format!("{prefix}.signals");
+    let group = format!("{prefix}.g");
+    bus.create_topic(&topic, 2).expect("create");
+    produce(
+        &bus,
+        [
+            on_partition(&topic, 0, 0..10),
+            on_partition(&topic, 1, 0..10),
+        ]
+        .concat(),
+    );
+    commit_as(&bus, &group, &topic, &[(0, 10), (1, 10)]);
+    let stored = [(0, 4), (1, 6)];
+    let stored_at = |p: i32| stored.iter().find(|(q, _)| *q == p).expect("stored").1;
+
+    // The first member owns both partitions and keeps polling, so it takes part in rebalances.
+    let mut first = from_positions(&bus, &group, &topic, &stored);
+    let got = read_exactly(first.as_mut(), 6 + 4);
+    assert_eq!(offsets(&got, 0), (4..10).collect::<Vec<_>>());
+    assert_eq!(offsets(&got, 1), (6..10).collect::<Vec<_>>());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Record>::new()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (seen, stop) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            // Errors go back through `join`: a panic here would only add noise to the
+            // main thread's report when that fails first and stops the broker.
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch = first.poll(100, POLL)?;
+                seen.lock().expect("lock").extend(batch);
+            }
+            first.close()
+        })
+    };
+
+    // A second member joins and is handed one partition incrementally.
+    let mut second = from_positions(&bus, &group, &topic, &stored);
+    let mut moved = Vec::new();
+    let deadline = Instant::now() + READ_DEADLINE;
+    while moved.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no partition moved to the new member"
+        );
+        moved = second.poll(10, POLL).expect("poll");
+    }
+    let partition = moved[0].partition;
+    let want: Vec<i64> = (stored_at(partition)..10).collect();
+    moved.extend(read_exactly(second.as_mut(), want.len() - moved.len()));
+    assert_eq!(offsets(&moved, partition), want);
+    assert_eq!(
+        moved.len(),
+        want.len(),
+        "the new member read only its partition"
+    );
+
+    // When it leaves, the partition goes back to the first member, which starts it at the
+    // stored position again rather than where it had read to.
+    second.close().expect("close");
+    let deadline = Instant::now() + READ_DEADLINE;
+    loop {
+        let back = offsets(&seen.lock().expect("lock"), partition);
+        if back.len() >= want.len() {
+            assert_eq!(back, want);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first member re-read {back:?} of {want:?} after getting partition {partition} back"
+        );
+        std::thread::sleep(POLL);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    poller
+        .join()
+        .expect("first member")
+        .expect("first member polls and closes");
+    let other = 1 - partition;
+    assert!(
+        offsets(&seen.lock().expect("lock"), other).is_empty(),
+        "the partition the first member kept was not restarted"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
@@ -579,6 +827,52 @@ fn keyed(topic: &str, range: std::ops::Range<u32>) -> Vec<OutRecord> {
 fn group_consumer(bus: &dyn Bus, group: &str, topic: &str) -> Box<dyn Consumer> {
     bus.consumer(ConsumerOptions::group(group, &[topic]))
         .expect("consumer")
+}
+
+/// A group member that starts each partition where `stored` says (the beginning if not listed).
+fn from_positions(
+    bus: &dyn Bus,
+    group: &str,
+    topic: &str,
+    stored: &[(i32, i64)],
+) -> Box<dyn Consumer> {
+    let positions: Positions = stored
+        .iter()
+        .map(|(p, offset)| ((topic.to_string(), *p), *offset))
+        .collect();
+    let mut options = ConsumerOptions::group(group, &[topic]);
+    options.start = StartFrom::Positions(Arc::new(positions));
+    bus.consumer(options).expect("consumer")
+}
+
+/// Commits `positions` for `group`, as an earlier member of it would have.
+fn commit_as(bus: &dyn Bus, group: &str, topic: &str, positions: &[(i32, i64)]) {
+    let mut member = group_consumer(bus, group, topic);
+    // A Kafka member commits only partitions it owns, which it learns by polling.
+    let total: i64 = bus.end_offsets(topic).expect("end offsets").iter().sum();
+    read_exactly(member.as_mut(), total as usize);
+    let positions: Positions = positions
+        .iter()
+        .map(|(p, offset)| ((topic.to_string(), *p), *offset))
+        .collect();
+    member.commit(&positions).expect("commit");
+    member.close().expect("close");
+}
+
+/// Records `k{i}` -> `v{i}` for `i` in `range`, all on `partition`.
+fn on_partition(topic: &str, partition: i32, range: std::ops::Range<u32>) -> Vec<OutRecord> {
+    range
+        .map(|i| OutRecord::new(topic, format!("k{i}"), format!("v{i}")).with_partition(partition))
+        .collect()
+}
+
+/// Offsets of the records read on `partition`, in the order they arrived.
+fn offsets(records: &[Record], partition: i32) -> Vec<i64> {
+    records
+        .iter()
+        .filter(|r| r.partition == partition)
+        .map(|r| r.offset)
+        .collect()
 }
 
 fn reader(bus: &dyn Bus, group: &str, topic: &str, start: StartFrom) -> Box<dyn Consumer> {

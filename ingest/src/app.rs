@@ -14,9 +14,11 @@
 //!   object). GA4 rows carry no id, so the event id is built from what identifies the row:
 //!   `ga4:{instance id}:{event_timestamp micros}:{event_name}`.
 
+use crate::consent::{self, GOOGLE_CONSENT_TYPES};
 use crate::dropped::AD_TRACKING_DISABLED;
 use crate::fields::{id_value, insert_absent, is_contact_key, Fields, Object};
 use crate::identifiers::IdentifierSet;
+use crate::json::{Json, Obj};
 use crate::links::event_rule;
 use crate::normalize::{event, Context, Draft};
 use crate::rejection::{self, missing, wrong_type};
@@ -27,7 +29,7 @@ use cdp_proto::{Consent, IdentifierKind, Signal, Timestamp};
 use serde_json::Value;
 
 /// Parses one app record.
-pub(crate) fn parse(obj: &Object, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
+pub(crate) fn parse(obj: &Obj<'_>, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
     if segment::is_segment(obj) {
         return segment::parse(obj, cx, Flavor::App);
     }
@@ -68,10 +70,10 @@ pub(crate) fn device(
     for (key, path, name_prop, version_prop) in descriptors {
         if let Some(o) = c.child(key, path)? {
             if let Some(v) = o.get("name") {
-                insert_absent(properties, name_prop, v.clone());
+                insert_absent(properties, name_prop, v.to_value());
             }
             if let Some(v) = o.get("version") {
-                insert_absent(properties, version_prop, v.clone());
+                insert_absent(properties, version_prop, v.to_value());
             }
         }
     }
@@ -141,27 +143,57 @@ fn parse_ga4(f: Fields<'_>, cx: &mut Context<'_>) -> Result<Signal, Rejection> {
             ("operating_system_version", "os_version"),
         ] {
             if let Some(v) = d.get(key) {
-                insert_absent(&mut properties, prop, v.clone());
+                insert_absent(&mut properties, prop, v.to_value());
             }
         }
     }
     if let Some(app) = f.child("app_info", "app_info")? {
         for (key, prop) in [("id", "app_id"), ("version", "app_version")] {
             if let Some(v) = app.get(key) {
-                insert_absent(&mut properties, prop, v.clone());
+                insert_absent(&mut properties, prop, v.to_value());
             }
         }
     }
     let identifiers = ids.into_vec();
+    let consent = ga4_consent(f)?;
     Draft {
         event_id,
         event_time,
         identifiers,
         event: Some(event("track", Some(name), properties)),
         traits: Object::new(),
-        consent: Consent::default(),
+        consent,
     }
     .into_signal(cx, |ids, c, o| event_rule(&ids[c].kind, &ids[o].kind, true))
+}
+
+/// Consent of a GA4 row: a Measurement Protocol `consent` object (`ad_user_data`,
+/// `ad_personalization`: `GRANTED`/`DENIED`) and a BigQuery export's `privacy_info`
+/// (`analytics_storage`, `ads_storage`: `Yes`/`No`, stored as Consent Mode's `ad_storage`).
+fn ga4_consent(f: Fields<'_>) -> Result<Consent, Rejection> {
+    let mut out = Consent::default();
+    if let Some(c) = f.child("consent", "consent")? {
+        for purpose in GOOGLE_CONSENT_TYPES {
+            if let Some(v) = c.get(purpose) {
+                let state = consent::state(v)
+                    .map_err(|()| wrong_type(&c.name(purpose), "\"GRANTED\" or \"DENIED\""))?;
+                if let Some(b) = state {
+                    out.0.insert(purpose.to_string(), b);
+                }
+            }
+        }
+    }
+    if let Some(p) = f.child("privacy_info", "privacy_info")? {
+        for (key, purpose) in [
+            ("analytics_storage", "analytics_storage"),
+            ("ads_storage", "ad_storage"),
+        ] {
+            if let Some(b) = p.flag(key)? {
+                out.0.insert(purpose.to_string(), b);
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// GA4 event parameters as properties. BigQuery rows hold typed values
@@ -171,31 +203,36 @@ fn ga4_params(f: Fields<'_>) -> Result<Object, Rejection> {
     let mut out = Object::new();
     match f.get("event_params") {
         None => {}
-        Some(Value::Object(obj)) => {
-            for (k, v) in obj {
+        Some(Json::Object(obj)) => {
+            for (k, v) in obj.entries() {
                 if !is_contact_key(k) {
-                    out.insert(k.clone(), v.clone());
+                    out.insert(k.to_string(), v.to_value());
                 }
             }
         }
-        Some(Value::Array(params)) => {
+        Some(Json::Array(params)) => {
             for param in params {
-                let Some(key) = param.get("key").and_then(id_value) else {
+                let param = match param {
+                    Json::Object(p) => Some(p),
+                    _ => None,
+                };
+                let Some(key) = param.and_then(|p| p.get("key")).and_then(id_value) else {
                     return Err(wrong_type("event_params[].key", "a string"));
                 };
                 if is_contact_key(&key) {
                     continue;
                 }
                 let value = param
-                    .get("value")
-                    .and_then(Value::as_object)
+                    .and_then(|p| match p.get("value") {
+                        Some(Json::Object(v)) => Some(v),
+                        _ => None,
+                    })
                     .and_then(|v| {
                         ["string_value", "int_value", "double_value", "float_value"]
                             .iter()
-                            .find_map(|t| v.get(*t).filter(|x| !x.is_null()))
+                            .find_map(|t| v.get(t).filter(|x| !x.is_null()))
                     })
-                    .cloned()
-                    .unwrap_or(Value::Null);
+                    .map_or(Value::Null, Json::to_value);
                 out.insert(key.into_owned(), value);
             }
         }

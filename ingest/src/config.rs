@@ -1,6 +1,8 @@
 //! `[ingest]` configuration: tenant and phone-region defaults, topic names, batching and limits.
 //! Every field has a default that works for `cdp demo`.
 
+use crate::consent::{default_identity_purposes, IdentityConsent, WithoutIdentityConsent};
+use crate::dedup::DedupOptions;
 use crate::error::IngestError;
 use crate::normalize::{NormalizeOptions, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_MAX_RECORD_BYTES};
 use cdp_proto::{topics, Source};
@@ -29,6 +31,17 @@ pub struct IngestConfig {
     pub max_message_bytes: usize,
     /// Largest record of any source.
     pub max_record_bytes: usize,
+    /// A repeated event id (Segment `messageId`, CRM record version, postback id) within this
+    /// long of its first copy, by record time, is a retry and is dropped. 0 keeps every copy.
+    pub dedup_window_ms: u64,
+    /// Most event ids remembered per input partition for that; the oldest are forgotten first.
+    pub dedup_max_ids_per_partition: usize,
+    /// Consent purposes whose denial means no identity consent (Segment categories or Google
+    /// Consent Mode types, e.g. `ad_user_data`).
+    pub identity_consent_purposes: Vec<String>,
+    /// What happens to the identifiers of an event without identity consent: `unlinked` (kept,
+    /// no links asserted) or `linked` (consent is recorded only).
+    pub without_identity_consent: WithoutIdentityConsent,
 }
 
 impl Default for IngestConfig {
@@ -47,6 +60,11 @@ impl Default for IngestConfig {
             poll_timeout_ms: 100,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            // Segment de-duplicates over 24 hours; libraries retry within minutes.
+            dedup_window_ms: 24 * 60 * 60 * 1000,
+            dedup_max_ids_per_partition: 100_000,
+            identity_consent_purposes: default_identity_purposes(),
+            without_identity_consent: WithoutIdentityConsent::Unlinked,
         }
     }
 }
@@ -112,6 +130,16 @@ impl IngestConfig {
         if self.max_record_bytes < self.max_message_bytes {
             return bad("max_record_bytes", "must be at least max_message_bytes");
         }
+        if self
+            .identity_consent_purposes
+            .iter()
+            .any(|p| p.trim().is_empty())
+        {
+            return bad(
+                "identity_consent_purposes",
+                "must not hold an empty purpose",
+            );
+        }
         Ok(())
     }
 
@@ -126,7 +154,19 @@ impl IngestConfig {
             identifiers,
             max_message_bytes: self.max_message_bytes,
             max_record_bytes: self.max_record_bytes,
+            identity_consent: IdentityConsent {
+                purposes: self.identity_consent_purposes.clone(),
+                without: self.without_identity_consent,
+            },
         })
+    }
+
+    /// How retried events are recognised.
+    pub fn dedup_options(&self) -> DedupOptions {
+        DedupOptions {
+            window_ms: self.dedup_window_ms,
+            max_ids: self.dedup_max_ids_per_partition,
+        }
     }
 
     /// The raw topics and the source each carries.
@@ -176,7 +216,7 @@ mod tests {
     #[test]
     fn validation_names_the_field() {
         type Edit = fn(&mut IngestConfig);
-        let cases: [(Edit, &str); 6] = [
+        let cases: [(Edit, &str); 7] = [
             (|c| c.default_tenant = "Acme Corp".into(), "default_tenant"),
             (
                 |c| c.default_phone_region = "ZZ".into(),
@@ -186,6 +226,10 @@ mod tests {
             (|c| c.signals_topic = c.web_topic.clone(), "signals_topic"),
             (|c| c.batch_size = 0, "batch_size"),
             (|c| c.max_record_bytes = 10, "max_record_bytes"),
+            (
+                |c| c.identity_consent_purposes = vec![" ".into()],
+                "identity_consent_purposes",
+            ),
         ];
         for (edit, field) in cases {
             let mut c = IngestConfig::default();

@@ -20,6 +20,7 @@
 //! or the bare `crm_id` when the record has no time: one id per version of a record.
 
 use crate::fields::{Fields, Object};
+use crate::json::Obj;
 use crate::links::LinkRule;
 use crate::normalize::{event, Context, Draft};
 use crate::rejection::{self, missing};
@@ -30,7 +31,7 @@ use serde_json::Value;
 use std::borrow::Cow;
 
 /// Parses one CRM record.
-pub(crate) fn parse(obj: &Object, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
+pub(crate) fn parse(obj: &Obj<'_>, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
     let f = Fields::root(obj);
     if f.has("attributes") {
         return Ok(vec![salesforce(f, cx)?]);

@@ -15,6 +15,8 @@ pub const AD_TRACKING_DISABLED: &str = "ad_tracking_disabled";
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DroppedIdentifiers {
     counts: BTreeMap<(&'static str, &'static str), u64>,
+    /// Events whose identifiers were kept but not linked, for lack of identity consent.
+    unlinked: u64,
 }
 
 impl DroppedIdentifiers {
@@ -47,7 +49,18 @@ impl DroppedIdentifiers {
         self.counts.iter().map(|((k, r), n)| (*k, *r, *n))
     }
 
+    /// Counts an event whose identifiers were passed on without links (identity consent denied).
+    pub fn record_unlinked(&mut self) {
+        self.unlinked += 1;
+    }
+
+    /// Events whose identifiers were passed on without links.
+    pub fn unlinked(&self) -> u64 {
+        self.unlinked
+    }
+
     pub fn merge(&mut self, other: &DroppedIdentifiers) {
+        self.unlinked += other.unlinked;
         for ((k, r), n) in &other.counts {
             *self.counts.entry((k, r)).or_default() += n;
         }

@@ -4,27 +4,30 @@
 //! accessors keep that decision in one line at the call site and make every error message say
 //! which field was wrong (`context.device.advertisingId must be a string`) without its value.
 
+use crate::json::{Json, Obj};
 use crate::rejection::{self, missing, wrong_type};
 use cdp_proto::dlq::Rejection;
 use serde_json::{Map, Value};
 use std::borrow::Cow;
 
+/// Properties and traits as a signal carries them.
 pub(crate) type Object = Map<String, Value>;
 
-/// A JSON object and its path from the root of the message (empty at the root).
+/// A JSON object of the payload and its path from the root of the message (empty at the root).
 #[derive(Clone, Copy)]
 pub(crate) struct Fields<'a> {
-    obj: &'a Object,
+    obj: &'a Obj<'a>,
     path: &'static str,
 }
 
 impl<'a> Fields<'a> {
-    pub(crate) fn root(obj: &'a Object) -> Self {
+    pub(crate) fn root(obj: &'a Obj<'a>) -> Self {
         Self { obj, path: "" }
     }
 
-    pub(crate) fn object(&self) -> &'a Object {
-        self.obj
+    /// The entries, sorted by key (see [`Obj::entries`]).
+    pub(crate) fn entries(&self) -> Vec<(&'a str, &'a Json<'a>)> {
+        self.obj.entries()
     }
 
     /// The dotted name of `key` in this object, for messages. Allocates only when called, which
@@ -38,7 +41,7 @@ impl<'a> Fields<'a> {
     }
 
     /// The value of `key`; a JSON `null` counts as absent, as every source uses it that way.
-    pub(crate) fn get(&self, key: &str) -> Option<&'a Value> {
+    pub(crate) fn get(&self, key: &str) -> Option<&'a Json<'a>> {
         self.obj.get(key).filter(|v| !v.is_null())
     }
 
@@ -55,7 +58,7 @@ impl<'a> Fields<'a> {
     ) -> Result<Option<Fields<'a>>, Rejection> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Object(obj)) => Ok(Some(Fields { obj, path })),
+            Some(Json::Object(obj)) => Ok(Some(Fields { obj, path })),
             Some(_) => Err(wrong_type(&self.name(key), "an object")),
         }
     }
@@ -63,7 +66,7 @@ impl<'a> Fields<'a> {
     pub(crate) fn str(&self, key: &str) -> Result<Option<&'a str>, Rejection> {
         match self.get(key) {
             None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
+            Some(Json::Str(s)) => Ok(Some(s)),
             Some(_) => Err(wrong_type(&self.name(key), "a string")),
         }
     }
@@ -111,13 +114,13 @@ impl<'a> Fields<'a> {
         let bad = || wrong_type(&self.name(key), "a boolean");
         match self.get(key) {
             None => Ok(None),
-            Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(Value::Number(n)) => match n.as_i64() {
+            Some(Json::Bool(b)) => Ok(Some(*b)),
+            Some(n @ (Json::U64(_) | Json::I64(_) | Json::F64(_))) => match n.as_i64() {
                 Some(0) => Ok(Some(false)),
                 Some(1) => Ok(Some(true)),
                 _ => Err(bad()),
             },
-            Some(Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            Some(Json::Str(s)) => match s.trim().to_ascii_lowercase().as_str() {
                 "true" | "yes" | "1" => Ok(Some(true)),
                 "false" | "no" | "0" => Ok(Some(false)),
                 "" => Ok(None),
@@ -131,7 +134,7 @@ impl<'a> Fields<'a> {
     pub(crate) fn map(&self, key: &str) -> Result<Object, Rejection> {
         match self.get(key) {
             None => Ok(Object::new()),
-            Some(Value::Object(obj)) => Ok(obj.clone()),
+            Some(Json::Object(obj)) => Ok(obj.to_map()),
             Some(_) => Err(wrong_type(&self.name(key), "an object")),
         }
     }
@@ -141,10 +144,11 @@ impl<'a> Fields<'a> {
 pub(crate) const MAX_RECORD_ID_BYTES: usize = 256;
 
 /// A string or integer JSON value as text.
-pub(crate) fn id_value(v: &Value) -> Option<Cow<'_, str>> {
+pub(crate) fn id_value<'a>(v: &'a Json<'_>) -> Option<Cow<'a, str>> {
     match v {
-        Value::String(s) => Some(Cow::Borrowed(s)),
-        Value::Number(n) if n.is_i64() || n.is_u64() => Some(Cow::Owned(n.to_string())),
+        Json::Str(s) => Some(Cow::Borrowed(s)),
+        Json::U64(u) => Some(Cow::Owned(u.to_string())),
+        Json::I64(i) => Some(Cow::Owned(i.to_string())),
         _ => None,
     }
 }
@@ -168,10 +172,11 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn obj(v: Value) -> Object {
-        match v {
-            Value::Object(o) => o,
-            _ => Object::new(),
+    fn obj(v: Value) -> Obj<'static> {
+        let text: &'static str = Box::leak(v.to_string().into_boxed_str());
+        match serde_json::from_str(text).unwrap() {
+            Json::Object(o) => o,
+            _ => Obj::default(),
         }
     }
 

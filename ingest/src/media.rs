@@ -19,6 +19,7 @@
 use crate::app::advertising_id;
 use crate::fields::{is_contact_key, Fields, Object, MAX_RECORD_ID_BYTES};
 use crate::identifiers::IdentifierSet;
+use crate::json::{Json, Obj};
 use crate::links::LinkRule;
 use crate::normalize::{event, Context, Draft};
 use crate::rejection::{self, missing};
@@ -31,7 +32,7 @@ use serde_json::Value;
 const CLICK_ID_FIELDS: [&str; 5] = ["click_id", "gclid", "fbclid", "ttclid", "msclkid"];
 
 /// Parses one media record.
-pub(crate) fn parse(obj: &Object, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
+pub(crate) fn parse(obj: &Obj<'_>, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
     cx.check_message_size()?;
     let f = Fields::root(obj);
     let signal = if f.has("appsflyer_id") {
@@ -255,18 +256,18 @@ fn click_ids(f: Fields<'_>, ids: &mut IdentifierSet<'_>) -> Result<(), Rejection
 /// Copies a scalar field into the properties; contact fields never are.
 fn copy(f: Fields<'_>, key: &str, prop: &str, properties: &mut Object) {
     if let Some(v) = f.get(key) {
-        if !is_contact_key(key) && !v.is_object() && !v.is_array() {
-            properties.insert(prop.to_string(), v.clone());
+        if !is_contact_key(key) && !matches!(v, Json::Object(_) | Json::Array(_)) {
+            properties.insert(prop.to_string(), v.to_value());
         }
     }
 }
 
 /// AppsFlyer's `event_value` is the app's own event payload, JSON encoded in a string. Its fields
 /// become properties (contact fields left out); text that is not a JSON object is kept as it is.
-fn event_value(v: &Value, properties: &mut Object) {
+fn event_value(v: &Json<'_>, properties: &mut Object) {
     let parsed = match v {
-        Value::String(s) => serde_json::from_str::<Value>(s).ok(),
-        other => Some(other.clone()),
+        Json::Str(s) => serde_json::from_str::<Value>(s).ok(),
+        other => Some(other.to_value()),
     };
     match parsed {
         Some(Value::Object(obj)) => {
@@ -277,9 +278,9 @@ fn event_value(v: &Value, properties: &mut Object) {
             }
         }
         _ => {
-            if let Value::String(s) = v {
+            if let Json::Str(s) = v {
                 if !s.is_empty() {
-                    properties.insert("event_value".into(), Value::String(s.clone()));
+                    properties.insert("event_value".into(), Value::String(s.to_string()));
                 }
             }
         }

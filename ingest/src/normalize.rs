@@ -1,15 +1,16 @@
 //! The entry point from raw bytes to signals: size limits, JSON parsing, dispatch to the parser
 //! of the record's source, and the assembly of a [`Signal`] from what a parser found.
 
+use crate::consent::IdentityConsent;
 use crate::dropped::DroppedIdentifiers;
 use crate::fields::Object;
 use crate::identifiers::IdentifierSet;
+use crate::json::Json;
 use crate::links::{star, LinkRule};
 use crate::rejection::{self, invalid_json, not_an_object, oversize};
 use crate::{app, crm, media, web};
 use cdp_proto::dlq::Rejection;
 use cdp_proto::{Consent, EventInfo, Identifier, Signal, Source, Timestamp};
-use serde_json::Value;
 
 /// Segment's limit for one message, which ingest applies to every event (web, app, media).
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 32 * 1024;
@@ -26,6 +27,8 @@ pub struct NormalizeOptions {
     pub max_message_bytes: usize,
     /// Largest record (payload) of any source.
     pub max_record_bytes: usize,
+    /// Which consent purposes make up identity consent, and what their denial does.
+    pub identity_consent: IdentityConsent,
 }
 
 impl Default for NormalizeOptions {
@@ -34,6 +37,7 @@ impl Default for NormalizeOptions {
             identifiers: cdp_proto::NormalizeOptions::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+            identity_consent: IdentityConsent::default(),
         }
     }
 }
@@ -65,8 +69,8 @@ pub fn normalize_payload_counted(
     if payload.len() > opts.max_record_bytes {
         return Err(oversize("record", payload.len(), opts.max_record_bytes));
     }
-    let value: Value = serde_json::from_slice(payload).map_err(|e| invalid_json(&e))?;
-    let Value::Object(obj) = value else {
+    let value = parse_json(payload)?;
+    let Json::Object(obj) = value else {
         return Err(not_an_object("payload"));
     };
     let mut local = DroppedIdentifiers::default();
@@ -86,6 +90,23 @@ pub fn normalize_payload_counted(
     };
     dropped.merge(&local);
     Ok(signals)
+}
+
+/// The payload as a JSON tree. UTF-8 is checked once for the whole payload, so the parser need
+/// not check each string again; a payload that is not UTF-8 is parsed from bytes only to get
+/// serde_json's own error for it, which says where.
+fn parse_json(payload: &[u8]) -> Result<Json<'_>, Rejection> {
+    match std::str::from_utf8(payload) {
+        Ok(text) => serde_json::from_str(text).map_err(|e| invalid_json(&e)),
+        Err(_) => match serde_json::from_slice::<Json<'_>>(payload) {
+            Err(e) => Err(invalid_json(&e)),
+            // Bytes that are not UTF-8 can be neither a JSON string nor JSON syntax.
+            Ok(_) => Err(Rejection::new(
+                rejection::INVALID_JSON,
+                "payload is not valid UTF-8",
+            )),
+        },
+    }
 }
 
 /// What every parser needs besides the payload.
@@ -126,18 +147,26 @@ pub(crate) struct Draft {
 }
 
 impl Draft {
-    /// The signal, with links from the strongest identifier under `rule(ids, centre, other)`.
-    /// An event with no identifier left cannot join anything and is rejected.
+    /// The signal, with links from the strongest identifier under `rule(ids, centre, other)`,
+    /// unless the event denies identity consent (see [`crate::consent`]). An event with no
+    /// identifier left cannot join anything and is rejected.
     pub(crate) fn into_signal(
         self,
-        cx: &Context<'_>,
+        cx: &mut Context<'_>,
         rule: impl Fn(&[Identifier], usize, usize) -> LinkRule,
     ) -> Result<Signal, Rejection> {
         if self.identifiers.is_empty() {
             return Err(rejection::no_identifiers(cx.source.as_str()));
         }
         let ids = &self.identifiers;
-        let links = star(ids, |c, o| rule(ids, c, o));
+        let links = if cx.options.identity_consent.allows_links(&self.consent) {
+            star(ids, |c, o| rule(ids, c, o))
+        } else {
+            if ids.len() > 1 {
+                cx.dropped.record_unlinked();
+            }
+            Vec::new()
+        };
         Ok(Signal {
             tenant: cx.tenant.to_string(),
             source: cx.source,

@@ -10,8 +10,10 @@
 //! account, not the person: they go into the properties (contact fields removed), not the traits.
 //! `previousId` of an `alias` is read as an anonymous id, which is what Segment's libraries send.
 
+use crate::consent::{self, GOOGLE_CONSENT_TYPES};
 use crate::fields::{id_value, insert_absent, is_contact_key, Fields, Object};
 use crate::identifiers::IdentifierSet;
+use crate::json::{Json, Obj};
 use crate::links::{event_rule, LinkRule};
 use crate::normalize::{event, Context, Draft};
 use crate::rejection::{
@@ -67,19 +69,19 @@ impl MessageType {
 }
 
 /// `true` when the object looks like Segment: a message or a batch envelope.
-pub(crate) fn is_segment(obj: &Object) -> bool {
+pub(crate) fn is_segment(obj: &Obj<'_>) -> bool {
     obj.contains_key("batch") || obj.contains_key("type") || obj.contains_key("messageId")
 }
 
 /// Parses a Segment message or batch envelope into its signals.
 pub(crate) fn parse(
-    obj: &Object,
+    obj: &Obj<'_>,
     cx: &mut Context<'_>,
     flavor: Flavor,
 ) -> Result<Vec<Signal>, Rejection> {
     let root = Fields::root(obj);
     match root.get("batch") {
-        Some(Value::Array(messages)) => parse_batch(root, messages, cx, flavor),
+        Some(Json::Array(messages)) => parse_batch(root, messages, cx, flavor),
         Some(_) => Err(wrong_type("batch", "an array")),
         None => {
             cx.check_message_size()?;
@@ -92,7 +94,7 @@ pub(crate) fn parse(
 /// original bytes without replaying its accepted messages twice.
 fn parse_batch(
     root: Fields<'_>,
-    messages: &[Value],
+    messages: &[Json<'_>],
     cx: &mut Context<'_>,
     flavor: Flavor,
 ) -> Result<Vec<Signal>, Rejection> {
@@ -111,7 +113,7 @@ fn parse_batch(
         if size > limit {
             return Err(in_batch(i, oversize("message", size, limit)));
         }
-        let Value::Object(obj) = message else {
+        let Json::Object(obj) = message else {
             return Err(in_batch(i, not_an_object("message")));
         };
         let signal = parse_message(Fields::root(obj), envelope_sent_at, cx, flavor)
@@ -247,11 +249,11 @@ fn take_traits(
     ids: &mut IdentifierSet<'_>,
     out: &mut Object,
 ) -> Result<(), Rejection> {
-    for (key, value) in t.object() {
+    for (key, value) in t.entries() {
         if is_contact_key(key) {
             add_contact(t, key, value, ids)?;
         } else {
-            out.insert(key.clone(), value.clone());
+            out.insert(key.to_string(), value.to_value());
         }
     }
     Ok(())
@@ -266,7 +268,7 @@ fn take_contact_properties(
         return Ok(());
     }
     if let Some(p) = f.child("properties", "properties")? {
-        for (key, value) in p.object() {
+        for (key, value) in p.entries() {
             if is_contact_key(key) {
                 add_contact(p, key, value, ids)?;
             }
@@ -280,14 +282,14 @@ fn take_contact_properties(
 fn add_contact(
     f: Fields<'_>,
     key: &str,
-    value: &Value,
+    value: &Json<'_>,
     ids: &mut IdentifierSet<'_>,
 ) -> Result<(), Rejection> {
     if value.is_null() {
         return Ok(());
     }
     if key.eq_ignore_ascii_case("email") {
-        let Value::String(s) = value else {
+        let Json::Str(s) = value else {
             return Err(wrong_type(&f.name(key), "a string"));
         };
         ids.add(IdentifierKind::EmailSha256, s);
@@ -299,27 +301,34 @@ fn add_contact(
     Ok(())
 }
 
-/// `context.consent.categoryPreferences` (Segment Consent Management): purpose -> granted.
+/// `context.consent`: Segment's `categoryPreferences` (purpose -> granted) and Google Consent
+/// Mode types stated next to it (see [`crate::consent`]). Consent Mode types win over a
+/// category of the same name.
 fn consent(context: Option<Fields<'_>>) -> Result<Consent, Rejection> {
     let mut out = Consent::default();
-    let Some(c) = context else {
-        return Ok(out);
-    };
-    let Some(prefs) = c
-        .child("consent", "context.consent")?
-        .map(|c| c.child("categoryPreferences", "context.consent.categoryPreferences"))
+    let Some(c) = context
+        .map(|c| c.child("consent", "context.consent"))
         .transpose()?
         .flatten()
     else {
         return Ok(out);
     };
-    for (purpose, granted) in prefs.object() {
-        match granted {
-            Value::Bool(b) => {
-                out.0.insert(purpose.clone(), *b);
+    if let Some(prefs) = c.child("categoryPreferences", "context.consent.categoryPreferences")? {
+        for (purpose, granted) in prefs.entries() {
+            let state = consent::state(granted)
+                .map_err(|()| wrong_type(&prefs.name(purpose), "a boolean"))?;
+            if let Some(b) = state {
+                out.0.insert(purpose.to_string(), b);
             }
-            Value::Null => {}
-            _ => return Err(wrong_type(&prefs.name(purpose), "a boolean")),
+        }
+    }
+    for purpose in GOOGLE_CONSENT_TYPES {
+        if let Some(v) = c.get(purpose) {
+            let state = consent::state(v)
+                .map_err(|()| wrong_type(&c.name(purpose), "\"granted\" or \"denied\""))?;
+            if let Some(b) = state {
+                out.0.insert(purpose.to_string(), b);
+            }
         }
     }
     Ok(out)
@@ -327,7 +336,7 @@ fn consent(context: Option<Fields<'_>>) -> Result<Consent, Rejection> {
 
 /// Size of a message as compact JSON: the measure of the per-message limit inside a batch,
 /// where the original byte span is no longer known.
-fn serialized_len(v: &Value) -> usize {
+fn serialized_len(v: &Json<'_>) -> usize {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -5,12 +5,15 @@
 //! batch, never loses one; the resolver drops the duplicates by event id.
 //!
 //! Each input record yields either its signals or exactly one DLQ record, and no input record
-//! can stop the loop: only the bus failing does.
+//! can stop the loop: only the bus failing does. The one exception is a retry: an event whose id
+//! the stage saw on the same partition within the de-duplication window ([`crate::dedup`]) is
+//! dropped and counted, so a record whose every event is a retry yields nothing.
 
 use crate::config::{is_valid_tenant, IngestConfig};
+use crate::dedup::Deduplicator;
 use crate::dropped::DroppedIdentifiers;
 use crate::error::IngestError;
-use crate::metrics::IngestMetrics;
+use crate::metrics::{IngestMetrics, Outcome, RecordCounts, SourceCounts};
 use crate::normalize::{normalize_payload_counted, NormalizeOptions};
 use crate::rejection;
 use cdp_bus::{advance, Bus, ConsumerOptions, OutRecord, Positions, Record, StageCounters};
@@ -38,20 +41,59 @@ pub struct BatchOutput {
     pub rejected: BTreeMap<&'static str, u64>,
     /// Identifier values dropped from accepted records.
     pub dropped: DroppedIdentifiers,
+    /// Events dropped as retries of an event seen within the de-duplication window, by source.
+    pub duplicates: SourceCounts,
+    /// Events passed on without links for lack of identity consent, by source.
+    pub unlinked: SourceCounts,
+    /// Input records by source and outcome.
+    pub outcomes: RecordCounts,
 }
 
-/// Normalises `records` into output records without touching the bus. Fails only when a signal
-/// cannot be encoded, which no input can cause.
+/// Normalises `records` into output records without touching the bus, de-duplicating within
+/// the batch only. Fails only when a signal cannot be encoded, which no input can cause.
 pub fn process_batch(
     config: &IngestConfig,
     options: &NormalizeOptions,
     records: &[Record],
 ) -> Result<BatchOutput, IngestError> {
+    let mut dedup = Deduplicator::new(config.dedup_options());
+    process_batch_with(config, options, records, &mut dedup)
+}
+
+/// [`process_batch`] with event ids remembered in `dedup` across batches, as the stage runs.
+pub fn process_batch_with(
+    config: &IngestConfig,
+    options: &NormalizeOptions,
+    records: &[Record],
+    dedup: &mut Deduplicator,
+) -> Result<BatchOutput, IngestError> {
     let mut out = BatchOutput::default();
     out.records.reserve(records.len());
     for record in records {
+        let source = config.source_of(&record.topic);
+        let unlinked_before = out.dropped.unlinked();
         match normalize_record(config, options, record, &mut out.dropped) {
-            Ok((tenant, signals)) => {
+            Ok((tenant, mut signals)) => {
+                let before = signals.len();
+                signals.retain(|s| {
+                    !dedup.is_duplicate(
+                        &record.topic,
+                        record.partition,
+                        &tenant,
+                        s.source,
+                        &s.event_id,
+                        record.timestamp_ms,
+                    )
+                });
+                out.duplicates.add(source, (before - signals.len()) as u64);
+                out.unlinked
+                    .add(source, out.dropped.unlinked() - unlinked_before);
+                let outcome = if signals.is_empty() {
+                    Outcome::Duplicate
+                } else {
+                    Outcome::Accepted
+                };
+                out.outcomes.add(source, outcome, 1);
                 for signal in &signals {
                     out.records.push(OutRecord::new(
                         config.signals_topic.as_str(),
@@ -71,6 +113,7 @@ pub fn process_batch(
                 );
                 *out.rejected.entry(rejection.code).or_default() += 1;
                 out.dead_lettered += 1;
+                out.outcomes.add(source, Outcome::DeadLettered, 1);
                 out.records.push(dead_letter(config, record, &rejection));
             }
         }
@@ -102,6 +145,7 @@ pub fn run_with_metrics(
     let mut consumer = bus.consumer(ConsumerOptions::group(config.group.as_str(), &topics))?;
     let mut producer = bus.producer()?;
     let mut positions = Positions::new();
+    let mut dedup = Deduplicator::new(config.dedup_options());
     let poll_timeout = Duration::from_millis(config.poll_timeout_ms);
     tracing::info!(group = %config.group, "ingest stage started");
 
@@ -114,7 +158,7 @@ pub fn run_with_metrics(
         let span = tracing::debug_span!("ingest_batch", records = records.len());
         let _enter = span.enter();
 
-        let mut batch = process_batch(config, &options, &records)?;
+        let mut batch = process_batch_with(config, &options, &records, &mut dedup)?;
         for out in std::mem::take(&mut batch.records) {
             producer.send(out)?;
         }
@@ -130,9 +174,11 @@ pub fn run_with_metrics(
             started.elapsed(),
         );
         metrics.record(&batch);
+        metrics.observe_batch(started.elapsed());
         tracing::debug!(
             signals = batch.signals,
             dead_lettered = batch.dead_lettered,
+            duplicates = batch.duplicates.total(),
             "batch committed"
         );
     }

@@ -3,11 +3,11 @@
 //! (Adjust seconds, Firebase microseconds).
 
 use crate::fields::Fields;
+use crate::json::Json;
 use crate::rejection::{invalid_timestamp, wrong_type};
 use cdp_proto::dlq::Rejection;
 use cdp_proto::Timestamp;
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeDelta, Utc};
-use serde_json::Value;
 
 /// Parses a textual timestamp in any of the forms above. Zone-less text is read as UTC, which is
 /// what every source that omits the zone documents.
@@ -56,9 +56,9 @@ pub(crate) fn epoch_field(
 ) -> Result<Option<Timestamp>, Rejection> {
     let n = match f.get(key) {
         None => return Ok(None),
-        Some(Value::Number(n)) => n.as_i64(),
-        Some(Value::String(s)) if s.trim().is_empty() => return Ok(None),
-        Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+        Some(n @ (Json::U64(_) | Json::I64(_) | Json::F64(_))) => n.as_i64(),
+        Some(Json::Str(s)) if s.trim().is_empty() => return Ok(None),
+        Some(Json::Str(s)) => s.trim().parse::<i64>().ok(),
         Some(_) => return Err(wrong_type(&f.name(key), "a number")),
     };
     let t = n.and_then(|n| match unit {

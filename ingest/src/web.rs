@@ -7,6 +7,7 @@
 
 use crate::fields::{insert_absent, Fields, Object};
 use crate::identifiers::IdentifierSet;
+use crate::json::Obj;
 use crate::normalize::Context;
 use crate::query::{self, CLICK_ID_PARAMS, UTM_PARAMS};
 use crate::rejection;
@@ -16,7 +17,7 @@ use cdp_proto::{IdentifierKind, Signal};
 use serde_json::Value;
 
 /// Parses one web record (a Segment message or batch envelope).
-pub(crate) fn parse(obj: &Object, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
+pub(crate) fn parse(obj: &Obj<'_>, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
     if !segment::is_segment(obj) {
         return Err(Rejection::new(
             rejection::UNKNOWN_SHAPE,

@@ -100,6 +100,10 @@ const KEYS: &[&str] = &[
     "created_at",
     "click_id",
     "cookie_id",
+    "ad_user_data",
+    "ad_personalization",
+    "privacy_info",
+    "ads_storage",
 ];
 
 fn scalar() -> impl Strategy<Value = Value> {
@@ -120,6 +124,7 @@ fn scalar() -> impl Strategy<Value = Value> {
             Just("00000000-0000-0000-0000-000000000000".to_string()),
             Just("{idfa}".to_string()),
             Just("a@b.example".to_string()),
+            Just("denied".to_string()),
             Just("(415) 555-2671".to_string()),
             Just("https://x.example/?gclid=Cj0&utm_source=g".to_string()),
             ".{0,24}",

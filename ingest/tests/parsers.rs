@@ -572,3 +572,173 @@ fn phone_region_comes_from_options() {
     assert_eq!(s[0].event_id, "hs:9");
     assert_eq!(s[0].event_time, received());
 }
+
+fn parse_with(
+    source: Source,
+    payload: serde_json::Value,
+    opts: &NormalizeOptions,
+) -> (Vec<Signal>, DroppedIdentifiers) {
+    let mut dropped = DroppedIdentifiers::default();
+    let signals = normalize_payload_counted(
+        source,
+        "acme",
+        payload.to_string().as_bytes(),
+        received(),
+        opts,
+        &mut dropped,
+    )
+    .unwrap_or_else(|r| panic!("{payload}: {r}"));
+    (signals, dropped)
+}
+
+fn consented_track(consent: serde_json::Value) -> serde_json::Value {
+    json!({
+        "type": "identify", "messageId": "m-consent", "userId": "u-7", "anonymousId": "a-7",
+        "traits": {"email": "jo@example.com"},
+        "context": {"consent": consent}
+    })
+}
+
+#[test]
+fn consent_categories_and_consent_mode_land_in_the_signal() {
+    let payload = consented_track(json!({
+        "categoryPreferences": {"Advertising": true, "Analytics": "granted", "Functional": null},
+        "ad_user_data": "GRANTED",
+        "ad_personalization": "denied",
+        "analytics_storage": true
+    }));
+    let (signals, dropped) = parse_with(Source::Web, payload, &NormalizeOptions::default());
+    let c = &signals[0].consent;
+    assert_eq!(c.purpose("Advertising"), Some(true));
+    assert_eq!(c.purpose("Analytics"), Some(true));
+    assert_eq!(c.purpose("Functional"), None);
+    assert_eq!(c.purpose("ad_user_data"), Some(true));
+    assert_eq!(c.purpose("ad_personalization"), Some(false));
+    assert_eq!(c.purpose("analytics_storage"), Some(true));
+    // Identity consent is not denied: the event links as usual.
+    assert_eq!(signals[0].links.len(), 2);
+    assert_eq!(dropped.unlinked(), 0);
+}
+
+#[test]
+fn identifiers_without_identity_consent_are_kept_unlinked_by_default() {
+    for consent in [
+        json!({"ad_user_data": "denied"}),
+        json!({"categoryPreferences": {"identity": false}}),
+        json!({"categoryPreferences": {"ad_user_data": false}}),
+    ] {
+        let payload = consented_track(consent.clone());
+        let (signals, dropped) =
+            parse_with(Source::Web, payload.clone(), &NormalizeOptions::default());
+        let s = &signals[0];
+        assert_eq!(s.identifiers.len(), 3, "{consent}");
+        assert!(s.links.is_empty(), "{consent}: {:?}", s.links);
+        assert_eq!(dropped.unlinked(), 1);
+
+        let linked = NormalizeOptions {
+            identity_consent: cdp_ingest::consent::IdentityConsent {
+                without: cdp_ingest::consent::WithoutIdentityConsent::Linked,
+                ..Default::default()
+            },
+            ..NormalizeOptions::default()
+        };
+        let (signals, dropped) = parse_with(Source::Web, payload, &linked);
+        assert_eq!(signals[0].links.len(), 2, "{consent}");
+        assert_eq!(dropped.unlinked(), 0);
+    }
+    // Which purposes count is configurable.
+    let advertising = NormalizeOptions {
+        identity_consent: cdp_ingest::consent::IdentityConsent {
+            purposes: vec!["advertising".into()],
+            ..Default::default()
+        },
+        ..NormalizeOptions::default()
+    };
+    let (page, _) = one(Source::Web, "web/track_paid_landing.json");
+    assert!(
+        !page.links.is_empty(),
+        "advertising is not an identity purpose by default"
+    );
+    let (signals, _) = parse_with(
+        Source::Web,
+        serde_json::from_slice(&fixture("web/track_paid_landing.json")).unwrap(),
+        &advertising,
+    );
+    assert!(signals[0].links.is_empty());
+}
+
+#[test]
+fn ga4_rows_carry_consent_mode_and_privacy_info() {
+    let mut row: serde_json::Value = serde_json::from_slice(&fixture("app/ga4_row.json")).unwrap();
+    row["consent"] = json!({"ad_user_data": "DENIED", "ad_personalization": "GRANTED"});
+    row["privacy_info"] = json!({"analytics_storage": "Yes", "ads_storage": "No"});
+    let (signals, dropped) = parse_with(Source::App, row, &NormalizeOptions::default());
+    let s = &signals[0];
+    assert_eq!(s.consent.purpose("ad_user_data"), Some(false));
+    assert_eq!(s.consent.purpose("ad_personalization"), Some(true));
+    assert_eq!(s.consent.purpose("analytics_storage"), Some(true));
+    assert_eq!(s.consent.purpose("ad_storage"), Some(false));
+    assert!(s.links.is_empty());
+    assert_eq!(dropped.unlinked(), 1);
+}
+
+#[test]
+fn malformed_consent_is_a_wrong_type_naming_the_field() {
+    let r = reject(
+        Source::Web,
+        consented_track(json!({"categoryPreferences": {"ads": "maybe"}}))
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(r.code, rejection::WRONG_TYPE);
+    assert_eq!(
+        r.message,
+        "field `context.consent.categoryPreferences.ads` must be a boolean"
+    );
+    let r = reject(
+        Source::Web,
+        consented_track(json!({"ad_user_data": 1}))
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(
+        r.message,
+        "field `context.consent.ad_user_data` must be \"granted\" or \"denied\""
+    );
+}
+
+#[test]
+fn event_time_corrects_skew_only_with_both_device_readings() {
+    let base = json!({"type": "track", "event": "X", "messageId": "m-t", "anonymousId": "a"});
+    let with = |fields: serde_json::Value| {
+        let mut v = base.clone();
+        for (k, x) in fields.as_object().unwrap() {
+            v[k] = x.clone();
+        }
+        let (signals, _) = parse_with(Source::Web, v, &NormalizeOptions::default());
+        signals[0].event_time
+    };
+    // The device clock is 10 minutes slow and the message waited 5 s in its queue.
+    assert_eq!(
+        with(json!({
+            "originalTimestamp": "2024-05-31T23:49:55Z",
+            "sentAt": "2024-05-31T23:50:00Z"
+        })),
+        received() - chrono::TimeDelta::seconds(5),
+        "receivedAt defaults to the record's time"
+    );
+    assert_eq!(
+        with(json!({
+            "originalTimestamp": "2024-05-31T23:49:55Z",
+            "sentAt": "2024-05-31T23:50:00Z",
+            "receivedAt": "2024-05-31T23:59:59Z"
+        })),
+        at("2024-05-31T23:59:54Z")
+    );
+    // One reading alone cannot be corrected: the device's own time is used.
+    assert_eq!(
+        with(json!({"sentAt": "2024-05-31T23:50:00Z", "timestamp": "2024-05-31T23:49:00Z"})),
+        at("2024-05-31T23:49:00Z")
+    );
+    assert_eq!(with(json!({})), received());
+}

@@ -5,7 +5,11 @@ use cdp_bus::embedded::EmbeddedBus;
 use cdp_bus::{
     Bus, BusError, Consumer, ConsumerOptions, OutRecord, Producer, Record, StageCounters, TopicInfo,
 };
-use cdp_ingest::{process_batch, rejection, stage, IngestConfig, IngestMetrics, NormalizeOptions};
+use cdp_ingest::metrics::Outcome;
+use cdp_ingest::{
+    process_batch, process_batch_with, rejection, stage, Deduplicator, IngestConfig, IngestMetrics,
+    NormalizeOptions,
+};
 use cdp_proto::dlq;
 use cdp_proto::Signal;
 use std::collections::BTreeMap;
@@ -325,6 +329,21 @@ fn every_input_yields_exactly_one_output_and_poison_does_not_stop_the_stage() {
     assert_eq!(rejected.get(rejection::INVALID_JSON), Some(&3));
     assert_eq!(rejected.values().sum::<u64>(), dead.len() as u64);
     assert_eq!(metrics.dropped().get("phone_sha256", "empty"), 0);
+    // Every input record is counted once, by source and outcome, and every batch is timed.
+    let records = metrics.records();
+    let outcome_total = |o: Outcome| -> u64 {
+        records
+            .iter()
+            .filter(|(_, outcome, _)| *outcome == o.label())
+            .map(|(_, _, n)| n)
+            .sum()
+    };
+    assert_eq!(outcome_total(Outcome::DeadLettered), dead.len() as u64);
+    assert_eq!(
+        outcome_total(Outcome::Accepted) + outcome_total(Outcome::DeadLettered),
+        inputs.len() as u64
+    );
+    assert!(metrics.batch_duration().count >= 1);
 }
 
 #[test]
@@ -494,4 +513,133 @@ fn process_batch_replaces_old_error_headers_and_ignores_foreign_topics() {
     assert_eq!(out.records[2].key.as_deref(), Some(b"default".as_slice()));
     let s: Signal = serde_json::from_slice(out.records[2].value.as_deref().unwrap()).unwrap();
     assert_eq!(s.received_at.timestamp_millis(), 1_717_200_000_000);
+}
+
+#[test]
+fn retried_events_are_dropped_once_within_the_window_and_counted() {
+    let config = IngestConfig {
+        dedup_window_ms: 60_000,
+        ..IngestConfig::default()
+    };
+    let options = NormalizeOptions::default();
+    let t0 = 1_717_200_000_000;
+    let record = |partition: i32, offset: i64, at: i64, value: Vec<u8>| Record {
+        topic: "cdp.raw.web".into(),
+        partition,
+        offset,
+        timestamp_ms: at,
+        key: None,
+        value: Some(value),
+        headers: Vec::new(),
+    };
+    let msg = |id: &str| {
+        format!(r#"{{"type":"track","event":"Retry","messageId":"{id}","anonymousId":"a-1"}}"#)
+    };
+    let batch = |ids: &[&str]| {
+        let messages: Vec<String> = ids.iter().map(|id| msg(id)).collect();
+        format!(r#"{{"batch":[{}]}}"#, messages.join(","))
+    };
+    let mut dedup = Deduplicator::new(config.dedup_options());
+    let first = [
+        record(0, 0, t0, msg("m-1").into_bytes()),
+        // A retry of m-1 on the same partition, and an envelope re-sending m-1 with a new m-2.
+        record(0, 1, t0 + 1_000, msg("m-1").into_bytes()),
+        record(0, 2, t0 + 2_000, batch(&["m-1", "m-2"]).into_bytes()),
+        // Another partition remembers its own ids.
+        record(1, 0, t0 + 2_000, msg("m-1").into_bytes()),
+    ];
+    let out = process_batch_with(&config, &options, &first, &mut dedup).unwrap();
+    let ids: Vec<String> = out
+        .records
+        .iter()
+        .map(|r| serde_json::from_slice::<Signal>(r.value.as_deref().unwrap()).unwrap())
+        .map(|s| s.event_id)
+        .collect();
+    assert_eq!(ids, ["m-1", "m-2", "m-1"]);
+    assert_eq!(out.duplicates.get(Some(cdp_proto::Source::Web)), 2);
+    assert_eq!(
+        out.outcomes
+            .get(Some(cdp_proto::Source::Web), Outcome::Duplicate),
+        1
+    );
+    assert_eq!(
+        out.outcomes
+            .get(Some(cdp_proto::Source::Web), Outcome::Accepted),
+        3
+    );
+
+    // The memory lasts across batches, and only for the window.
+    let later = [
+        record(0, 3, t0 + 30_000, msg("m-2").into_bytes()),
+        record(0, 4, t0 + 61_000, msg("m-1").into_bytes()),
+    ];
+    let out = process_batch_with(&config, &options, &later, &mut dedup).unwrap();
+    assert_eq!(out.signals, 1);
+    assert_eq!(out.duplicates.total(), 1);
+
+    // With the window at 0 every copy passes.
+    let off = IngestConfig {
+        dedup_window_ms: 0,
+        ..IngestConfig::default()
+    };
+    let out = process_batch(&off, &options, &first).unwrap();
+    assert_eq!((out.signals, out.duplicates.total()), (5, 0));
+
+    // The stage's metrics see the same counts.
+    let metrics = IngestMetrics::default();
+    metrics.record(&process_batch(&config, &options, &first).unwrap());
+    assert_eq!(
+        metrics.duplicate_events().get(Some(cdp_proto::Source::Web)),
+        2
+    );
+    assert_eq!(
+        metrics
+            .records()
+            .get(Some(cdp_proto::Source::Web), Outcome::Duplicate),
+        1
+    );
+}
+
+#[test]
+fn events_without_identity_consent_are_counted_as_unlinked() {
+    let config = IngestConfig::default();
+    let record = |offset: i64, consent: &str| {
+        Record {
+        topic: "cdp.raw.web".into(),
+        partition: 0,
+        offset,
+        timestamp_ms: 1_717_200_000_000,
+        key: None,
+        value: Some(
+            format!(
+                r#"{{"type":"identify","messageId":"m-{offset}","userId":"u-1","anonymousId":"a-1","context":{{"consent":{consent}}}}}"#
+            )
+            .into_bytes(),
+        ),
+        headers: Vec::new(),
+    }
+    };
+    let records = [
+        record(0, r#"{"ad_user_data":"denied"}"#),
+        record(1, r#"{"ad_user_data":"granted"}"#),
+    ];
+    let out = process_batch(&config, &NormalizeOptions::default(), &records).unwrap();
+    assert_eq!(out.signals, 2);
+    assert_eq!(out.unlinked.get(Some(cdp_proto::Source::Web)), 1);
+    let links: Vec<usize> = out
+        .records
+        .iter()
+        .map(|r| serde_json::from_slice::<Signal>(r.value.as_deref().unwrap()).unwrap())
+        .map(|s| s.links.len())
+        .collect();
+    assert_eq!(links, [0, 1]);
+    let metrics = IngestMetrics::default();
+    metrics.record(&out);
+    assert_eq!(metrics.unlinked_events().total(), 1);
+    assert_eq!(
+        metrics
+            .records()
+            .get(Some(cdp_proto::Source::Web), Outcome::Accepted),
+        2
+    );
 }

@@ -9,6 +9,8 @@ pub struct ResolverConfig {
     /// Consumer group on the signals topic.
     pub group: String,
     pub signals_topic: String,
+    /// Graph commands (`forget`, `unmerge`), applied in order with the signals.
+    pub commands_topic: String,
     pub changes_topic: String,
     pub profiles_topic: String,
     pub dlq_topic: String,
@@ -23,6 +25,7 @@ impl Default for ResolverConfig {
         Self {
             group: "cdp-resolver".into(),
             signals_topic: cdp_proto::topics::SIGNALS.into(),
+            commands_topic: crate::command::COMMANDS_TOPIC.into(),
             changes_topic: cdp_proto::topics::IDENTITY_CHANGES.into(),
             profiles_topic: cdp_proto::topics::PROFILES.into(),
             dlq_topic: cdp_proto::topics::DLQ.into(),

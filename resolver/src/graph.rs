@@ -8,10 +8,10 @@ use crate::policy::{MergePolicy, PolicyConfig};
 use crate::txn::{NodeId, Txn};
 use crate::Result;
 use cdp_proto::{
-    normalize::sha256_hex, Identifier, IdentityChange, IdentityChangeKind, MergeRecord, Profile,
-    ProfileUpdate, Signal, Timestamp,
+    normalize::sha256_hex, Identifier, IdentityChange, IdentityChangeKind, IdentityLink,
+    MergeRecord, Profile, ProfileUpdate, Signal, Timestamp,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Canonical id of a profile founded by `id`: stable across replays and rebuilds.
 pub fn canonical_id_for(tenant: &str, id: &Identifier) -> String {
@@ -28,6 +28,8 @@ pub struct BatchOutput {
     pub refused: u64,
     pub candidates: u64,
     pub new_profiles: u64,
+    /// Identifiers dropped from signals because `forget` erased them.
+    pub tombstoned: u64,
 }
 
 /// A merge seen during a batch, reported once the batch's final survivors are known.
@@ -44,10 +46,13 @@ struct MergeEvent {
 pub struct Batch {
     /// Profiles touched, with the signal that touched them last.
     touched: BTreeMap<(String, String), (String, Timestamp)>,
+    /// Canonical ids the signal being applied touched: each gets one version bump per signal.
+    by_signal: BTreeSet<String>,
     merges: Vec<MergeEvent>,
     refused: u64,
     candidates: u64,
     new_profiles: u64,
+    tombstoned: u64,
 }
 
 /// The resolver's decision logic. State lives in the store behind a [`Txn`].
@@ -63,20 +68,33 @@ impl Resolver {
         }
     }
 
+    pub fn policy(&self) -> &MergePolicy {
+        &self.policy
+    }
+
     /// Applies one signal inside `txn`.
     pub fn apply(&self, txn: &mut Txn, signal: &Signal, batch: &mut Batch) -> Result<()> {
         let tenant = signal.tenant.as_str();
+        batch.by_signal.clear();
+        let erased = erased_identifiers(txn, signal)?;
+        batch.tombstoned += erased.len() as u64;
+        let kept = |id: &Identifier| !erased.contains(id);
         // Roots of profiles this signal created: joining them is growth, not a merge.
         let mut fresh: HashSet<NodeId> = HashSet::new();
         let endpoints = signal
             .identifiers
             .iter()
-            .chain(signal.links.iter().flat_map(|l| [&l.a, &l.b]));
+            .chain(signal.links.iter().flat_map(|l| [&l.a, &l.b]))
+            .filter(|id| kept(id));
         for id in endpoints {
             self.ensure_node(txn, signal, id, &mut fresh, batch)?;
         }
 
-        let mut links: Vec<_> = signal.links.iter().collect();
+        let mut links: Vec<_> = signal
+            .links
+            .iter()
+            .filter(|l| kept(&l.a) && kept(&l.b))
+            .collect();
         // Strongest assertions first: when a limit must refuse one, it refuses the weaker.
         links.sort_by(|x, y| y.confidence.total_cmp(&x.confidence));
         for l in links {
@@ -87,9 +105,19 @@ impl Resolver {
             if a == b {
                 continue;
             }
+            let logged = txn.pair(a, b, &l.rule)?;
+            if let Some(id) = logged {
+                if txn
+                    .link(id)?
+                    .is_some_and(|stored| matches!(stored.decision, LinkDecision::Removed(_)))
+                {
+                    // An operator unmerged this assertion; replays must not redo the merge.
+                    continue;
+                }
+            }
             let decision =
-                self.decide(txn, signal, a, b, &l.rule, l.confidence, &mut fresh, batch)?;
-            match txn.pair(a, b, &l.rule)? {
+                self.decide(txn, signal, (a, b), l, logged.is_none(), &mut fresh, batch)?;
+            match logged {
                 None => {
                     txn.append_link(
                         a,
@@ -119,7 +147,7 @@ impl Resolver {
         }
 
         // Attributes go to the profile of the signal's first (strongest) identifier.
-        if let Some(primary) = signal.identifiers.first() {
+        if let Some(primary) = signal.identifiers.iter().find(|id| kept(id)) {
             if let Some(node) = txn.node_of(tenant, primary)? {
                 let root = txn.find(node)?;
                 if let Some(mut profile) = txn.profile(root)? {
@@ -129,7 +157,7 @@ impl Resolver {
                 }
             }
         }
-        Ok(())
+        bump_versions(txn, tenant, batch)
     }
 
     fn ensure_node(
@@ -171,13 +199,13 @@ impl Resolver {
         &self,
         txn: &mut Txn,
         signal: &Signal,
-        a: NodeId,
-        b: NodeId,
-        rule: &str,
-        confidence: f64,
+        (a, b): (NodeId, NodeId),
+        l: &IdentityLink,
+        new_link: bool,
         fresh: &mut HashSet<NodeId>,
         batch: &mut Batch,
     ) -> Result<LinkDecision> {
+        let (rule, confidence) = (l.rule.as_str(), l.confidence);
         if !self.policy.merges(rule, confidence) {
             batch.candidates += 1;
             return Ok(LinkDecision::Candidate);
@@ -185,6 +213,16 @@ impl Resolver {
         let (ra, rb) = (txn.find(a)?, txn.find(b)?);
         if ra == rb {
             return Ok(LinkDecision::Accepted);
+        }
+        if let Err(refusal) = crate::hub::reach(
+            txn,
+            &self.policy,
+            [(a, &l.a.kind), (b, &l.b.kind)],
+            signal.event_time,
+            new_link,
+        )? {
+            batch.refused += 1;
+            return Ok(LinkDecision::Refused(refusal.code()));
         }
         let (Some(pa), Some(pb)) = (txn.profile(ra)?, txn.profile(rb)?) else {
             return Err(crate::ResolverError::Corrupt {
@@ -252,6 +290,8 @@ impl Resolver {
         for alias in &loser.aliases {
             txn.set_alias(tenant, alias, Some(survivor_id.clone()));
         }
+        // Above both, so the survivor's updates sort after everything either profile emitted.
+        survivor.version = survivor.version.max(loser.version);
         merge_into(&mut survivor, loser);
         if !loser_fresh {
             // A profile that existed before this signal is retired: record it and keep its id resolvable.
@@ -286,6 +326,7 @@ impl Resolver {
             refused: batch.refused,
             candidates: batch.candidates,
             new_profiles: batch.new_profiles,
+            tombstoned: batch.tombstoned,
             ..Default::default()
         };
         let mut finals: BTreeMap<(String, String), (String, Timestamp)> = BTreeMap::new();
@@ -299,10 +340,9 @@ impl Resolver {
             let Some(root) = txn.root_of_canonical(&tenant, &id)? else {
                 continue;
             };
-            let Some(mut profile) = txn.profile(root)? else {
+            let Some(profile) = txn.profile(root)? else {
                 continue;
             };
-            profile.version += 1;
             versions.insert((tenant.clone(), id.clone()), profile.version);
             out.updates.push(ProfileUpdate {
                 version: profile.version,
@@ -348,11 +388,50 @@ impl Resolver {
     }
 }
 
+/// Identifiers of `signal` that `forget` erased. Only identifiers without a node can be
+/// tombstoned, so known identifiers cost no extra read.
+fn erased_identifiers(txn: &mut Txn, signal: &Signal) -> Result<HashSet<Identifier>> {
+    let mut erased = HashSet::new();
+    let endpoints = signal
+        .identifiers
+        .iter()
+        .chain(signal.links.iter().flat_map(|l| [&l.a, &l.b]));
+    for id in endpoints {
+        if txn.node_of(&signal.tenant, id)?.is_none() && txn.is_tombstoned(&signal.tenant, id)? {
+            erased.insert(id.clone());
+        }
+    }
+    Ok(erased)
+}
+
 fn touch(batch: &mut Batch, signal: &Signal, canonical_id: &str) {
     batch.touched.insert(
         (signal.tenant.clone(), canonical_id.to_string()),
         (signal.event_id.clone(), signal.received_at),
     );
+    batch.by_signal.insert(canonical_id.to_string());
+}
+
+/// One version per signal for every profile it changed. Counting signals rather than batches
+/// makes a profile's version a function of its input alone: however the stream is cut into
+/// batches (or a crash cuts it), replaying it yields the same versions.
+fn bump_versions(txn: &mut Txn, tenant: &str, batch: &mut Batch) -> Result<()> {
+    let mut live = BTreeSet::new();
+    for id in std::mem::take(&mut batch.by_signal) {
+        if let Some(final_id) = resolve_alias(txn, tenant, &id)? {
+            live.insert(final_id);
+        }
+    }
+    for id in live {
+        let Some(root) = txn.root_of_canonical(tenant, &id)? else {
+            continue;
+        };
+        if let Some(mut profile) = txn.profile(root)? {
+            profile.version += 1;
+            txn.put_profile(root, Some(profile));
+        }
+    }
+    Ok(())
 }
 
 /// The live canonical id for `id`: itself if live, its survivor if retired, `None` if unknown.

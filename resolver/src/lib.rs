@@ -5,16 +5,30 @@
 //! whether a link may union two profiles. One input batch is applied in one [`txn::Txn`] whose
 //! writes, outputs (an outbox) and input offsets are committed in a single atomic write, so a
 //! crash resumes exactly where the last batch ended ([`stage`]).
+//!
+//! The graph is explainable ([`explain`]) and reversible: operator [`command`]s erase a person
+//! for good ([`forget`], with [`tombstone`]s) or take a wrong link out ([`unmerge`]), and a
+//! policy change is previewed and applied over the whole link log ([`rebuild`]). Identifiers
+//! linked to too many profiles are quarantined ([`hub`]).
 
+pub mod command;
+pub mod component;
 pub mod config;
+pub mod explain;
 pub mod fold;
+pub mod forget;
 pub mod graph;
+pub mod hub;
 pub mod link;
 pub mod lookup;
+pub mod partition;
 pub mod policy;
+pub mod rebuild;
 pub mod stage;
 pub mod store;
+pub mod tombstone;
 pub mod txn;
+pub mod unmerge;
 
 pub use config::ResolverConfig;
 pub use graph::{BatchOutput, Resolver};

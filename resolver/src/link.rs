@@ -14,6 +14,9 @@ pub enum LinkDecision {
     Candidate,
     /// The merge policy refused it; the reason is a stable code.
     Refused(String),
+    /// An operator took it out (`unmerge`); the reason names the command. Seeing the same
+    /// assertion again does not bring it back.
+    Removed(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,6 +16,15 @@ pub struct PolicyConfig {
     pub max_per_kind: BTreeMap<String, usize>,
     /// Most identifiers one profile may hold in all.
     pub max_profile_identifiers: usize,
+    /// An identifier linked to more than this many distinct profiles is a hub (a shared
+    /// kiosk, a test account): its further links are refused (`hub:KIND`) instead of merging.
+    /// 0 turns detection off for kinds not listed in `hub_max_profiles_per_kind`.
+    pub hub_max_profiles: usize,
+    /// Per-kind overrides of `hub_max_profiles` (0 turns detection off for that kind).
+    pub hub_max_profiles_per_kind: BTreeMap<String, usize>,
+    /// Profiles reached within this many days (by event time) count towards the hub limits;
+    /// 0 counts them all.
+    pub hub_window_days: u64,
 }
 
 impl Default for PolicyConfig {
@@ -38,6 +47,14 @@ impl Default for PolicyConfig {
             rule_thresholds: BTreeMap::new(),
             max_per_kind,
             max_profile_identifiers: 500,
+            // A person's own identifiers meet each of their others once: only identifiers
+            // shared by people reach these.
+            hub_max_profiles: 100,
+            hub_max_profiles_per_kind: [("cookie_id", 30), ("device_id", 30), ("click_id", 10)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            hub_window_days: 30,
         }
     }
 }
@@ -48,6 +65,8 @@ pub enum Refusal {
     /// The merged profile would hold more identifiers of `kind` than allowed.
     KindLimit(String),
     ProfileSize,
+    /// An identifier of `kind` is linked to more distinct profiles than allowed.
+    Hub(String),
 }
 
 impl Refusal {
@@ -55,6 +74,37 @@ impl Refusal {
         match self {
             Refusal::KindLimit(kind) => format!("kind_limit:{kind}"),
             Refusal::ProfileSize => "profile_size".to_string(),
+            Refusal::Hub(kind) => format!("hub:{kind}"),
+        }
+    }
+}
+
+/// How many identifiers of each kind a set holds: what the limits are checked against.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub total: usize,
+    pub kinds: BTreeMap<IdentifierKind, usize>,
+}
+
+impl Tally {
+    pub fn of(profile: &Profile) -> Self {
+        let mut t = Tally::default();
+        for id in &profile.identifiers {
+            t.add(&id.kind);
+        }
+        t
+    }
+
+    pub fn add(&mut self, kind: &IdentifierKind) {
+        self.total += 1;
+        *self.kinds.entry(kind.clone()).or_default() += 1;
+    }
+
+    /// Adds every count of `other`.
+    pub fn absorb(&mut self, other: &Tally) {
+        self.total += other.total;
+        for (kind, n) in &other.kinds {
+            *self.kinds.entry(kind.clone()).or_default() += n;
         }
     }
 }
@@ -85,17 +135,46 @@ impl MergePolicy {
         self.config.max_per_kind.get(kind.as_str()).copied()
     }
 
+    /// Most distinct profiles an identifier of `kind` may be linked to, if limited.
+    pub fn hub_limit(&self, kind: &IdentifierKind) -> Option<usize> {
+        let n = self
+            .config
+            .hub_max_profiles_per_kind
+            .get(kind.as_str())
+            .copied()
+            .unwrap_or(self.config.hub_max_profiles);
+        (n > 0).then_some(n)
+    }
+
+    /// The hub window in milliseconds, if there is one.
+    pub fn hub_window_ms(&self) -> Option<i64> {
+        (self.config.hub_window_days > 0)
+            .then(|| i64::try_from(self.config.hub_window_days).unwrap_or(i64::MAX / 86_400_000))
+            .map(|d| d.saturating_mul(86_400_000))
+    }
+
+    /// Refuses a link whose end of `kind` has been linked to `profiles` distinct profiles.
+    pub fn check_hub(&self, kind: &IdentifierKind, profiles: u64) -> Result<(), Refusal> {
+        match self.hub_limit(kind) {
+            Some(max) if profiles > max as u64 => Err(Refusal::Hub(kind.as_str().to_string())),
+            _ => Ok(()),
+        }
+    }
+
     /// May profiles `a` and `b` become one?
     pub fn check_union(&self, a: &Profile, b: &Profile) -> Result<(), Refusal> {
-        if a.identifiers.len() + b.identifiers.len() > self.config.max_profile_identifiers {
+        self.check_tallies(&Tally::of(a), &Tally::of(b))
+    }
+
+    /// May two sets with these identifier counts become one?
+    pub fn check_tallies(&self, a: &Tally, b: &Tally) -> Result<(), Refusal> {
+        if a.total + b.total > self.config.max_profile_identifiers {
             return Err(Refusal::ProfileSize);
         }
-        let mut counts: BTreeMap<&IdentifierKind, usize> = BTreeMap::new();
-        for id in a.identifiers.iter().chain(&b.identifiers) {
-            *counts.entry(&id.kind).or_default() += 1;
-        }
-        for (kind, n) in counts {
-            if self.limit(kind).is_some_and(|max| n > max) {
+        let mut both = a.clone();
+        both.absorb(b);
+        for (kind, n) in &both.kinds {
+            if self.limit(kind).is_some_and(|max| *n > max) {
                 return Err(Refusal::KindLimit(kind.as_str().to_string()));
             }
         }

@@ -6,7 +6,11 @@
 //! position committed. After a crash the resolver republishes what is left in the outbox
 //! (consumers drop duplicates by `version`) and skips input below its stored offsets, so its
 //! state equals that of a run that never crashed; the bus's committed position is advisory.
+//!
+//! Graph commands (`forget`, `unmerge`) arrive on their own topic in the same consumer and are
+//! applied in poll order with the signals, each in a transaction of its own with its offset.
 
+use crate::command::{CommandOp, CommandOutcome, GraphCommand};
 use crate::config::ResolverConfig;
 use crate::graph::{Batch, BatchOutput, Resolver};
 use crate::store::{Cf, GraphStore};
@@ -16,7 +20,7 @@ use cdp_bus::{
     advance, Bus, ConsumerOptions, OutRecord, Positions, Producer, Record, StageCounters,
 };
 use cdp_proto::dlq::{self, Rejection};
-use cdp_proto::Signal;
+use cdp_proto::{IdentityChange, ProfileUpdate, Signal};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -31,6 +35,10 @@ pub struct ResolverCounters {
     pub refused: std::sync::atomic::AtomicU64,
     pub candidates: std::sync::atomic::AtomicU64,
     pub new_profiles: std::sync::atomic::AtomicU64,
+    /// Identifiers dropped from signals because they were forgotten.
+    pub tombstoned: std::sync::atomic::AtomicU64,
+    /// Graph commands applied.
+    pub commands: std::sync::atomic::AtomicU64,
 }
 
 /// Runs the resolver until `shutdown` is set.
@@ -44,10 +52,16 @@ pub fn run(
     let resolver = Resolver::new(config.policy.clone());
     let mut producer = bus.producer()?;
     publish_outbox(store, producer.as_mut())?;
-    let mut consumer = bus.consumer(ConsumerOptions::group(
-        config.group.clone(),
-        &[config.signals_topic.as_str()],
-    ))?;
+    let topics = [
+        config.signals_topic.as_str(),
+        config.commands_topic.as_str(),
+    ];
+    let mut options = ConsumerOptions::group(config.group.clone(), &topics);
+    // Start where the graph's state says, not where the group committed: a fresh or restored
+    // volume is behind the group, and what it has not applied must be read again.
+    let positions = cdp_bus::stored_positions(bus, &topics, |t, p| stored_offset(store, t, p))?;
+    options.start = cdp_bus::StartFrom::Positions(std::sync::Arc::new(positions));
+    let mut consumer = bus.consumer(options)?;
     let timeout = Duration::from_millis(config.poll_timeout_ms);
     while !shutdown.load(Ordering::Relaxed) {
         let records = consumer.poll(config.batch_size, timeout)?;
@@ -55,7 +69,8 @@ pub fn run(
             continue;
         }
         let started = Instant::now();
-        let (out, dead) = apply_records(&resolver, store, config, &records)?;
+        let out = apply_records(&resolver, store, config, &records)?;
+        let dead = out.dead;
         let published = publish_outbox(store, producer.as_mut())?;
         let mut positions = Positions::new();
         advance(&mut positions, &records);
@@ -69,6 +84,10 @@ pub fn run(
         counters
             .new_profiles
             .fetch_add(out.new_profiles, Ordering::Relaxed);
+        counters
+            .tombstoned
+            .fetch_add(out.tombstoned, Ordering::Relaxed);
+        counters.commands.fetch_add(out.commands, Ordering::Relaxed);
         counters.stage.record_batch(
             records.len() as u64,
             published.saturating_sub(dead),
@@ -87,9 +106,98 @@ pub fn run(
     Ok(())
 }
 
+/// What [`apply_records`] did, summed over its transactions.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub merges: u64,
+    pub refused: u64,
+    pub candidates: u64,
+    pub new_profiles: u64,
+    pub tombstoned: u64,
+    /// Graph commands applied (each in its own transaction).
+    pub commands: u64,
+    /// Records sent to the DLQ.
+    pub dead: u64,
+    /// Identity changes and profile updates put in the outbox.
+    pub changes: u64,
+    pub updates: u64,
+}
+
+impl Applied {
+    fn add(&mut self, out: &BatchOutput) {
+        self.merges += out.merges;
+        self.refused += out.refused;
+        self.candidates += out.candidates;
+        self.new_profiles += out.new_profiles;
+        self.tombstoned += out.tombstoned;
+        self.changes += out.changes.len() as u64;
+        self.updates += out.updates.len() as u64;
+    }
+}
+
+/// Applies `records` (signals and graph commands) skipping any already applied. Consecutive
+/// signals are one atomic transaction; each command is a transaction of its own, committed
+/// after the signals before it, so it sees them and the signals after it see its effect.
+pub fn apply_records(
+    resolver: &Resolver,
+    store: &dyn GraphStore,
+    config: &ResolverConfig,
+    records: &[Record],
+) -> Result<Applied> {
+    let mut applied = Applied::default();
+    let mut rest = records;
+    while !rest.is_empty() {
+        let signals = rest
+            .iter()
+            .take_while(|r| r.topic != config.commands_topic)
+            .count();
+        if signals > 0 {
+            let (out, dead) = apply_signals(resolver, store, config, &rest[..signals])?;
+            applied.add(&out);
+            applied.dead += dead;
+            rest = &rest[signals..];
+        } else {
+            let (out, dead) = apply_command(resolver, store, config, &rest[0])?;
+            applied.commands += u64::from(out.is_some());
+            applied.dead += dead;
+            if let Some(out) = out {
+                applied.changes += out.changes.len() as u64;
+                applied.updates += out.profiles.len() as u64;
+            }
+            rest = &rest[1..];
+        }
+    }
+    Ok(applied)
+}
+
+/// Whether `r` is still to be applied (false when it was applied before a crash), given the
+/// next offsets this transaction has reached (`applied`) and, beyond them, the stored ones.
+fn unapplied(
+    store: &dyn GraphStore,
+    applied: &BTreeMap<(String, i32), i64>,
+    r: &Record,
+) -> Result<bool> {
+    let next = match applied.get(&(r.topic.clone(), r.partition)) {
+        Some(n) => *n,
+        None => stored_offset(store, &r.topic, r.partition)?.unwrap_or(0),
+    };
+    Ok(r.offset >= next)
+}
+
+fn dead_letter(config: &ResolverConfig, r: &Record, rejection: &Rejection) -> OutRecord {
+    OutRecord {
+        topic: config.dlq_topic.clone(),
+        partition: None,
+        key: r.key.clone(),
+        value: r.value.clone(),
+        headers: dlq::headers(STAGE, rejection, &r.topic, r.partition, r.offset),
+        timestamp_ms: None,
+    }
+}
+
 /// Applies `records` (signals) in one atomic transaction, skipping any already applied.
 /// Returns what the batch produced and how many records went to the DLQ.
-pub fn apply_records(
+fn apply_signals(
     resolver: &Resolver,
     store: &dyn GraphStore,
     config: &ResolverConfig,
@@ -100,39 +208,20 @@ pub fn apply_records(
     let mut applied: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut dead = Vec::new();
     for r in records {
-        let part = (r.topic.clone(), r.partition);
-        let next = match applied.get(&part) {
-            Some(n) => *n,
-            None => stored_offset(store, &r.topic, r.partition)?.unwrap_or(0),
-        };
-        if r.offset < next {
+        if !unapplied(store, &applied, r)? {
             // Applied before a crash: the state already contains it.
             continue;
         }
-        applied.insert(part, r.offset + 1);
+        applied.insert((r.topic.clone(), r.partition), r.offset + 1);
         match decode_signal(r) {
             Ok(signal) => resolver.apply(&mut txn, &signal, &mut batch)?,
-            Err(rejection) => dead.push(OutRecord {
-                topic: config.dlq_topic.clone(),
-                partition: None,
-                key: r.key.clone(),
-                value: r.value.clone(),
-                headers: dlq::headers(STAGE, &rejection, &r.topic, r.partition, r.offset),
-                timestamp_ms: None,
-            }),
+            Err(rejection) => dead.push(dead_letter(config, r, &rejection)),
         }
     }
     let out = resolver.finish(&mut txn, batch)?;
-    for change in &out.changes {
-        let value = serde_json::to_vec(change).expect("IdentityChange serialises");
-        txn.push_outbox(
-            OutRecord::new(&config.changes_topic, change.canonical_id.as_bytes(), value).to_bytes(),
-        );
-    }
+    push_changes(&mut txn, config, &out.changes);
     for update in &out.updates {
-        let value = serde_json::to_vec(update).expect("ProfileUpdate serialises");
-        let key = update.profile.canonical_id.as_bytes();
-        txn.push_outbox(OutRecord::new(&config.profiles_topic, key, value).to_bytes());
+        push_update(&mut txn, config, update);
     }
     let dead_count = dead.len() as u64;
     for d in dead {
@@ -143,6 +232,87 @@ pub fn apply_records(
     }
     txn.commit()?;
     Ok((out, dead_count))
+}
+
+/// Applies one command record in its own transaction. Returns the outcome when the command
+/// was applied now (not before a crash, not a repeat of an applied id, not dead-lettered).
+fn apply_command(
+    resolver: &Resolver,
+    store: &dyn GraphStore,
+    config: &ResolverConfig,
+    r: &Record,
+) -> Result<(Option<CommandOutcome>, u64)> {
+    if !unapplied(store, &BTreeMap::new(), r)? {
+        return Ok((None, 0));
+    }
+    let mut txn = Txn::begin(store)?;
+    txn.set_offset(&r.topic, r.partition, r.offset + 1);
+    let command = match decode_command(r) {
+        Ok(c) => c,
+        Err(rejection) => {
+            txn.push_outbox(dead_letter(config, r, &rejection).to_bytes());
+            txn.commit()?;
+            return Ok((None, 1));
+        }
+    };
+    if store.get(Cf::Commands, command.id.as_bytes())?.is_some() {
+        // The same request produced twice: it was applied once, and that is what it asked for.
+        txn.commit()?;
+        return Ok((None, 0));
+    }
+    let outcome = match &command.op {
+        CommandOp::Forget { target } => crate::forget::forget(&mut txn, &command, target)?,
+        CommandOp::Unmerge { canonical_id, part } => {
+            crate::unmerge::unmerge(resolver, &mut txn, &command, canonical_id, part)?
+        }
+    };
+    push_changes(&mut txn, config, &outcome.changes);
+    for canonical_id in &outcome.profiles {
+        let Some(root) = txn.root_of_canonical(&command.tenant, canonical_id)? else {
+            continue;
+        };
+        if let Some(profile) = txn.profile(root)? {
+            let update = ProfileUpdate {
+                version: profile.version,
+                profile,
+                cause: Some(command.id.clone()),
+                received_at: Some(command.requested_at),
+            };
+            push_update(&mut txn, config, &update);
+        }
+    }
+    txn.put_command_outcome(&outcome);
+    txn.commit()?;
+    tracing::info!(
+        op = command.op.name(),
+        status = ?outcome.status,
+        changes = outcome.changes.len(),
+        "graph command applied"
+    );
+    Ok((Some(outcome), 0))
+}
+
+fn push_changes(txn: &mut Txn, config: &ResolverConfig, changes: &[IdentityChange]) {
+    for change in changes {
+        let value = serde_json::to_vec(change).expect("IdentityChange serialises");
+        txn.push_outbox(
+            OutRecord::new(&config.changes_topic, change.canonical_id.as_bytes(), value).to_bytes(),
+        );
+    }
+}
+
+fn push_update(txn: &mut Txn, config: &ResolverConfig, update: &ProfileUpdate) {
+    let value = serde_json::to_vec(update).expect("ProfileUpdate serialises");
+    let key = update.profile.canonical_id.as_bytes();
+    txn.push_outbox(OutRecord::new(&config.profiles_topic, key, value).to_bytes());
+}
+
+/// The outcome of the command `id`, once the resolver has applied it.
+pub fn command_outcome(store: &dyn GraphStore, id: &str) -> Result<Option<CommandOutcome>> {
+    store
+        .get(Cf::Commands, id.as_bytes())?
+        .map(|b| crate::txn::decode_json(Cf::Commands, &b))
+        .transpose()
 }
 
 /// Publishes everything in the outbox, in order, then removes it. Returns how many records.
@@ -178,6 +348,29 @@ fn valid_tenant(t: &str) -> bool {
         && t.len() <= 64
         && t.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+/// Parses and checks a command record.
+pub fn decode_command(r: &Record) -> Result<GraphCommand, Rejection> {
+    let value = r
+        .value
+        .as_deref()
+        .ok_or_else(|| Rejection::new("tombstone", "command record has no value"))?;
+    let command: GraphCommand = serde_json::from_slice(value)
+        .map_err(|e| Rejection::new("invalid_command", format!("not a graph command: {e}")))?;
+    if !valid_tenant(&command.tenant) {
+        return Err(Rejection::new(
+            "invalid_tenant",
+            "tenant must be 1-64 of [a-z0-9_-]",
+        ));
+    }
+    if command.id.is_empty() || command.id.len() > 128 {
+        return Err(Rejection::new(
+            "invalid_command",
+            "command id must be 1-128 bytes",
+        ));
+    }
+    Ok(command)
 }
 
 /// Parses and checks a signal record; what cannot be applied is rejected with a reason.

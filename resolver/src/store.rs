@@ -23,7 +23,8 @@ pub enum Cf {
     Canon,
     /// `tenant \0 retired canonical id` -> surviving canonical id.
     Aliases,
-    /// link id -> `Link`, append-only (the decision is updated when it changes).
+    /// link id -> `Link`, append-only: the decision is updated when it changes (an unmerge marks
+    /// it removed), and only `forget` erases a link.
     Links,
     /// `node a, node b, rule` -> link id: each distinct assertion is logged once.
     Pairs,
@@ -33,10 +34,19 @@ pub enum Cf {
     Outbox,
     /// counters (next node id, next link id, next outbox sequence).
     Meta,
+    /// `node, link id` -> empty: every link touching a node, so a component's links are found
+    /// without scanning the whole log.
+    NodeLinks,
+    /// `tenant \0 sha256(kind \0 value)` -> `Tombstone`: identifiers erased by `forget`.
+    Tombstones,
+    /// command id -> `CommandOutcome`: what each graph command did (and that it was applied).
+    Commands,
+    /// node -> when its links reached other profiles (hub detection), newest kept.
+    Hubs,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 11] = [
+    pub const ALL: [Cf; 15] = [
         Cf::Ids,
         Cf::Nodes,
         Cf::Parent,
@@ -48,6 +58,10 @@ impl Cf {
         Cf::Offsets,
         Cf::Outbox,
         Cf::Meta,
+        Cf::NodeLinks,
+        Cf::Tombstones,
+        Cf::Commands,
+        Cf::Hubs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +77,10 @@ impl Cf {
             Cf::Offsets => "offsets",
             Cf::Outbox => "outbox",
             Cf::Meta => "meta",
+            Cf::NodeLinks => "node_links",
+            Cf::Tombstones => "tombstones",
+            Cf::Commands => "commands",
+            Cf::Hubs => "hubs",
         }
     }
 }
@@ -96,40 +114,53 @@ impl RocksStore {
     }
 
     /// Opens the store for reading while a running resolver owns it (a point-in-time view).
+    /// Column families a state written by an older version lacks read as empty.
     pub fn open_read_only(dir: &Path) -> Result<Self> {
-        let names = Cf::ALL.map(Cf::name);
+        let existing = DB::list_cf(&Options::default(), dir).map_err(storage)?;
+        let names = Cf::ALL
+            .map(Cf::name)
+            .into_iter()
+            .filter(|n| existing.iter().any(|e| e == n));
         let db =
             DB::open_cf_for_read_only(&Options::default(), dir, names, false).map_err(storage)?;
         Ok(Self { db })
     }
 
-    fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        self.db
-            .cf_handle(cf.name())
-            .expect("every Cf is opened in RocksStore::open")
+    fn cf(&self, cf: Cf) -> Option<&rocksdb::ColumnFamily> {
+        self.db.cf_handle(cf.name())
     }
 }
 
 impl GraphStore for RocksStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db.get_cf(self.cf(cf), key).map_err(storage)
+        match self.cf(cf) {
+            Some(handle) => self.db.get_cf(handle, key).map_err(storage),
+            None => Ok(None),
+        }
     }
 
     fn write(&self, ops: Vec<Op>) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (cf, k, v) in ops {
+            // Only a read-only view lacks column families, and it cannot write anyway.
+            let handle = self.cf(cf).ok_or_else(|| {
+                ResolverError::Storage(format!("column family {} is not open", cf.name()))
+            })?;
             match v {
-                Some(v) => batch.put_cf(self.cf(cf), k, v),
-                None => batch.delete_cf(self.cf(cf), k),
+                Some(v) => batch.put_cf(handle, k, v),
+                None => batch.delete_cf(handle, k),
             }
         }
         self.db.write(batch).map_err(storage)
     }
 
     fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let Some(handle) = self.cf(cf) else {
+            return Ok(Vec::new());
+        };
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
-            self.cf(cf),
+            handle,
             rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
         );
         for item in it {

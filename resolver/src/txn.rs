@@ -68,6 +68,7 @@ pub struct Txn<'s> {
     aliases: Overlay<String>,
     links: Overlay<Link>,
     pairs: Overlay<u64>,
+    hubs: Overlay<crate::hub::Reaches>,
     extra: Vec<Op>,
     next_node: NodeId,
     next_link: u64,
@@ -97,6 +98,7 @@ impl<'s> Txn<'s> {
             aliases: Overlay::new(Cf::Aliases),
             links: Overlay::new(Cf::Links),
             pairs: Overlay::new(Cf::Pairs),
+            hubs: Overlay::new(Cf::Hubs),
             extra: Vec::new(),
             // Node 0 is never used, so a zero in a key is never a real node.
             next_node: counter(META_NEXT_NODE)?.max(1),
@@ -204,18 +206,96 @@ impl<'s> Txn<'s> {
             .get(self.store, &id.to_be_bytes(), |b| decode_json(Cf::Links, b))
     }
 
-    /// Appends `link` (its id is assigned here) and indexes its pair.
+    /// Appends `link` (its id is assigned here) and indexes its pair and both endpoints.
     pub fn append_link(&mut self, a: NodeId, b: NodeId, mut link: Link) -> u64 {
         let id = self.next_link;
         self.next_link += 1;
         link.id = id;
         self.pairs.put(pair_key(a, b, &link.rule), Some(id));
         self.links.put(id.to_be_bytes().to_vec(), Some(link));
+        for node in [a, b] {
+            self.extra
+                .push((Cf::NodeLinks, node_link_key(node, id), Some(Vec::new())));
+        }
         id
+    }
+
+    /// Ids of every link touching `node`, as committed (links appended in this transaction are
+    /// not included: callers that need them commit first).
+    pub fn committed_links_of(&self, node: NodeId) -> Result<Vec<u64>> {
+        self.store
+            .scan_prefix(Cf::NodeLinks, &node.to_be_bytes())?
+            .into_iter()
+            .map(|(k, _)| decode_u64(Cf::NodeLinks, &k[8..]))
+            .collect()
+    }
+
+    /// Erases a link from the log and its indexes (only `forget` does this: erasure wins over
+    /// the log being append-only).
+    pub fn erase_link(&mut self, link: &Link, a: NodeId, b: NodeId) {
+        self.pairs.put(pair_key(a, b, &link.rule), None);
+        self.links.put(link.id.to_be_bytes().to_vec(), None);
+        for node in [a, b] {
+            self.extra
+                .push((Cf::NodeLinks, node_link_key(node, link.id), None));
+        }
+    }
+
+    /// Erases a node: its identifier mapping, record and parent pointer.
+    pub fn erase_node(&mut self, tenant: &str, id: &Identifier, node: NodeId) {
+        self.hubs.put(node.to_be_bytes().to_vec(), None);
+        self.ids.put(id_key(tenant, id), None);
+        self.nodes.put(node.to_be_bytes().to_vec(), None);
+        self.parent.put(node.to_be_bytes().to_vec(), None);
+    }
+
+    /// Whether `id` was erased by `forget` (as committed).
+    pub fn is_tombstoned(&self, tenant: &str, id: &Identifier) -> Result<bool> {
+        Ok(self
+            .store
+            .get(Cf::Tombstones, &crate::tombstone::key(tenant, id))?
+            .is_some())
+    }
+
+    pub fn put_tombstone(
+        &mut self,
+        tenant: &str,
+        id: &Identifier,
+        tombstone: &crate::tombstone::Tombstone,
+    ) {
+        self.extra.push((
+            Cf::Tombstones,
+            crate::tombstone::key(tenant, id),
+            Some(encode_json(tombstone)),
+        ));
+    }
+
+    /// Records what a graph command did; its presence marks the command as applied.
+    pub fn put_command_outcome(&mut self, outcome: &crate::command::CommandOutcome) {
+        self.extra.push((
+            Cf::Commands,
+            outcome.command_id.as_bytes().to_vec(),
+            Some(encode_json(outcome)),
+        ));
     }
 
     pub fn update_link(&mut self, link: Link) {
         self.links.put(link.id.to_be_bytes().to_vec(), Some(link));
+    }
+
+    /// When the links of `node` reached other profiles (hub detection).
+    pub fn hub_reaches(&mut self, node: NodeId) -> Result<crate::hub::Reaches> {
+        Ok(self
+            .hubs
+            .get(self.store, &node.to_be_bytes(), |b| {
+                crate::hub::Reaches::decode(b)
+                    .ok_or_else(|| corrupt(Cf::Hubs, "not a list of times"))
+            })?
+            .unwrap_or_default())
+    }
+
+    pub fn set_hub_reaches(&mut self, node: NodeId, reaches: Option<crate::hub::Reaches>) {
+        self.hubs.put(node.to_be_bytes().to_vec(), reaches);
     }
 
     /// Queues an encoded output record in the outbox, in order.
@@ -243,6 +323,7 @@ impl<'s> Txn<'s> {
         self.parent.drain_ops(&mut ops, be);
         self.canon.drain_ops(&mut ops, be);
         self.pairs.drain_ops(&mut ops, be);
+        self.hubs.drain_ops(&mut ops, |r| r.encode());
         self.nodes.drain_ops(&mut ops, encode_json);
         self.profiles.drain_ops(&mut ops, encode_json);
         self.links.drain_ops(&mut ops, encode_json);
@@ -283,6 +364,13 @@ pub fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
     k
 }
 
+fn node_link_key(node: NodeId, link: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&node.to_be_bytes());
+    k.extend_from_slice(&link.to_be_bytes());
+    k
+}
+
 fn pair_key(a: NodeId, b: NodeId, rule: &str) -> Vec<u8> {
     // Unordered pair: (a, b) and (b, a) are one assertion.
     let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
@@ -303,7 +391,7 @@ pub fn decode_json<T: DeserializeOwned>(cf: Cf, b: &[u8]) -> Result<T> {
     serde_json::from_slice(b).map_err(|e| corrupt(cf, e))
 }
 
-fn encode_json<T: Serialize>(v: &T) -> Vec<u8> {
+pub fn encode_json<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("state types serialise to JSON")
 }
 

@@ -202,6 +202,79 @@ fn weak_links_stay_candidates() {
     assert_ne!(canonical(&store, &a), canonical(&store, &b));
 }
 
+/// A kiosk cookie seen with many people's anonymous ids is a hub: after it has joined three
+/// profiles its links are refused with `hub:cookie_id`, and a person's own repeat visits do not
+/// count again.
+#[test]
+fn identifiers_linked_to_too_many_profiles_are_quarantined() {
+    let store = MemStore::default();
+    let mut policy = PolicyConfig::default();
+    policy
+        .hub_max_profiles_per_kind
+        .insert("cookie_id".into(), 3);
+    let r = Resolver::new(policy);
+    let kiosk = id(IdentifierKind::CookieId, "kiosk");
+    let people: Vec<Identifier> = (0..6)
+        .map(|n| id(IdentifierKind::AnonymousId, &format!("anon{n}")))
+        .collect();
+    // Everyone was seen before on their own.
+    let own: Vec<Signal> = people
+        .iter()
+        .enumerate()
+        .map(|(n, p)| {
+            signal(
+                n as i64,
+                Source::Web,
+                std::slice::from_ref(p),
+                "same_event",
+                0.9,
+            )
+        })
+        .collect();
+    apply(&store, &r, &own);
+    let mut at_kiosk = Vec::new();
+    for (n, p) in people.iter().enumerate() {
+        at_kiosk.push(signal(
+            10 + n as i64,
+            Source::Web,
+            &[p.clone(), kiosk.clone()],
+            "same_event",
+            0.9,
+        ));
+        // The same person again at the kiosk: not a new profile for the kiosk.
+        at_kiosk.push(signal(
+            20 + n as i64,
+            Source::Web,
+            &[p.clone(), kiosk.clone()],
+            "same_event",
+            0.9,
+        ));
+    }
+    let out = apply(&store, &r, &at_kiosk);
+    assert_eq!(
+        out.merges, 2,
+        "the kiosk joined three profiles, then stopped"
+    );
+    let joined = canonical(&store, &kiosk);
+    for p in &people[..3] {
+        assert_eq!(canonical(&store, p), joined);
+    }
+    for p in &people[3..] {
+        assert_ne!(canonical(&store, p), joined);
+    }
+    let refusals: Vec<String> = store
+        .scan_prefix(cdp_resolver::store::Cf::Links, b"")
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| serde_json::from_slice::<cdp_resolver::link::Link>(&v).unwrap())
+        .filter_map(|l| match l.decision {
+            cdp_resolver::link::LinkDecision::Refused(reason) => Some(reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refusals, vec!["hub:cookie_id"; 3]);
+}
+
 fn record(offset: i64, s: &Signal) -> Record {
     Record {
         topic: "cdp.signals".into(),
@@ -238,8 +311,8 @@ fn replaying_applied_records_changes_nothing() {
     apply_records(&r, &store, &config, &signals[8..]).unwrap();
     let once = store.dump();
     // The whole input again, as after a crash that lost the bus's committed position.
-    let (out, dead) = apply_records(&r, &store, &config, &signals).unwrap();
-    assert_eq!((out.updates.len(), dead), (0, 0));
+    let out = apply_records(&r, &store, &config, &signals).unwrap();
+    assert_eq!((out.updates, out.dead), (0, 0));
     let mut after = store.dump();
     let mut before = once.clone();
     // Only the outbox grows (nothing was added to it) and meta is rewritten identically.
@@ -275,8 +348,8 @@ fn invalid_signals_go_to_the_dlq_with_reasons() {
         value: Some(b"{not json".to_vec()),
         ..record(2, &bad_tenant)
     });
-    let (_, dead) = apply_records(&r, &store, &config, &records).unwrap();
-    assert_eq!(dead, 3);
+    let out = apply_records(&r, &store, &config, &records).unwrap();
+    assert_eq!(out.dead, 3);
     let outbox = store
         .scan_prefix(cdp_resolver::store::Cf::Outbox, b"")
         .unwrap();
@@ -326,7 +399,13 @@ proptest! {
             .enumerate()
             .map(|(n, (a, b))| signal(n as i64, Source::Web, &[ids[*a as usize].clone(), ids[*b as usize].clone()], "same_event", 1.0))
             .collect();
-        let policy = PolicyConfig { max_per_kind: BTreeMap::new(), max_profile_identifiers: 10_000, ..PolicyConfig::default() };
+        let policy = PolicyConfig {
+            max_per_kind: BTreeMap::new(),
+            max_profile_identifiers: 10_000,
+            hub_max_profiles: 0,
+            hub_max_profiles_per_kind: BTreeMap::new(),
+            ..PolicyConfig::default()
+        };
         let r = Resolver::new(policy);
 
         let mem = MemStore::default();
@@ -363,6 +442,20 @@ proptest! {
             let rocks_entries = rocks.scan_prefix(cf, b"").unwrap();
             let mem_entries: Vec<_> = dump.get(&cf).map(|m| m.clone().into_iter().collect()).unwrap_or_default();
             prop_assert_eq!(rocks_entries, mem_entries, "{:?}", cf);
+        }
+        // However the input is cut into batches, the state is the same: only the output
+        // bookkeeping (how many updates the outbox numbered) depends on the cut.
+        let chunked_dump = chunked.dump();
+        for cf in cdp_resolver::store::Cf::ALL {
+            if cf == cdp_resolver::store::Cf::Outbox {
+                continue;
+            }
+            let strip = |d: &cdp_resolver::store::Dump| -> Vec<(Vec<u8>, Vec<u8>)> {
+                d.get(&cf)
+                    .map(|m| m.iter().filter(|(k, _)| k.as_slice() != b"next_outbox").map(|(k, v)| (k.clone(), v.clone())).collect())
+                    .unwrap_or_default()
+            };
+            prop_assert_eq!(strip(&dump), strip(&chunked_dump), "{:?} depends on batching", cf);
         }
     }
 }

@@ -1,0 +1,339 @@
+//! Exactly-once resolver state: a resolver process killed with SIGKILL at random points while it
+//! works through the signals, and restarted each time, ends with exactly the state (every column
+//! family, byte for byte) and the downstream profile view of a run that was never interrupted.
+
+use cdp_resolver::store::{Cf, GraphStore};
+use cdp_resolver::RocksStore;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// The resolver of the crashing runs uses its own group, state and output topics, so it replays
+/// exactly the signals the reference resolver saw.
+const CRASH_ENV: [(&str, &str); 3] = [
+    ("CDP_RESOLVER__GROUP", "cdp-resolver-crash"),
+    ("CDP_RESOLVER__PROFILES_TOPIC", "crash.profiles"),
+    ("CDP_RESOLVER__CHANGES_TOPIC", "crash.identity.changes"),
+];
+
+fn cdp(data: &Path, args: &[&str], crash: bool) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cdp"));
+    c.env("CDP_HTTP__LISTEN", "")
+        .arg("--data")
+        .arg(data)
+        .args(args);
+    if crash {
+        c.envs(CRASH_ENV);
+    }
+    c
+}
+
+fn ok(c: &mut Command) -> String {
+    let out = c.output().expect("cdp runs");
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+type State = BTreeMap<&'static str, Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// Every column family, except the numbering of the outbox: how many updates were published
+/// depends on where batches (and crashes) cut the input; what they say is compared downstream.
+fn state(dir: &Path) -> State {
+    let store = RocksStore::open_read_only(dir).expect("resolver state opens");
+    Cf::ALL
+        .iter()
+        .filter(|cf| **cf != Cf::Outbox)
+        .map(|cf| {
+            let mut entries = store.scan_prefix(*cf, b"").expect("scan");
+            entries.retain(|(k, _)| !(*cf == Cf::Meta && k.as_slice() == b"next_outbox"));
+            (cf.name(), entries)
+        })
+        .collect()
+}
+
+/// The newest profile per canonical id on a profiles topic (duplicates after a crash are
+/// allowed: consumers keep the highest version).
+fn profile_view(data: &Path, topic: &str) -> BTreeMap<String, (u64, Value)> {
+    let text = ok(&mut cdp(
+        data,
+        &[
+            "topic",
+            "read",
+            topic,
+            "--from-beginning",
+            "--idle-ms",
+            "5000",
+        ],
+        false,
+    ));
+    let mut view: BTreeMap<String, (u64, Value)> = BTreeMap::new();
+    for line in text.lines() {
+        let record: Value = serde_json::from_str(line).unwrap();
+        let key = record["key"].as_str().unwrap().to_string();
+        let value = record["value"].clone();
+        let version = value["version"].as_u64().expect("versioned update");
+        match view.get(&key) {
+            Some((v, _)) if *v >= version => {}
+            _ => {
+                view.insert(key, (version, value["profile"].clone()));
+            }
+        }
+    }
+    view
+}
+
+/// How a run is interrupted.
+#[derive(Clone, Copy, PartialEq)]
+enum Interrupt {
+    /// SIGKILL: no chance to finish the batch in flight.
+    Kill,
+    /// SIGTERM: what Kubernetes sends; the stage finishes its batch and exits 0.
+    Term,
+}
+
+#[test]
+fn killed_resolver_ends_in_the_state_of_an_uninterrupted_run() {
+    interrupted_resolver_ends_in_the_state_of_an_uninterrupted_run(Interrupt::Kill, 7);
+}
+
+#[test]
+fn terminated_resolver_exits_cleanly_and_ends_in_the_same_state() {
+    interrupted_resolver_ends_in_the_state_of_an_uninterrupted_run(Interrupt::Term, 9);
+}
+
+fn interrupted_resolver_ends_in_the_state_of_an_uninterrupted_run(how: Interrupt, seed: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("workload");
+    let data = dir.path().join("data");
+    ok(cdp(
+        &data,
+        &["generate", "--profiles", "250", "--seed", "11", "--out"],
+        false,
+    )
+    .arg(&input));
+    ok(cdp(&data, &["run", "--until-drained", "--input"], false).arg(&input));
+    let resolver_dir = data.join("resolver");
+    let reference = state(&resolver_dir);
+    assert!(!reference["profiles"].is_empty());
+    std::fs::rename(&resolver_dir, dir.path().join("reference-resolver")).unwrap();
+
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let mut kills = 0;
+    for _ in 0..6 {
+        let mut child = cdp(&data, &["resolve"], true)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(150..1500)));
+        if child.try_wait().unwrap().is_none() {
+            match how {
+                Interrupt::Kill => child.kill().unwrap(),
+                Interrupt::Term => {
+                    let pid = child.id().to_string();
+                    let sent = Command::new("kill").args(["-TERM", &pid]).status();
+                    assert!(sent.unwrap().success());
+                }
+            }
+            kills += 1;
+        }
+        let status = child.wait().unwrap();
+        if how == Interrupt::Term {
+            assert!(status.success(), "SIGTERM mid-stream exits 0: {status:?}");
+        }
+    }
+    assert!(kills > 0, "at least one run was interrupted mid-stream");
+    ok(&mut cdp(&data, &["resolve", "--until-drained"], true));
+
+    let recovered = state(&resolver_dir);
+    let differing: Vec<String> = reference
+        .iter()
+        .filter(|(cf, entries)| recovered[*cf] != **entries)
+        .map(|(cf, entries)| {
+            format!(
+                "{cf} ({} vs {} entries)",
+                entries.len(),
+                recovered[cf].len()
+            )
+        })
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "after {kills} interruptions these column families differ: {differing:?}"
+    );
+
+    // Downstream, both runs leave every live profile at the same latest version and content,
+    // which is the profile in the resolver's state. (Profiles retired along the way may have
+    // been published in one run and merged before publication in the other.)
+    let live = {
+        let store = RocksStore::open_read_only(&resolver_dir).unwrap();
+        cdp_resolver::lookup::profiles(&store, "default").unwrap()
+    };
+    assert!(live.len() > 100);
+    let expected = profile_view(&data, "cdp.profiles");
+    let got = profile_view(&data, "crash.profiles");
+    for profile in &live {
+        let state = serde_json::to_value(profile).unwrap();
+        let id = &profile.canonical_id;
+        assert_eq!(
+            expected.get(id),
+            Some(&(profile.version, state.clone())),
+            "{id}"
+        );
+        assert_eq!(got.get(id), Some(&(profile.version, state)), "{id}");
+    }
+}
+
+/// Ingest is at least once: killed at random points and restarted, every raw record ends up as
+/// its signals or as a DLQ record; duplicates are allowed, losses are not.
+#[test]
+fn killed_ingest_accounts_for_every_raw_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("workload");
+    let data = dir.path().join("data");
+    ok(cdp(
+        &data,
+        &["generate", "--profiles", "250", "--seed", "12", "--out"],
+        false,
+    )
+    .arg(&input));
+    // The first round feeds the input (and runs every stage); the later ones run ingest alone.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
+    let mut kills = 0;
+    for round in 0..5 {
+        let mut c = cdp(&data, &["ingest"], false);
+        if round == 0 {
+            c = cdp(&data, &["run", "--input"], false);
+            c.arg(&input);
+        }
+        let mut child = c
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.gen_range(300..1500)));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills > 0);
+    ok(&mut cdp(&data, &["ingest", "--until-drained"], false));
+
+    let truth = std::fs::read_to_string(input.join("truth.csv")).unwrap();
+    let expected: std::collections::BTreeSet<String> = truth
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().to_string())
+        .collect();
+    let signals = ok(&mut cdp(
+        &data,
+        &[
+            "topic",
+            "read",
+            "cdp.signals",
+            "--from-beginning",
+            "--idle-ms",
+            "5000",
+        ],
+        false,
+    ));
+    let got: std::collections::BTreeSet<String> = signals
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            r["value"]["event_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let missing: Vec<_> = expected.difference(&got).take(5).collect();
+    assert!(
+        missing.is_empty(),
+        "{} signals lost, e.g. {missing:?}",
+        expected.difference(&got).count()
+    );
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "no signal that the input does not hold"
+    );
+
+    let invalid_lines: usize = ["web", "app", "crm", "media"]
+        .iter()
+        .map(|s| {
+            std::fs::read_to_string(input.join(format!("{s}.jsonl")))
+                .unwrap()
+                .lines()
+                .filter(|l| serde_json::from_str::<Value>(l).is_err())
+                .count()
+        })
+        .sum();
+    let dlq = ok(&mut cdp(
+        &data,
+        &[
+            "topic",
+            "read",
+            "cdp.dlq",
+            "--from-beginning",
+            "--idle-ms",
+            "5000",
+        ],
+        false,
+    ));
+    let dead: std::collections::BTreeSet<(String, String, String)> = dlq
+        .lines()
+        .map(|l| {
+            let r: Value = serde_json::from_str(l).unwrap();
+            let h = |name: &str| r["headers"][name].as_str().unwrap_or_default().to_string();
+            (
+                h("cdp.source.topic"),
+                h("cdp.source.partition"),
+                h("cdp.source.offset"),
+            )
+        })
+        .collect();
+    assert!(
+        dead.len() >= invalid_lines,
+        "{} distinct DLQ records for {invalid_lines} invalid lines",
+        dead.len()
+    );
+}
+
+/// A resolver on an empty volume (a lost disk, a new pod) rebuilds the same graph from the
+/// signals topic, although its consumer group committed everything long ago: it starts from its
+/// own (empty) state, not from the group's offsets.
+#[test]
+fn a_fresh_resolver_volume_replays_the_signals_its_group_already_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("workload");
+    let data = dir.path().join("data");
+    ok(cdp(
+        &data,
+        &["generate", "--profiles", "120", "--seed", "13", "--out"],
+        false,
+    )
+    .arg(&input));
+    ok(cdp(&data, &["run", "--until-drained", "--input"], false).arg(&input));
+    let resolver_dir = data.join("resolver");
+    let reference = state(&resolver_dir);
+    std::fs::remove_dir_all(&resolver_dir).unwrap();
+
+    ok(&mut cdp(&data, &["resolve", "--until-drained"], false));
+    let restored = state(&resolver_dir);
+    let differing: Vec<&str> = reference
+        .iter()
+        .filter(|(cf, entries)| restored[*cf] != **entries)
+        .map(|(cf, _)| *cf)
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "restored state differs in {differing:?}"
+    );
+}

@@ -1,0 +1,203 @@
+//! Shared by the end-to-end tests: a long-running `cdp run` with its HTTP listener, and a plain
+//! HTTP/1.1 client for it.
+#![allow(dead_code)] // each test file uses its own part
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The binary, on `data`, listening on a free port.
+pub fn cdp(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cdp"));
+    c.env("CDP_HTTP__LISTEN", "127.0.0.1:0")
+        .arg("--data")
+        .arg(data);
+    c
+}
+
+/// Writes a workload of `profiles` people to `out`.
+pub fn generate(out: &Path, profiles: usize) {
+    let status = cdp(&out.with_extension("unused"))
+        .args(["generate", "--profiles", &profiles.to_string(), "--out"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request with an optional bearer token.
+pub fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).expect("response");
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Response {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Response {
+    request(addr, "GET", path, None)
+}
+
+/// Percent-encodes a path segment.
+pub fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A `cdp run` in the background; killed and reaped when dropped.
+pub struct Running {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// Raw records the run fed from its input.
+    pub fed: u64,
+    /// Lines the process writes to stderr after its listener is up.
+    pub stderr: mpsc::Receiver<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    /// Starts `cdp run` (with `extra` arguments before the subcommand) feeding `input`, and
+    /// returns once its listener is up.
+    pub fn start(data: &Path, extra: &[&str], input: &Path) -> Running {
+        let child = cdp(data)
+            .env("CDP_HTTP__READY_MAX_LAG", "0")
+            .args(extra)
+            .args(["run", "--input"])
+            .arg(input)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cdp run starts");
+        let (tx, rx) = mpsc::channel();
+        // Owned by `Running` from here on, so a failed assertion still kills and reaps it.
+        let mut run = Running {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            fed: 0,
+            stderr: rx,
+        };
+        let stderr = run.child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let line = run
+                .stderr
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .expect("cdp run announces its listener");
+            if let Some(n) = line
+                .strip_prefix("fed ")
+                .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok())
+            {
+                run.fed += n;
+            }
+            if let Some(addr) = line.strip_prefix("http listening on ") {
+                run.addr = addr.parse().expect("an address");
+                return run;
+            }
+        }
+    }
+
+    /// The next stderr line that starts with `prefix`, waiting up to a minute.
+    pub fn wait_line(&self, prefix: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no stderr line starting with {prefix:?}"));
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends `signal` (e.g. "HUP", "TERM") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits until `/readyz` says every stage has caught up; returns its body.
+    pub fn wait_ready(&self) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        loop {
+            let r = get(self.addr, "/readyz");
+            match r.status {
+                200 => return r.json(),
+                503 => {
+                    assert!(Instant::now() < deadline, "never ready: {}", r.body);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                other => panic!("/readyz answered {other}: {}", r.body),
+            }
+        }
+    }
+}
