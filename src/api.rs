@@ -1,47 +1,131 @@
-//! The profile API, served by the process that runs the resolver: look a profile up by any
-//! identifier or canonical id, explain it, read its merge history, and erase it.
+//! The HTTP API over the state a process owns: profiles where it runs the resolver (look a
+//! profile up by any identifier or canonical id, explain it, read its merge history, erase it)
+//! and cohorts where it runs activation (the definitions, and each cohort's members, paged).
 //!
-//! Reads go straight to the resolver's RocksDB (committed batches only; the stage keeps writing).
+//! Reads go straight to the stages' RocksDB (committed batches only; the stages keep writing).
 //! Erasure is a `forget` command on the commands topic, which the resolver applies in order with
-//! its input; `GET /v1/commands/{id}` reports its outcome. Every route is scoped to the tenant of
-//! the caller's API key; errors are `{"error": {"code", "message"}}` with a stable code.
+//! its input; `GET /v1/commands/{command_id}` reports its outcome. Every route is scoped to the
+//! tenant of the caller's API key; errors are `{"error": {"code", "message"}}` with a code from
+//! [`ErrorCode`]. Which path serves which handler is the route table in `http`.
 
 use crate::config::{ApiKey, Config, Scope};
-use axum::extract::{Path, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
+use cdp_activation::membership::MembershipStore;
+use cdp_activation::Activation;
 use cdp_bus::{Bus, OutRecord, Producer};
 use cdp_proto::{Identifier, IdentifierKind, NormalizeOptions};
-use cdp_resolver::command::{CommandOp, GraphCommand, Target};
+use cdp_resolver::command::{CommandOp, Target};
 use cdp_resolver::GraphStore;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 
-/// What the routes need.
-pub struct Api {
-    store: Arc<dyn GraphStore>,
+/// Members per page when the caller does not say.
+pub const DEFAULT_PAGE_LIMIT: usize = 100;
+/// Most members per page: bounds the work and the response of one request.
+pub const MAX_PAGE_LIMIT: usize = 1000;
+
+/// Who may call, by API key; shared by the profile and cohort routes.
+#[derive(Clone)]
+pub struct Auth {
     keys: Vec<ApiKey>,
     default_tenant: String,
+}
+
+impl Auth {
+    pub fn new(config: &Config) -> Self {
+        if config.http.api_keys.is_empty() {
+            tracing::warn!(
+                "the HTTP API has no API keys: it answers anyone who reaches the listener \
+                 (read-only, tenant {:?})",
+                config.ingest.default_tenant
+            );
+        }
+        Self {
+            keys: config.http.api_keys.clone(),
+            default_tenant: config.ingest.default_tenant.clone(),
+        }
+    }
+
+    /// The caller, whose key must hold one of `any_of`. Without configured keys everyone reads
+    /// the default tenant and nobody erases.
+    fn caller(&self, headers: &HeaderMap, any_of: &[Scope]) -> Result<Caller, ApiError> {
+        let needed = || {
+            let names: Vec<&str> = any_of
+                .iter()
+                .map(|s| match s {
+                    Scope::Read => "read",
+                    Scope::Erase => "erase",
+                })
+                .collect();
+            format!(
+                "this route needs an API key with the {} scope",
+                names.join(" or ")
+            )
+        };
+        if self.keys.is_empty() {
+            if any_of.contains(&Scope::Read) {
+                return Ok(Caller {
+                    tenant: self.default_tenant.clone(),
+                });
+            }
+            let message = format!("{}; no API key is configured", needed());
+            return Err(ApiError::new(ErrorCode::Forbidden, message));
+        }
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "send an API key as `Authorization: Bearer TOKEN`",
+                )
+            })?;
+        let hash = cdp_proto::normalize::sha256_hex(token.trim());
+        let key = self
+            .keys
+            .iter()
+            .find(|k| k.token_sha256.eq_ignore_ascii_case(&hash))
+            .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown API key"))?;
+        if !any_of.iter().any(|s| key.scopes.contains(s)) {
+            return Err(ApiError::new(ErrorCode::Forbidden, needed()));
+        }
+        Ok(Caller {
+            tenant: key.tenant.clone(),
+        })
+    }
+}
+
+/// Who is calling: the one tenant they may see.
+struct Caller {
+    tenant: String,
+}
+
+/// What the profile routes need (where the process runs the resolver).
+pub struct ProfileApi {
+    auth: Auth,
+    store: Arc<dyn GraphStore>,
     normalize: NormalizeOptions,
     commands_topic: String,
     producer: Mutex<Box<dyn Producer>>,
 }
 
-impl Api {
-    pub fn new(config: &Config, store: Arc<dyn GraphStore>, bus: &dyn Bus) -> anyhow::Result<Self> {
-        if config.http.api_keys.is_empty() {
-            tracing::warn!(
-                "the profile API has no API keys: it answers anyone who reaches the listener \
-                 (read-only, tenant {:?})",
-                config.ingest.default_tenant
-            );
-        }
+impl ProfileApi {
+    pub fn new(
+        config: &Config,
+        auth: Auth,
+        store: Arc<dyn GraphStore>,
+        bus: &dyn Bus,
+    ) -> anyhow::Result<Self> {
         Ok(Self {
+            auth,
             store,
-            keys: config.http.api_keys.clone(),
-            default_tenant: config.ingest.default_tenant.clone(),
             normalize: NormalizeOptions::with_region(&config.ingest.default_phone_region)?,
             commands_topic: config.resolver.commands_topic.clone(),
             producer: Mutex::new(bus.producer()?),
@@ -49,99 +133,150 @@ impl Api {
     }
 }
 
-pub fn router(api: Arc<Api>) -> Router {
-    Router::new()
-        .route(
-            "/v1/profiles/{id}",
-            get(profile_by_canonical).delete(erase_canonical),
-        )
-        .route(
-            "/v1/profiles/{first}/{second}",
-            get(profile_by_pair).delete(erase),
-        )
-        .route("/v1/commands/{id}", get(command))
-        .with_state(api)
+/// What the cohort routes need (where the process runs activation): the running definitions,
+/// which a reload swaps, and the membership state the stage writes.
+pub struct CohortApi {
+    auth: Auth,
+    activation: Arc<Activation>,
+    store: Arc<MembershipStore>,
+}
+
+impl CohortApi {
+    pub fn new(auth: Auth, activation: Arc<Activation>, store: Arc<MembershipStore>) -> Self {
+        Self {
+            auth,
+            activation,
+            store,
+        }
+    }
+}
+
+/// Declares the error codes, their HTTP status and the list of them all (which the OpenAPI
+/// document must match), from one table so none can be left out of the list.
+macro_rules! error_codes {
+    ($($variant:ident = $code:literal, $status:ident;)*) => {
+        /// The stable `code` of an error body.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            #[cfg(test)]
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(ErrorCode::$variant => StatusCode::$status,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    Unauthorized = "unauthorized", UNAUTHORIZED;
+    Forbidden = "forbidden", FORBIDDEN;
+    ProfileNotFound = "profile_not_found", NOT_FOUND;
+    CohortNotFound = "cohort_not_found", NOT_FOUND;
+    UnknownRoute = "unknown_route", NOT_FOUND;
+    MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED;
+    InvalidIdentifierKind = "invalid_identifier_kind", BAD_REQUEST;
+    InvalidIdentifier = "invalid_identifier", BAD_REQUEST;
+    InvalidCanonicalId = "invalid_canonical_id", BAD_REQUEST;
+    InvalidLimit = "invalid_limit", BAD_REQUEST;
+    InvalidCursor = "invalid_cursor", BAD_REQUEST;
+    InvalidPath = "invalid_path", BAD_REQUEST;
+    InvalidQuery = "invalid_query", BAD_REQUEST;
+    Internal = "internal", INTERNAL_SERVER_ERROR;
 }
 
 /// An error as the API reports it.
+#[derive(Debug)]
 pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
         }
     }
 
-    fn not_found(what: impl std::fmt::Display) -> Self {
+    fn profile_not_found(what: impl std::fmt::Display) -> Self {
         Self::new(
-            StatusCode::NOT_FOUND,
-            "profile_not_found",
+            ErrorCode::ProfileNotFound,
             format!("no profile holds {what}"),
         )
     }
 
-    fn internal(e: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %e, "profile API");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error; see the server log",
-        )
+    /// Logs the cause; the caller gets no detail of the server's insides.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %e, "http handler");
+        Self::new(ErrorCode::Internal, "internal error; see the server log")
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
-        (self.status, Json(body)).into_response()
+        let body = json!({ "error": { "code": self.code.as_str(), "message": self.message } });
+        (self.code.status(), Json(body)).into_response()
     }
 }
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Who is calling: the tenant they may see and whether they may erase.
-struct Caller {
-    tenant: String,
-    erase: bool,
+/// Path parameters; a segment that does not decode is an API error, not axum's plain text.
+pub struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(ApiPath(value)),
+            Err(e) => Err(ApiError::new(ErrorCode::InvalidPath, e.body_text())),
+        }
+    }
 }
 
-fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    if api.keys.is_empty() {
-        return Ok(Caller {
-            tenant: api.default_tenant.clone(),
-            erase: false,
-        });
+/// Query parameters, rejected as an API error like [`ApiPath`].
+pub struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(ApiQuery(value)),
+            Err(e) => Err(ApiError::new(ErrorCode::InvalidQuery, e.body_text())),
+        }
     }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send an API key as `Authorization: Bearer TOKEN`",
-            )
-        })?;
-    let hash = cdp_proto::normalize::sha256_hex(token.trim());
-    let key = api
-        .keys
-        .iter()
-        .find(|k| k.token_sha256.eq_ignore_ascii_case(&hash))
-        .ok_or_else(|| {
-            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown API key")
-        })?;
-    Ok(Caller {
-        tenant: key.tenant.clone(),
-        erase: key.scopes.contains(&Scope::Erase),
-    })
+}
+
+/// The answer to a path no route serves in this process.
+pub async fn unknown_route() -> ApiError {
+    ApiError::new(
+        ErrorCode::UnknownRoute,
+        "no such route here; see /openapi.json (profile routes are served where the resolver \
+         runs, cohort routes where activation runs)",
+    )
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take that method; see /openapi.json",
+    )
 }
 
 /// Runs a RocksDB read off the async workers.
@@ -158,37 +293,33 @@ fn is_canonical(text: &str) -> bool {
     text.starts_with("cdp_")
 }
 
-fn identifier(api: &Api, kind: &str, value: &str) -> Result<Identifier, ApiError> {
-    let kind: IdentifierKind = kind.parse().map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_identifier_kind",
-            format!("{e}"),
-        )
-    })?;
-    cdp_proto::normalize(kind, value, &api.normalize).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_identifier",
-            format!("{e}"),
-        )
-    })
+fn identifier(api: &ProfileApi, kind: &str, value: &str) -> Result<Identifier, ApiError> {
+    let kind: IdentifierKind = kind
+        .parse()
+        .map_err(|e| ApiError::new(ErrorCode::InvalidIdentifierKind, format!("{e}")))?;
+    cdp_proto::normalize(kind, value, &api.normalize)
+        .map_err(|e| ApiError::new(ErrorCode::InvalidIdentifier, format!("{e}")))
+}
+
+fn canonical(id: &str) -> Result<(), ApiError> {
+    if is_canonical(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidCanonicalId,
+            "a canonical id starts with cdp_; look identifiers up at /v1/profiles/{kind}/{value}",
+        ))
+    }
 }
 
 /// `GET /v1/profiles/{canonical_id}`: a retired id redirects to the profile that absorbed it.
-async fn profile_by_canonical(
-    State(api): State<Arc<Api>>,
+pub async fn profile_by_canonical(
+    State(api): State<Arc<ProfileApi>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
-    let caller = caller(&api, &headers)?;
-    if !is_canonical(&id) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_canonical_id",
-            "a canonical id starts with cdp_; look identifiers up at /v1/profiles/{kind}/{value}",
-        ));
-    }
+    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    canonical(&id)?;
     let store = api.store.clone();
     let wanted = id.clone();
     let profile = blocking(move || {
@@ -196,7 +327,7 @@ async fn profile_by_canonical(
             .map_err(ApiError::internal)
     })
     .await?
-    .ok_or_else(|| ApiError::not_found(&id))?;
+    .ok_or_else(|| ApiError::profile_not_found(&id))?;
     if profile.canonical_id != id {
         let location = format!("/v1/profiles/{}", profile.canonical_id);
         return Ok((
@@ -209,117 +340,111 @@ async fn profile_by_canonical(
     Ok(Json(profile).into_response())
 }
 
-/// `GET /v1/profiles/{kind}/{value}`, or `/v1/profiles/{canonical_id}/explain|history`.
-async fn profile_by_pair(
-    State(api): State<Arc<Api>>,
+/// `GET /v1/profiles/{canonical_id}/explain`: the component's identifiers, links, merges and
+/// refused merges.
+pub async fn explain(
+    State(api): State<Arc<ProfileApi>>,
     headers: HeaderMap,
-    Path((first, second)): Path<(String, String)>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
-    let caller = caller(&api, &headers)?;
-    let store = api.store.clone();
-    if is_canonical(&first) {
-        let id = first.clone();
-        return match second.as_str() {
-            "explain" => {
-                let e = blocking(move || {
-                    cdp_resolver::explain::explain(
-                        store.as_ref(),
-                        &caller.tenant,
-                        &Target::CanonicalId(id),
-                    )
-                    .map_err(ApiError::internal)
-                })
-                .await?
-                .ok_or_else(|| ApiError::not_found(&first))?;
-                Ok(Json(e).into_response())
-            }
-            "history" => {
-                let p = blocking(move || {
-                    cdp_resolver::lookup::profile_by_canonical(store.as_ref(), &caller.tenant, &id)
-                        .map_err(ApiError::internal)
-                })
-                .await?
-                .ok_or_else(|| ApiError::not_found(&first))?;
-                Ok(Json(json!({
-                    "canonical_id": p.canonical_id,
-                    "version": p.version,
-                    "created_at": p.created_at,
-                    "aliases": p.aliases,
-                    "merge_history": p.merge_history,
-                }))
-                .into_response())
-            }
-            _ => Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "unknown_route",
-                "after a canonical id: /explain or /history",
-            )),
-        };
+    if !is_canonical(&id) {
+        // The router prefers this literal segment: `{kind}/explain` is an identifier lookup.
+        return identifier_lookup(api, headers, id, "explain".into()).await;
     }
-    let id = identifier(&api, &first, &second)?;
+    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    let store = api.store.clone();
+    let target = Target::CanonicalId(id.clone());
+    let e = blocking(move || {
+        cdp_resolver::explain::explain(store.as_ref(), &caller.tenant, &target)
+            .map_err(ApiError::internal)
+    })
+    .await?
+    .ok_or_else(|| ApiError::profile_not_found(&id))?;
+    Ok(Json(e).into_response())
+}
+
+/// `GET /v1/profiles/{canonical_id}/history`: the merge history and retired ids.
+pub async fn history(
+    State(api): State<Arc<ProfileApi>>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult {
+    if !is_canonical(&id) {
+        return identifier_lookup(api, headers, id, "history".into()).await;
+    }
+    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    let store = api.store.clone();
+    let wanted = id.clone();
+    let p = blocking(move || {
+        cdp_resolver::lookup::profile_by_canonical(store.as_ref(), &caller.tenant, &wanted)
+            .map_err(ApiError::internal)
+    })
+    .await?
+    .ok_or_else(|| ApiError::profile_not_found(&id))?;
+    Ok(Json(json!({
+        "canonical_id": p.canonical_id,
+        "version": p.version,
+        "created_at": p.created_at,
+        "aliases": p.aliases,
+        "merge_history": p.merge_history,
+    }))
+    .into_response())
+}
+
+/// `GET /v1/profiles/{kind}/{value}`: the value is normalised as ingest does (raw e-mail
+/// addresses and phone numbers are hashed).
+pub async fn profile_by_identifier(
+    State(api): State<Arc<ProfileApi>>,
+    headers: HeaderMap,
+    ApiPath((kind, value)): ApiPath<(String, String)>,
+) -> ApiResult {
+    identifier_lookup(api, headers, kind, value).await
+}
+
+async fn identifier_lookup(
+    api: Arc<ProfileApi>,
+    headers: HeaderMap,
+    kind: String,
+    value: String,
+) -> ApiResult {
+    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    let id = identifier(&api, &kind, &value)?;
     let shown = id.clone();
+    let store = api.store.clone();
     let profile = blocking(move || {
         cdp_resolver::lookup::profile_by_identifier(store.as_ref(), &caller.tenant, &id)
             .map_err(ApiError::internal)
     })
     .await?
-    .ok_or_else(|| ApiError::not_found(shown))?;
+    .ok_or_else(|| ApiError::profile_not_found(shown))?;
     Ok(Json(profile).into_response())
 }
 
 /// `DELETE /v1/profiles/{kind}/{value}`: queues the erasure of the person holding the identifier
 /// (the identifier is tombstoned even if nobody holds it). 202 with the command id.
-async fn erase(
-    State(api): State<Arc<Api>>,
+pub async fn erase(
+    State(api): State<Arc<ProfileApi>>,
     headers: HeaderMap,
-    Path((kind, value)): Path<(String, String)>,
+    ApiPath((kind, value)): ApiPath<(String, String)>,
 ) -> ApiResult {
-    let caller = eraser(&api, &headers)?;
+    let caller = api.auth.caller(&headers, &[Scope::Erase])?;
     let target = Target::Identifier(identifier(&api, &kind, &value)?);
     queue_forget(api, caller, target).await
 }
 
 /// `DELETE /v1/profiles/{canonical_id}`.
-async fn erase_canonical(
-    State(api): State<Arc<Api>>,
+pub async fn erase_canonical(
+    State(api): State<Arc<ProfileApi>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
-    let caller = eraser(&api, &headers)?;
-    if !is_canonical(&id) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_canonical_id",
-            "a canonical id starts with cdp_",
-        ));
-    }
+    let caller = api.auth.caller(&headers, &[Scope::Erase])?;
+    canonical(&id)?;
     queue_forget(api, caller, Target::CanonicalId(id)).await
 }
 
-fn eraser(api: &Api, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let caller = caller(api, headers)?;
-    if !caller.erase {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "erasure needs an API key with the erase scope",
-        ));
-    }
-    Ok(caller)
-}
-
-async fn queue_forget(api: Arc<Api>, caller: Caller, target: Target) -> ApiResult {
-    let now = chrono::Utc::now();
-    let command = GraphCommand {
-        id: format!(
-            "cmd-{}-{:08x}",
-            now.timestamp_millis(),
-            rand::random::<u32>()
-        ),
-        tenant: caller.tenant.clone(),
-        requested_at: now,
-        op: CommandOp::Forget { target },
-    };
+async fn queue_forget(api: Arc<ProfileApi>, caller: Caller, target: Target) -> ApiResult {
+    let command = crate::graph::new_command(&caller.tenant, CommandOp::Forget { target });
     let value = serde_json::to_vec(&command).map_err(ApiError::internal)?;
     let record = OutRecord::new(api.commands_topic.clone(), caller.tenant.as_bytes(), value);
     blocking(move || {
@@ -340,13 +465,14 @@ async fn queue_forget(api: Arc<Api>, caller: Caller, target: Target) -> ApiResul
         .into_response())
 }
 
-/// `GET /v1/commands/{id}`: the outcome of a queued command of the caller's tenant.
-async fn command(
-    State(api): State<Arc<Api>>,
+/// `GET /v1/commands/{command_id}`: the outcome of a queued command of the caller's tenant.
+pub async fn command(
+    State(api): State<Arc<ProfileApi>>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
-    let caller = caller(&api, &headers)?;
+    // Whoever may erase may follow their erasure.
+    let caller = api.auth.caller(&headers, &[Scope::Read, Scope::Erase])?;
     let store = api.store.clone();
     let wanted = id.clone();
     let outcome = blocking(move || {
@@ -361,5 +487,180 @@ async fn command(
             Json(json!({ "command_id": id, "status": "pending" })),
         )
             .into_response()),
+    }
+}
+
+/// `GET /v1/cohorts`: the cohorts activation runs now (a reload changes them). Every tenant has
+/// the same definitions; members are per tenant. No member counts: membership is keyed by
+/// person, so a count would walk every membership of the tenant.
+pub async fn cohorts(State(api): State<Arc<CohortApi>>, headers: HeaderMap) -> ApiResult {
+    api.auth.caller(&headers, &[Scope::Read])?;
+    let defs = api.activation.current();
+    let list: Vec<_> = defs
+        .cohorts
+        .list
+        .iter()
+        .map(|c| {
+            let c = &c.config;
+            json!({
+                "key": c.key,
+                "description": c.description,
+                "expression": c.expression,
+                "priority": c.priority,
+                "identifiers": c.identifiers,
+                "destinations": c.destinations,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "cohorts": list })).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+/// `GET /v1/cohorts/{key}/members?limit=N&after=CURSOR`: the caller's tenant's current members
+/// in canonical id order. `next_after` is the cursor of the next page (`null` on the last); it is
+/// the last canonical id of the page, so it stays valid while membership changes: a person who
+/// enters behind the cursor shows up on a later page, one who leaves is simply not listed.
+pub async fn cohort_members(
+    State(api): State<Arc<CohortApi>>,
+    headers: HeaderMap,
+    ApiPath(key): ApiPath<String>,
+    ApiQuery(page): ApiQuery<PageQuery>,
+) -> ApiResult {
+    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    let defined = api
+        .activation
+        .current()
+        .cohorts
+        .list
+        .iter()
+        .any(|c| c.key() == key);
+    if !defined {
+        return Err(ApiError::new(
+            ErrorCode::CohortNotFound,
+            format!("no cohort {key:?} is configured; GET /v1/cohorts lists them"),
+        ));
+    }
+    let limit = match &page.limit {
+        None => DEFAULT_PAGE_LIMIT,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::new(
+                    ErrorCode::InvalidLimit,
+                    format!("limit must be an integer from 1 to {MAX_PAGE_LIMIT}"),
+                )
+            })?,
+    };
+    if let Some(after) = &page.after {
+        let well_formed = is_canonical(after)
+            && after.len() <= 64
+            && after
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !well_formed {
+            return Err(ApiError::new(
+                ErrorCode::InvalidCursor,
+                "after must be the next_after of a previous page (a canonical id)",
+            ));
+        }
+    }
+    let store = api.store.clone();
+    let (tenant, audience, after) = (caller.tenant, key.clone(), page.after);
+    // One more than asked tells whether another page follows.
+    let mut rows = blocking(move || {
+        store
+            .cohort_members(&tenant, &audience, after.as_deref(), limit + 1)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    let next = if more {
+        rows.last().map(|(id, _)| id.clone())
+    } else {
+        None
+    };
+    let members: Vec<_> = rows
+        .into_iter()
+        .map(|(id, state)| {
+            json!({ "canonical_id": id, "entered_at": state.since, "version": state.seq })
+        })
+        .collect();
+    Ok(Json(json!({ "cohort": key, "members": members, "next_after": next })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(keys: &[(&str, &str, &[Scope])]) -> Auth {
+        let mut config = Config::default();
+        config.http.api_keys = keys
+            .iter()
+            .map(|(tenant, token, scopes)| ApiKey {
+                tenant: tenant.to_string(),
+                token_sha256: cdp_proto::normalize::sha256_hex(token),
+                scopes: scopes.to_vec(),
+            })
+            .collect();
+        Auth::new(&config)
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        h
+    }
+
+    fn code(r: Result<Caller, ApiError>) -> &'static str {
+        r.err().map(|e| e.code.as_str()).unwrap_or("ok")
+    }
+
+    #[test]
+    fn keys_give_their_tenant_and_only_their_scopes() {
+        let auth = auth(&[
+            ("acme", "reader", &[Scope::Read]),
+            ("acme", "eraser", &[Scope::Erase]),
+            ("zeta", "both", &[Scope::Read, Scope::Erase]),
+        ]);
+        let read = [Scope::Read];
+        let erase = [Scope::Erase];
+        assert_eq!(code(auth.caller(&HeaderMap::new(), &read)), "unauthorized");
+        assert_eq!(code(auth.caller(&bearer("nope"), &read)), "unauthorized");
+        assert_eq!(
+            auth.caller(&bearer("reader"), &read).ok().map(|c| c.tenant),
+            Some("acme".into())
+        );
+        assert_eq!(code(auth.caller(&bearer("reader"), &erase)), "forbidden");
+        assert_eq!(code(auth.caller(&bearer("eraser"), &read)), "forbidden");
+        assert_eq!(
+            code(auth.caller(&bearer("eraser"), &[Scope::Read, Scope::Erase])),
+            "ok"
+        );
+        assert_eq!(
+            auth.caller(&bearer("both"), &erase).ok().map(|c| c.tenant),
+            Some("zeta".into())
+        );
+    }
+
+    #[test]
+    fn without_keys_everyone_reads_the_default_tenant_and_nobody_erases() {
+        let auth = auth(&[]);
+        let caller = auth.caller(&HeaderMap::new(), &[Scope::Read]);
+        assert_eq!(caller.ok().map(|c| c.tenant), Some("default".into()));
+        assert_eq!(
+            code(auth.caller(&HeaderMap::new(), &[Scope::Erase])),
+            "forbidden"
+        );
     }
 }

@@ -70,7 +70,7 @@ pub struct ApiKey {
     pub tenant: String,
     /// Lower-case hex SHA-256 of the token: `printf %s "$TOKEN" | sha256sum`.
     pub token_sha256: String,
-    /// `read` (profiles, explain, history) and `erase` (DELETE).
+    /// `read` (every GET: profiles, explain, history, cohorts) and `erase` (DELETE).
     #[serde(default = "ApiKey::default_scopes")]
     pub scopes: Vec<Scope>,
 }

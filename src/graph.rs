@@ -150,16 +150,10 @@ fn open_for_reading(data: &Path) -> Result<RocksStore> {
         .with_context(|| format!("opening resolver state in {} read-only", dir.display()))
 }
 
-/// Produces `op` on the commands topic; on the embedded bus, applies it here and reports.
-fn submit(
-    config: &Config,
-    data: &Path,
-    tenant: &str,
-    op: CommandOp,
-    shutdown: &AtomicBool,
-) -> Result<()> {
+/// A command with a fresh id (the resolver applies an id once).
+pub fn new_command(tenant: &str, op: CommandOp) -> GraphCommand {
     let now = chrono::Utc::now();
-    let command = GraphCommand {
+    GraphCommand {
         id: format!(
             "cmd-{}-{:08x}",
             now.timestamp_millis(),
@@ -168,7 +162,18 @@ fn submit(
         tenant: tenant.to_string(),
         requested_at: now,
         op,
-    };
+    }
+}
+
+/// Produces `op` on the commands topic; on the embedded bus, applies it here and reports.
+fn submit(
+    config: &Config,
+    data: &Path,
+    tenant: &str,
+    op: CommandOp,
+    shutdown: &AtomicBool,
+) -> Result<()> {
+    let command = new_command(tenant, op);
     let bus = match config.bus.backend {
         Backend::Embedded => pipeline::open_bus(config, data).with_context(|| {
             format!(

@@ -1,8 +1,11 @@
 //! The HTTP listener every cdp process serves: `/healthz` (alive), `/readyz` (consuming and
-//! caught up within `http.ready_max_lag`) and `/metrics` (Prometheus text). It runs on its own
-//! thread with a small tokio runtime; bus calls it makes (lag) run on the blocking pool so a slow
-//! broker never stalls the listener.
+//! caught up within `http.ready_max_lag`), `/metrics` (Prometheus text), `/openapi.json`, and
+//! the API routes of the stages it runs ([`ROUTES`], the one table the router is built from and
+//! the OpenAPI document is checked against). It runs on its own thread with a small tokio
+//! runtime; bus calls it makes (lag) run on the blocking pool so a slow broker never stalls the
+//! listener.
 
+use crate::api::{self, ApiError, CohortApi, ProfileApi};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Counters, Stages};
@@ -10,7 +13,7 @@ use anyhow::{Context, Result};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
 use cdp_bus::Bus;
 use serde_json::json;
@@ -27,8 +30,10 @@ pub struct Probe {
     pub groups: Vec<(&'static str, String, Vec<String>)>,
     pub ready_max_lag: u64,
     pub metrics: Metrics,
-    /// The profile API, where this process runs the resolver.
-    pub api: Option<Arc<crate::api::Api>>,
+    /// The profile routes, where this process runs the resolver.
+    pub profiles: Option<Arc<ProfileApi>>,
+    /// The cohort routes, where this process runs activation.
+    pub cohorts: Option<Arc<CohortApi>>,
 }
 
 impl Probe {
@@ -46,7 +51,8 @@ impl Probe {
             groups: pipeline::stage_groups(config, stages),
             ready_max_lag: config.http.ready_max_lag,
             metrics: Metrics::new(stages)?,
-            api: None,
+            profiles: None,
+            cohorts: None,
         })
     }
 
@@ -118,17 +124,91 @@ pub fn start(listen: &str, probe: Probe) -> Result<Server> {
     })
 }
 
+/// One route of the listener: its path (axum and OpenAPI spell parameters alike) and its
+/// handlers, from what this process serves (`None` where it does not run the owning stage).
+pub struct Route {
+    pub path: &'static str,
+    mount: fn(&Arc<Probe>) -> Option<MethodRouter>,
+}
+
+/// Every route the listener can serve; `openapi.json` documents exactly these paths.
+pub const ROUTES: &[Route] = &[
+    Route {
+        path: "/healthz",
+        mount: |_| Some(get(healthz)),
+    },
+    Route {
+        path: "/readyz",
+        mount: |p| Some(get(readyz).with_state(p.clone())),
+    },
+    Route {
+        path: "/metrics",
+        mount: |p| Some(get(metrics).with_state(p.clone())),
+    },
+    Route {
+        path: "/openapi.json",
+        mount: |_| Some(get(openapi)),
+    },
+    Route {
+        path: "/v1/profiles/{canonical_id}",
+        mount: |p| {
+            let api = p.profiles.clone()?;
+            Some(
+                get(api::profile_by_canonical)
+                    .delete(api::erase_canonical)
+                    .with_state(api),
+            )
+        },
+    },
+    Route {
+        path: "/v1/profiles/{canonical_id}/explain",
+        mount: |p| Some(get(api::explain).with_state(p.profiles.clone()?)),
+    },
+    Route {
+        path: "/v1/profiles/{canonical_id}/history",
+        mount: |p| Some(get(api::history).with_state(p.profiles.clone()?)),
+    },
+    Route {
+        path: "/v1/profiles/{kind}/{value}",
+        mount: |p| {
+            let api = p.profiles.clone()?;
+            Some(
+                get(api::profile_by_identifier)
+                    .delete(api::erase)
+                    .with_state(api),
+            )
+        },
+    },
+    Route {
+        path: "/v1/commands/{command_id}",
+        mount: |p| Some(get(api::command).with_state(p.profiles.clone()?)),
+    },
+    Route {
+        path: "/v1/cohorts",
+        mount: |p| Some(get(api::cohorts).with_state(p.cohorts.clone()?)),
+    },
+    Route {
+        path: "/v1/cohorts/{key}/members",
+        mount: |p| Some(get(api::cohort_members).with_state(p.cohorts.clone()?)),
+    },
+];
+
+/// The OpenAPI 3.1 document of [`ROUTES`], served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
 fn router(probe: Arc<Probe>) -> Router {
-    let api = probe.api.clone();
-    let probes = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(probe);
-    match api {
-        Some(api) => probes.merge(crate::api::router(api)),
-        None => probes,
-    }
+    ROUTES
+        .iter()
+        .filter_map(|route| Some((route.path, (route.mount)(&probe)?)))
+        .fold(Router::new(), |router, (path, handlers)| {
+            router.route(path, handlers)
+        })
+        .fallback(api::unknown_route)
+        .method_not_allowed_fallback(api::method_not_allowed)
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -193,10 +273,106 @@ async fn metrics(State(probe): State<Arc<Probe>>) -> Response {
 }
 
 fn internal(e: anyhow::Error) -> Response {
-    tracing::error!(error = %format!("{e:#}"), "http handler");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        Json(json!({ "error": { "code": "internal", "message": format!("{e:#}") } })),
-    )
-        .into_response()
+    ApiError::internal(format!("{e:#}")).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ErrorCode;
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+
+    fn document() -> Value {
+        serde_json::from_str(OPENAPI).expect("openapi.json is JSON")
+    }
+
+    /// Every `$ref` in `v`, e.g. `#/components/schemas/Error`.
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    match (k.as_str(), v) {
+                        ("$ref", Value::String(r)) => out.push(r),
+                        _ => refs(v, out),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+        match v["$ref"].as_str() {
+            Some(r) => doc
+                .pointer(r.trim_start_matches('#'))
+                .unwrap_or_else(|| panic!("{r} resolves")),
+            None => v,
+        }
+    }
+
+    #[test]
+    fn the_document_describes_exactly_the_routes_of_the_router() {
+        let doc = document();
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3.1."));
+        assert_eq!(doc["info"]["version"], env!("CARGO_PKG_VERSION"));
+        let routed: Vec<&str> = ROUTES.iter().map(|r| r.path).collect();
+        let routed_set: BTreeSet<&str> = routed.iter().copied().collect();
+        assert_eq!(routed.len(), routed_set.len(), "a path is routed twice");
+        let documented: BTreeSet<&str> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(routed_set, documented);
+
+        // Every operation declares each parameter of its path, and no path parameter it lacks.
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let in_path: BTreeSet<&str> = path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{')?.strip_suffix('}'))
+                .collect();
+            for (method, op) in item.as_object().unwrap() {
+                let declared: BTreeSet<&str> = op["parameters"]
+                    .as_array()
+                    .map(|ps| {
+                        ps.iter()
+                            .map(|p| resolve(&doc, p))
+                            .filter(|p| p["in"] == "path")
+                            .map(|p| p["name"].as_str().unwrap())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert_eq!(declared, in_path, "{method} {path}");
+                assert!(op["responses"].as_object().is_some_and(|r| !r.is_empty()));
+            }
+        }
+        let mut all = Vec::new();
+        refs(&doc, &mut all);
+        for r in all {
+            assert!(doc.pointer(r.trim_start_matches('#')).is_some(), "{r}");
+        }
+    }
+
+    #[test]
+    fn the_document_lists_every_error_code_and_its_status() {
+        let doc = document();
+        let code =
+            &doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"];
+        let listed: BTreeSet<&str> = code["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let returned: BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(listed, returned);
+        let described = code["description"].as_str().unwrap();
+        for c in ErrorCode::ALL {
+            let line = format!("- `{}` ({}):", c.as_str(), c.status().as_u16());
+            assert!(described.contains(&line), "{line} in the code description");
+        }
+    }
 }

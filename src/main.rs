@@ -408,6 +408,16 @@ fn serve_and_run(
     } else {
         None
     };
+    let (activation_store, activation) = if stages.activate {
+        (
+            Some(pipeline::open_activation_store(data)?),
+            Some(Arc::new(cdp_activation::Activation::new(
+                &config.activation,
+            )?)),
+        )
+    } else {
+        (None, None)
+    };
     let _http = if config.http.listen.is_empty() {
         None
     } else {
@@ -418,12 +428,23 @@ fn serve_and_run(
             counters.clone(),
             shutdown.clone(),
         )?;
-        if let Some(store) = &resolver_store {
-            probe.api = Some(Arc::new(api::Api::new(
+        // Only a process with API routes warns about missing API keys.
+        let auth = (stages.resolve || stages.activate).then(|| api::Auth::new(config));
+        if let (Some(store), Some(auth)) = (&resolver_store, &auth) {
+            probe.profiles = Some(Arc::new(api::ProfileApi::new(
                 config,
+                auth.clone(),
                 store.clone(),
                 bus.as_ref(),
             )?));
+        }
+        if let (Some(store), Some(activation), Some(auth)) = (&activation_store, &activation, auth)
+        {
+            probe.cohorts = Some(Arc::new(api::CohortApi::new(
+                auth,
+                activation.clone(),
+                store.clone(),
+            )));
         }
         let server = http::start(&config.http.listen, probe)?;
         eprintln!("http listening on {}", server.addr);
@@ -439,6 +460,8 @@ fn serve_and_run(
         pipeline::RunOptions {
             until_drained,
             resolver_store,
+            activation_store,
+            activation,
             reload: Some(pipeline::Reload {
                 requested: reload_flag()?,
                 config_path: config_path.map(PathBuf::from),

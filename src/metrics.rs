@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The registry and the metrics it holds, one set per stage this process runs.
 pub struct Metrics {
     registry: Registry,
-    ingest: Option<StageMetrics>,
+    ingest: Option<(StageMetrics, IngestMetrics)>,
     resolver: Option<(StageMetrics, ResolverMetrics)>,
     activation: Option<(StageMetrics, ActivationMetrics)>,
 }
@@ -23,6 +23,13 @@ struct StageMetrics {
     batches: IntCounter,
     busy: Counter,
     lag: IntGauge,
+}
+
+struct IngestMetrics {
+    records: IntCounterVec,
+    dropped: IntCounterVec,
+    duplicates: IntCounterVec,
+    unlinked: IntCounterVec,
 }
 
 struct ResolverMetrics {
@@ -39,6 +46,7 @@ struct ActivationMetrics {
     webhook_events: IntCounterVec,
     webhook_retries: IntCounter,
     timer_evaluations: IntCounter,
+    evaluations: IntCounterVec,
     eval_errors: IntCounter,
     latency_sum: Counter,
     latency_count: IntCounter,
@@ -47,10 +55,39 @@ struct ActivationMetrics {
 impl Metrics {
     pub fn new(stages: Stages) -> Result<Self> {
         let registry = Registry::new();
-        let ingest = stages
-            .ingest
-            .then(|| StageMetrics::register(&registry, "ingest"))
-            .transpose()?;
+        let ingest = if stages.ingest {
+            use cdp_ingest::metrics as m;
+            let stage = StageMetrics::register(&registry, "ingest")?;
+            let i = IngestMetrics {
+                records: counter_vec(
+                    &registry,
+                    m::RECORDS_TOTAL,
+                    "Raw records by source and outcome (accepted, dead_lettered, duplicate)",
+                    &["source", "outcome"],
+                )?,
+                dropped: counter_vec(
+                    &registry,
+                    m::IDENTIFIERS_DROPPED_TOTAL,
+                    "Identifier values dropped from accepted records (placeholders, invalid)",
+                    &["kind", "reason"],
+                )?,
+                duplicates: counter_vec(
+                    &registry,
+                    m::DUPLICATE_EVENTS_TOTAL,
+                    "Events dropped as retries of an event already passed on",
+                    &["source"],
+                )?,
+                unlinked: counter_vec(
+                    &registry,
+                    m::UNLINKED_EVENTS_TOTAL,
+                    "Events whose identifiers were not linked for lack of identity consent",
+                    &["source"],
+                )?,
+            };
+            Some((stage, i))
+        } else {
+            None
+        };
         let resolver = if stages.resolve {
             let stage = StageMetrics::register(&registry, "resolver")?;
             let r = ResolverMetrics {
@@ -121,6 +158,12 @@ impl Metrics {
                     "cdp_activation_timer_evaluations_total",
                     "Profiles re-evaluated because a window expired, not because of an event",
                 )?,
+                evaluations: counter_vec(
+                    &registry,
+                    "cdp_activation_evaluations_total",
+                    "Cohort expressions run, or skipped because their inputs had not changed",
+                    &["outcome"],
+                )?,
                 eval_errors: counter(
                     &registry,
                     "cdp_activation_evaluation_errors_total",
@@ -147,8 +190,21 @@ impl Metrics {
 
     /// Copies the stages' counts in; `lag` gives each stage's consumer lag where known.
     pub fn refresh(&self, counters: &Counters, lag: impl Fn(&str) -> Option<u64>) {
-        if let Some(m) = &self.ingest {
+        if let Some((m, i)) = &self.ingest {
             m.refresh(&counters.ingest, lag("ingest"));
+            let detail = &counters.ingest_detail;
+            for (source, outcome, n) in detail.records().iter() {
+                sync_to(&i.records.with_label_values(&[source, outcome]), n);
+            }
+            for (kind, reason, n) in detail.dropped().iter() {
+                sync_to(&i.dropped.with_label_values(&[kind, reason]), n);
+            }
+            for (source, n) in detail.duplicate_events().iter() {
+                sync_to(&i.duplicates.with_label_values(&[source]), n);
+            }
+            for (source, n) in detail.unlinked_events().iter() {
+                sync_to(&i.unlinked.with_label_values(&[source]), n);
+            }
         }
         if let Some((m, r)) = &self.resolver {
             let c = &counters.resolver;
@@ -176,6 +232,11 @@ impl Metrics {
             );
             sync(&a.webhook_retries, &c.webhook_retries);
             sync(&a.timer_evaluations, &c.timer_evaluations);
+            sync(&a.evaluations.with_label_values(&["run"]), &c.evaluations);
+            sync(
+                &a.evaluations.with_label_values(&["skipped"]),
+                &c.evaluations_skipped,
+            );
             sync_seconds(
                 &a.latency_sum,
                 c.latency_us_sum.load(Ordering::Relaxed) as f64 / 1e6,
@@ -246,9 +307,23 @@ fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter> {
     Ok(c)
 }
 
+fn counter_vec(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
 /// Brings a Prometheus counter up to a count that only grows.
 fn sync(counter: &IntCounter, source: &AtomicU64) {
-    let now = source.load(Ordering::Relaxed);
+    sync_to(counter, source.load(Ordering::Relaxed));
+}
+
+fn sync_to(counter: &IntCounter, now: u64) {
     counter.inc_by(now.saturating_sub(counter.get()));
 }
 

@@ -35,6 +35,8 @@ impl Stages {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub ingest: cdp_bus::StageCounters,
+    /// Ingest's counts by source, outcome and dropped identifier kind.
+    pub ingest_detail: cdp_ingest::IngestMetrics,
     pub resolver: ResolverCounters,
     pub activation: ActivationCounters,
 }
@@ -155,6 +157,11 @@ pub struct RunOptions {
     pub until_drained: bool,
     /// The resolver's state, when the caller opened it (to serve it too); else `run` opens it.
     pub resolver_store: Option<Arc<RocksStore>>,
+    /// Activation's membership state, when the caller opened it (to serve it too); else `run`
+    /// opens it.
+    pub activation_store: Option<Arc<MembershipStore>>,
+    /// Activation's running definitions, when the caller built them (to serve them too).
+    pub activation: Option<Arc<cdp_activation::Activation>>,
     /// Reload activation's cohorts and destinations from the config file on request (SIGHUP).
     pub reload: Option<Reload>,
 }
@@ -195,6 +202,15 @@ pub fn open_resolver_store(data: &Path) -> Result<Arc<RocksStore>> {
     Ok(Arc::new(store))
 }
 
+/// Opens (creating) activation's membership state; the stage writes it, the cohort API reads it.
+pub fn open_activation_store(data: &Path) -> Result<Arc<MembershipStore>> {
+    let dir = activation_dir(data);
+    std::fs::create_dir_all(&dir)?;
+    let store =
+        MembershipStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
 /// Runs `stages` until `shutdown` is set, or, with `until_drained`, until every stage has caught up.
 pub fn run(
     config: &Config,
@@ -208,6 +224,8 @@ pub fn run(
     let RunOptions {
         until_drained,
         resolver_store,
+        activation_store,
+        activation,
         reload,
     } = options;
     let mut activation_defs: Option<Arc<cdp_activation::Activation>> = None;
@@ -227,8 +245,14 @@ pub fn run(
             std::thread::Builder::new()
                 .name("ingest".into())
                 .spawn(move || {
-                    cdp_ingest::stage::run(bus.as_ref(), &cfg, &c.ingest, &s)
-                        .map_err(anyhow::Error::from)
+                    cdp_ingest::stage::run_with_metrics(
+                        bus.as_ref(),
+                        &cfg,
+                        &c.ingest,
+                        &c.ingest_detail,
+                        &s,
+                    )
+                    .map_err(anyhow::Error::from)
                 })?,
         ));
     }
@@ -261,11 +285,10 @@ pub fn run(
         ));
     }
     if stages.activate {
-        let dir = activation_dir(data);
-        std::fs::create_dir_all(&dir)?;
-        let store = Arc::new(
-            MembershipStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?,
-        );
+        let store = match activation_store {
+            Some(store) => store,
+            None => open_activation_store(data)?,
+        };
         let (checked, cfg) = (store.clone(), config.activation.clone());
         state_lags.push(Box::new(move |bus: &dyn Bus| {
             let topics = [cfg.profiles_topic.as_str(), cfg.changes_topic.as_str()];
@@ -273,7 +296,10 @@ pub fn run(
                 checked.offset(t, p)
             })?)
         }));
-        let activation = Arc::new(cdp_activation::Activation::new(&config.activation)?);
+        let activation = match activation {
+            Some(activation) => activation,
+            None => Arc::new(cdp_activation::Activation::new(&config.activation)?),
+        };
         activation_defs = Some(activation.clone());
         let (bus, cfg, c, s) = (
             bus.clone(),

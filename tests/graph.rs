@@ -2,31 +2,12 @@
 //! forget erases a person so that replaying the whole input does not bring them back, unmerge
 //! takes a link out, and a command refuses clearly while another process holds the data.
 
+mod support;
+
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-fn cdp_raw(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cdp"))
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        // Several pipelines may run at once on a test machine: no HTTP listener needed here.
-        .env("CDP_HTTP__LISTEN", "")
-        .output()
-        .expect("cdp runs")
-}
-
-fn cdp(data: &Path, args: &[&str]) -> Output {
-    let out = cdp_raw(data, args);
-    assert!(
-        out.status.success(),
-        "cdp {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
-}
+use support::{crm_emails, ok as cdp, output as cdp_raw, read_topic};
 
 fn json(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("prints JSON")
@@ -34,16 +15,6 @@ fn json(out: &Output) -> Value {
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Emails of the CRM records of a generated workload, as the CRM sent them.
-fn crm_emails(input: &Path) -> Vec<String> {
-    std::fs::read_to_string(input.join("crm.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| v["Email"].as_str().map(str::to_string))
-        .collect()
 }
 
 fn run_input(data: &Path, input: &Path) {
@@ -185,25 +156,6 @@ fn explain_forget_replay_and_unmerge_through_the_cli() {
         "{}",
         stderr(&wrong)
     );
-}
-
-/// Records of `topic` as JSON values.
-fn read_topic(data: &Path, topic: &str) -> Vec<Value> {
-    let out = cdp(
-        data,
-        &[
-            "topic",
-            "read",
-            topic,
-            "--from-beginning",
-            "--idle-ms",
-            "300",
-        ],
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 /// Erasure reaches activation: a cohort member that is forgotten exits its cohorts.

@@ -2,49 +2,15 @@
 //! accuracy, poison input lands in the DLQ with reasons while everything else flows, profiles
 //! can be looked up, and a restart resumes without redoing work.
 
+mod support;
+
 use serde_json::Value;
 use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn cdp(data: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_cdp"))
-        // Tests run side by side: each process takes a free port.
-        .env("CDP_HTTP__LISTEN", "127.0.0.1:0")
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .output()
-        .expect("cdp runs");
-    assert!(
-        out.status.success(),
-        "cdp {args:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
-}
+use std::process::Output;
+use support::{ok as cdp, read_topic};
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn read_topic(data: &Path, topic: &str) -> Vec<Value> {
-    let out = cdp(
-        data,
-        &[
-            "topic",
-            "read",
-            topic,
-            "--from-beginning",
-            "--idle-ms",
-            "5000",
-        ],
-    );
-    stdout(&out)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("topic read prints JSON lines"))
-        .collect()
 }
 
 fn report_value(report: &str, label: &str) -> f64 {

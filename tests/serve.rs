@@ -50,6 +50,16 @@ fn health_readiness_metrics_and_a_clean_sigterm() {
         run.fed as f64,
         "every raw record counted once"
     );
+    let by_outcome: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("cdp_ingest_records_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(
+        by_outcome, run.fed as f64,
+        "records by source and outcome add up"
+    );
+    assert!(metrics.contains("cdp_ingest_records_total{outcome=\"accepted\",source=\"web\"}"));
     let signals = sample(&metrics, "cdp_ingest_records_out_total");
     assert_eq!(sample(&metrics, "cdp_resolver_records_in_total"), signals);
     assert!(sample(&metrics, "cdp_resolver_merges_total") > 0.0);

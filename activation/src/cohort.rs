@@ -3,8 +3,11 @@
 //! means "not a member", and any other evaluation error is reported with the cohort key.
 
 use crate::config::CohortConfig;
+use crate::inputs::{known, InputHashes, Reads};
 use crate::view::ProfileView;
-use cel::{Context, Program, Value};
+use cdp_proto::{Profile, Timestamp};
+use cel::{Context, Env, Program, Value};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CohortError {
@@ -22,6 +25,8 @@ pub enum CohortError {
 
 pub struct Cohort {
     pub config: CohortConfig,
+    /// What the expression reads: an update that changes none of it cannot change membership.
+    pub reads: Reads,
     program: Program,
 }
 
@@ -48,7 +53,12 @@ impl Cohort {
             key: config.key.clone(),
             message: e.to_string(),
         })?;
-        Ok(Self { config, program })
+        let reads = Reads::of(&config.expression);
+        Ok(Self {
+            config,
+            reads,
+            program,
+        })
     }
 
     pub fn key(&self) -> &str {
@@ -79,10 +89,36 @@ impl Cohort {
     }
 }
 
+/// One cohort's result from [`Cohorts::evaluate_changed`].
+#[derive(Debug)]
+pub struct Outcome {
+    /// Of the inputs the result holds for; lowest bit 0.
+    pub fingerprint: u64,
+    pub result: Result<bool, CohortError>,
+    /// Whether the expression ran (else the result is the one known for these inputs).
+    pub evaluated: bool,
+}
+
 /// All configured cohorts.
-#[derive(Debug, Default)]
 pub struct Cohorts {
     pub list: Vec<Cohort>,
+    /// CEL's standard library, built once: building it is most of the cost of a fresh context.
+    env: Arc<Env>,
+}
+
+impl Default for Cohorts {
+    fn default() -> Self {
+        Self {
+            list: Vec::new(),
+            env: Arc::new(Env::stdlib()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Cohorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cohorts").field("list", &self.list).finish()
+    }
 }
 
 impl Cohorts {
@@ -94,31 +130,92 @@ impl Cohorts {
             }
             list.push(Cohort::compile(c.clone())?);
         }
-        Ok(Self { list })
+        Ok(Self {
+            list,
+            ..Self::default()
+        })
+    }
+
+    /// The evaluation context of `view`, shared by the cohorts evaluated on it.
+    pub fn context(&self, view: &ProfileView) -> Result<Context<'static, 'static>, String> {
+        let mut ctx = Context::with_env(self.env.clone());
+        ctx.add_variable("profile", view)
+            .map_err(|e| e.to_string())?;
+        Ok(ctx)
+    }
+
+    /// Membership of `profile` at `now` in every cohort, in config order, evaluating only the cohorts whose
+    /// inputs are not among `inputs` (fingerprints with results, see [`crate::inputs::known`]):
+    /// the others keep the result they had on the same inputs.
+    pub fn evaluate_changed(
+        &self,
+        profile: &Profile,
+        now: Timestamp,
+        inputs: &[u64],
+    ) -> Vec<Outcome> {
+        let mut hashes = InputHashes::new(profile, now);
+        let mut outcomes: Vec<Outcome> = self
+            .list
+            .iter()
+            .map(|c| {
+                let fingerprint = hashes.fingerprint(c.key(), &c.config.expression, &c.reads);
+                let result = known(inputs, fingerprint);
+                Outcome {
+                    fingerprint,
+                    // Evaluated below when unknown.
+                    result: Ok(result.unwrap_or(false)),
+                    evaluated: result.is_none(),
+                }
+            })
+            .collect();
+        // One context for the cohorts to evaluate, holding only what they read: often none is.
+        let mut reads = Reads::nothing();
+        for (c, o) in self.list.iter().zip(&outcomes) {
+            if o.evaluated {
+                reads.add(&c.reads);
+            }
+        }
+        if outcomes.iter().all(|o| !o.evaluated) {
+            return outcomes;
+        }
+        let ctx = self.context(&ProfileView::with_reads(profile, now, &reads));
+        for (c, o) in self.list.iter().zip(&mut outcomes) {
+            if o.evaluated {
+                o.result = match &ctx {
+                    Ok(ctx) => c.matches(ctx),
+                    Err(message) => Err(CohortError::Eval {
+                        key: c.key().to_string(),
+                        message: message.clone(),
+                    }),
+                };
+            }
+        }
+        outcomes
     }
 
     /// Membership of `view` in every cohort, in config order.
     pub fn evaluate(&self, view: &ProfileView) -> Vec<(usize, Result<bool, CohortError>)> {
-        let mut ctx = Context::default();
-        if let Err(e) = ctx.add_variable("profile", view) {
-            let message = e.to_string();
-            return (0..self.list.len())
-                .map(|i| {
-                    let key = self.list[i].key().to_string();
-                    (
-                        i,
-                        Err(CohortError::Eval {
-                            key,
-                            message: message.clone(),
-                        }),
-                    )
-                })
-                .collect();
-        }
+        let ctx = match self.context(view) {
+            Ok(ctx) => ctx,
+            Err(message) => return Self::failed(&self.list, &message),
+        };
         self.list
             .iter()
             .enumerate()
             .map(|(i, c)| (i, c.matches(&ctx)))
+            .collect()
+    }
+
+    fn failed(list: &[Cohort], message: &str) -> Vec<(usize, Result<bool, CohortError>)> {
+        list.iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let error = CohortError::Eval {
+                    key: c.key().to_string(),
+                    message: message.to_string(),
+                };
+                (i, Err(error))
+            })
             .collect()
     }
 }

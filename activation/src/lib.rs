@@ -1,7 +1,8 @@
 //! Activation: evaluates cohorts on every profile change and publishes who entered and exited,
 //! to the cohort topics and to the destinations each cohort feeds.
 //!
-//! Cohorts are CEL expressions over a [`view::ProfileView`] ([`cohort`]). Membership lives in
+//! Cohorts are CEL expressions over a [`view::ProfileView`] ([`cohort`]); an update re-evaluates
+//! only the cohorts whose inputs changed ([`inputs`]). Membership lives in
 //! RocksDB ([`membership`]); each batch of profile updates and identity changes is applied with
 //! its outputs (an outbox and per-destination delivery queues) and input offsets in one atomic
 //! write ([`stage`]), so a restart neither loses nor repeats a cohort change. Destinations
@@ -14,6 +15,7 @@ pub mod config;
 pub mod definitions;
 pub mod delivery;
 pub mod destination;
+pub mod inputs;
 pub mod membership;
 pub mod stage;
 pub mod timer;

@@ -38,6 +38,8 @@ const ALL_CFS: [&str; 10] = [
     CF_DUE,
     CF_DUE_OF,
 ];
+/// The column families of the membership state.
+pub const COLUMN_FAMILIES: [&str; 10] = ALL_CFS;
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
 const META_NEXT_DELIVERY: &[u8] = b"next_delivery\0";
 const META_INFLIGHT: &[u8] = b"inflight\0";
@@ -60,6 +62,46 @@ pub struct DestMember {
     /// The identifiers it was sent on entry, so the exit names the same people.
     #[serde(default)]
     pub identifiers: Vec<cdp_proto::Identifier>,
+}
+
+/// Per person: the last profile version applied, and what its cohorts were last evaluated on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub version: u64,
+    /// Per cohort evaluated without error: the fingerprint of its inputs
+    /// ([`crate::inputs::InputHashes::fingerprint`]) with the result in the lowest bit; sorted
+    /// (see [`crate::inputs::known`]).
+    pub inputs: Vec<u64>,
+}
+
+impl Applied {
+    /// The version (8 bytes, big endian) then the fingerprints: a store written before there
+    /// were fingerprints holds the version alone, and its people are evaluated in full once.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 * (1 + self.inputs.len()));
+        out.extend_from_slice(&self.version.to_be_bytes());
+        for f in &self.inputs {
+            out.extend_from_slice(&f.to_be_bytes());
+        }
+        out
+    }
+
+    fn decode(b: &[u8]) -> Result<Self> {
+        if b.len() < 8 || !b.len().is_multiple_of(8) {
+            return Err(ActivationError::Corrupt(format!(
+                "version entry of {} bytes",
+                b.len()
+            )));
+        }
+        let mut words = b
+            .chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("chunks of 8")));
+        let version = words.next().expect("at least 8 bytes checked above");
+        Ok(Self {
+            version,
+            inputs: words.collect(),
+        })
+    }
 }
 
 pub struct MembershipStore {
@@ -105,6 +147,15 @@ impl MembershipStore {
         Ok(out)
     }
 
+    /// Every entry of the column family `cf` (one of [`COLUMN_FAMILIES`]) in key order, for
+    /// tools and tests that compare whole states.
+    pub fn entries(&self, cf: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if !ALL_CFS.contains(&cf) {
+            return Err(ActivationError::Storage(format!("no column family {cf:?}")));
+        }
+        self.scan(cf, b"")
+    }
+
     pub fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
         let v = self
             .db
@@ -125,6 +176,54 @@ impl MembershipStore {
             if let [t, c, a] = parts.as_slice() {
                 let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                 out.push((s(t), s(c), s(a), state));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` current members of `audience` in `tenant`, in canonical id order, starting
+    /// after the canonical id `after`: `(canonical_id, state)`. Ordering by canonical id makes
+    /// `after` a cursor that stays valid while memberships change. Keys are
+    /// `tenant \0 canonical_id \0 audience`, so this walks the tenant's memberships from the
+    /// cursor and keeps `audience`'s: a page of a sparse cohort walks further.
+    pub fn cohort_members(
+        &self,
+        tenant: &str,
+        audience: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, MemberState)>> {
+        let mut prefix = tenant.as_bytes().to_vec();
+        prefix.push(0);
+        let mut start = prefix.clone();
+        if let Some(after) = after {
+            // `after \x01` sorts after every `after \0 audience` and before any longer id.
+            start.extend_from_slice(after.as_bytes());
+            start.push(1);
+        }
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_MEMBERS),
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        for item in it {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(storage)?;
+            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let Some(split) = rest.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            if &rest[split + 1..] != audience.as_bytes() {
+                continue;
+            }
+            let state: MemberState = decode(&v)?;
+            if state.member {
+                let id = String::from_utf8_lossy(&rest[..split]).into_owned();
+                out.push((id, state));
             }
         }
         Ok(out)
@@ -265,7 +364,7 @@ impl MembershipStore {
 pub struct MembershipTxn<'s> {
     store: &'s MembershipStore,
     members: BTreeMap<Vec<u8>, Option<MemberState>>,
-    versions: BTreeMap<Vec<u8>, u64>,
+    versions: BTreeMap<Vec<u8>, Applied>,
     offsets: BTreeMap<Vec<u8>, i64>,
     outbox: Vec<Vec<u8>>,
     next_outbox: u64,
@@ -341,25 +440,42 @@ impl MembershipTxn<'_> {
         Ok(out)
     }
 
-    pub fn version(&mut self, tenant: &str, canonical_id: &str) -> Result<u64> {
+    /// The last profile version applied to the person and the fingerprints of its cohort inputs.
+    pub fn applied(&mut self, tenant: &str, canonical_id: &str) -> Result<Applied> {
         let key = pair_key(tenant, canonical_id);
         if let Some(v) = self.versions.get(&key) {
-            return Ok(*v);
+            return Ok(v.clone());
         }
         let v = self
             .store
             .db
             .get_cf(self.store.cf(CF_VERSIONS), &key)
             .map_err(storage)?
-            .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0);
-        self.versions.insert(key, v);
+            .map(|b| Applied::decode(&b))
+            .transpose()?
+            .unwrap_or_default();
+        self.versions.insert(key, v.clone());
         Ok(v)
     }
 
-    pub fn set_version(&mut self, tenant: &str, canonical_id: &str, version: u64) {
+    pub fn set_applied(&mut self, tenant: &str, canonical_id: &str, applied: Applied) {
         self.versions
-            .insert(pair_key(tenant, canonical_id), version);
+            .insert(pair_key(tenant, canonical_id), applied);
+    }
+
+    pub fn version(&mut self, tenant: &str, canonical_id: &str) -> Result<u64> {
+        Ok(self.applied(tenant, canonical_id)?.version)
+    }
+
+    /// Sets the person's version and forgets the fingerprints of its inputs: its memberships
+    /// change other than by evaluation (an identity change), so the next update evaluates them all.
+    pub fn set_version(&mut self, tenant: &str, canonical_id: &str, version: u64) {
+        let applied = Applied {
+            version,
+            inputs: Vec::new(),
+        };
+        self.versions
+            .insert(pair_key(tenant, canonical_id), applied);
     }
 
     pub fn set_offset(&mut self, topic: &str, partition: i32, next: i64) {
@@ -536,7 +652,7 @@ impl MembershipTxn<'_> {
             }
         }
         for (k, v) in self.versions {
-            batch.put_cf(s.cf(CF_VERSIONS), k, v.to_be_bytes());
+            batch.put_cf(s.cf(CF_VERSIONS), k, v.encode());
         }
         for (k, v) in self.offsets {
             batch.put_cf(s.cf(CF_OFFSETS), k, v.to_be_bytes());
@@ -609,4 +725,58 @@ fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T> {
 
 fn storage(e: rocksdb::Error) -> ActivationError {
     ActivationError::Storage(e.into_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(member: bool, seq: u64) -> MemberState {
+        MemberState {
+            member,
+            seq,
+            since: chrono::DateTime::from_timestamp(1_700_000_000 + seq as i64, 0).unwrap(),
+        }
+    }
+
+    #[test]
+    fn cohort_members_pages_one_tenant_and_one_cohort_in_id_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MembershipStore::open(dir.path()).unwrap();
+        let mut txn = store.txn().unwrap();
+        // `cdp_1` and `cdp_10`: one id is a prefix of the next, the cursor must not skip it.
+        for id in ["cdp_3", "cdp_1", "cdp_10", "cdp_2", "cdp_4"] {
+            txn.set_state("acme", id, "buyers", state(true, 1));
+            txn.set_state("acme", id, "leads", state(true, 1));
+            txn.set_state("zeta", id, "buyers", state(true, 1));
+        }
+        txn.set_state("acme", "cdp_2", "buyers", state(false, 2));
+        txn.set_state("acme", "cdp_5", "leads", state(true, 1));
+        txn.set_state("acm", "cdp_0", "buyers", state(true, 1));
+        txn.commit().unwrap();
+
+        let ids = |after: Option<&str>, limit| -> Vec<String> {
+            store
+                .cohort_members("acme", "buyers", after, limit)
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        assert_eq!(ids(None, 100), ["cdp_1", "cdp_10", "cdp_3", "cdp_4"]);
+        assert_eq!(ids(None, 2), ["cdp_1", "cdp_10"]);
+        assert_eq!(ids(Some("cdp_1"), 2), ["cdp_10", "cdp_3"]);
+        assert_eq!(ids(Some("cdp_10"), 2), ["cdp_3", "cdp_4"]);
+        // A cursor that is no longer a member (or never was) still places the page.
+        assert_eq!(ids(Some("cdp_2"), 2), ["cdp_3", "cdp_4"]);
+        assert_eq!(ids(Some("cdp_4"), 2), Vec::<String>::new());
+        let leads = store
+            .cohort_members("acme", "leads", Some("cdp_4"), 10)
+            .unwrap();
+        assert_eq!(leads, [("cdp_5".to_string(), state(true, 1))]);
+        assert!(store
+            .cohort_members("nobody", "buyers", None, 10)
+            .unwrap()
+            .is_empty());
+    }
 }

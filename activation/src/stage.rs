@@ -12,8 +12,7 @@ use crate::config::{ActivationConfig, DestinationKind};
 use crate::definitions::{Activation, Definitions};
 use crate::delivery::Worker;
 use crate::destination::{self, Destination, Subject};
-use crate::membership::{MemberState, MembershipStore, MembershipTxn};
-use crate::view::ProfileView;
+use crate::membership::{Applied, MemberState, MembershipStore, MembershipTxn};
 use crate::Result;
 use cdp_bus::{
     advance, Bus, ConsumerOptions, OutRecord, Positions, Producer, Record, StageCounters,
@@ -38,6 +37,9 @@ pub struct ActivationCounters {
     pub entered: AtomicU64,
     pub exited: AtomicU64,
     pub eval_errors: AtomicU64,
+    /// Cohort expressions run, and those skipped because their inputs had not changed.
+    pub evaluations: AtomicU64,
+    pub evaluations_skipped: AtomicU64,
     /// Sum and count of end-to-end latency (signal received -> cohort change), in microseconds.
     pub latency_us_sum: AtomicU64,
     pub latency_samples: AtomicU64,
@@ -329,7 +331,17 @@ pub fn fire_timers(
             txn.schedule(tenant, canonical_id, None)?;
             continue;
         };
-        evaluate(&mut txn, config, defs, &update.profile, now, counters)?;
+        let mut applied = txn.applied(tenant, canonical_id)?;
+        evaluate(
+            &mut txn,
+            config,
+            defs,
+            &update.profile,
+            now,
+            counters,
+            &mut applied,
+        )?;
+        txn.set_applied(tenant, canonical_id, applied);
         let next = crate::timer::next_due(defs, &update.profile, now).map(|due| (raw, due));
         txn.schedule(tenant, canonical_id, next)?;
     }
@@ -363,11 +375,13 @@ fn on_update(
     counters: &ActivationCounters,
 ) -> Result<()> {
     let p = &update.profile;
-    if update.version <= txn.version(&p.tenant, &p.canonical_id)? {
+    let mut applied = txn.applied(&p.tenant, &p.canonical_id)?;
+    if update.version <= applied.version {
         return Ok(()); // a duplicate or a stale replay
     }
-    txn.set_version(&p.tenant, &p.canonical_id, update.version);
-    let changed = evaluate(txn, config, defs, p, now, counters)?;
+    applied.version = update.version;
+    let changed = evaluate(txn, config, defs, p, now, counters, &mut applied)?;
+    txn.set_applied(&p.tenant, &p.canonical_id, applied);
     if defs.uses_windows || defs.uses_recency {
         let next = crate::timer::next_due(defs, p, now).map(|due| (raw.to_vec(), due));
         txn.schedule(&p.tenant, &p.canonical_id, next)?;
@@ -382,8 +396,9 @@ fn on_update(
     Ok(())
 }
 
-/// Evaluates every cohort for `p` at `now`, emits the changes and routes them to destinations.
-/// Returns whether any membership changed.
+/// Evaluates the cohorts for `p` at `now` whose inputs changed since `applied` (the others keep
+/// their result), emits the changes and routes them to destinations, and records what each cohort
+/// was evaluated on in `applied`. Returns whether any membership changed.
 fn evaluate(
     txn: &mut MembershipTxn,
     config: &ActivationConfig,
@@ -391,11 +406,26 @@ fn evaluate(
     p: &Profile,
     now: Timestamp,
     counters: &ActivationCounters,
+    applied: &mut Applied,
 ) -> Result<bool> {
-    let view = ProfileView::new(p, now);
+    let outcomes = defs.cohorts.evaluate_changed(p, now, &applied.inputs);
+    let mut inputs = Vec::with_capacity(outcomes.len());
     let mut changed = false;
-    for (i, result) in defs.cohorts.evaluate(&view) {
-        let cohort = &defs.cohorts.list[i];
+    for (i, (cohort, outcome)) in defs.cohorts.list.iter().zip(outcomes).enumerate() {
+        let fingerprint = outcome.fingerprint;
+        if !outcome.evaluated {
+            counters.evaluations_skipped.fetch_add(1, Ordering::Relaxed);
+            let member = outcome.result?;
+            inputs.push(fingerprint | u64::from(member));
+            // A member's consent or identifiers can change without their membership changing:
+            // destinations are checked on every update of a member.
+            if member {
+                route_member(txn, defs, i, p, now)?;
+            }
+            continue;
+        }
+        counters.evaluations.fetch_add(1, Ordering::Relaxed);
+        let result = outcome.result;
         let member = match result {
             Ok(m) => m,
             Err(e) => {
@@ -404,6 +434,7 @@ fn evaluate(
                 continue;
             }
         };
+        inputs.push(fingerprint | u64::from(member));
         let state = txn.state(&p.tenant, &p.canonical_id, cohort.key())?;
         let flipped = state.as_ref().map(|s| s.member).unwrap_or(false) != member;
         if flipped {
@@ -433,20 +464,41 @@ fn evaluate(
             );
             changed = true;
         }
-        // A member's consent or identifiers can change without their membership changing:
-        // destinations are checked on every update of a member.
-        if flipped || member {
+        if member {
+            route_member(txn, defs, i, p, now)?;
+        } else if flipped {
             let who = Subject {
                 tenant: &p.tenant,
                 canonical_id: &p.canonical_id,
                 audience: cohort.key(),
             };
             for d in &defs.feeds[i] {
-                destination::route(txn, &defs.destinations[*d], who, member.then_some(p), now)?;
+                destination::route(txn, &defs.destinations[*d], who, None, now)?;
             }
         }
     }
+    inputs.sort_unstable();
+    applied.inputs = inputs;
     Ok(changed)
+}
+
+/// Routes a member of cohort `i` to the destinations it feeds.
+fn route_member(
+    txn: &mut MembershipTxn,
+    defs: &Definitions,
+    i: usize,
+    p: &Profile,
+    now: Timestamp,
+) -> Result<()> {
+    let who = Subject {
+        tenant: &p.tenant,
+        canonical_id: &p.canonical_id,
+        audience: defs.cohorts.list[i].key(),
+    };
+    for d in &defs.feeds[i] {
+        destination::route(txn, &defs.destinations[*d], who, Some(p), now)?;
+    }
+    Ok(())
 }
 
 fn on_identity_change(
@@ -465,6 +517,16 @@ fn on_identity_change(
         IdentityChangeKind::Split => Vec::new(),
     };
     for id in gone {
+        // Profile versions are ordered across merges and erasure (a survivor's version is above
+        // everything the retired profile emitted; a deletion's is above every version the profile
+        // had), but changes and updates travel on different topics and arrive in either order.
+        // A change not newer than what was applied to `id` is older than its present life (a split
+        // gave the id back since): ignore it. Otherwise it is the id's newest version, so that its
+        // older updates, read later, are ignored as stale and cannot bring it back into cohorts.
+        if change.version <= txn.version(&change.tenant, id)? {
+            continue;
+        }
+        txn.set_version(&change.tenant, id, change.version);
         for audience in txn.memberships(&change.tenant, id)? {
             let state = txn.state(&change.tenant, id, &audience)?;
             emit(

@@ -1,7 +1,8 @@
 //! What a cohort expression sees: a flat, documented view of a profile at an evaluation time,
 //! with per-event counters already windowed (`counts["Pricing Viewed"].last_7d`).
 
-use cdp_proto::{Profile, Timestamp};
+use crate::inputs::Reads;
+use cdp_proto::{EventCounter, Profile, Timestamp};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -11,6 +12,26 @@ pub struct Counts {
     pub last_1d: i64,
     pub last_7d: i64,
     pub last_30d: i64,
+}
+
+impl Counts {
+    /// A counter as seen at `now`.
+    pub fn of(c: &EventCounter, now: Timestamp) -> Self {
+        Self {
+            total: c.total as i64,
+            last_1d: c.within_days(now, 1) as i64,
+            last_7d: c.within_days(now, 7) as i64,
+            last_30d: c.within_days(now, 30) as i64,
+        }
+    }
+}
+
+/// Days since the profile's last event at `now`, or -1 when there was none.
+pub fn days_since_last_engagement(p: &Profile, now: Timestamp) -> i64 {
+    p.attributes
+        .last_engagement
+        .map(|t| (now - t).num_days().max(0))
+        .unwrap_or(-1)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,40 +52,67 @@ pub struct ProfileView {
 
 impl ProfileView {
     pub fn new(p: &Profile, now: Timestamp) -> Self {
+        Self::with_reads(p, now, &Reads::everything())
+    }
+
+    /// The view with only the fields (and counters) in `reads`; the others are left empty. For
+    /// expressions that read nothing else it evaluates as the whole view does, and costs less.
+    pub fn with_reads(p: &Profile, now: Timestamp, reads: &Reads) -> Self {
         let a = &p.attributes;
+        let text = |name: &str, v: &Option<String>| {
+            if reads.field(name) {
+                v.clone().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        };
+        let counts = if reads.field("counts") {
+            a.counts
+                .iter()
+                .map(|(name, c)| (name.clone(), Counts::of(c, now)))
+                .collect()
+        } else {
+            reads
+                .counters()
+                .iter()
+                .filter_map(|name| Some((name.clone(), Counts::of(a.counts.get(name)?, now))))
+                .collect()
+        };
         let mut identifiers = BTreeMap::new();
-        for id in &p.identifiers {
-            *identifiers.entry(id.kind.as_str().to_string()).or_insert(0) += 1;
+        if reads.field("identifiers") {
+            for id in &p.identifiers {
+                *identifiers.entry(id.kind.as_str().to_string()).or_insert(0) += 1;
+            }
         }
         Self {
-            canonical_id: p.canonical_id.clone(),
-            lifecycle_stage: a.lifecycle_stage.clone().unwrap_or_default(),
-            segment: a.segment.clone().unwrap_or_default(),
+            canonical_id: if reads.field("canonical_id") {
+                p.canonical_id.clone()
+            } else {
+                String::new()
+            },
+            lifecycle_stage: text("lifecycle_stage", &a.lifecycle_stage),
+            segment: text("segment", &a.segment),
             total_touchpoints: a.total_touchpoints as i64,
-            channels_active: a
-                .channels_active
-                .iter()
-                .map(|s| s.as_str().to_string())
-                .collect(),
-            days_since_last_engagement: a
-                .last_engagement
-                .map(|t| (now - t).num_days().max(0))
-                .unwrap_or(-1),
-            counts: a
-                .counts
-                .iter()
-                .map(|(name, c)| {
-                    let counts = Counts {
-                        total: c.total as i64,
-                        last_1d: c.within_days(now, 1) as i64,
-                        last_7d: c.within_days(now, 7) as i64,
-                        last_30d: c.within_days(now, 30) as i64,
-                    };
-                    (name.clone(), counts)
-                })
-                .collect(),
-            traits: a.traits.clone(),
-            consent: p.consent.0.clone(),
+            channels_active: if reads.field("channels_active") {
+                a.channels_active
+                    .iter()
+                    .map(|s| s.as_str().to_string())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            days_since_last_engagement: days_since_last_engagement(p, now),
+            counts,
+            traits: if reads.field("traits") {
+                a.traits.clone()
+            } else {
+                BTreeMap::new()
+            },
+            consent: if reads.field("consent") {
+                p.consent.0.clone()
+            } else {
+                BTreeMap::new()
+            },
             identifiers,
         }
     }

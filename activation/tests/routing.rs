@@ -458,3 +458,35 @@ fn a_merge_whose_survivor_arrives_first_does_not_remove_the_identifiers_that_mov
         ads[1].identifiers
     );
 }
+
+#[test]
+fn a_merge_read_before_the_retired_ids_last_updates_keeps_it_out_of_every_cohort() {
+    let mut h = Harness::new();
+    let mut retired = profile("p_old", "visitor", Some(true));
+    let records = vec![h.input.update(&retired, 1)];
+    h.apply(records, t0());
+
+    // Updates and identity changes travel on different topics: the merge (version 4, above all
+    // p_old ever emitted) is read before p_old's update 3, which would make it a lead.
+    retired.attributes.lifecycle_stage = Some("lead".into());
+    let records = vec![
+        h.input
+            .change(IdentityChangeKind::Merged, "p_new", &["p_old"], 4),
+        h.input.update(&retired, 3),
+    ];
+    let out = h.apply(records, t0());
+    assert!(out.iter().all(|r| r.topic != "cdp.cohorts"), "{out:?}");
+    assert!(!is_member(&h.store, &retired, "leads").unwrap());
+
+    // A split gives the id back with a version above the merge: it is evaluated again, and the
+    // merge, if it were read again now, is older than its present life and changes nothing.
+    let records = vec![h.input.update(&retired, 6)];
+    let out = h.apply(records, t0());
+    assert!(is_member(&h.store, &retired, "leads").unwrap());
+    assert!(out.iter().any(|r| r.topic == "cdp.cohorts"));
+    let records = vec![h
+        .input
+        .change(IdentityChangeKind::Merged, "p_new", &["p_old"], 4)];
+    assert!(h.apply(records, t0()).is_empty());
+    assert!(is_member(&h.store, &retired, "leads").unwrap());
+}

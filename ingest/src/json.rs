@@ -97,6 +97,220 @@ impl<'a> Obj<'a> {
     }
 }
 
+/// Keys of a Segment message's `context` that some parser reads. The others (`library`,
+/// `userAgent`, `ip`, `locale`, `screen`, `network`, `timezone`, ...) are parsed and checked like
+/// everything else, but not kept: most of a mobile or browser context is never used.
+const SEGMENT_CONTEXT_KEYS: [&str; 7] = [
+    "traits", "page", "campaign", "consent", "device", "app", "os",
+];
+
+/// Parses a Segment message or batch envelope like [`Json`], leaving out of each message's
+/// `context` what no parser reads. It accepts and rejects exactly what parsing into [`Json`] does:
+/// left-out values go through the same parser calls, only nothing is built from them.
+pub(crate) fn parse_segment(text: &str) -> serde_json::Result<Json<'_>> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = de::DeserializeSeed::deserialize(Message, &mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// Delegates every visit but `visit_seq` and `visit_map` to [`JsonVisitor`].
+macro_rules! delegate_scalars {
+    () => {
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any valid JSON value")
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Json<'de>, E> {
+            JsonVisitor.visit_bool(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Json<'de>, E> {
+            JsonVisitor.visit_i64(v)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Json<'de>, E> {
+            JsonVisitor.visit_u64(v)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Json<'de>, E> {
+            JsonVisitor.visit_f64(v)
+        }
+        fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Json<'de>, E> {
+            JsonVisitor.visit_borrowed_str(v)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Json<'de>, E> {
+            JsonVisitor.visit_str(v)
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<Json<'de>, E> {
+            JsonVisitor.visit_string(v)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Json<'de>, E> {
+            JsonVisitor.visit_none()
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Json<'de>, E> {
+            JsonVisitor.visit_unit()
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
+            JsonVisitor.visit_some(d)
+        }
+    };
+}
+
+/// A Segment message (or envelope): an object whose `context` and `batch` are read specially.
+struct Message;
+
+impl<'de> de::DeserializeSeed<'de> for Message {
+    type Value = Json<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
+        d.deserialize_any(MessageVisitor)
+    }
+}
+
+struct MessageVisitor;
+
+impl<'de> Visitor<'de> for MessageVisitor {
+    type Value = Json<'de>;
+
+    delegate_scalars!();
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Json<'de>, A::Error> {
+        JsonVisitor.visit_seq(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(Key(k)) = map.next_key()? {
+            let value = match k.as_ref() {
+                "context" => map.next_value_seed(Context)?,
+                "batch" => map.next_value_seed(Batch)?,
+                _ => map.next_value()?,
+            };
+            entries.push((k, value));
+        }
+        Ok(Json::Object(Obj(entries)))
+    }
+}
+
+/// A message's `context`: an object keeps only [`SEGMENT_CONTEXT_KEYS`]; anything else is read
+/// as it is (the parser rejects a context that is not an object).
+struct Context;
+
+impl<'de> de::DeserializeSeed<'de> for Context {
+    type Value = Json<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
+        d.deserialize_any(ContextVisitor)
+    }
+}
+
+struct ContextVisitor;
+
+impl<'de> Visitor<'de> for ContextVisitor {
+    type Value = Json<'de>;
+
+    delegate_scalars!();
+
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Json<'de>, A::Error> {
+        JsonVisitor.visit_seq(seq)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(Key(k)) = map.next_key()? {
+            if SEGMENT_CONTEXT_KEYS.contains(&k.as_ref()) {
+                entries.push((k, map.next_value()?));
+            } else {
+                map.next_value::<Unkept>()?;
+            }
+        }
+        Ok(Json::Object(Obj(entries)))
+    }
+}
+
+/// A batch envelope's `batch`: an array's elements are messages.
+struct Batch;
+
+impl<'de> de::DeserializeSeed<'de> for Batch {
+    type Value = Json<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
+        d.deserialize_any(BatchVisitor)
+    }
+}
+
+struct BatchVisitor;
+
+impl<'de> Visitor<'de> for BatchVisitor {
+    type Value = Json<'de>;
+
+    delegate_scalars!();
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element_seed(Message)? {
+            items.push(item);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Json<'de>, A::Error> {
+        JsonVisitor.visit_map(map)
+    }
+}
+
+/// A value read through exactly the parser calls [`Json`] makes (so it is checked the same way:
+/// escapes, number range, nesting depth), of which nothing is kept.
+struct Unkept;
+
+impl<'de> Deserialize<'de> for Unkept {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UnkeptVisitor)
+    }
+}
+
+struct UnkeptVisitor;
+
+impl<'de> Visitor<'de> for UnkeptVisitor {
+    type Value = Unkept;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Unkept, E> {
+        Ok(Unkept)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Unkept, E> {
+        Ok(Unkept)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Unkept, E> {
+        Ok(Unkept)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Unkept, E> {
+        Ok(Unkept)
+    }
+    fn visit_borrowed_str<E>(self, _: &'de str) -> Result<Unkept, E> {
+        Ok(Unkept)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Unkept, E> {
+        Ok(Unkept)
+    }
+    fn visit_none<E>(self) -> Result<Unkept, E> {
+        Ok(Unkept)
+    }
+    fn visit_unit<E>(self) -> Result<Unkept, E> {
+        Ok(Unkept)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Unkept, D::Error> {
+        Unkept::deserialize(d)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Unkept, A::Error> {
+        while seq.next_element::<Unkept>()?.is_some() {}
+        Ok(Unkept)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Unkept, A::Error> {
+        // Keys are read as strings, as `Json` reads them.
+        while let Some(Key(_)) = map.next_key()? {
+            map.next_value::<Unkept>()?;
+        }
+        Ok(Unkept)
+    }
+}
+
 impl<'de> Deserialize<'de> for Json<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_any(JsonVisitor)
@@ -269,6 +483,63 @@ mod tests {
         assert!(matches!(obj.get("e"), Some(Json::Str(Cow::Owned(_)))));
         assert_eq!(obj.get("m").and_then(Json::as_i64), Some(i64::MIN));
         assert_eq!(obj.get("n").and_then(Json::as_i64), None);
+    }
+
+    #[test]
+    fn segment_parse_leaves_out_unread_context_and_nothing_else() {
+        let text = r#"{"type":"track","context":{"library":{"name":"a"},"userAgent":"M",
+            "page":{"url":"u"},"ip":"1.2.3.4","os":{"name":"iOS"}},
+            "batch":[{"context":{"locale":"en","device":{"id":"d"}},"properties":{"context":1}}, 7],
+            "properties":{"context":{"library":"kept"}}}"#;
+        let full: Json = serde_json::from_str(text).unwrap();
+        let lean = parse_segment(text).unwrap();
+        assert_ne!(full, lean);
+        let (Json::Object(obj), Json::Object(full_obj)) = (&lean, &full) else {
+            panic!("objects")
+        };
+        let Some(Json::Object(context)) = obj.get("context") else {
+            panic!("context")
+        };
+        let keys: Vec<&str> = context.entries().iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["os", "page"]);
+        let Some(Json::Array(batch)) = obj.get("batch") else {
+            panic!("batch")
+        };
+        let Json::Object(message) = &batch[0] else {
+            panic!("message")
+        };
+        let Some(Json::Object(context)) = message.get("context") else {
+            panic!("message context")
+        };
+        assert!(context.get("locale").is_none() && context.get("device").is_some());
+        assert_eq!(batch[1], Json::U64(7));
+        // Only a message's own context is trimmed.
+        assert_eq!(obj.get("properties"), full_obj.get("properties"));
+        assert_eq!(obj.get("type"), full_obj.get("type"));
+    }
+
+    #[test]
+    fn segment_parse_rejects_what_value_rejects_in_left_out_fields() {
+        let deep = format!(
+            r#"{{"context":{{"library":{}1{}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        for bad in [
+            r#"{"context":{"library":"\ud800"}}"#.to_string(),
+            r#"{"context":{"screen":{"width":1e400}}}"#.to_string(),
+            r#"{"context":{"ip":"a\x"}}"#.to_string(),
+            r#"{"context":{"ip":tru}}"#.to_string(),
+            r#"{"context":{"ip":"a",}}"#.to_string(),
+            deep,
+        ] {
+            let ours = parse_segment(&bad).map(|_| ()).map_err(|e| e.to_string());
+            let theirs = serde_json::from_str::<Value>(&bad)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            assert_eq!(ours, theirs, "{bad}");
+            assert!(ours.is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use crate::consent::IdentityConsent;
 use crate::dropped::DroppedIdentifiers;
 use crate::fields::Object;
 use crate::identifiers::IdentifierSet;
-use crate::json::Json;
+use crate::json::{self, Json};
 use crate::links::{star, LinkRule};
 use crate::rejection::{self, invalid_json, not_an_object, oversize};
 use crate::{app, crm, media, web};
@@ -69,7 +69,11 @@ pub fn normalize_payload_counted(
     if payload.len() > opts.max_record_bytes {
         return Err(oversize("record", payload.len(), opts.max_record_bytes));
     }
-    let value = parse_json(payload)?;
+    // Small enough payloads skip the per-message size check, and Segment ones may then leave
+    // out the parts of `context` no parser reads (their sizes no longer matter).
+    let messages_fit = messages_fit(payload, opts.max_message_bytes);
+    let lean = messages_fit && matches!(source, Source::Web | Source::App);
+    let value = parse_json(payload, lean)?;
     let Json::Object(obj) = value else {
         return Err(not_an_object("payload"));
     };
@@ -80,6 +84,7 @@ pub fn normalize_payload_counted(
         received_at,
         options: opts,
         payload_len: payload.len(),
+        messages_fit,
         dropped: &mut local,
     };
     let signals = match source {
@@ -95,8 +100,9 @@ pub fn normalize_payload_counted(
 /// The payload as a JSON tree. UTF-8 is checked once for the whole payload, so the parser need
 /// not check each string again; a payload that is not UTF-8 is parsed from bytes only to get
 /// serde_json's own error for it, which says where.
-fn parse_json(payload: &[u8]) -> Result<Json<'_>, Rejection> {
+fn parse_json(payload: &[u8], lean: bool) -> Result<Json<'_>, Rejection> {
     match std::str::from_utf8(payload) {
+        Ok(text) if lean => json::parse_segment(text).map_err(|e| invalid_json(&e)),
         Ok(text) => serde_json::from_str(text).map_err(|e| invalid_json(&e)),
         Err(_) => match serde_json::from_slice::<Json<'_>>(payload) {
             Err(e) => Err(invalid_json(&e)),
@@ -109,6 +115,19 @@ fn parse_json(payload: &[u8]) -> Result<Json<'_>, Rejection> {
     }
 }
 
+/// `true` when no message inside `payload` can be larger than `limit` as compact JSON, the
+/// measure of the per-message limit in a batch. Compact JSON never makes strings, keys or
+/// structure longer than they were written; a number (at least one digit) becomes at most 24
+/// characters. So a payload within `limit` even with every digit grown by 23 holds no oversize
+/// message.
+fn messages_fit(payload: &[u8], limit: usize) -> bool {
+    if payload.len() > limit {
+        return false;
+    }
+    let digits = payload.iter().filter(|b| b.is_ascii_digit()).count();
+    payload.len().saturating_add(digits.saturating_mul(23)) <= limit
+}
+
 /// What every parser needs besides the payload.
 pub(crate) struct Context<'a> {
     pub(crate) source: Source,
@@ -117,6 +136,8 @@ pub(crate) struct Context<'a> {
     pub(crate) options: &'a NormalizeOptions,
     /// Size of the whole record, for the per-message limit of non-batch payloads.
     pub(crate) payload_len: usize,
+    /// No message of the payload can exceed the per-message limit (see `messages_fit`).
+    pub(crate) messages_fit: bool,
     pub(crate) dropped: &'a mut DroppedIdentifiers,
 }
 

@@ -109,9 +109,11 @@ fn parse_batch(
     let limit = cx.options.max_message_bytes;
     let mut signals = Vec::with_capacity(messages.len());
     for (i, message) in messages.iter().enumerate() {
-        let size = serialized_len(message);
-        if size > limit {
-            return Err(in_batch(i, oversize("message", size, limit)));
+        if !cx.messages_fit {
+            let size = serialized_len(message);
+            if size > limit {
+                return Err(in_batch(i, oversize("message", size, limit)));
+            }
         }
         let Json::Object(obj) = message else {
             return Err(in_batch(i, not_an_object("message")));

@@ -76,19 +76,37 @@ impl Resolver {
     pub fn apply(&self, txn: &mut Txn, signal: &Signal, batch: &mut Batch) -> Result<()> {
         let tenant = signal.tenant.as_str();
         batch.by_signal.clear();
-        let erased = erased_identifiers(txn, signal)?;
-        batch.tombstoned += erased.len() as u64;
-        let kept = |id: &Identifier| !erased.contains(id);
         // Roots of profiles this signal created: joining them is growth, not a merge.
         let mut fresh: HashSet<NodeId> = HashSet::new();
+        // The node of every endpoint, looked up once; identifiers seen for the first time get
+        // one, unless `forget` erased them. Only an identifier without a node can have been
+        // erased, so known identifiers cost no tombstone read.
+        let mut nodes: Vec<(&Identifier, NodeId)> = Vec::with_capacity(signal.identifiers.len());
+        let mut erased: HashSet<&Identifier> = HashSet::new();
         let endpoints = signal
             .identifiers
             .iter()
-            .chain(signal.links.iter().flat_map(|l| [&l.a, &l.b]))
-            .filter(|id| kept(id));
+            .chain(signal.links.iter().flat_map(|l| [&l.a, &l.b]));
         for id in endpoints {
-            self.ensure_node(txn, signal, id, &mut fresh, batch)?;
+            if nodes.iter().any(|(known, _)| *known == id) || erased.contains(id) {
+                continue;
+            }
+            match txn.node_of(tenant, id)? {
+                Some(node) => nodes.push((id, node)),
+                None if txn.is_tombstoned(tenant, id)? => {
+                    erased.insert(id);
+                }
+                None => nodes.push((id, self.create_node(txn, signal, id, &mut fresh, batch))),
+            }
         }
+        batch.tombstoned += erased.len() as u64;
+        let kept = |id: &Identifier| !erased.contains(id);
+        let node_of = |id: &Identifier| {
+            nodes
+                .iter()
+                .find(|(known, _)| *known == id)
+                .map(|(_, node)| *node)
+        };
 
         let mut links: Vec<_> = signal
             .links
@@ -98,8 +116,7 @@ impl Resolver {
         // Strongest assertions first: when a limit must refuse one, it refuses the weaker.
         links.sort_by(|x, y| y.confidence.total_cmp(&x.confidence));
         for l in links {
-            let (Some(a), Some(b)) = (txn.node_of(tenant, &l.a)?, txn.node_of(tenant, &l.b)?)
-            else {
+            let (Some(a), Some(b)) = (node_of(&l.a), node_of(&l.b)) else {
                 continue;
             };
             if a == b {
@@ -148,30 +165,27 @@ impl Resolver {
 
         // Attributes go to the profile of the signal's first (strongest) identifier.
         if let Some(primary) = signal.identifiers.iter().find(|id| kept(id)) {
-            if let Some(node) = txn.node_of(tenant, primary)? {
+            if let Some(node) = node_of(primary) {
                 let root = txn.find(node)?;
-                if let Some(mut profile) = txn.profile(root)? {
-                    fold_signal(&mut profile, signal);
+                if let Some(profile) = txn.profile_mut(root)? {
+                    fold_signal(profile, signal);
                     touch(batch, signal, &profile.canonical_id);
-                    txn.put_profile(root, Some(profile));
                 }
             }
         }
         bump_versions(txn, tenant, batch)
     }
 
-    fn ensure_node(
+    /// A node and a profile of its own for `id`, seen for the first time.
+    fn create_node(
         &self,
         txn: &mut Txn,
         signal: &Signal,
         id: &Identifier,
         fresh: &mut HashSet<NodeId>,
         batch: &mut Batch,
-    ) -> Result<NodeId> {
+    ) -> NodeId {
         let tenant = signal.tenant.as_str();
-        if let Some(node) = txn.node_of(tenant, id)? {
-            return Ok(node);
-        }
         let node = txn.create_node(tenant, id);
         let canonical_id = canonical_id_for(tenant, id);
         let profile = Profile {
@@ -191,7 +205,7 @@ impl Resolver {
         touch(batch, signal, &canonical_id);
         fresh.insert(node);
         batch.new_profiles += 1;
-        Ok(node)
+        node
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -224,16 +238,21 @@ impl Resolver {
             batch.refused += 1;
             return Ok(LinkDecision::Refused(refusal.code()));
         }
-        let (Some(pa), Some(pb)) = (txn.profile(ra)?, txn.profile(rb)?) else {
-            return Err(crate::ResolverError::Corrupt {
-                cf: "profiles",
-                detail: format!("root {ra} or {rb} has no profile"),
-            });
+        let missing = || crate::ResolverError::Corrupt {
+            cf: "profiles",
+            detail: format!("root {ra} or {rb} has no profile"),
         };
-        if let Err(refusal) = self.policy.check_union(&pa, &pb) {
+        let (Some(pa), Some(pb)) = txn.profile_pair(ra, rb)? else {
+            return Err(missing());
+        };
+        if let Err(refusal) = self.policy.check_union(pa, pb) {
             batch.refused += 1;
             return Ok(LinkDecision::Refused(refusal.code()));
         }
+        // Moved out rather than copied: the union writes the merged one back.
+        let (Some(pa), Some(pb)) = (txn.take_profile(ra)?, txn.take_profile(rb)?) else {
+            return Err(missing());
+        };
         self.union(
             txn,
             signal,
@@ -340,7 +359,7 @@ impl Resolver {
             let Some(root) = txn.root_of_canonical(&tenant, &id)? else {
                 continue;
             };
-            let Some(profile) = txn.profile(root)? else {
+            let Some(profile) = txn.profile_ref(root)? else {
                 continue;
             };
             versions.insert((tenant.clone(), id.clone()), profile.version);
@@ -350,7 +369,6 @@ impl Resolver {
                 cause: Some(cause),
                 received_at: Some(received_at),
             });
-            txn.put_profile(root, Some(profile));
         }
         // One identity change per surviving profile per batch, listing every id it retired.
         let mut grouped: BTreeMap<(String, String), IdentityChange> = BTreeMap::new();
@@ -388,22 +406,6 @@ impl Resolver {
     }
 }
 
-/// Identifiers of `signal` that `forget` erased. Only identifiers without a node can be
-/// tombstoned, so known identifiers cost no extra read.
-fn erased_identifiers(txn: &mut Txn, signal: &Signal) -> Result<HashSet<Identifier>> {
-    let mut erased = HashSet::new();
-    let endpoints = signal
-        .identifiers
-        .iter()
-        .chain(signal.links.iter().flat_map(|l| [&l.a, &l.b]));
-    for id in endpoints {
-        if txn.node_of(&signal.tenant, id)?.is_none() && txn.is_tombstoned(&signal.tenant, id)? {
-            erased.insert(id.clone());
-        }
-    }
-    Ok(erased)
-}
-
 fn touch(batch: &mut Batch, signal: &Signal, canonical_id: &str) {
     batch.touched.insert(
         (signal.tenant.clone(), canonical_id.to_string()),
@@ -426,9 +428,8 @@ fn bump_versions(txn: &mut Txn, tenant: &str, batch: &mut Batch) -> Result<()> {
         let Some(root) = txn.root_of_canonical(tenant, &id)? else {
             continue;
         };
-        if let Some(mut profile) = txn.profile(root)? {
+        if let Some(profile) = txn.profile_mut(root)? {
             profile.version += 1;
-            txn.put_profile(root, Some(profile));
         }
     }
     Ok(())

@@ -11,6 +11,7 @@
 //! policy change is previewed and applied over the whole link log ([`rebuild`]). Identifiers
 //! linked to too many profiles are quarantined ([`hub`]).
 
+pub mod codec;
 pub mod command;
 pub mod component;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod graph;
 pub mod hub;
 pub mod link;
 pub mod lookup;
+pub mod overlay;
 pub mod partition;
 pub mod policy;
 pub mod rebuild;

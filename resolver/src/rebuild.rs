@@ -75,7 +75,7 @@ pub fn rebuild(
     let mut nodes: BTreeMap<NodeId, Identifier> = BTreeMap::new();
     let mut node_of: HashMap<Identifier, NodeId> = HashMap::new();
     for (k, v) in store.scan_prefix(Cf::Nodes, b"")? {
-        let record: NodeRecord = decode_json(Cf::Nodes, &v)?;
+        let record: NodeRecord = crate::txn::decode_node(&v)?;
         if record.tenant != tenant {
             continue;
         }

@@ -2,11 +2,11 @@
 //! and `commit` turns everything (graph, link log, outbox, input offsets) into one atomic write.
 
 use crate::link::Link;
+use crate::overlay::{ByBytes, Overlay};
 use crate::store::{Cf, GraphStore, Op};
 use crate::{ResolverError, Result};
 use cdp_proto::{Identifier, Profile};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::collections::HashMap;
 
 pub type NodeId = u64;
 
@@ -17,58 +17,17 @@ pub struct NodeRecord {
     pub identifier: Identifier,
 }
 
-/// Cached reads and pending writes of one column family.
-struct Overlay<V> {
-    cf: Cf,
-    entries: HashMap<Vec<u8>, (Option<V>, bool)>,
-}
-
-impl<V: Clone> Overlay<V> {
-    fn new(cf: Cf) -> Self {
-        Self {
-            cf,
-            entries: HashMap::new(),
-        }
-    }
-
-    fn get(
-        &mut self,
-        store: &dyn GraphStore,
-        key: &[u8],
-        decode: impl Fn(&[u8]) -> Result<V>,
-    ) -> Result<Option<V>> {
-        if let Some((v, _)) = self.entries.get(key) {
-            return Ok(v.clone());
-        }
-        let v = store.get(self.cf, key)?.map(|b| decode(&b)).transpose()?;
-        self.entries.insert(key.to_vec(), (v.clone(), false));
-        Ok(v)
-    }
-
-    fn put(&mut self, key: Vec<u8>, value: Option<V>) {
-        self.entries.insert(key, (value, true));
-    }
-
-    fn drain_ops(&mut self, ops: &mut Vec<Op>, encode: impl Fn(&V) -> Vec<u8>) {
-        for (k, (v, dirty)) in self.entries.drain() {
-            if dirty {
-                ops.push((self.cf, k, v.as_ref().map(&encode)));
-            }
-        }
-    }
-}
-
 pub struct Txn<'s> {
     store: &'s dyn GraphStore,
-    ids: Overlay<NodeId>,
-    nodes: Overlay<NodeRecord>,
-    parent: Overlay<NodeId>,
-    profiles: Overlay<Profile>,
-    canon: Overlay<NodeId>,
-    aliases: Overlay<String>,
-    links: Overlay<Link>,
-    pairs: Overlay<u64>,
-    hubs: Overlay<crate::hub::Reaches>,
+    ids: Overlay<Vec<u8>, NodeId, ByBytes>,
+    nodes: Overlay<NodeId, NodeRecord>,
+    parent: Overlay<NodeId, NodeId>,
+    profiles: Overlay<NodeId, Profile>,
+    canon: Overlay<Vec<u8>, NodeId, ByBytes>,
+    aliases: Overlay<Vec<u8>, String, ByBytes>,
+    links: Overlay<u64, Link>,
+    pairs: Overlay<Vec<u8>, u64, ByBytes>,
+    hubs: Overlay<NodeId, crate::hub::Reaches>,
     extra: Vec<Op>,
     next_node: NodeId,
     next_link: u64,
@@ -109,7 +68,8 @@ impl<'s> Txn<'s> {
 
     pub fn node_of(&mut self, tenant: &str, id: &Identifier) -> Result<Option<NodeId>> {
         self.ids
-            .get(self.store, &id_key(tenant, id), |b| decode_u64(Cf::Ids, b))
+            .get(self.store, id_key(tenant, id), |b| decode_u64(Cf::Ids, b))
+            .map(Option::<&NodeId>::copied)
     }
 
     /// Creates a node for `id` (which must not have one yet).
@@ -118,7 +78,7 @@ impl<'s> Txn<'s> {
         self.next_node += 1;
         self.ids.put(id_key(tenant, id), Some(node));
         self.nodes.put(
-            node.to_be_bytes().to_vec(),
+            node,
             Some(NodeRecord {
                 tenant: tenant.to_string(),
                 identifier: id.clone(),
@@ -128,19 +88,19 @@ impl<'s> Txn<'s> {
     }
 
     pub fn node(&mut self, node: NodeId) -> Result<Option<NodeRecord>> {
-        self.nodes.get(self.store, &node.to_be_bytes(), |b| {
-            decode_json(Cf::Nodes, b)
-        })
+        self.nodes
+            .get(self.store, node, decode_node)
+            .map(Option::<&NodeRecord>::cloned)
     }
 
     pub fn parent(&mut self, node: NodeId) -> Result<Option<NodeId>> {
-        self.parent.get(self.store, &node.to_be_bytes(), |b| {
-            decode_u64(Cf::Parent, b)
-        })
+        self.parent
+            .get(self.store, node, |b| decode_u64(Cf::Parent, b))
+            .map(Option::<&NodeId>::copied)
     }
 
     pub fn set_parent(&mut self, node: NodeId, parent: Option<NodeId>) {
-        self.parent.put(node.to_be_bytes().to_vec(), parent);
+        self.parent.put(node, parent);
     }
 
     /// The root of `node`'s set, compressing the path on the way.
@@ -158,14 +118,38 @@ impl<'s> Txn<'s> {
         Ok(root)
     }
 
+    /// A copy of the profile at `root`; [`Self::profile_ref`] and [`Self::profile_mut`] avoid it.
     pub fn profile(&mut self, root: NodeId) -> Result<Option<Profile>> {
-        self.profiles.get(self.store, &root.to_be_bytes(), |b| {
-            decode_json(Cf::Profiles, b)
-        })
+        Ok(self.profile_ref(root)?.cloned())
+    }
+
+    pub fn profile_ref(&mut self, root: NodeId) -> Result<Option<&Profile>> {
+        self.profiles.get(self.store, root, decode_profile)
+    }
+
+    /// The profile at `root`, changed in place and written at commit.
+    pub fn profile_mut(&mut self, root: NodeId) -> Result<Option<&mut Profile>> {
+        self.profiles.get_mut(self.store, root, decode_profile)
+    }
+
+    /// The profiles at two roots, read together (a union compares them).
+    pub fn profile_pair(
+        &mut self,
+        a: NodeId,
+        b: NodeId,
+    ) -> Result<(Option<&Profile>, Option<&Profile>)> {
+        self.profile_ref(a)?;
+        self.profile_ref(b)?;
+        Ok((self.profiles.cached(&a), self.profiles.cached(&b)))
+    }
+
+    /// Moves the profile out of `root`, which holds none unless one is put back.
+    pub fn take_profile(&mut self, root: NodeId) -> Result<Option<Profile>> {
+        self.profiles.take(self.store, root, decode_profile)
     }
 
     pub fn put_profile(&mut self, root: NodeId, profile: Option<Profile>) {
-        self.profiles.put(root.to_be_bytes().to_vec(), profile);
+        self.profiles.put(root, profile);
     }
 
     pub fn root_of_canonical(
@@ -174,9 +158,10 @@ impl<'s> Txn<'s> {
         canonical_id: &str,
     ) -> Result<Option<NodeId>> {
         self.canon
-            .get(self.store, &tenant_key(tenant, canonical_id), |b| {
+            .get(self.store, tenant_key(tenant, canonical_id), |b| {
                 decode_u64(Cf::Canon, b)
             })
+            .map(Option::<&NodeId>::copied)
     }
 
     pub fn set_canonical(&mut self, tenant: &str, canonical_id: &str, root: Option<NodeId>) {
@@ -185,9 +170,10 @@ impl<'s> Txn<'s> {
 
     pub fn alias(&mut self, tenant: &str, retired: &str) -> Result<Option<String>> {
         self.aliases
-            .get(self.store, &tenant_key(tenant, retired), |b| {
+            .get(self.store, tenant_key(tenant, retired), |b| {
                 String::from_utf8(b.to_vec()).map_err(|e| corrupt(Cf::Aliases, e))
             })
+            .map(Option::<&String>::cloned)
     }
 
     pub fn set_alias(&mut self, tenant: &str, retired: &str, survivor: Option<String>) {
@@ -196,14 +182,17 @@ impl<'s> Txn<'s> {
 
     /// The id of the logged link for `(a, b, rule)`, if that assertion was seen before.
     pub fn pair(&mut self, a: NodeId, b: NodeId, rule: &str) -> Result<Option<u64>> {
-        self.pairs.get(self.store, &pair_key(a, b, rule), |b| {
-            decode_u64(Cf::Pairs, b)
-        })
+        self.pairs
+            .get(self.store, pair_key(a, b, rule), |b| {
+                decode_u64(Cf::Pairs, b)
+            })
+            .map(Option::<&u64>::copied)
     }
 
     pub fn link(&mut self, id: u64) -> Result<Option<Link>> {
         self.links
-            .get(self.store, &id.to_be_bytes(), |b| decode_json(Cf::Links, b))
+            .get(self.store, id, |b| decode_json(Cf::Links, b))
+            .map(Option::<&Link>::cloned)
     }
 
     /// Appends `link` (its id is assigned here) and indexes its pair and both endpoints.
@@ -212,7 +201,7 @@ impl<'s> Txn<'s> {
         self.next_link += 1;
         link.id = id;
         self.pairs.put(pair_key(a, b, &link.rule), Some(id));
-        self.links.put(id.to_be_bytes().to_vec(), Some(link));
+        self.links.put(id, Some(link));
         for node in [a, b] {
             self.extra
                 .push((Cf::NodeLinks, node_link_key(node, id), Some(Vec::new())));
@@ -234,7 +223,7 @@ impl<'s> Txn<'s> {
     /// the log being append-only).
     pub fn erase_link(&mut self, link: &Link, a: NodeId, b: NodeId) {
         self.pairs.put(pair_key(a, b, &link.rule), None);
-        self.links.put(link.id.to_be_bytes().to_vec(), None);
+        self.links.put(link.id, None);
         for node in [a, b] {
             self.extra
                 .push((Cf::NodeLinks, node_link_key(node, link.id), None));
@@ -243,10 +232,10 @@ impl<'s> Txn<'s> {
 
     /// Erases a node: its identifier mapping, record and parent pointer.
     pub fn erase_node(&mut self, tenant: &str, id: &Identifier, node: NodeId) {
-        self.hubs.put(node.to_be_bytes().to_vec(), None);
+        self.hubs.put(node, None);
         self.ids.put(id_key(tenant, id), None);
-        self.nodes.put(node.to_be_bytes().to_vec(), None);
-        self.parent.put(node.to_be_bytes().to_vec(), None);
+        self.nodes.put(node, None);
+        self.parent.put(node, None);
     }
 
     /// Whether `id` was erased by `forget` (as committed).
@@ -280,22 +269,23 @@ impl<'s> Txn<'s> {
     }
 
     pub fn update_link(&mut self, link: Link) {
-        self.links.put(link.id.to_be_bytes().to_vec(), Some(link));
+        self.links.put(link.id, Some(link));
     }
 
     /// When the links of `node` reached other profiles (hub detection).
     pub fn hub_reaches(&mut self, node: NodeId) -> Result<crate::hub::Reaches> {
         Ok(self
             .hubs
-            .get(self.store, &node.to_be_bytes(), |b| {
+            .get(self.store, node, |b| {
                 crate::hub::Reaches::decode(b)
                     .ok_or_else(|| corrupt(Cf::Hubs, "not a list of times"))
             })?
+            .cloned()
             .unwrap_or_default())
     }
 
     pub fn set_hub_reaches(&mut self, node: NodeId, reaches: Option<crate::hub::Reaches>) {
-        self.hubs.put(node.to_be_bytes().to_vec(), reaches);
+        self.hubs.put(node, reaches);
     }
 
     /// Queues an encoded output record in the outbox, in order.
@@ -324,8 +314,9 @@ impl<'s> Txn<'s> {
         self.canon.drain_ops(&mut ops, be);
         self.pairs.drain_ops(&mut ops, be);
         self.hubs.drain_ops(&mut ops, |r| r.encode());
-        self.nodes.drain_ops(&mut ops, encode_json);
-        self.profiles.drain_ops(&mut ops, encode_json);
+        self.nodes.drain_ops(&mut ops, crate::codec::encode_node);
+        self.profiles
+            .drain_ops(&mut ops, crate::codec::encode_profile);
         self.links.drain_ops(&mut ops, encode_json);
         self.aliases.drain_ops(&mut ops, |s| s.as_bytes().to_vec());
         for (key, value) in [
@@ -385,6 +376,14 @@ pub fn decode_u64(cf: Cf, b: &[u8]) -> Result<u64> {
     b.try_into()
         .map(u64::from_be_bytes)
         .map_err(|_| corrupt(cf, "expected 8 bytes"))
+}
+
+fn decode_profile(b: &[u8]) -> Result<Profile> {
+    crate::codec::decode_profile(b).map_err(|e| corrupt(Cf::Profiles, e))
+}
+
+pub fn decode_node(b: &[u8]) -> Result<NodeRecord> {
+    crate::codec::decode_node(b).map_err(|e| corrupt(Cf::Nodes, e))
 }
 
 pub fn decode_json<T: DeserializeOwned>(cf: Cf, b: &[u8]) -> Result<T> {

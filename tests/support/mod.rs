@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -18,10 +18,69 @@ pub fn cdp(data: &Path) -> Command {
     c
 }
 
+/// Runs a command to completion (HTTP listener off), whatever its exit status.
+pub fn output(data: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cdp"))
+        .env("CDP_HTTP__LISTEN", "")
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .expect("cdp runs")
+}
+
+/// Runs a command that must succeed.
+pub fn ok(data: &Path, args: &[&str]) -> Output {
+    let out = output(data, args);
+    assert!(
+        out.status.success(),
+        "cdp {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+/// Every record of `topic`, as the JSON objects `cdp topic read` prints.
+pub fn read_topic(data: &Path, topic: &str) -> Vec<serde_json::Value> {
+    let out = ok(
+        data,
+        &[
+            "topic",
+            "read",
+            topic,
+            "--from-beginning",
+            "--idle-ms",
+            "5000",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("topic read prints JSON lines"))
+        .collect()
+}
+
+/// E-mail addresses of a workload's CRM records exactly as the CRM sent them (case, spaces).
+pub fn crm_emails(input: &Path) -> Vec<String> {
+    std::fs::read_to_string(input.join("crm.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["Email"].as_str().map(str::to_string))
+        .filter(|e| e.contains('@'))
+        .collect()
+}
+
 /// Writes a workload of `profiles` people to `out`.
 pub fn generate(out: &Path, profiles: usize) {
+    generate_seeded(out, profiles, 42);
+}
+
+/// Writes a workload of `profiles` people drawn with `seed` to `out`.
+pub fn generate_seeded(out: &Path, profiles: usize, seed: u64) {
     let status = cdp(&out.with_extension("unused"))
-        .args(["generate", "--profiles", &profiles.to_string(), "--out"])
+        .args(["generate", "--profiles", &profiles.to_string()])
+        .args(["--seed", &seed.to_string(), "--out"])
         .arg(out)
         .stdout(Stdio::null())
         .status()

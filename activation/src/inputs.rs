@@ -1,0 +1,452 @@
+//! What a cohort expression reads, and a fingerprint of those inputs, so that a profile update
+//! re-evaluates only the cohorts whose inputs changed.
+//!
+//! The reads are found in the expression's text: `profile.<field>` and, for counters,
+//! `profile.counts["<event>"]`. Anything the analysis cannot pin down (`profile` used whole, an
+//! unknown field, `profile.counts` indexed by something else than a string literal) reads
+//! everything. A fingerprint hashes the cohort's key and expression with the values it reads as
+//! the expression sees them (windows already applied at the evaluation time), so equal
+//! fingerprints mean equal results: CEL evaluation is a pure function of them.
+
+use crate::view::{days_since_last_engagement, Counts};
+use cdp_proto::{Profile, Timestamp};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+/// The fields of a [`crate::view::ProfileView`], in a fixed order (bit `i` of [`Reads::fields`]).
+const FIELDS: [&str; 10] = [
+    "canonical_id",
+    "lifecycle_stage",
+    "segment",
+    "total_touchpoints",
+    "channels_active",
+    "days_since_last_engagement",
+    "counts",
+    "traits",
+    "consent",
+    "identifiers",
+];
+const COUNTS: usize = 6;
+const ALL_FIELDS: u16 = (1 << FIELDS.len()) - 1;
+
+/// The inputs of one expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reads {
+    /// Bit `i`: reads `FIELDS[i]` entirely.
+    fields: u16,
+    /// Counters read by name (`counts["Pricing Viewed"]`) when `counts` is not read entirely.
+    counters: Vec<String>,
+}
+
+impl Reads {
+    pub fn everything() -> Self {
+        Self {
+            fields: ALL_FIELDS,
+            counters: Vec::new(),
+        }
+    }
+
+    pub fn nothing() -> Self {
+        Self {
+            fields: 0,
+            counters: Vec::new(),
+        }
+    }
+
+    /// Whether the field `name` of the view is read entirely.
+    pub fn field(&self, name: &str) -> bool {
+        FIELDS
+            .iter()
+            .position(|f| *f == name)
+            .is_some_and(|i| self.fields & (1 << i) != 0)
+    }
+
+    /// Counters read by name when `counts` is not read entirely.
+    pub fn counters(&self) -> &[String] {
+        &self.counters
+    }
+
+    /// Adds what `other` reads.
+    pub fn add(&mut self, other: &Reads) {
+        self.fields |= other.fields;
+        if self.fields & (1 << COUNTS) != 0 {
+            self.counters.clear();
+        } else {
+            self.counters.extend(other.counters.iter().cloned());
+            self.counters.sort();
+            self.counters.dedup();
+        }
+    }
+
+    /// The reads of `expression`; conservative: when in doubt, everything.
+    pub fn of(expression: &str) -> Self {
+        Self::parse(expression).unwrap_or_else(Self::everything)
+    }
+
+    fn parse(expression: &str) -> Option<Self> {
+        let tokens = tokenize(expression)?;
+        let mut reads = Reads {
+            fields: 0,
+            counters: Vec::new(),
+        };
+        for (i, t) in tokens.iter().enumerate() {
+            if *t != Token::Ident("profile") || i > 0 && tokens[i - 1] == Token::Punct('.') {
+                continue;
+            }
+            let (Some(Token::Punct('.')), Some(Token::Ident(field))) =
+                (tokens.get(i + 1), tokens.get(i + 2))
+            else {
+                return None;
+            };
+            let f = FIELDS.iter().position(|x| x == field)?;
+            if f == COUNTS {
+                if let (Some(Token::Punct('[')), Some(Token::Str(name)), Some(Token::Punct(']'))) =
+                    (tokens.get(i + 3), tokens.get(i + 4), tokens.get(i + 5))
+                {
+                    reads.counters.push(name.clone());
+                    continue;
+                }
+                if let Some(name) = membership_test(&tokens, i) {
+                    reads.counters.push(name.clone());
+                    continue;
+                }
+            }
+            reads.fields |= 1 << f;
+        }
+        if reads.fields & (1 << COUNTS) != 0 {
+            reads.counters.clear();
+        }
+        reads.counters.sort();
+        reads.counters.dedup();
+        Some(reads)
+    }
+}
+
+/// `"Order Completed" in profile.counts`, with `profile` at `i`: the name tested, when the
+/// literal is the whole left operand (nothing before it binds tighter than `in`) and the map is
+/// the whole right operand.
+fn membership_test<'t>(tokens: &'t [Token<'_>], i: usize) -> Option<&'t String> {
+    let before = i.checked_sub(3).map(|j| &tokens[j]);
+    let (Some(Token::Ident("in")), Some(Token::Str(name))) =
+        (tokens.get(i.checked_sub(1)?), tokens.get(i.checked_sub(2)?))
+    else {
+        return None;
+    };
+    let left_whole = matches!(
+        before,
+        None | Some(Token::Punct('(' | '!' | '&' | '|' | ',' | '?' | ':'))
+    );
+    let right_whole = !matches!(tokens.get(i + 3), Some(Token::Punct('.' | '[')));
+    (left_whole && right_whole).then_some(name)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token<'a> {
+    Ident(&'a str),
+    Str(String),
+    Punct(char),
+}
+
+/// Identifiers, string literals (simple escapes) and single punctuation characters; `None` for
+/// what it does not handle (raw, byte or triple-quoted strings), which then reads everything.
+fn tokenize(s: &str) -> Option<Vec<Token<'_>>> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        if c.is_ascii_whitespace() {
+            i += 1;
+        } else if c.is_ascii_alphabetic() || c == b'_' {
+            let start = i;
+            while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
+                i += 1;
+            }
+            if i < bytes.len() && (bytes[i] == b'"' || bytes[i] == b'\'') {
+                return None; // r"..." or b'...'
+            }
+            out.push(Token::Ident(&s[start..i]));
+        } else if c == b'"' || c == b'\'' {
+            if bytes[i..].starts_with(&[c, c, c]) {
+                return None;
+            }
+            let mut text = String::new();
+            i += 1;
+            loop {
+                let ch = s[i..].chars().next()?;
+                i += ch.len_utf8();
+                match ch {
+                    '\\' => {
+                        let esc = s[i..].chars().next()?;
+                        i += esc.len_utf8();
+                        text.push(match esc {
+                            'n' => '\n',
+                            't' => '\t',
+                            'r' => '\r',
+                            '\\' | '"' | '\'' => esc,
+                            _ => return None,
+                        });
+                    }
+                    _ if ch as u32 == c as u32 => break,
+                    _ => text.push(ch),
+                }
+            }
+            out.push(Token::Str(text));
+        } else {
+            let ch = s[i..].chars().next()?;
+            i += ch.len_utf8();
+            out.push(Token::Punct(ch));
+        }
+    }
+    Some(out)
+}
+
+/// The result of the evaluation whose inputs had `fingerprint`, if `inputs` (sorted
+/// fingerprints, each with its result in the lowest bit) holds it.
+pub fn known(inputs: &[u64], fingerprint: u64) -> Option<bool> {
+    let fingerprint = fingerprint & !1;
+    match inputs.binary_search(&fingerprint) {
+        Ok(_) => Some(false),
+        Err(i) => (inputs.get(i) == Some(&(fingerprint | 1))).then_some(true),
+    }
+}
+
+/// Hashes of a profile's fields as cohorts see them at an evaluation time (the values of its
+/// [`crate::view::ProfileView`], computed from the profile without building the view), each computed once
+/// and shared by every cohort.
+pub struct InputHashes<'p> {
+    profile: &'p Profile,
+    now: Timestamp,
+    fields: [Option<u64>; FIELDS.len()],
+}
+
+impl<'p> InputHashes<'p> {
+    pub fn new(profile: &'p Profile, now: Timestamp) -> Self {
+        Self {
+            profile,
+            now,
+            fields: [None; FIELDS.len()],
+        }
+    }
+
+    fn field(&mut self, i: usize) -> u64 {
+        if let Some(h) = self.fields[i] {
+            return h;
+        }
+        let (p, now) = (self.profile, self.now);
+        let a = &p.attributes;
+        let mut h = DefaultHasher::new();
+        match i {
+            0 => p.canonical_id.hash(&mut h),
+            1 => a
+                .lifecycle_stage
+                .as_deref()
+                .unwrap_or_default()
+                .hash(&mut h),
+            2 => a.segment.as_deref().unwrap_or_default().hash(&mut h),
+            3 => a.total_touchpoints.hash(&mut h),
+            4 => {
+                for s in &a.channels_active {
+                    s.as_str().hash(&mut h);
+                }
+            }
+            5 => days_since_last_engagement(p, now).hash(&mut h),
+            6 => {
+                for (name, c) in &a.counts {
+                    name.hash(&mut h);
+                    hash_counts(&Counts::of(c, now), &mut h);
+                }
+            }
+            7 => {
+                a.traits.len().hash(&mut h);
+                for (k, v) in &a.traits {
+                    k.hash(&mut h);
+                    hash_json(v, &mut h);
+                }
+            }
+            8 => p.consent.0.hash(&mut h),
+            _ => {
+                let mut kinds: BTreeMap<&str, i64> = BTreeMap::new();
+                for id in &p.identifiers {
+                    *kinds.entry(id.kind.as_str()).or_default() += 1;
+                }
+                kinds.hash(&mut h);
+            }
+        }
+        let h = h.finish();
+        self.fields[i] = Some(h);
+        h
+    }
+
+    /// The fingerprint of what the cohort `key` with `expression` and `reads` sees. Its lowest
+    /// bit is 0 (callers keep the result there).
+    pub fn fingerprint(&mut self, key: &str, expression: &str, reads: &Reads) -> u64 {
+        let mut h = DefaultHasher::new();
+        key.hash(&mut h);
+        expression.hash(&mut h);
+        for i in 0..FIELDS.len() {
+            if reads.fields & (1 << i) != 0 {
+                self.field(i).hash(&mut h);
+            }
+        }
+        for name in &reads.counters {
+            name.hash(&mut h);
+            match self.profile.attributes.counts.get(name) {
+                Some(c) => {
+                    1u8.hash(&mut h);
+                    hash_counts(&Counts::of(c, self.now), &mut h);
+                }
+                None => 0u8.hash(&mut h),
+            }
+        }
+        h.finish() & !1
+    }
+}
+
+fn hash_counts(c: &Counts, h: &mut DefaultHasher) {
+    (c.total, c.last_1d, c.last_7d, c.last_30d).hash(h);
+}
+
+/// serde_json values have no `Hash`; this one tells every value apart that compares unequal.
+fn hash_json(v: &serde_json::Value, h: &mut DefaultHasher) {
+    use serde_json::Value;
+    match v {
+        Value::Null => 0u8.hash(h),
+        Value::Bool(b) => (1u8, b).hash(h),
+        Value::Number(n) => (2u8, n).hash(h),
+        Value::String(s) => (3u8, s).hash(h),
+        Value::Array(items) => {
+            (4u8, items.len()).hash(h);
+            for item in items {
+                hash_json(item, h);
+            }
+        }
+        Value::Object(map) => {
+            (5u8, map.len()).hash(h);
+            for (k, item) in map {
+                k.hash(h);
+                hash_json(item, h);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cdp_proto::time::from_millis;
+
+    fn fields(names: &[&str]) -> u16 {
+        names
+            .iter()
+            .map(|n| 1 << FIELDS.iter().position(|f| f == n).unwrap())
+            .sum()
+    }
+
+    #[test]
+    fn reads_follow_the_fields_and_counters_named() {
+        let r = Reads::of(
+            r#"profile.lifecycle_stage == "lead" && profile.counts["Pricing Viewed"].last_7d >= 2"#,
+        );
+        assert_eq!(r.fields, fields(&["lifecycle_stage"]));
+        assert_eq!(r.counters, ["Pricing Viewed"]);
+        let r =
+            Reads::of(r#""web" in profile.channels_active && profile.consent["email"] == true"#);
+        assert_eq!(r.fields, fields(&["channels_active", "consent"]));
+        assert!(r.counters.is_empty());
+        // A string that mentions `profile` is not a read.
+        let r = Reads::of(r#"profile.segment == "profile.traits""#);
+        assert_eq!(r.fields, fields(&["segment"]));
+        // Whether a counter exists is a read of that counter.
+        let r = Reads::of(
+            r#"!("Order Completed" in profile.counts) && ("A" in profile.counts || true)"#,
+        );
+        assert_eq!(r.fields, 0);
+        assert_eq!(r.counters, ["A", "Order Completed"]);
+        let r = Reads::of(r#""x" + "A" in profile.counts"#);
+        assert_eq!(r.fields, fields(&["counts"]));
+        // Counters indexed by an expression: all of them.
+        let r = Reads::of(
+            r#"profile.counts[profile.segment].total > 1 && profile.counts["A"].total > 0"#,
+        );
+        assert_eq!(r.fields, fields(&["counts", "segment"]));
+        assert!(r.counters.is_empty());
+    }
+
+    #[test]
+    fn what_cannot_be_pinned_down_reads_everything() {
+        for e in [
+            "size(profile) > 3",
+            "profile.no_such_field == 1",
+            r#"profile.counts[r"raw"].total > 0"#,
+            "[1].exists(profile, profile > 0)",
+            r#"profile.segment == """x""""#,
+        ] {
+            assert_eq!(Reads::of(e), Reads::everything(), "{e}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_change_with_what_is_read_only() {
+        let now = from_millis(1_700_000_000_000);
+        let mut p = Profile {
+            tenant: "t".into(),
+            canonical_id: "cdp_1".into(),
+            identifiers: vec![],
+            aliases: vec![],
+            merge_history: vec![],
+            attributes: Default::default(),
+            consent: Default::default(),
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        p.attributes.lifecycle_stage = Some("lead".into());
+        let expr = r#"profile.lifecycle_stage == "lead" && profile.counts["P"].last_7d >= 2"#;
+        let reads = Reads::of(expr);
+        let fp = |p: &Profile, at| InputHashes::new(p, at).fingerprint("k", expr, &reads);
+        let base = fp(&p, now);
+        assert_eq!(base & 1, 0);
+        assert_eq!(fp(&p, now), base);
+
+        let mut other = p.clone();
+        other.attributes.total_touchpoints = 9;
+        other.attributes.segment = Some("smb".into());
+        other
+            .attributes
+            .counts
+            .entry("Q".into())
+            .or_default()
+            .record(now);
+        assert_eq!(fp(&other, now), base, "fields it does not read");
+
+        other
+            .attributes
+            .counts
+            .entry("P".into())
+            .or_default()
+            .record(now);
+        let with_p = fp(&other, now);
+        assert_ne!(with_p, base, "a counter it reads");
+        assert_ne!(
+            fp(&other, now + chrono::Duration::days(8)),
+            with_p,
+            "the window moved"
+        );
+        other.attributes.lifecycle_stage = Some("customer".into());
+        assert_ne!(fp(&other, now), with_p);
+
+        let mut hashes = InputHashes::new(&p, now);
+        assert_ne!(
+            hashes.fingerprint("k", expr, &reads),
+            hashes.fingerprint("k2", expr, &reads),
+            "another cohort"
+        );
+        assert_ne!(
+            hashes.fingerprint("k", expr, &reads),
+            hashes.fingerprint("k", "true", &reads),
+            "another expression"
+        );
+    }
+}

@@ -1,0 +1,475 @@
+//! The binary form of the records the resolver keeps in its own store (profiles and nodes).
+//! They are read and written for nearly every signal, and JSON cost more than the graph logic;
+//! this form is a few varints and length-prefixed strings. JSON stays on the topics, where
+//! people read it. Every record starts with a format byte, so a change of layout is detected
+//! rather than misread. Trait values are arbitrary JSON and are kept as JSON text.
+
+use crate::txn::NodeRecord;
+use cdp_proto::profile::{Attributes, EventCounter, MergeRecord};
+use cdp_proto::{Consent, Identifier, IdentifierKind, Profile, Source, Timestamp};
+use std::collections::{BTreeMap, BTreeSet};
+
+const FORMAT: u8 = 1;
+
+/// Why a stored record could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable record: {0}")]
+pub struct DecodeError(&'static str);
+
+type Result<T> = std::result::Result<T, DecodeError>;
+
+pub fn encode_profile(p: &Profile) -> Vec<u8> {
+    // Destructured so that a new field cannot be left out of the stored form unnoticed.
+    let Profile {
+        tenant,
+        canonical_id,
+        identifiers,
+        aliases,
+        merge_history,
+        attributes,
+        consent,
+        version,
+        created_at,
+        updated_at,
+    } = p;
+    let mut w = Writer(Vec::with_capacity(256));
+    w.0.push(FORMAT);
+    w.str(tenant);
+    w.str(canonical_id);
+    w.seq(identifiers, |w, id| w.identifier(id));
+    w.seq(aliases, |w, a| w.str(a));
+    w.seq(merge_history, |w, m| {
+        let MergeRecord {
+            merged_at,
+            rule,
+            confidence,
+            from,
+            into,
+        } = m;
+        w.time(merged_at);
+        w.str(rule);
+        w.0.extend_from_slice(&confidence.to_le_bytes());
+        w.str(from);
+        w.str(into);
+    });
+    w.attributes(attributes);
+    w.seq(&consent.0, |w, (purpose, granted)| {
+        w.str(purpose);
+        w.0.push(u8::from(*granted));
+    });
+    w.uint(*version);
+    w.time(created_at);
+    w.time(updated_at);
+    w.0
+}
+
+pub fn decode_profile(b: &[u8]) -> Result<Profile> {
+    let mut r = Reader::new(b)?;
+    let p = Profile {
+        tenant: r.string()?,
+        canonical_id: r.string()?,
+        identifiers: r.vec(Reader::identifier)?,
+        aliases: r.vec(Reader::string)?,
+        merge_history: r.vec(|r| {
+            Ok(MergeRecord {
+                merged_at: r.time()?,
+                rule: r.string()?,
+                confidence: r.f64()?,
+                from: r.string()?,
+                into: r.string()?,
+            })
+        })?,
+        attributes: r.attributes()?,
+        consent: Consent(r.map(|r| Ok((r.string()?, r.bool()?)))?),
+        version: r.uint()?,
+        created_at: r.time()?,
+        updated_at: r.time()?,
+    };
+    r.end()?;
+    Ok(p)
+}
+
+pub fn encode_node(n: &NodeRecord) -> Vec<u8> {
+    let NodeRecord { tenant, identifier } = n;
+    let mut w = Writer(Vec::with_capacity(96));
+    w.0.push(FORMAT);
+    w.str(tenant);
+    w.identifier(identifier);
+    w.0
+}
+
+pub fn decode_node(b: &[u8]) -> Result<NodeRecord> {
+    let mut r = Reader::new(b)?;
+    let n = NodeRecord {
+        tenant: r.string()?,
+        identifier: r.identifier()?,
+    };
+    r.end()?;
+    Ok(n)
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    /// LEB128: small numbers (lengths, counts, versions) take one byte.
+    fn uint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.0.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.0.push(v as u8);
+    }
+
+    fn int(&mut self, v: i64) {
+        self.uint(((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    fn str(&mut self, s: &str) {
+        self.uint(s.len() as u64);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn seq<I>(&mut self, items: I, mut f: impl FnMut(&mut Self, I::Item))
+    where
+        I: IntoIterator,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let items = items.into_iter();
+        self.uint(items.len() as u64);
+        for item in items {
+            f(self, item);
+        }
+    }
+
+    fn time(&mut self, t: &Timestamp) {
+        self.int(t.timestamp());
+        self.uint(u64::from(t.timestamp_subsec_nanos()));
+    }
+
+    fn opt_time(&mut self, t: &Option<Timestamp>) {
+        match t {
+            None => self.0.push(0),
+            Some(t) => {
+                self.0.push(1);
+                self.time(t);
+            }
+        }
+    }
+
+    fn opt_str(&mut self, s: &Option<String>) {
+        match s {
+            None => self.0.push(0),
+            Some(s) => {
+                self.0.push(1);
+                self.str(s);
+            }
+        }
+    }
+
+    fn identifier(&mut self, id: &Identifier) {
+        self.str(id.kind.as_str());
+        self.str(&id.value);
+    }
+
+    fn attributes(&mut self, a: &Attributes) {
+        let Attributes {
+            lifecycle_stage,
+            segment,
+            first_seen,
+            last_engagement,
+            total_touchpoints,
+            channels_active,
+            traits,
+            trait_times,
+            counts,
+        } = a;
+        self.opt_str(lifecycle_stage);
+        self.opt_str(segment);
+        self.opt_time(first_seen);
+        self.opt_time(last_engagement);
+        self.uint(*total_touchpoints);
+        self.seq(channels_active, |w, s| w.str(s.as_str()));
+        self.seq(traits, |w, (k, v)| {
+            w.str(k);
+            w.str(&v.to_string());
+        });
+        self.seq(trait_times, |w, (k, t)| {
+            w.str(k);
+            w.time(t);
+        });
+        self.seq(counts, |w, (name, c)| {
+            let EventCounter {
+                total,
+                last_at,
+                daily,
+            } = c;
+            w.str(name);
+            w.uint(*total);
+            w.opt_time(last_at);
+            w.seq(daily, |w, (day, n)| {
+                w.int(*day);
+                w.uint(*n);
+            });
+        });
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(b: &'a [u8]) -> Result<Self> {
+        match b.split_first() {
+            Some((&FORMAT, rest)) => Ok(Self { b: rest }),
+            _ => Err(DecodeError("unknown format")),
+        }
+    }
+
+    fn end(&self) -> Result<()> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(DecodeError("trailing bytes"))
+        }
+    }
+
+    fn byte(&mut self) -> Result<u8> {
+        let (&x, rest) = self.b.split_first().ok_or(DecodeError("truncated"))?;
+        self.b = rest;
+        Ok(x)
+    }
+
+    fn uint(&mut self) -> Result<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let x = self.byte()?;
+            v |= u64::from(x & 0x7f) << shift;
+            if x & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(DecodeError("varint too long"))
+    }
+
+    fn int(&mut self) -> Result<i64> {
+        let v = self.uint()?;
+        Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+    }
+
+    fn len(&mut self) -> Result<usize> {
+        let n = usize::try_from(self.uint()?).map_err(|_| DecodeError("length"))?;
+        // Every element takes at least a byte: a larger count is corrupt, not a huge allocation.
+        if n > self.b.len() {
+            return Err(DecodeError("length beyond record"));
+        }
+        Ok(n)
+    }
+
+    fn bytes(&mut self) -> Result<&'a [u8]> {
+        let n = self.len()?;
+        let (x, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(x)
+    }
+
+    fn str(&mut self) -> Result<&'a str> {
+        std::str::from_utf8(self.bytes()?).map_err(|_| DecodeError("not UTF-8"))
+    }
+
+    fn string(&mut self) -> Result<String> {
+        self.str().map(str::to_string)
+    }
+
+    fn bool(&mut self) -> Result<bool> {
+        match self.byte()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(DecodeError("not a bool")),
+        }
+    }
+
+    fn f64(&mut self) -> Result<f64> {
+        if self.b.len() < 8 {
+            return Err(DecodeError("truncated"));
+        }
+        let (x, rest) = self.b.split_at(8);
+        self.b = rest;
+        Ok(f64::from_le_bytes(
+            x.try_into().map_err(|_| DecodeError("f64"))?,
+        ))
+    }
+
+    fn vec<T>(&mut self, mut f: impl FnMut(&mut Self) -> Result<T>) -> Result<Vec<T>> {
+        let n = self.len()?;
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(f(self)?);
+        }
+        Ok(out)
+    }
+
+    fn map<K: Ord, V>(
+        &mut self,
+        mut f: impl FnMut(&mut Self) -> Result<(K, V)>,
+    ) -> Result<BTreeMap<K, V>> {
+        let n = self.len()?;
+        let mut out = BTreeMap::new();
+        for _ in 0..n {
+            let (k, v) = f(self)?;
+            out.insert(k, v);
+        }
+        Ok(out)
+    }
+
+    fn time(&mut self) -> Result<Timestamp> {
+        let secs = self.int()?;
+        let nanos = u32::try_from(self.uint()?).map_err(|_| DecodeError("nanoseconds"))?;
+        Timestamp::from_timestamp(secs, nanos).ok_or(DecodeError("time out of range"))
+    }
+
+    fn opt<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<Option<T>> {
+        if self.bool()? {
+            f(self).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn identifier(&mut self) -> Result<Identifier> {
+        let kind: IdentifierKind = self
+            .str()?
+            .parse()
+            .map_err(|_| DecodeError("identifier kind"))?;
+        Ok(Identifier {
+            kind,
+            value: self.string()?,
+        })
+    }
+
+    fn attributes(&mut self) -> Result<Attributes> {
+        Ok(Attributes {
+            lifecycle_stage: self.opt(Reader::string)?,
+            segment: self.opt(Reader::string)?,
+            first_seen: self.opt(Reader::time)?,
+            last_engagement: self.opt(Reader::time)?,
+            total_touchpoints: self.uint()?,
+            channels_active: {
+                let n = self.len()?;
+                let mut set = BTreeSet::new();
+                for _ in 0..n {
+                    set.insert(
+                        self.str()?
+                            .parse::<Source>()
+                            .map_err(|_| DecodeError("source"))?,
+                    );
+                }
+                set
+            },
+            traits: self.map(|r| {
+                let key = r.string()?;
+                let value =
+                    serde_json::from_slice(r.bytes()?).map_err(|_| DecodeError("trait value"))?;
+                Ok((key, value))
+            })?,
+            trait_times: self.map(|r| Ok((r.string()?, r.time()?)))?,
+            counts: self.map(|r| {
+                let name = r.string()?;
+                let counter = EventCounter {
+                    total: r.uint()?,
+                    last_at: r.opt(Reader::time)?,
+                    daily: r.map(|r| Ok((r.int()?, r.uint()?)))?,
+                };
+                Ok((name, counter))
+            })?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cdp_proto::time::from_millis;
+
+    fn sample() -> Profile {
+        let t = from_millis(1_700_000_000_123) + chrono::Duration::nanoseconds(456);
+        let mut attributes = Attributes {
+            lifecycle_stage: Some("lead".into()),
+            segment: None,
+            first_seen: Some(t),
+            last_engagement: None,
+            total_touchpoints: 300,
+            ..Default::default()
+        };
+        attributes.channels_active.insert(Source::Crm);
+        attributes.channels_active.insert(Source::Web);
+        attributes.traits.insert(
+            "plan".into(),
+            serde_json::json!({"tier": "pro", "seats": 12.5, "tags": ["a", null]}),
+        );
+        attributes.trait_times.insert("plan".into(), t);
+        let mut counter = EventCounter::default();
+        counter.record(t);
+        counter.record(from_millis(-5_000));
+        attributes.counts.insert("Pricing Viewed".into(), counter);
+        Profile {
+            tenant: "acme".into(),
+            canonical_id: "cdp_0123456789abcdef0123".into(),
+            identifiers: vec![
+                Identifier::new(IdentifierKind::EmailSha256, "ab".repeat(32)),
+                Identifier::new(IdentifierKind::Custom("member_no".into()), "ü-42"),
+            ],
+            aliases: vec!["cdp_retired".into()],
+            merge_history: vec![MergeRecord {
+                merged_at: t,
+                rule: "deterministic_login".into(),
+                confidence: 0.97,
+                from: "cdp_retired".into(),
+                into: "cdp_0123456789abcdef0123".into(),
+            }],
+            attributes,
+            consent: Consent(BTreeMap::from([
+                ("analytics".to_string(), true),
+                ("ads".to_string(), false),
+            ])),
+            version: 1 << 40,
+            created_at: from_millis(-1),
+            updated_at: t,
+        }
+    }
+
+    #[test]
+    fn profiles_and_nodes_read_back_as_written() {
+        let p = sample();
+        assert_eq!(decode_profile(&encode_profile(&p)).unwrap(), p);
+        let empty = Profile {
+            identifiers: Vec::new(),
+            aliases: Vec::new(),
+            merge_history: Vec::new(),
+            attributes: Attributes::default(),
+            consent: Consent::default(),
+            ..p.clone()
+        };
+        assert_eq!(decode_profile(&encode_profile(&empty)).unwrap(), empty);
+        let n = NodeRecord {
+            tenant: "acme".into(),
+            identifier: p.identifiers[1].clone(),
+        };
+        assert_eq!(decode_node(&encode_node(&n)).unwrap(), n);
+    }
+
+    #[test]
+    fn damaged_records_are_errors_not_panics() {
+        let bytes = encode_profile(&sample());
+        for cut in 0..bytes.len() {
+            assert!(decode_profile(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_profile(&longer).is_err());
+        let mut json = serde_json::to_vec(&sample()).unwrap();
+        assert!(decode_profile(&json).is_err(), "the old JSON form");
+        json.clear();
+        assert!(decode_node(&json).is_err());
+    }
+}

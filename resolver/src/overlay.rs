@@ -1,0 +1,159 @@
+//! The per-column-family cache of a [`crate::txn::Txn`]: values are decoded once when first
+//! read, read and mutated in place while the transaction runs, and encoded once, at commit,
+//! if they changed. Cloning a profile out and putting it back per signal is what made the
+//! resolver slow; here a signal borrows it.
+
+use crate::store::{Cf, GraphStore, Op};
+use crate::Result;
+use std::collections::hash_map::{Entry, RandomState};
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+
+/// A key of a column family as the cache holds it.
+pub trait StoreKey: Hash + Eq {
+    /// Calls `f` with the key's bytes in the store.
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
+    fn into_bytes(self) -> Vec<u8>;
+}
+
+/// Node and link ids, stored big-endian so the store iterates them in order.
+impl StoreKey for u64 {
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(&self.to_be_bytes())
+    }
+    fn into_bytes(self) -> Vec<u8> {
+        self.to_be_bytes().to_vec()
+    }
+}
+
+impl StoreKey for Vec<u8> {
+    fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self)
+    }
+    fn into_bytes(self) -> Vec<u8> {
+        self
+    }
+}
+
+/// A multiplicative hash for ids the resolver assigns itself (node and link ids): several
+/// times cheaper than SipHash, and nobody outside can choose them to collide. Keys built from
+/// tenant-supplied strings keep the standard, seeded hasher.
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+
+    fn finish(&self) -> u64 {
+        // The multiply leaves its entropy in the high bits; the table indexes by the low ones.
+        self.0.rotate_left(26)
+    }
+}
+
+pub type ById = BuildHasherDefault<IdHasher>;
+pub type ByBytes = RandomState;
+
+/// A value as the transaction sees it: `None` is absent (or deleted); `dirty` if written.
+struct Slot<V> {
+    value: Option<V>,
+    dirty: bool,
+}
+
+/// Cached reads and pending writes of one column family.
+pub struct Overlay<K, V, S = ById> {
+    cf: Cf,
+    entries: HashMap<K, Slot<V>, S>,
+}
+
+impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
+    pub fn new(cf: Cf) -> Self {
+        Self {
+            cf,
+            entries: HashMap::default(),
+        }
+    }
+
+    fn slot(
+        &mut self,
+        store: &dyn GraphStore,
+        key: K,
+        decode: impl Fn(&[u8]) -> Result<V>,
+    ) -> Result<&mut Slot<V>> {
+        match self.entries.entry(key) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let cf = self.cf;
+                let value = e
+                    .key()
+                    .with_bytes(|k| store.get(cf, k))?
+                    .map(|b| decode(&b))
+                    .transpose()?;
+                Ok(e.insert(Slot {
+                    value,
+                    dirty: false,
+                }))
+            }
+        }
+    }
+
+    /// Reads the value (from the store the first time).
+    pub fn get(
+        &mut self,
+        store: &dyn GraphStore,
+        key: K,
+        decode: impl Fn(&[u8]) -> Result<V>,
+    ) -> Result<Option<&V>> {
+        Ok(self.slot(store, key, decode)?.value.as_ref())
+    }
+
+    /// The value to change in place; it is written at commit.
+    pub fn get_mut(
+        &mut self,
+        store: &dyn GraphStore,
+        key: K,
+        decode: impl Fn(&[u8]) -> Result<V>,
+    ) -> Result<Option<&mut V>> {
+        let slot = self.slot(store, key, decode)?;
+        slot.dirty |= slot.value.is_some();
+        Ok(slot.value.as_mut())
+    }
+
+    /// A value already read in this transaction (`None` if it was not read, or is absent).
+    pub fn cached(&self, key: &K) -> Option<&V> {
+        self.entries.get(key).and_then(|s| s.value.as_ref())
+    }
+
+    /// Removes the value and hands it over: the key is deleted at commit unless put again.
+    pub fn take(
+        &mut self,
+        store: &dyn GraphStore,
+        key: K,
+        decode: impl Fn(&[u8]) -> Result<V>,
+    ) -> Result<Option<V>> {
+        let slot = self.slot(store, key, decode)?;
+        slot.dirty = true;
+        Ok(slot.value.take())
+    }
+
+    pub fn put(&mut self, key: K, value: Option<V>) {
+        self.entries.insert(key, Slot { value, dirty: true });
+    }
+
+    /// Appends a write (or delete) for every changed key.
+    pub fn drain_ops(&mut self, ops: &mut Vec<Op>, encode: impl Fn(&V) -> Vec<u8>) {
+        ops.reserve(self.entries.len());
+        for (k, slot) in self.entries.drain() {
+            if slot.dirty {
+                ops.push((self.cf, k.into_bytes(), slot.value.as_ref().map(&encode)));
+            }
+        }
+    }
+}
