@@ -3,6 +3,8 @@
 //! `apply_records` exactly as the stage runs them, on RocksDB and in memory alike. `explain`
 //! shows the decisions behind a profile.
 
+mod support;
+
 use cdp_bus::{OutRecord, Record};
 use cdp_proto::{
     time::from_millis, Identifier, IdentifierKind, IdentityChange, IdentityChangeKind,
@@ -701,15 +703,7 @@ mod model {
     use proptest::prelude::*;
     use std::collections::{BTreeMap, BTreeSet};
 
-    fn partition(store: &dyn GraphStore, ids: &[Identifier]) -> BTreeSet<BTreeSet<Identifier>> {
-        let mut groups: BTreeMap<String, BTreeSet<Identifier>> = BTreeMap::new();
-        for i in ids {
-            if let Some(c) = canonical(store, i) {
-                groups.entry(c).or_default().insert(i.clone());
-            }
-        }
-        groups.into_values().collect()
-    }
+    use crate::support::partition;
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]

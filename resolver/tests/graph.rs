@@ -1,6 +1,8 @@
 //! Behaviour of the identity graph users rely on: merges across sources, refused merges,
 //! stable canonical ids, replay idempotence, and equality with a plain union-find model.
 
+mod support;
+
 use cdp_bus::Record;
 use cdp_proto::{time::from_millis, Identifier, IdentifierKind, IdentityLink, Signal, Source};
 use cdp_resolver::graph::Batch;
@@ -10,6 +12,7 @@ use cdp_resolver::txn::Txn;
 use cdp_resolver::{lookup, GraphStore, MemStore, Resolver, ResolverConfig, RocksStore};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
+use support::partition;
 
 fn id(kind: IdentifierKind, v: &str) -> Identifier {
     Identifier::new(kind, v)
@@ -370,17 +373,6 @@ fn invalid_signals_go_to_the_dlq_with_reasons() {
         codes,
         vec!["invalid_tenant", "invalid_timestamp", "invalid_signal"]
     );
-}
-
-/// Partition of identifiers into profiles.
-fn partition(store: &dyn GraphStore, ids: &[Identifier]) -> BTreeSet<BTreeSet<Identifier>> {
-    let mut groups: BTreeMap<String, BTreeSet<Identifier>> = BTreeMap::new();
-    for i in ids {
-        if let Some(c) = lookup::canonical_of(store, "acme", i).unwrap() {
-            groups.entry(c).or_default().insert(i.clone());
-        }
-    }
-    groups.into_values().collect()
 }
 
 proptest! {

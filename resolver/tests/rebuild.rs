@@ -2,6 +2,8 @@
 //! touching the state, applies it atomically with change records in the outbox, and a second
 //! rebuild under the same policy finds nothing left to change.
 
+mod support;
+
 use cdp_bus::Record;
 use cdp_proto::{
     time::from_millis, Identifier, IdentifierKind, IdentityChange, IdentityChangeKind,
@@ -225,18 +227,8 @@ fn loosening_a_limit_merges_what_was_refused() {
 
 mod model {
     use super::*;
+    use crate::support::partition;
     use proptest::prelude::*;
-    use std::collections::{BTreeMap, BTreeSet};
-
-    fn partition(store: &dyn GraphStore, ids: &[Identifier]) -> BTreeSet<BTreeSet<Identifier>> {
-        let mut groups: BTreeMap<String, BTreeSet<Identifier>> = BTreeMap::new();
-        for i in ids {
-            if let Some(c) = lookup::canonical_of(store, "acme", i).unwrap() {
-                groups.entry(c).or_default().insert(i.clone());
-            }
-        }
-        groups.into_values().collect()
-    }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
