@@ -26,6 +26,9 @@ struct StageMetrics {
 }
 
 struct IngestMetrics {
+    /// The batch-duration histogram as of the last refresh: ingest keeps its own buckets, which
+    /// the registry's histograms cannot take, so it is written out in the text format directly.
+    batch_duration: std::sync::Mutex<cdp_ingest::metrics::Histogram>,
     records: IntCounterVec,
     dropped: IntCounterVec,
     duplicates: IntCounterVec,
@@ -59,6 +62,7 @@ impl Metrics {
             use cdp_ingest::metrics as m;
             let stage = StageMetrics::register(&registry, "ingest")?;
             let i = IngestMetrics {
+                batch_duration: Default::default(),
                 records: counter_vec(
                     &registry,
                     m::RECORDS_TOTAL,
@@ -205,6 +209,7 @@ impl Metrics {
             for (source, n) in detail.unlinked_events().iter() {
                 sync_to(&i.unlinked.with_label_values(&[source]), n);
             }
+            *i.batch_duration.lock().unwrap_or_else(|e| e.into_inner()) = detail.batch_duration();
         }
         if let Some((m, r)) = &self.resolver {
             let c = &counters.resolver;
@@ -247,7 +252,17 @@ impl Metrics {
 
     /// The Prometheus text exposition of everything registered.
     pub fn encode(&self) -> Result<String> {
-        Ok(TextEncoder::new().encode_to_string(&self.registry.gather())?)
+        let mut text = TextEncoder::new().encode_to_string(&self.registry.gather())?;
+        if let Some((_, i)) = &self.ingest {
+            let h = i.batch_duration.lock().unwrap_or_else(|e| e.into_inner());
+            write_histogram(
+                &mut text,
+                cdp_ingest::metrics::BATCH_DURATION_SECONDS,
+                "Time from a batch's poll to its commit",
+                &h,
+            );
+        }
+        Ok(text)
     }
 }
 
@@ -307,6 +322,23 @@ fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter> {
     Ok(c)
 }
 
+/// A histogram in the Prometheus text format: cumulative buckets, `+Inf`, sum and count.
+fn write_histogram(out: &mut String, name: &str, help: &str, h: &cdp_ingest::metrics::Histogram) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (le, count) in h.cumulative() {
+        let le = if le.is_infinite() {
+            "+Inf".to_string()
+        } else {
+            le.to_string()
+        };
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+    }
+    let _ = writeln!(out, "{name}_sum {}", h.sum_seconds);
+    let _ = writeln!(out, "{name}_count {}", h.count);
+}
+
 fn counter_vec(
     registry: &Registry,
     name: &str,
@@ -360,6 +392,30 @@ mod tests {
             "cdp_resolver_consumer_lag_records 42",
             "cdp_activation_cohort_changes_total{change=\"entered\"} 2",
             "cdp_ingest_records_in_total 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn ingest_batch_durations_are_a_cumulative_histogram() {
+        let metrics = Metrics::new(Stages::ALL).unwrap();
+        let counters = Counters::default();
+        for ms in [2, 2, 40, 5000] {
+            counters
+                .ingest_detail
+                .observe_batch(std::time::Duration::from_millis(ms));
+        }
+        metrics.refresh(&counters, |_| None);
+        let text = metrics.encode().unwrap();
+        for line in [
+            "# TYPE cdp_ingest_batch_duration_seconds histogram",
+            "cdp_ingest_batch_duration_seconds_bucket{le=\"0.001\"} 0",
+            "cdp_ingest_batch_duration_seconds_bucket{le=\"0.0025\"} 2",
+            "cdp_ingest_batch_duration_seconds_bucket{le=\"0.05\"} 3",
+            "cdp_ingest_batch_duration_seconds_bucket{le=\"1\"} 3",
+            "cdp_ingest_batch_duration_seconds_bucket{le=\"+Inf\"} 4",
+            "cdp_ingest_batch_duration_seconds_count 4",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
