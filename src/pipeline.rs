@@ -232,7 +232,7 @@ pub fn run(
     // How far each stateful stage's own state is behind its input: a stage that restarts on an
     // empty volume re-reads input its group already committed, so group lag alone is not enough.
     let mut state_lags: Vec<StateLag> = Vec::new();
-    let mut handles: Vec<(&str, std::thread::JoinHandle<Result<()>>)> = Vec::new();
+    let mut handles: Vec<StageThread> = Vec::new();
     if stages.ingest {
         let (bus, cfg, c, s) = (
             bus.clone(),
@@ -240,21 +240,9 @@ pub fn run(
             counters.clone(),
             shutdown.clone(),
         );
-        handles.push((
-            "ingest",
-            std::thread::Builder::new()
-                .name("ingest".into())
-                .spawn(move || {
-                    cdp_ingest::stage::run_with_metrics(
-                        bus.as_ref(),
-                        &cfg,
-                        &c.ingest,
-                        &c.ingest_detail,
-                        &s,
-                    )
-                    .map_err(anyhow::Error::from)
-                })?,
-        ));
+        handles.push(spawn_stage("ingest", move || {
+            cdp_ingest::stage::run_with_metrics(bus.as_ref(), &cfg, &c.ingest, &c.ingest_detail, &s)
+        })?);
     }
     if stages.resolve {
         let store = match resolver_store {
@@ -274,15 +262,9 @@ pub fn run(
             counters.clone(),
             shutdown.clone(),
         );
-        handles.push((
-            "resolver",
-            std::thread::Builder::new()
-                .name("resolver".into())
-                .spawn(move || {
-                    cdp_resolver::stage::run(bus.as_ref(), store.as_ref(), &cfg, &c.resolver, &s)
-                        .map_err(anyhow::Error::from)
-                })?,
-        ));
+        handles.push(spawn_stage("resolver", move || {
+            cdp_resolver::stage::run(bus.as_ref(), store.as_ref(), &cfg, &c.resolver, &s)
+        })?);
     }
     if stages.activate {
         let store = match activation_store {
@@ -307,22 +289,9 @@ pub fn run(
             counters.clone(),
             shutdown.clone(),
         );
-        handles.push((
-            "activation",
-            std::thread::Builder::new()
-                .name("activation".into())
-                .spawn(move || {
-                    cdp_activation::stage::run(
-                        bus.as_ref(),
-                        &store,
-                        &cfg,
-                        &activation,
-                        &c.activation,
-                        &s,
-                    )
-                    .map_err(anyhow::Error::from)
-                })?,
-        ));
+        handles.push(spawn_stage("activation", move || {
+            cdp_activation::stage::run(bus.as_ref(), &store, &cfg, &activation, &c.activation, &s)
+        })?);
     }
 
     let groups = stage_groups(config, stages);
@@ -360,6 +329,20 @@ pub fn run(
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// A stage running on its own thread, with its name.
+type StageThread = (&'static str, std::thread::JoinHandle<Result<()>>);
+
+/// Runs `stage` on a thread named `name`.
+fn spawn_stage<E: Into<anyhow::Error>>(
+    name: &'static str,
+    stage: impl FnOnce() -> Result<(), E> + Send + 'static,
+) -> Result<StageThread> {
+    let handle = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || stage().map_err(Into::into))?;
+    Ok((name, handle))
 }
 
 fn join(name: &str, handle: std::thread::JoinHandle<Result<()>>) -> Result<()> {

@@ -3,6 +3,8 @@
 //! downstream membership view and its membership state equal to those of a run that was never
 //! interrupted, and never emits a lower version of a (cohort, profile) after a higher one.
 
+mod support;
+
 use cdp_activation::membership::{MemberState, MembershipStore, COLUMN_FAMILIES};
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -10,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::{read_topic, stdout_of};
 
 /// The activation of the crashing runs has its own group, state and output topics, so it reads
 /// exactly the profile updates and identity changes the reference activation saw. Its batches
@@ -25,44 +28,18 @@ const CRASH_ENV: [(&str, &str); 4] = [
 ];
 
 fn cdp(data: &Path, args: &[&str], crash: bool) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cdp"));
-    c.env("CDP_HTTP__LISTEN", "")
-        .arg("--data")
-        .arg(data)
-        .args(args);
+    let mut c = support::command(data, args);
     if crash {
         c.envs(CRASH_ENV);
     }
     c
 }
 
-fn ok(c: &mut Command) -> String {
-    let out = c.output().expect("cdp runs");
-    assert!(
-        out.status.success(),
-        "{c:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Every record of `topic`, in partition order, as `(key, value)`; a tombstone's value is null.
 fn records(data: &Path, topic: &str) -> Vec<(String, Value)> {
-    let text = ok(&mut cdp(
-        data,
-        &[
-            "topic",
-            "read",
-            topic,
-            "--from-beginning",
-            "--idle-ms",
-            "5000",
-        ],
-        false,
-    ));
-    text.lines()
-        .map(|line| {
-            let record: Value = serde_json::from_str(line).unwrap();
+    read_topic(data, topic)
+        .into_iter()
+        .map(|record| {
             let key = record["key"].as_str().expect("keyed record").to_string();
             (key, record["value"].clone())
         })
@@ -163,13 +140,15 @@ fn killed_activation_ends_with_the_membership_of_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("workload");
     let data = dir.path().join("data");
-    ok(cdp(
-        &data,
-        &["generate", "--profiles", "600", "--seed", "21", "--out"],
-        false,
-    )
-    .arg(&input));
-    ok(cdp(&data, &["run", "--until-drained", "--input"], false).arg(&input));
+    stdout_of(
+        cdp(
+            &data,
+            &["generate", "--profiles", "600", "--seed", "21", "--out"],
+            false,
+        )
+        .arg(&input),
+    );
+    stdout_of(cdp(&data, &["run", "--until-drained", "--input"], false).arg(&input));
     let activation_dir = data.join("activation");
     let reference_dir = dir.path().join("reference-activation");
     std::fs::rename(&activation_dir, &reference_dir).unwrap();
@@ -201,7 +180,7 @@ fn killed_activation_ends_with_the_membership_of_an_uninterrupted_run() {
         mid_stream > 0,
         "at least one kill landed before the input was applied"
     );
-    ok(&mut cdp(&data, &["activate", "--until-drained"], true));
+    stdout_of(&mut cdp(&data, &["activate", "--until-drained"], true));
     assert_eq!(applied(&activation_dir), total);
 
     let mut recovered = state(&activation_dir);

@@ -2,6 +2,8 @@
 //! works through the signals, and restarted each time, ends with exactly the state (every column
 //! family, byte for byte) and the downstream profile view of a run that was never interrupted.
 
+mod support;
+
 use cdp_resolver::store::{Cf, GraphStore};
 use cdp_resolver::RocksStore;
 use rand::{Rng, SeedableRng};
@@ -10,6 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::{read_topic, stdout_of};
 
 /// The resolver of the crashing runs uses its own group, state and output topics, so it replays
 /// exactly the signals the reference resolver saw.
@@ -20,25 +23,11 @@ const CRASH_ENV: [(&str, &str); 3] = [
 ];
 
 fn cdp(data: &Path, args: &[&str], crash: bool) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cdp"));
-    c.env("CDP_HTTP__LISTEN", "")
-        .arg("--data")
-        .arg(data)
-        .args(args);
+    let mut c = support::command(data, args);
     if crash {
         c.envs(CRASH_ENV);
     }
     c
-}
-
-fn ok(c: &mut Command) -> String {
-    let out = c.output().expect("cdp runs");
-    assert!(
-        out.status.success(),
-        "{c:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 type State = BTreeMap<&'static str, Vec<(Vec<u8>, Vec<u8>)>>;
@@ -61,21 +50,8 @@ fn state(dir: &Path) -> State {
 /// The newest profile per canonical id on a profiles topic (duplicates after a crash are
 /// allowed: consumers keep the highest version).
 fn profile_view(data: &Path, topic: &str) -> BTreeMap<String, (u64, Value)> {
-    let text = ok(&mut cdp(
-        data,
-        &[
-            "topic",
-            "read",
-            topic,
-            "--from-beginning",
-            "--idle-ms",
-            "5000",
-        ],
-        false,
-    ));
     let mut view: BTreeMap<String, (u64, Value)> = BTreeMap::new();
-    for line in text.lines() {
-        let record: Value = serde_json::from_str(line).unwrap();
+    for record in read_topic(data, topic) {
         let key = record["key"].as_str().unwrap().to_string();
         let value = record["value"].clone();
         let version = value["version"].as_u64().expect("versioned update");
@@ -112,13 +88,15 @@ fn interrupted_resolver_ends_in_the_state_of_an_uninterrupted_run(how: Interrupt
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("workload");
     let data = dir.path().join("data");
-    ok(cdp(
-        &data,
-        &["generate", "--profiles", "250", "--seed", "11", "--out"],
-        false,
-    )
-    .arg(&input));
-    ok(cdp(&data, &["run", "--until-drained", "--input"], false).arg(&input));
+    stdout_of(
+        cdp(
+            &data,
+            &["generate", "--profiles", "250", "--seed", "11", "--out"],
+            false,
+        )
+        .arg(&input),
+    );
+    stdout_of(cdp(&data, &["run", "--until-drained", "--input"], false).arg(&input));
     let resolver_dir = data.join("resolver");
     let reference = state(&resolver_dir);
     assert!(!reference["profiles"].is_empty());
@@ -150,7 +128,7 @@ fn interrupted_resolver_ends_in_the_state_of_an_uninterrupted_run(how: Interrupt
         }
     }
     assert!(kills > 0, "at least one run was interrupted mid-stream");
-    ok(&mut cdp(&data, &["resolve", "--until-drained"], true));
+    stdout_of(&mut cdp(&data, &["resolve", "--until-drained"], true));
 
     let recovered = state(&resolver_dir);
     let differing: Vec<String> = reference
@@ -198,12 +176,14 @@ fn killed_ingest_accounts_for_every_raw_record() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("workload");
     let data = dir.path().join("data");
-    ok(cdp(
-        &data,
-        &["generate", "--profiles", "250", "--seed", "12", "--out"],
-        false,
-    )
-    .arg(&input));
+    stdout_of(
+        cdp(
+            &data,
+            &["generate", "--profiles", "250", "--seed", "12", "--out"],
+            false,
+        )
+        .arg(&input),
+    );
     // The first round feeds the input (and runs every stage); the later ones run ingest alone.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
     let mut kills = 0;
@@ -226,7 +206,7 @@ fn killed_ingest_accounts_for_every_raw_record() {
         child.wait().unwrap();
     }
     assert!(kills > 0);
-    ok(&mut cdp(&data, &["ingest", "--until-drained"], false));
+    stdout_of(&mut cdp(&data, &["ingest", "--until-drained"], false));
 
     let truth = std::fs::read_to_string(input.join("truth.csv")).unwrap();
     let expected: std::collections::BTreeSet<String> = truth
@@ -234,24 +214,9 @@ fn killed_ingest_accounts_for_every_raw_record() {
         .skip(1)
         .map(|l| l.split(',').nth(1).unwrap().to_string())
         .collect();
-    let signals = ok(&mut cdp(
-        &data,
-        &[
-            "topic",
-            "read",
-            "cdp.signals",
-            "--from-beginning",
-            "--idle-ms",
-            "5000",
-        ],
-        false,
-    ));
-    let got: std::collections::BTreeSet<String> = signals
-        .lines()
-        .map(|l| {
-            let r: Value = serde_json::from_str(l).unwrap();
-            r["value"]["event_id"].as_str().unwrap().to_string()
-        })
+    let got: std::collections::BTreeSet<String> = read_topic(&data, "cdp.signals")
+        .iter()
+        .map(|r| r["value"]["event_id"].as_str().unwrap().to_string())
         .collect();
     let missing: Vec<_> = expected.difference(&got).take(5).collect();
     assert!(
@@ -275,22 +240,9 @@ fn killed_ingest_accounts_for_every_raw_record() {
                 .count()
         })
         .sum();
-    let dlq = ok(&mut cdp(
-        &data,
-        &[
-            "topic",
-            "read",
-            "cdp.dlq",
-            "--from-beginning",
-            "--idle-ms",
-            "5000",
-        ],
-        false,
-    ));
-    let dead: std::collections::BTreeSet<(String, String, String)> = dlq
-        .lines()
-        .map(|l| {
-            let r: Value = serde_json::from_str(l).unwrap();
+    let dead: std::collections::BTreeSet<(String, String, String)> = read_topic(&data, "cdp.dlq")
+        .iter()
+        .map(|r| {
             let h = |name: &str| r["headers"][name].as_str().unwrap_or_default().to_string();
             (
                 h("cdp.source.topic"),
@@ -314,18 +266,20 @@ fn a_fresh_resolver_volume_replays_the_signals_its_group_already_committed() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("workload");
     let data = dir.path().join("data");
-    ok(cdp(
-        &data,
-        &["generate", "--profiles", "120", "--seed", "13", "--out"],
-        false,
-    )
-    .arg(&input));
-    ok(cdp(&data, &["run", "--until-drained", "--input"], false).arg(&input));
+    stdout_of(
+        cdp(
+            &data,
+            &["generate", "--profiles", "120", "--seed", "13", "--out"],
+            false,
+        )
+        .arg(&input),
+    );
+    stdout_of(cdp(&data, &["run", "--until-drained", "--input"], false).arg(&input));
     let resolver_dir = data.join("resolver");
     let reference = state(&resolver_dir);
     std::fs::remove_dir_all(&resolver_dir).unwrap();
 
-    ok(&mut cdp(&data, &["resolve", "--until-drained"], false));
+    stdout_of(&mut cdp(&data, &["resolve", "--until-drained"], false));
     let restored = state(&resolver_dir);
     let differing: Vec<&str> = reference
         .iter()

@@ -391,16 +391,8 @@ mod tests {
     fn fingerprints_change_with_what_is_read_only() {
         let now = from_millis(1_700_000_000_000);
         let mut p = Profile {
-            tenant: "t".into(),
-            canonical_id: "cdp_1".into(),
-            identifiers: vec![],
-            aliases: vec![],
-            merge_history: vec![],
-            attributes: Default::default(),
-            consent: Default::default(),
             version: 1,
-            created_at: now,
-            updated_at: now,
+            ..Profile::new("t", "cdp_1", vec![], now)
         };
         p.attributes.lifecycle_stage = Some("lead".into());
         let expr = r#"profile.lifecycle_stage == "lead" && profile.counts["P"].last_7d >= 2"#;

@@ -50,16 +50,8 @@ mod tests {
 
     fn profile() -> Profile {
         Profile {
-            tenant: "t".into(),
-            canonical_id: "cdp_1".into(),
-            identifiers: vec![],
-            aliases: vec![],
-            merge_history: vec![],
-            attributes: Default::default(),
-            consent: Default::default(),
             version: 1,
-            created_at: from_millis(0),
-            updated_at: from_millis(0),
+            ..Profile::new("t", "cdp_1", vec![], from_millis(0))
         }
     }
 

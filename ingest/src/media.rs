@@ -87,22 +87,8 @@ fn appsflyer(f: Fields<'_>, cx: &mut Context<'_>) -> Result<Signal, Rejection> {
     };
     let event_id = bounded(appsflyer_event_id(&appsflyer_id, event_time, &name))?;
 
-    let mut ids = cx.identifiers();
-    if let Some(user) = f.id_text("customer_user_id")? {
-        ids.add(IdentifierKind::UserId, &user);
-    }
-    ids.add(IdentifierKind::DeviceId, &appsflyer_id);
-    let tracking = f.flag("is_lat")?.map(|lat| !lat);
-    for key in ["advertising_id", "idfa"] {
-        if let Some(ad_id) = f.str(key)? {
-            advertising_id(&mut ids, ad_id, tracking);
-        }
-    }
-    if let Some(idfv) = f.str("idfv")? {
-        ids.add(IdentifierKind::DeviceId, idfv);
-    }
-    click_ids(f, &mut ids)?;
-    let identifiers = ids.into_vec();
+    let identifiers =
+        postback_identifiers(f, cx, &appsflyer_id, "is_lat", ["advertising_id", "idfa"])?;
 
     let mut properties = Object::new();
     for (key, prop) in [
@@ -137,6 +123,34 @@ fn appsflyer(f: Fields<'_>, cx: &mut Context<'_>) -> Result<Signal, Rejection> {
     .into_signal(cx, mmp_rule)
 }
 
+/// The identifiers of a mobile measurement postback: the customer user id, the MMP's own device
+/// id, the advertising ids under `ad_id_keys` (not linked when the flag `limited_key` says
+/// tracking is limited), the vendor id and click ids.
+fn postback_identifiers(
+    f: Fields<'_>,
+    cx: &mut Context<'_>,
+    mmp_device_id: &str,
+    limited_key: &str,
+    ad_id_keys: [&str; 2],
+) -> Result<Vec<Identifier>, Rejection> {
+    let mut ids = cx.identifiers();
+    if let Some(user) = f.id_text("customer_user_id")? {
+        ids.add(IdentifierKind::UserId, &user);
+    }
+    ids.add(IdentifierKind::DeviceId, mmp_device_id);
+    let tracking = f.flag(limited_key)?.map(|limited| !limited);
+    for key in ad_id_keys {
+        if let Some(ad_id) = f.str(key)? {
+            advertising_id(&mut ids, ad_id, tracking);
+        }
+    }
+    if let Some(idfv) = f.str("idfv")? {
+        ids.add(IdentifierKind::DeviceId, idfv);
+    }
+    click_ids(f, &mut ids)?;
+    Ok(ids.into_vec())
+}
+
 fn adjust(f: Fields<'_>, cx: &mut Context<'_>) -> Result<Signal, Rejection> {
     let adid = f.record_id("adid")?;
     let activity = f
@@ -153,22 +167,7 @@ fn adjust(f: Fields<'_>, cx: &mut Context<'_>) -> Result<Signal, Rejection> {
         .trim();
     let event_id = bounded(adjust_event_id(&adid, created, &activity, token))?;
 
-    let mut ids = cx.identifiers();
-    if let Some(user) = f.id_text("customer_user_id")? {
-        ids.add(IdentifierKind::UserId, &user);
-    }
-    ids.add(IdentifierKind::DeviceId, &adid);
-    let tracking = f.flag("tracking_limited")?.map(|limited| !limited);
-    for key in ["gps_adid", "idfa"] {
-        if let Some(ad_id) = f.str(key)? {
-            advertising_id(&mut ids, ad_id, tracking);
-        }
-    }
-    if let Some(idfv) = f.str("idfv")? {
-        ids.add(IdentifierKind::DeviceId, idfv);
-    }
-    click_ids(f, &mut ids)?;
-    let identifiers = ids.into_vec();
+    let identifiers = postback_identifiers(f, cx, &adid, "tracking_limited", ["gps_adid", "idfa"])?;
 
     let mut properties = Object::new();
     for (key, prop) in [

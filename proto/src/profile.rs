@@ -107,6 +107,28 @@ pub struct Profile {
 }
 
 impl Profile {
+    /// A profile holding `identifiers` and nothing else yet: no history, attributes or consent,
+    /// version 0, created and updated `at`.
+    pub fn new(
+        tenant: impl Into<String>,
+        canonical_id: impl Into<String>,
+        identifiers: Vec<Identifier>,
+        at: Timestamp,
+    ) -> Self {
+        Self {
+            tenant: tenant.into(),
+            canonical_id: canonical_id.into(),
+            identifiers,
+            aliases: Vec::new(),
+            merge_history: Vec::new(),
+            attributes: Attributes::default(),
+            consent: Consent::default(),
+            version: 0,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
     pub fn count_of(&self, kind: &crate::identifier::IdentifierKind) -> usize {
         self.identifiers.iter().filter(|i| &i.kind == kind).count()
     }

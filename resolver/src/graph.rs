@@ -188,18 +188,12 @@ impl Resolver {
         let tenant = signal.tenant.as_str();
         let node = txn.create_node(tenant, id);
         let canonical_id = canonical_id_for(tenant, id);
-        let profile = Profile {
-            tenant: tenant.to_string(),
-            canonical_id: canonical_id.clone(),
-            identifiers: vec![id.clone()],
-            aliases: Vec::new(),
-            merge_history: Vec::new(),
-            attributes: Default::default(),
-            consent: Default::default(),
-            version: 0,
-            created_at: signal.received_at,
-            updated_at: signal.received_at,
-        };
+        let profile = Profile::new(
+            tenant,
+            canonical_id.clone(),
+            vec![id.clone()],
+            signal.received_at,
+        );
         txn.set_canonical(tenant, &canonical_id, Some(node));
         txn.put_profile(node, Some(profile));
         touch(batch, signal, &canonical_id);

@@ -236,16 +236,9 @@ pub fn materialize(
             // Attributes were folded from signals that are not kept; the carved-out part
             // starts empty (and without consent) and fills from its next signals.
             Profile {
-                tenant: tenant.to_string(),
-                canonical_id: ids[i].clone(),
-                identifiers,
                 aliases,
-                merge_history: Vec::new(),
-                attributes: Default::default(),
-                consent: Default::default(),
                 version,
-                created_at: at,
-                updated_at: at,
+                ..Profile::new(tenant, ids[i].clone(), identifiers, at)
             }
         };
         if sets.len() > 1 {

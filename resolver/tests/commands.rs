@@ -7,8 +7,8 @@ mod support;
 
 use cdp_bus::{OutRecord, Record};
 use cdp_proto::{
-    time::from_millis, Identifier, IdentifierKind, IdentityChange, IdentityChangeKind,
-    IdentityLink, Profile, ProfileUpdate, Signal, Source,
+    time::from_millis, Identifier, IdentifierKind, IdentityChange, IdentityChangeKind, Profile,
+    ProfileUpdate, Signal, Source,
 };
 use cdp_resolver::command::{
     CommandOp, CommandOutcome, CommandStatus, GraphCommand, Target, UnmergePart,
@@ -42,28 +42,9 @@ fn device(v: &str) -> Identifier {
     id(IdentifierKind::DeviceId, v)
 }
 
-/// A signal whose first identifier is linked to each of the others.
+/// A web signal whose first identifier is linked to each of the others.
 fn signal(n: i64, ids: &[Identifier], rule: &str, confidence: f64) -> Signal {
-    Signal {
-        tenant: "acme".into(),
-        source: Source::Web,
-        event_id: format!("e{n}"),
-        event_time: from_millis(1_700_000_000_000 + n * 1000),
-        received_at: from_millis(1_700_000_000_000 + n * 1000),
-        identifiers: ids.to_vec(),
-        links: ids[1..]
-            .iter()
-            .map(|b| IdentityLink {
-                a: ids[0].clone(),
-                b: b.clone(),
-                rule: rule.into(),
-                confidence,
-            })
-            .collect(),
-        event: None,
-        traits: Default::default(),
-        consent: Default::default(),
-    }
+    support::signal(n, Source::Web, ids, rule, confidence)
 }
 
 /// An input log: signals and commands with their offsets, as the stage polls them.

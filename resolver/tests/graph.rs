@@ -4,7 +4,7 @@
 mod support;
 
 use cdp_bus::Record;
-use cdp_proto::{time::from_millis, Identifier, IdentifierKind, IdentityLink, Signal, Source};
+use cdp_proto::{Identifier, IdentifierKind, Signal, Source};
 use cdp_resolver::graph::Batch;
 use cdp_resolver::policy::PolicyConfig;
 use cdp_resolver::stage::apply_records;
@@ -12,35 +12,10 @@ use cdp_resolver::txn::Txn;
 use cdp_resolver::{lookup, GraphStore, MemStore, Resolver, ResolverConfig, RocksStore};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use support::partition;
+use support::{partition, signal};
 
 fn id(kind: IdentifierKind, v: &str) -> Identifier {
     Identifier::new(kind, v)
-}
-
-fn signal(n: i64, source: Source, ids: &[Identifier], rule: &str, confidence: f64) -> Signal {
-    let links = ids
-        .iter()
-        .skip(1)
-        .map(|b| IdentityLink {
-            a: ids[0].clone(),
-            b: b.clone(),
-            rule: rule.into(),
-            confidence,
-        })
-        .collect();
-    Signal {
-        tenant: "acme".into(),
-        source,
-        event_id: format!("e{n}"),
-        event_time: from_millis(1_700_000_000_000 + n * 1000),
-        received_at: from_millis(1_700_000_000_000 + n * 1000),
-        identifiers: ids.to_vec(),
-        links,
-        event: None,
-        traits: Default::default(),
-        consent: Default::default(),
-    }
 }
 
 fn apply(

@@ -6,8 +6,8 @@ mod support;
 
 use cdp_bus::Record;
 use cdp_proto::{
-    time::from_millis, Identifier, IdentifierKind, IdentityChange, IdentityChangeKind,
-    IdentityLink, Signal, Source,
+    time::from_millis, Identifier, IdentifierKind, IdentityChange, IdentityChangeKind, Signal,
+    Source,
 };
 use cdp_resolver::policy::PolicyConfig;
 use cdp_resolver::rebuild::{rebuild, RebuildOptions, RebuildReport};
@@ -29,26 +29,7 @@ fn device(v: &str) -> Identifier {
 }
 
 fn record(n: i64, ids: &[Identifier]) -> Record {
-    let s = Signal {
-        tenant: "acme".into(),
-        source: Source::App,
-        event_id: format!("e{n}"),
-        event_time: from_millis(1_700_000_000_000 + n * 1000),
-        received_at: from_millis(1_700_000_000_000 + n * 1000),
-        identifiers: ids.to_vec(),
-        links: ids[1..]
-            .iter()
-            .map(|b| IdentityLink {
-                a: ids[0].clone(),
-                b: b.clone(),
-                rule: "deterministic_login".into(),
-                confidence: 1.0,
-            })
-            .collect(),
-        event: None,
-        traits: Default::default(),
-        consent: Default::default(),
-    };
+    let s = support::signal(n, Source::App, ids, "deterministic_login", 1.0);
     Record {
         topic: "cdp.signals".into(),
         partition: 0,

@@ -18,15 +18,30 @@ pub fn cdp(data: &Path) -> Command {
     c
 }
 
-/// Runs a command to completion (HTTP listener off), whatever its exit status.
-pub fn output(data: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cdp"))
-        .env("CDP_HTTP__LISTEN", "")
+/// The binary on `data` with `args`, HTTP listener off (many run side by side in tests).
+pub fn command(data: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cdp"));
+    c.env("CDP_HTTP__LISTEN", "")
         .arg("--data")
         .arg(data)
-        .args(args)
-        .output()
-        .expect("cdp runs")
+        .args(args);
+    c
+}
+
+/// Runs `c`, which must succeed; its stdout.
+pub fn stdout_of(c: &mut Command) -> String {
+    let out = c.output().expect("cdp runs");
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a command to completion (HTTP listener off), whatever its exit status.
+pub fn output(data: &Path, args: &[&str]) -> Output {
+    command(data, args).output().expect("cdp runs")
 }
 
 /// Runs a command that must succeed.

@@ -19,21 +19,14 @@ pub fn t0() -> Timestamp {
 }
 
 pub fn profile(id: &str, stage: &str, ad_consent: Option<bool>) -> Profile {
+    let identifiers = vec![
+        Identifier::new(IdentifierKind::EmailSha256, format!("{:0>64}", id.len())),
+        Identifier::new(IdentifierKind::CrmId, format!("crm-{id}")),
+        Identifier::new(IdentifierKind::CookieId, format!("cookie-{id}")),
+    ];
     let mut p = Profile {
-        tenant: "acme".into(),
-        canonical_id: id.into(),
-        identifiers: vec![
-            Identifier::new(IdentifierKind::EmailSha256, format!("{:0>64}", id.len())),
-            Identifier::new(IdentifierKind::CrmId, format!("crm-{id}")),
-            Identifier::new(IdentifierKind::CookieId, format!("cookie-{id}")),
-        ],
-        aliases: vec![],
-        merge_history: vec![],
-        attributes: Default::default(),
-        consent: Default::default(),
         version: 1,
-        created_at: t0(),
-        updated_at: t0(),
+        ..Profile::new("acme", id, identifiers, t0())
     };
     p.attributes.lifecycle_stage = Some(stage.into());
     if let Some(granted) = ad_consent {

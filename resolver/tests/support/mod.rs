@@ -1,6 +1,7 @@
 //! Shared by the resolver's integration tests.
 
-use cdp_proto::Identifier;
+use cdp_proto::time::from_millis;
+use cdp_proto::{Identifier, IdentityLink, Signal, Source};
 use cdp_resolver::{lookup, GraphStore};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,4 +17,29 @@ pub fn partition(store: &dyn GraphStore, ids: &[Identifier]) -> BTreeSet<BTreeSe
         }
     }
     groups.into_values().collect()
+}
+
+/// The `n`th signal of a test input (one a second) from `source`, whose first identifier is
+/// linked by `rule` to each of the others.
+pub fn signal(n: i64, source: Source, ids: &[Identifier], rule: &str, confidence: f64) -> Signal {
+    Signal {
+        tenant: TENANT.into(),
+        source,
+        event_id: format!("e{n}"),
+        event_time: from_millis(1_700_000_000_000 + n * 1000),
+        received_at: from_millis(1_700_000_000_000 + n * 1000),
+        identifiers: ids.to_vec(),
+        links: ids[1..]
+            .iter()
+            .map(|b| IdentityLink {
+                a: ids[0].clone(),
+                b: b.clone(),
+                rule: rule.into(),
+                confidence,
+            })
+            .collect(),
+        event: None,
+        traits: Default::default(),
+        consent: Default::default(),
+    }
 }
