@@ -57,6 +57,12 @@ NAMESPACE = "data"
 # The oldest Kubernetes the chart declares (Chart.yaml kubeVersion) and the newest schemas known.
 KUBE_VERSIONS = ["1.25.0", kubernetes_validate.utils.latest_version()]
 STAGES = {"ingest": "ingest", "resolver": "resolve", "activation": "activate"}
+# The collector (`cdp collect`) runs only where `collector.enabled`; it serves on collect.listen.
+COLLECTOR = "collector"
+# Where each stage's binary takes its listen address from: (config section, variable).
+LISTEN = {COLLECTOR: ("collect", "CDP_COLLECT__LISTEN")}
+# The stand-in for the collector's write keys from their Secret: TOML, as the Secret holds it.
+WRITE_KEYS_STANDIN = '[{tenant = "from-secret", key_sha256 = "' + "0" * 64 + '"}]'
 # Stages whose --data holds state that must outlive the pod (the resolver's identity graph;
 # activation's membership, versions, offsets and webhook queue): StatefulSets with a PVC.
 STATEFUL = ("resolver", "activation")
@@ -266,7 +272,8 @@ def container_env(container: dict[str, Any]) -> dict[str, str]:
             env[e["name"]] = str(e["value"])
         elif "secretKeyRef" in e.get("valueFrom", {}):
             ref = e["valueFrom"]["secretKeyRef"]
-            env[e["name"]] = f"from-secret-{ref['name']}-{ref['key']}"
+            env[e["name"]] = (WRITE_KEYS_STANDIN if e["name"] == "CDP_COLLECT__WRITE_KEYS"
+                              else f"from-secret-{ref['name']}-{ref['key']}")
     return env
 
 
@@ -312,19 +319,25 @@ def check_variant(f: Failures, label: str, objects: list[dict[str, Any]], values
             f.check(name in topics.values(),
                     f"{label}: config {key} = {name!r} is one of the binary's default topics")
 
+    stages = dict(STAGES)
+    if values[COLLECTOR]["enabled"]:
+        stages[COLLECTOR] = "collect"
+    else:
+        f.check(not [o for o in objects if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == COLLECTOR],
+                f"{label}: nothing of the collector when collector.enabled is false")
     workloads = {}
-    for stage in STAGES:
+    for stage in stages:
         kind = "StatefulSet" if stage in STATEFUL else "Deployment"
         found = [o for o in by_kind(objects, kind)
                  if o["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == stage]
         if f.check(len(found) == 1, f"{label}: one {kind} runs the {stage}"):
             workloads[stage] = found[0]
-    f.check(len(by_kind(objects, "Deployment")) + len(by_kind(objects, "StatefulSet")) == len(STAGES),
-            f"{label}: no workload beyond ingest, resolver and activation")
+    f.check(len(by_kind(objects, "Deployment")) + len(by_kind(objects, "StatefulSet")) == len(stages),
+            f"{label}: no workload beyond {', '.join(stages)}")
 
     services = by_kind(objects, "Service")
     for stage, w in workloads.items():
-        check_workload(f, f"{label}: {stage}", stage, w, configmap, config_text, values, cdp)
+        check_workload(f, f"{label}: {stage}", stage, stages[stage], w, configmap, config_text, values, cdp)
         pod_labels = w["spec"]["template"]["metadata"]["labels"]
         f.check(selects(w["spec"]["selector"]["matchLabels"], pod_labels),
                 f"{label}: {stage} selector matches its pod labels")
@@ -339,23 +352,25 @@ def check_variant(f: Failures, label: str, objects: list[dict[str, Any]], values
             f.check(len(pdbs) == 1, f"{label}: one PodDisruptionBudget covers the {stage} pods")
         if stage in STATEFUL:
             check_stateful(f, label, stage, w, stage_services, objects, values)
+        elif stage == COLLECTOR:
+            check_collector(f, label, w, objects, values)
         else:
             check_autoscaling(f, label, stage, w, objects, values)
     check_autoscaler_targets(f, label, objects, workloads)
 
-    check_monitoring(f, label, objects, services, values)
+    check_monitoring(f, label, objects, services, values, len(workloads))
     check_network_policy(f, label, objects, workloads, values)
 
 
-def check_workload(f: Failures, label: str, stage: str, w: dict[str, Any], configmap: dict[str, Any],
-                   config_text: str, values: dict[str, Any], cdp: str | None) -> None:
+def check_workload(f: Failures, label: str, stage: str, subcommand: str, w: dict[str, Any],
+                   configmap: dict[str, Any], config_text: str, values: dict[str, Any], cdp: str | None) -> None:
     pod = w["spec"]["template"]["spec"]
     containers = pod["containers"]
     if not f.check(len(containers) == 1, f"{label}: one container"):
         return
     c = containers[0]
     args = c.get("command", []) + c.get("args", [])
-    f.check(args[-1:] == [STAGES[stage]], f"{label}: runs `cdp {STAGES[stage]}` (args {args})")
+    f.check(args[-1:] == [subcommand], f"{label}: runs `cdp {subcommand}` (args {args})")
 
     def flag(name: str) -> str | None:
         return args[args.index(name) + 1] if name in args and args.index(name) + 1 < len(args) else None
@@ -402,15 +417,20 @@ def check_workload(f: Failures, label: str, stage: str, w: dict[str, Any], confi
         ref = e.get("valueFrom", {}).get("secretKeyRef")
         if ref is not None:
             f.check(bool(ref.get("name")) and bool(ref.get("key")), f"{label}: env {e['name']} names its Secret and key")
-    listen = env.get("CDP_HTTP__LISTEN", "")
+    section, variable = LISTEN.get(stage, ("http", "CDP_HTTP__LISTEN"))
+    listen = env.get(variable, "")
     if cdp is None:
         f.check(listen == f"0.0.0.0:{values['http']['port']}",
-                f"{label}: CDP_HTTP__LISTEN={listen!r} binds the probe port on every interface")
+                f"{label}: {variable}={listen!r} binds the probe port on every interface")
         return
     effective, error = effective_config(cdp, config_text, env)
     if not f.check(effective is not None, f"{label}: the binary accepts the rendered config and environment: {error}"):
         return
-    listen = effective.get("http", {}).get("listen", "")
+    if stage == COLLECTOR:
+        keys = effective.get("collect", {}).get("write_keys", [])
+        f.check([k.get("tenant") for k in keys] == ["from-secret"],
+                f"{label}: the write keys reach collect.write_keys from the Secret (got {keys})")
+    listen = effective.get(section, {}).get("listen", "")
     host, _, port = listen.rpartition(":")
     f.check(host in ("0.0.0.0", "[::]") and port == str(values["http"]["port"]),
             f"{label}: the binary listens on {listen!r}: every interface, the probe port {values['http']['port']}")
@@ -506,18 +526,47 @@ def check_autoscaling(f: Failures, label: str, stage: str, deployment: dict[str,
 
 
 def check_monitoring(f: Failures, label: str, objects: list[dict[str, Any]], services: list[dict[str, Any]],
-                     values: dict[str, Any]) -> None:
+                     values: dict[str, Any], workloads: int) -> None:
     monitors = by_kind(objects, "ServiceMonitor")
     if not f.check(len(monitors) == (1 if values["serviceMonitor"]["enabled"] else 0),
                    f"{label}: ServiceMonitor rendered only when enabled"):
         return
     for m in monitors:
         selected = [s for s in services if selects(m["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])]
-        f.check(len(selected) == len(STAGES), f"{label}: the ServiceMonitor selects the Services of all stages")
+        f.check(len(selected) == workloads, f"{label}: the ServiceMonitor selects the Services of all stages")
         for e in m["spec"]["endpoints"]:
             f.check(e.get("path") == "/metrics" and all(
                 any(p.get("name") == e.get("port") for p in s["spec"]["ports"]) for s in selected),
                 f"{label}: the ServiceMonitor scrapes /metrics on a port every Service has")
+
+
+def check_collector(f: Failures, label: str, deployment: dict[str, Any], objects: list[dict[str, Any]],
+                    values: dict[str, Any]) -> None:
+    """The collector: a CPU autoscaler in either mode (it consumes nothing, so there is no lag to
+    follow), and, with the NetworkPolicy on, its port open to its clients."""
+    name = deployment["metadata"]["name"]
+    scaling = values[COLLECTOR]["autoscaling"]
+    hpas = [h for h in by_kind(objects, "HorizontalPodAutoscaler") if h["spec"]["scaleTargetRef"]["name"] == name]
+    scaled = [s for s in by_kind(objects, "ScaledObject") if s["spec"]["scaleTargetRef"]["name"] == name]
+    f.check(len(hpas) == (1 if scaling["enabled"] else 0) and not scaled,
+            f"{label}: the collector has a CPU HPA exactly when collector.autoscaling.enabled ({len(hpas)} HPA, {len(scaled)} ScaledObject)")
+    f.check(("replicas" in deployment["spec"]) != scaling["enabled"],
+            f"{label}: the collector Deployment leaves replicas to its autoscaler")
+    for h in hpas:
+        f.check(h["spec"]["minReplicas"] == scaling["minReplicas"] and h["spec"]["maxReplicas"] == scaling["maxReplicas"]
+                and h["spec"]["metrics"][0]["resource"]["name"] == "cpu",
+                f"{label}: the collector HPA scales on CPU within collector.autoscaling")
+    if values["networkPolicy"]["enabled"]:
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        # The collector's own policies (the release-wide one selects every stage's pods).
+        own = [p for p in by_kind(objects, "NetworkPolicy")
+               if selects(p["spec"]["podSelector"].get("matchLabels", {}), labels)
+               and p["spec"]["podSelector"]["matchLabels"].get("app.kubernetes.io/component") == COLLECTOR]
+        open_to = [rule.get("from") for p in own for rule in p["spec"].get("ingress", [])
+                   if any(port.get("port") == "http" for port in rule.get("ports", []))]
+        wanted = values[COLLECTOR]["ingressFrom"] or None
+        f.check(open_to == [wanted],
+                f"{label}: a collector NetworkPolicy lets its clients ({wanted or 'anyone'}) reach the http port (got {open_to})")
 
 
 def check_network_policy(f: Failures, label: str, objects: list[dict[str, Any]],
@@ -668,6 +717,9 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
      "/config/activation/destinations/0/secret"),
     ({"activation": {"secretEnv": [{"name": "CRM SECRET", "secretName": "cdp", "key": "crm"}]}},
      "/activation/secretEnv/0/name"),
+    ({"collector": {"enabled": True}}, "/collector/writeKeys/existingSecret"),
+    ({"collector": {"autoscaling": {"lagThreshold": 100}}}, "additional properties 'lagThreshold'"),
+    ({"config": {"collect": {"write_keys": []}}}, "additional properties 'write_keys'"),
 ]
 
 
@@ -676,6 +728,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
 BAD_VALUES_WITHOUT_SCHEMA: list[tuple[dict[str, Any], str]] = [
     ({"resolver": {"replicas": 2}}, "resolver.replicas (2) is above 1"),
     ({"activation": {"replicas": 2}}, "activation.replicas (2) is above 1"),
+    ({"collector": {"enabled": True}}, "collector.writeKeys.existingSecret is required"),
 ]
 
 

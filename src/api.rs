@@ -1,6 +1,7 @@
 //! The HTTP API over the state a process owns: profiles where it runs the resolver (look a
 //! profile up by any identifier or canonical id, explain it, read its merge history, erase it)
-//! and cohorts where it runs activation (the definitions, and each cohort's members, paged).
+//! and cohorts where it runs activation (the definitions, each cohort's members, paged, and the
+//! cohorts one profile is in).
 //!
 //! Reads go straight to the stages' RocksDB (committed batches only; the stages keep writing).
 //! Erasure is a `forget` command on the commands topic, which the resolver applies in order with
@@ -513,6 +514,40 @@ pub async fn cohorts(State(api): State<Arc<CohortApi>>, headers: HeaderMap) -> A
         })
         .collect();
     Ok(Json(json!({ "cohorts": list })).into_response())
+}
+
+/// `GET /v1/profiles/{canonical_id}/cohorts`: the configured cohorts the profile is in now, with
+/// when it entered each. Membership is activation's, which knows a person by the canonical id of
+/// the profile updates it applied: an id it never saw, or one retired by a merge, is in none.
+pub async fn profile_cohorts(
+    State((api, profiles)): State<(Arc<CohortApi>, Option<Arc<ProfileApi>>)>,
+    headers: HeaderMap,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult {
+    if !is_canonical(&id) {
+        // As for explain: `{kind}/cohorts` is an identifier lookup, where the resolver runs.
+        return match profiles {
+            Some(profiles) => identifier_lookup(profiles, headers, id, "cohorts".into()).await,
+            None => Err(unknown_route().await),
+        };
+    }
+    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    let store = api.store.clone();
+    let wanted = id.clone();
+    let held = blocking(move || {
+        store
+            .profile_memberships(&caller.tenant, &wanted)
+            .map_err(ApiError::internal)
+    })
+    .await?;
+    // A cohort a reload removed may still hold members until they are re-evaluated.
+    let defs = api.activation.current();
+    let cohorts: Vec<_> = held
+        .into_iter()
+        .filter(|(key, _)| defs.cohorts.list.iter().any(|c| c.key() == key))
+        .map(|(key, state)| json!({ "key": key, "entered_at": state.since, "version": state.seq }))
+        .collect();
+    Ok(Json(json!({ "canonical_id": id, "cohorts": cohorts })).into_response())
 }
 
 #[derive(Deserialize)]

@@ -81,6 +81,45 @@ impl ApiKey {
     }
 }
 
+/// `cdp collect`: the Segment-compatible HTTP Tracking API in front of the raw topics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectSection {
+    /// Address of the Tracking API, which also serves `/healthz`, `/readyz` and `/metrics`.
+    pub listen: String,
+    /// Largest message, as the raw record it becomes; at most `ingest.max_message_bytes`.
+    pub max_message_bytes: usize,
+    /// Largest `/v1/batch` body.
+    pub max_batch_bytes: usize,
+    /// Requests handled at once; more get 503 with `Retry-After`. Bounds memory to roughly
+    /// this many times `max_batch_bytes` times four.
+    pub max_in_flight_requests: usize,
+    /// Write keys and the tenant each writes to. With none, every request is refused.
+    pub write_keys: Vec<WriteKey>,
+}
+
+impl Default for CollectSection {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8088".into(),
+            max_message_bytes: 32768,
+            max_batch_bytes: 512000,
+            max_in_flight_requests: 64,
+            write_keys: Vec::new(),
+        }
+    }
+}
+
+/// A Segment write key, stored as its SHA-256 so the config holds no secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteKey {
+    /// The tenant whose raw topics receive this key's events.
+    pub tenant: String,
+    /// Lower-case hex SHA-256 of the key: `printf %s "$WRITE_KEY" | sha256sum`.
+    pub key_sha256: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -93,6 +132,7 @@ pub enum Scope {
 pub struct Config {
     pub bus: BusSection,
     pub http: HttpSection,
+    pub collect: CollectSection,
     pub ingest: IngestConfig,
     pub resolver: ResolverConfig,
     pub activation: ActivationConfig,
@@ -157,7 +197,45 @@ impl Config {
                 self.http.listen
             );
         }
+        self.validate_collect()?;
         cdp_activation::Cohorts::compile(&self.activation.cohorts)?;
+        // Thresholds, and the model file when one is named, are checked before anything runs.
+        cdp_resolver::matching::Matcher::new(self.resolver.matching.clone())?;
+        Ok(())
+    }
+
+    fn validate_collect(&self) -> Result<()> {
+        let c = &self.collect;
+        if !c.listen.is_empty() && c.listen.parse::<SocketAddr>().is_err() {
+            bail!(
+                "collect.listen {:?} is not an address like 0.0.0.0:8088",
+                c.listen
+            );
+        }
+        // What the collector accepts, ingest must accept too: its records are single messages.
+        if c.max_message_bytes == 0 || c.max_message_bytes > self.ingest.max_message_bytes {
+            bail!("collect.max_message_bytes must be between 1 and ingest.max_message_bytes");
+        }
+        if c.max_batch_bytes < c.max_message_bytes {
+            bail!("collect.max_batch_bytes must be at least collect.max_message_bytes");
+        }
+        if c.max_in_flight_requests == 0 {
+            bail!("collect.max_in_flight_requests must be at least 1");
+        }
+        for (n, key) in c.write_keys.iter().enumerate() {
+            if !cdp_proto::normalize::is_sha256_hex(&key.key_sha256) {
+                bail!("collect.write_keys[{n}].key_sha256 must be 64 lower-case hex digits");
+            }
+            if !cdp_ingest::config::is_valid_tenant(&key.tenant) {
+                bail!("collect.write_keys[{n}].tenant must match [a-z0-9_-]{{1,64}}");
+            }
+            if c.write_keys[..n]
+                .iter()
+                .any(|k| k.key_sha256 == key.key_sha256)
+            {
+                bail!("collect.write_keys[{n}] repeats an earlier key");
+            }
+        }
         Ok(())
     }
 }
@@ -214,6 +292,34 @@ mod tests {
             let vars = [(name.to_string(), value.to_string())];
             let err = Config::from_toml_with_env("", vars).unwrap_err();
             assert!(format!("{err:#}").contains(name), "{err:#}");
+        }
+    }
+
+    #[test]
+    fn write_keys_come_from_the_file_or_the_environment_and_are_checked() {
+        let hash = cdp_proto::normalize::sha256_hex("wk");
+        let vars = [(
+            "CDP_COLLECT__WRITE_KEYS".to_string(),
+            format!("[{{tenant = \"acme\", key_sha256 = \"{hash}\"}}]"),
+        )];
+        let c = Config::from_toml_with_env("", vars).unwrap();
+        assert_eq!(c.collect.write_keys[0].tenant, "acme");
+        for (text, field) in [
+            (
+                "[[collect.write_keys]]\ntenant = \"acme\"\nkey_sha256 = \"wk\"\n".to_string(),
+                "key_sha256",
+            ),
+            (
+                format!("[[collect.write_keys]]\ntenant = \"Acme Inc\"\nkey_sha256 = \"{hash}\"\n"),
+                "tenant",
+            ),
+            (
+                "[collect]\nmax_message_bytes = 40000\n".to_string(),
+                "max_message_bytes",
+            ),
+        ] {
+            let err = Config::from_toml(&text).unwrap_err();
+            assert!(format!("{err:#}").contains(field), "{err:#}");
         }
     }
 

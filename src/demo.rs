@@ -2,14 +2,12 @@
 //! happened, including pairwise accuracy against the workload's ground truth.
 
 use crate::config::Config;
-use crate::eval::{pairwise, PairwiseScores};
+use crate::eval::{self, Scores};
 use crate::pipeline::{self, Counters, Stages};
 use anyhow::{Context, Result};
-use cdp_bus::{Bus, ConsumerOptions, StartFrom};
-use cdp_proto::Signal;
-use cdp_resolver::{lookup, GraphStore, RocksStore};
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use cdp_resolver::{lookup, RocksStore};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -76,7 +74,7 @@ pub fn run(config: &Config, opts: &DemoOptions, shutdown: Arc<AtomicBool>) -> Re
     }
 
     let store = RocksStore::open(&pipeline::resolver_dir(&state))?;
-    let scores = accuracy(bus.as_ref(), config, &store, &workload.join("truth.csv"))?;
+    let scores = eval::evaluate(bus.as_ref(), config, &store, &workload.join("truth.csv"))?;
     let members =
         cdp_activation::membership::MembershipStore::open(&pipeline::activation_dir(&state))?
             .members()?;
@@ -116,7 +114,7 @@ fn report(
     c: &Counters,
     profiles: u64,
     per_cohort: &BTreeMap<String, u64>,
-    scores: &PairwiseScores,
+    scores: &Scores,
 ) {
     let r = &c.resolver;
     let a = &c.activation;
@@ -129,24 +127,7 @@ fn report(
         wall.as_secs_f64(),
         rate(raw_total, wall)
     );
-    println!(
-        "{:<18} {:>10} {:>10} {:>8} {:>14}",
-        "stage", "in", "out", "dlq", "rate (busy)"
-    );
-    for (name, s) in [
-        ("ingest", &c.ingest),
-        ("resolver", &r.stage),
-        ("activation", &a.stage),
-    ] {
-        println!(
-            "{:<18} {:>10} {:>10} {:>8} {:>14}",
-            name,
-            s.consumed(),
-            s.produced(),
-            s.dead_lettered(),
-            rate(s.consumed(), s.busy())
-        );
-    }
+    print!("{}", c.table(Stages::ALL));
     println!("\n== identity ==");
     println!("profiles           {profiles}");
     println!("merges             {}", load(&r.merges));
@@ -165,83 +146,6 @@ fn report(
             load(&a.latency_us_sum) as f64 / samples as f64 / 1000.0
         );
     }
-    println!("\n== accuracy vs truth.csv (pairwise) ==");
-    println!("records            {}", scores.records);
-    println!("precision          {:.4}", scores.precision);
-    println!("recall             {:.4}", scores.recall);
-    println!("F1                 {:.4}", scores.f1);
-    println!(
-        "false pairs        {} (joined, truth apart)",
-        scores.false_pairs
-    );
-    println!(
-        "missed pairs       {} (truth joined, kept apart)",
-        scores.missed_pairs
-    );
-}
-
-/// Pairwise accuracy: each signal's record id mapped to the profile its first identifier is in now.
-pub fn accuracy(
-    bus: &dyn Bus,
-    config: &Config,
-    store: &dyn GraphStore,
-    truth: &Path,
-) -> Result<PairwiseScores> {
-    let mut truth_map: HashMap<(String, String), String> = HashMap::new();
-    let text =
-        std::fs::read_to_string(truth).with_context(|| format!("reading {}", truth.display()))?;
-    for line in text.lines().skip(1) {
-        let mut parts = line.splitn(3, ',');
-        if let (Some(source), Some(record), Some(person)) =
-            (parts.next(), parts.next(), parts.next())
-        {
-            truth_map.insert((source.to_string(), record.to_string()), person.to_string());
-        }
-    }
-    let mut consumer = bus.consumer(ConsumerOptions {
-        group: format!("cdp-demo-eval-{}", std::process::id()),
-        topics: vec![config.resolver.signals_topic.clone()],
-        start: StartFrom::Earliest,
-        commit: false,
-    })?;
-    let ends: i64 = bus
-        .end_offsets(&config.resolver.signals_topic)?
-        .iter()
-        .sum();
-    let mut seen = 0i64;
-    let mut predicted: HashMap<(String, String), String> = HashMap::new();
-    let mut cache: HashMap<(String, String), Option<String>> = HashMap::new();
-    while seen < ends {
-        let records = consumer.poll(5000, Duration::from_millis(500))?;
-        if records.is_empty() {
-            break;
-        }
-        seen += records.len() as i64;
-        for r in records {
-            let Some(signal) = r
-                .value
-                .as_deref()
-                .and_then(|v| serde_json::from_slice::<Signal>(v).ok())
-            else {
-                continue;
-            };
-            let Some(first) = signal.identifiers.first() else {
-                continue;
-            };
-            let key = (signal.tenant.clone(), first.to_string());
-            let canonical = match cache.get(&key) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = lookup::canonical_of(store, &signal.tenant, first)?;
-                    cache.insert(key, c.clone());
-                    c
-                }
-            };
-            if let Some(c) = canonical {
-                predicted.insert((signal.source.as_str().to_string(), signal.event_id), c);
-            }
-        }
-    }
-    consumer.close()?;
-    Ok(pairwise(&truth_map, &predicted))
+    println!("\n== accuracy vs truth.csv ==");
+    eval::print(scores);
 }

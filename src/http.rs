@@ -1,11 +1,12 @@
 //! The HTTP listener every cdp process serves: `/healthz` (alive), `/readyz` (consuming and
-//! caught up within `http.ready_max_lag`), `/metrics` (Prometheus text), `/openapi.json`, and
-//! the API routes of the stages it runs ([`ROUTES`], the one table the router is built from and
-//! the OpenAPI document is checked against). It runs on its own thread with a small tokio
-//! runtime; bus calls it makes (lag) run on the blocking pool so a slow broker never stalls the
-//! listener.
+//! caught up within `http.ready_max_lag`), `/metrics` (Prometheus text), `/openapi.json`, the
+//! identity console (`/console`, where the resolver runs) and the API routes of the stages it
+//! runs ([`ROUTES`], the one table the router is built from and the OpenAPI document is checked
+//! against). It runs on its own thread with a small tokio runtime; bus calls it makes (lag) run
+//! on the blocking pool so a slow broker never stalls the listener.
 
 use crate::api::{self, ApiError, CohortApi, ProfileApi};
+use crate::collect::{self, Collector};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Counters, Stages};
@@ -16,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 use axum::{Json, Router};
 use cdp_bus::Bus;
+use cdp_ingest::collect::Route as TrackingRoute;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +36,8 @@ pub struct Probe {
     pub profiles: Option<Arc<ProfileApi>>,
     /// The cohort routes, where this process runs activation.
     pub cohorts: Option<Arc<CohortApi>>,
+    /// The Segment Tracking API routes, where this process is `cdp collect`.
+    pub collector: Option<Arc<Collector>>,
 }
 
 impl Probe {
@@ -53,6 +57,7 @@ impl Probe {
             metrics: Metrics::new(stages)?,
             profiles: None,
             cohorts: None,
+            collector: None,
         })
     }
 
@@ -169,6 +174,13 @@ pub const ROUTES: &[Route] = &[
         mount: |p| Some(get(api::history).with_state(p.profiles.clone()?)),
     },
     Route {
+        path: "/v1/profiles/{canonical_id}/cohorts",
+        mount: |p| {
+            let state = (p.cohorts.clone()?, p.profiles.clone());
+            Some(get(api::profile_cohorts).with_state(state))
+        },
+    },
+    Route {
         path: "/v1/profiles/{kind}/{value}",
         mount: |p| {
             let api = p.profiles.clone()?;
@@ -190,6 +202,143 @@ pub const ROUTES: &[Route] = &[
     Route {
         path: "/v1/cohorts/{key}/members",
         mount: |p| Some(get(api::cohort_members).with_state(p.cohorts.clone()?)),
+    },
+    Route {
+        path: "/v1/batch",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Batch,
+                p.collector.clone(),
+            ))
+        },
+    },
+    Route {
+        path: "/v1/track",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Track,
+                p.collector.clone(),
+            ))
+        },
+    },
+    Route {
+        path: "/v1/identify",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Identify,
+                p.collector.clone(),
+            ))
+        },
+    },
+    Route {
+        path: "/v1/page",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Page,
+                p.collector.clone(),
+            ))
+        },
+    },
+    Route {
+        path: "/v1/screen",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Screen,
+                p.collector.clone(),
+            ))
+        },
+    },
+    Route {
+        path: "/v1/alias",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Alias,
+                p.collector.clone(),
+            ))
+        },
+    },
+    Route {
+        path: "/v1/group",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Group,
+                p.collector.clone(),
+            ))
+        },
+    },
+    // analytics.js's short path for /v1/batch.
+    Route {
+        path: "/v1/b",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Batch,
+                p.collector.clone(),
+            ))
+        },
+    },
+    // analytics.js's short path for /v1/track.
+    Route {
+        path: "/v1/t",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Track,
+                p.collector.clone(),
+            ))
+        },
+    },
+    // analytics.js's short path for /v1/identify.
+    Route {
+        path: "/v1/i",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Identify,
+                p.collector.clone(),
+            ))
+        },
+    },
+    // analytics.js's short path for /v1/page.
+    Route {
+        path: "/v1/p",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Page,
+                p.collector.clone(),
+            ))
+        },
+    },
+    // analytics.js's short path for /v1/screen.
+    Route {
+        path: "/v1/s",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Screen,
+                p.collector.clone(),
+            ))
+        },
+    },
+    // analytics.js's short path for /v1/alias.
+    Route {
+        path: "/v1/a",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Alias,
+                p.collector.clone(),
+            ))
+        },
+    },
+    // analytics.js's short path for /v1/group.
+    Route {
+        path: "/v1/g",
+        mount: |p| {
+            Some(collect::method_router(
+                TrackingRoute::Group,
+                p.collector.clone(),
+            ))
+        },
+    },
+    Route {
+        path: "/console",
+        mount: |p| p.profiles.as_ref().map(|_| get(crate::console::page)),
     },
 ];
 

@@ -1,7 +1,9 @@
 //! The `cdp` command line. Parsing and dispatch only: the work is done by the crates.
 
 mod api;
+mod collect;
 mod config;
+mod console;
 mod demo;
 mod env_override;
 mod eval;
@@ -9,6 +11,7 @@ mod graph;
 mod http;
 mod metrics;
 mod pipeline;
+mod snapshot;
 mod topic;
 
 use anyhow::{Context, Result};
@@ -68,6 +71,10 @@ enum Command {
         /// Exit once every stage has caught up.
         #[arg(long)]
         until_drained: bool,
+        /// Also serve the Segment-compatible Tracking API (`collect.listen`), as `cdp collect`
+        /// does: with the embedded bus, one process must own the data directory.
+        #[arg(long)]
+        collect: bool,
     },
     /// Run only the ingest stage.
     Ingest {
@@ -81,6 +88,9 @@ enum Command {
         #[arg(long)]
         until_drained: bool,
     },
+    /// Serve the Segment-compatible HTTP Tracking API (`collect.listen`), producing to the
+    /// web and app raw topics.
+    Collect,
     /// Run only the activation stage.
     Activate {
         /// Exit once the stage has caught up with its input.
@@ -94,6 +104,16 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+    /// Score the resolved profiles against ground truth: pairwise and B-cubed precision, recall
+    /// and F1, over- and under-merge counts.
+    Eval {
+        /// CSV `source,record,person` with a header line; `record` is the signal's event id.
+        #[arg(long)]
+        truth: PathBuf,
+        /// Print the scores as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Look up unified profiles.
     Profile {
         #[command(subcommand)]
@@ -103,6 +123,17 @@ enum Command {
     Graph {
         #[command(subcommand)]
         command: GraphCommand,
+    },
+    /// Write the profiles, identifiers, merges, refused merges and cohort membership as
+    /// Parquet tables under OUT/dt=YYYY-MM-DD/ (read-only: the pipeline may keep running).
+    Snapshot {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Probabilistic matching: fit its model to the resolver's profiles.
+    Match {
+        #[command(subcommand)]
+        command: MatchCommand,
     },
     /// Inspect topics.
     Topic {
@@ -164,6 +195,23 @@ enum GraphCommand {
         /// Examples of each kind of difference to print.
         #[arg(long, default_value_t = 10)]
         examples: usize,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum MatchCommand {
+    /// Estimate u from random pairs of profiles and m by EM over blocking candidates, and write
+    /// the model (next version) as JSON; point `resolver.matching.model_path` at it.
+    Train {
+        /// Profiles sampled, random pairs for u, and most candidate pairs for m.
+        #[arg(long, default_value_t = 10_000)]
+        sample: usize,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
         #[arg(long)]
         tenant: Option<String>,
     },
@@ -266,9 +314,16 @@ fn dispatch(cli: Cli) -> Result<()> {
         Command::Run {
             input,
             until_drained,
+            collect,
         } => {
             let bus = pipeline::open_bus(&config, &data)?;
             pipeline::create_topics(bus.as_ref(), &config)?;
+            // Stopped (its requests answered) when the stages have stopped.
+            let _collector = if collect {
+                Some(collect::serve(&config, bus.clone(), shutdown_flag()?)?)
+            } else {
+                None
+            };
             if let Some(dir) = input {
                 for (source, n) in pipeline::feed_inputs(bus.as_ref(), &config, &dir)? {
                     eprintln!("fed {n} {source} records");
@@ -302,6 +357,7 @@ fn dispatch(cli: Cli) -> Result<()> {
                 until_drained,
             )?;
         }
+        Command::Collect => collect::run(&config, &data, shutdown_flag()?)?,
         Command::Demo { profiles, seed } => {
             let opts = demo::DemoOptions {
                 profiles,
@@ -309,6 +365,18 @@ fn dispatch(cli: Cli) -> Result<()> {
                 data,
             };
             demo::run(&config, &opts, shutdown_flag()?)?;
+        }
+        Command::Eval { truth, json } => {
+            let bus = pipeline::open_bus_for_reading(&config, &data)?;
+            let dir = pipeline::resolver_dir(&data);
+            let store = cdp_resolver::RocksStore::open_read_only(&dir)
+                .with_context(|| format!("opening resolver state in {}", dir.display()))?;
+            let scores = eval::evaluate(bus.as_ref(), &config, &store, &truth)?;
+            if json {
+                println!("{}", serde_json::to_string(&scores)?);
+            } else {
+                eval::print(&scores);
+            }
         }
         Command::Profile {
             command: ProfileCommand::Get { identifier, tenant },
@@ -364,6 +432,50 @@ fn dispatch(cli: Cli) -> Result<()> {
                 graph::rebuild(&config, &data, &tenant, apply, examples)?;
             }
         },
+        Command::Snapshot { out } => {
+            let summary = snapshot::write(&snapshot::SnapshotOptions {
+                resolver_dir: pipeline::resolver_dir(&data),
+                activation_dir: pipeline::activation_dir(&data),
+                out,
+                at: chrono::Utc::now(),
+            })?;
+            for t in &summary.tables {
+                let (name, rows, bytes) = (t.table.name(), t.rows, t.bytes);
+                println!("{name}: {rows} rows, {bytes} bytes, {}", t.path.display());
+            }
+            eprintln!(
+                "snapshot of {} bytes in {}",
+                summary.bytes(),
+                summary.dir.display()
+            );
+            if summary.activation_missing {
+                eprintln!("no activation state under --data: cohort_membership is empty");
+            }
+        }
+        Command::Match {
+            command:
+                MatchCommand::Train {
+                    sample,
+                    out,
+                    seed,
+                    tenant,
+                },
+        } => {
+            let options = cdp_resolver::matching::train::TrainOptions {
+                tenant: tenant.unwrap_or_else(|| config.ingest.default_tenant.clone()),
+                sample,
+                seed,
+                max_iterations: 200,
+            };
+            let dir = pipeline::resolver_dir(&data);
+            let store = cdp_resolver::RocksStore::open_read_only(&dir)
+                .with_context(|| format!("no resolver state in {}", dir.display()))?;
+            let (model, report) =
+                cdp_resolver::matching::train::train(&store, &config.resolver.matching, &options)?;
+            std::fs::write(&out, serde_json::to_vec_pretty(&model)?)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
         Command::Topic { command } => {
             let bus = pipeline::open_bus_for_reading(&config, &data)?;
             let mut out = std::io::stdout().lock();
@@ -428,6 +540,20 @@ fn serve_and_run(
             counters.clone(),
             shutdown.clone(),
         )?;
+        let watched = bus.clone();
+        probe
+            .metrics
+            .watch_rocksdb("bus", move || watched.rocksdb_stats());
+        if let Some(store) = resolver_store.clone() {
+            probe
+                .metrics
+                .watch_rocksdb("resolver", move || Some(store.rocksdb_stats()));
+        }
+        if let Some(store) = activation_store.clone() {
+            probe
+                .metrics
+                .watch_rocksdb("activation", move || Some(store.rocksdb_stats()));
+        }
         // Only a process with API routes warns about missing API keys.
         let auth = (stages.resolve || stages.activate).then(|| api::Auth::new(config));
         if let (Some(store), Some(auth)) = (&resolver_store, &auth) {
@@ -455,7 +581,7 @@ fn serve_and_run(
         data,
         bus,
         stages,
-        counters,
+        counters.clone(),
         shutdown,
         pipeline::RunOptions {
             until_drained,
@@ -467,7 +593,11 @@ fn serve_and_run(
                 config_path: config_path.map(PathBuf::from),
             }),
         },
-    )
+    )?;
+    if until_drained {
+        eprint!("{}", counters.table(stages));
+    }
+    Ok(())
 }
 
 /// Set on SIGHUP: re-read the config file and swap activation's cohorts and destinations.

@@ -1,11 +1,14 @@
 //! Prometheus metrics of this process. The stages count in plain atomics on their own threads;
 //! a scrape copies those counts into a `prometheus` registry and encodes it. Labels are bounded
-//! (stage names, change kinds): no identifiers, profile ids or tenants.
+//! (stage names, change kinds): no identifiers, profile ids or tenants. The RocksDB databases
+//! the process holds are read at scrape time too ([`Metrics::watch_rocksdb`]).
 
 use crate::pipeline::{Counters, Stages};
 use anyhow::Result;
-use cdp_bus::StageCounters;
-use prometheus::{Counter, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use cdp_bus::{RocksDbStats, StageCounters};
+use prometheus::{
+    Counter, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The registry and the metrics it holds, one set per stage this process runs.
@@ -14,6 +17,20 @@ pub struct Metrics {
     ingest: Option<(StageMetrics, IngestMetrics)>,
     resolver: Option<(StageMetrics, ResolverMetrics)>,
     activation: Option<(StageMetrics, ActivationMetrics)>,
+    rocksdb: RocksDbMetrics,
+}
+
+/// Reads one database's figures; `None` when the store keeps no RocksDB (the Kafka bus).
+type ReadStats = Box<dyn Fn() -> Option<RocksDbStats> + Send + Sync>;
+
+/// Per-database gauges, labelled `store` (`bus`, `resolver`, `activation`: a fixed set).
+struct RocksDbMetrics {
+    live_data: IntGaugeVec,
+    sst_files: IntGaugeVec,
+    pending_compaction: IntGaugeVec,
+    compactions_running: IntGaugeVec,
+    memtable: IntGaugeVec,
+    watched: Vec<(&'static str, ReadStats)>,
 }
 
 struct StageMetrics {
@@ -53,6 +70,8 @@ struct ActivationMetrics {
     eval_errors: IntCounter,
     latency_sum: Counter,
     latency_count: IntCounter,
+    /// Labelled by destination key (from the operator's config) and a fixed set of reasons.
+    withheld: IntCounterVec,
 }
 
 impl Metrics {
@@ -179,17 +198,62 @@ impl Metrics {
                     "cdp_activation_change_latency_samples_total",
                     "Cohort changes whose latency is in the latency sum",
                 )?,
+                withheld: counter_vec(
+                    &registry,
+                    "cdp_activation_deliveries_withheld_total",
+                    "Members of a cohort kept from a destination, by destination and the rule \
+                     (suppressed, priority, frequency_cap)",
+                    &["destination", "reason"],
+                )?,
             };
             Some((stage, a))
         } else {
             None
+        };
+        let rocksdb = RocksDbMetrics {
+            live_data: gauge_vec(
+                &registry,
+                "cdp_rocksdb_live_data_size_bytes",
+                "Estimated bytes of live data, summed over column families",
+            )?,
+            sst_files: gauge_vec(
+                &registry,
+                "cdp_rocksdb_sst_files_size_bytes",
+                "Bytes of all table files, summed over column families",
+            )?,
+            pending_compaction: gauge_vec(
+                &registry,
+                "cdp_rocksdb_pending_compaction_bytes",
+                "Estimated bytes compaction still has to rewrite",
+            )?,
+            compactions_running: gauge_vec(
+                &registry,
+                "cdp_rocksdb_compactions_running",
+                "Compactions running now",
+            )?,
+            memtable: gauge_vec(
+                &registry,
+                "cdp_rocksdb_memtable_bytes",
+                "Bytes in active and immutable memtables, summed over column families",
+            )?,
+            watched: Vec::new(),
         };
         Ok(Self {
             registry,
             ingest,
             resolver,
             activation,
+            rocksdb,
         })
+    }
+
+    /// Reports the RocksDB figures `read` returns under `store="<store>"` at every scrape.
+    pub fn watch_rocksdb(
+        &mut self,
+        store: &'static str,
+        read: impl Fn() -> Option<RocksDbStats> + Send + Sync + 'static,
+    ) {
+        self.rocksdb.watched.push((store, Box::new(read)));
     }
 
     /// Copies the stages' counts in; `lag` gives each stage's consumer lag where known.
@@ -247,7 +311,16 @@ impl Metrics {
                 c.latency_us_sum.load(Ordering::Relaxed) as f64 / 1e6,
             );
             sync(&a.latency_count, &c.latency_samples);
+            for (destination, reason, n) in c.withheld.snapshot() {
+                sync_to(&a.withheld.with_label_values(&[&destination, reason]), n);
+            }
         }
+        self.rocksdb.refresh();
+    }
+
+    /// The registry, for parts of the process that keep their own metrics (the collector).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 
     /// The Prometheus text exposition of everything registered.
@@ -263,6 +336,23 @@ impl Metrics {
             );
         }
         Ok(text)
+    }
+}
+
+impl RocksDbMetrics {
+    fn refresh(&self) {
+        for (store, read) in &self.watched {
+            let Some(s) = read() else { continue };
+            let set = |g: &IntGaugeVec, v: u64| {
+                g.with_label_values(&[*store])
+                    .set(i64::try_from(v).unwrap_or(i64::MAX))
+            };
+            set(&self.live_data, s.live_data_size_bytes);
+            set(&self.sst_files, s.sst_files_size_bytes);
+            set(&self.pending_compaction, s.pending_compaction_bytes);
+            set(&self.compactions_running, s.compactions_running);
+            set(&self.memtable, s.memtable_bytes);
+        }
     }
 }
 
@@ -350,6 +440,12 @@ fn counter_vec(
     Ok(c)
 }
 
+fn gauge_vec(registry: &Registry, name: &str, help: &str) -> Result<IntGaugeVec> {
+    let g = IntGaugeVec::new(Opts::new(name, help), &["store"])?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
+}
+
 /// Brings a Prometheus counter up to a count that only grows.
 fn sync(counter: &IntCounter, source: &AtomicU64) {
     sync_to(counter, source.load(Ordering::Relaxed));
@@ -380,6 +476,10 @@ mod tests {
             .record_batch(10, 7, 1, std::time::Duration::from_millis(5));
         counters.resolver.merges.store(3, Ordering::Relaxed);
         counters.activation.entered.store(2, Ordering::Relaxed);
+        counters
+            .activation
+            .withheld
+            .add("crm", cdp_activation::rules::Withheld::Suppressed);
         metrics.refresh(&counters, |stage| (stage == "resolver").then_some(42));
         // A second scrape with unchanged counts must not double them.
         metrics.refresh(&counters, |stage| (stage == "resolver").then_some(42));
@@ -391,6 +491,7 @@ mod tests {
             "cdp_resolver_merges_total 3",
             "cdp_resolver_consumer_lag_records 42",
             "cdp_activation_cohort_changes_total{change=\"entered\"} 2",
+            "cdp_activation_deliveries_withheld_total{destination=\"crm\",reason=\"suppressed\"} 1",
             "cdp_ingest_records_in_total 0",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
@@ -418,6 +519,58 @@ mod tests {
             "cdp_ingest_batch_duration_seconds_count 4",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn watched_rocksdb_figures_are_gauges_by_store() {
+        let mut metrics = Metrics::new(Stages::ALL).unwrap();
+        metrics.watch_rocksdb("resolver", || {
+            Some(RocksDbStats {
+                live_data_size_bytes: 10,
+                sst_files_size_bytes: 20,
+                pending_compaction_bytes: 30,
+                compactions_running: 1,
+                memtable_bytes: 40,
+            })
+        });
+        // A bus without a RocksDB (Kafka) reports nothing rather than zeros.
+        metrics.watch_rocksdb("bus", || None);
+        metrics.refresh(&Counters::default(), |_| None);
+        let text = metrics.encode().unwrap();
+        for line in [
+            "cdp_rocksdb_live_data_size_bytes{store=\"resolver\"} 10",
+            "cdp_rocksdb_sst_files_size_bytes{store=\"resolver\"} 20",
+            "cdp_rocksdb_pending_compaction_bytes{store=\"resolver\"} 30",
+            "cdp_rocksdb_compactions_running{store=\"resolver\"} 1",
+            "cdp_rocksdb_memtable_bytes{store=\"resolver\"} 40",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(!text.contains("store=\"bus\""), "{text}");
+    }
+
+    /// deploy/grafana/cdp.json is the dashboard; the chart's dashboards/cdp.json is a symlink to
+    /// it (Helm follows it when it loads or packages the chart). Should the link be replaced by a
+    /// copy, the two must not drift. It charts the RocksDB figures exported here.
+    #[test]
+    fn the_chart_ships_the_grafana_dashboard_unchanged() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let source = std::fs::read(root.join("deploy/grafana/cdp.json")).unwrap();
+        let shipped = std::fs::read(root.join("deploy/helm/cdp/dashboards/cdp.json")).unwrap();
+        assert!(
+            source == shipped,
+            "deploy/helm/cdp/dashboards/cdp.json differs from deploy/grafana/cdp.json: link it"
+        );
+        let text = String::from_utf8(source).unwrap();
+        for name in [
+            "cdp_rocksdb_live_data_size_bytes",
+            "cdp_rocksdb_sst_files_size_bytes",
+            "cdp_rocksdb_pending_compaction_bytes",
+            "cdp_rocksdb_compactions_running",
+            "cdp_rocksdb_memtable_bytes",
+        ] {
+            assert!(text.contains(name), "the dashboard does not chart {name}");
         }
     }
 

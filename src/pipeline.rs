@@ -41,6 +41,41 @@ pub struct Counters {
     pub activation: ActivationCounters,
 }
 
+impl Counters {
+    /// Records in, out and dead-lettered, and the busy-time rate, of each of `stages`: the table
+    /// `cdp demo` prints, and `cdp run --until-drained` prints when it stops.
+    pub fn table(&self, stages: Stages) -> String {
+        let mut out = format!(
+            "{:<18} {:>10} {:>10} {:>8} {:>14}\n",
+            "stage", "in", "out", "dlq", "rate (busy)"
+        );
+        for (name, ran, s) in [
+            ("ingest", stages.ingest, &self.ingest),
+            ("resolver", stages.resolve, &self.resolver.stage),
+            ("activation", stages.activate, &self.activation.stage),
+        ] {
+            if !ran {
+                continue;
+            }
+            let busy = s.busy().as_secs_f64();
+            let rate = if busy > 0.0 {
+                format!("{:.0}/s", s.consumed() as f64 / busy)
+            } else {
+                "-".to_string()
+            };
+            out.push_str(&format!(
+                "{:<18} {:>10} {:>10} {:>8} {:>14}\n",
+                name,
+                s.consumed(),
+                s.produced(),
+                s.dead_lettered(),
+                rate
+            ));
+        }
+        out
+    }
+}
+
 pub fn open_bus(config: &Config, data: &Path) -> Result<Arc<dyn Bus>> {
     Ok(match config.bus.backend {
         Backend::Embedded => {

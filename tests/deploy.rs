@@ -4,8 +4,9 @@
 //! topics the binary uses by default and the binary itself, which must accept the rendered config.
 //!
 //! The pods' probes and the Grafana dashboard are checked against the binary too: each stage
-//! process serves /healthz, /readyz and /metrics on the address `CDP_HTTP__LISTEN` gives it, turns
-//! ready, exits 0 on SIGTERM, and exposes every metric the dashboard queries.
+//! process serves /healthz, /readyz and /metrics on the address `CDP_HTTP__LISTEN` gives it (the
+//! collector: `CDP_COLLECT__LISTEN`, which the chart sets to the same port), turns ready, exits 0
+//! on SIGTERM, and exposes every metric the dashboard queries.
 //!
 //! The tools come from scripts/install-chart-tools.sh (`make test` runs it). Without them the test
 //! is skipped with a message, unless CDP_REQUIRE_HELM=1, which turns their absence into a failure.
@@ -148,6 +149,8 @@ impl StageProcess {
             .arg(data.join(command))
             .arg(command)
             .env("CDP_HTTP__LISTEN", format!("127.0.0.1:{port}"))
+            // `cdp collect` serves its probes with the Tracking API, as the chart configures it.
+            .env("CDP_COLLECT__LISTEN", format!("127.0.0.1:{port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"))
@@ -258,7 +261,7 @@ fn dashboard_metrics(dashboard: &serde_json::Value, out: &mut BTreeSet<String>) 
 fn stages_serve_the_probe_routes_and_the_dashboard_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let mut exposed = BTreeSet::new();
-    for command in ["ingest", "resolve", "activate"] {
+    for command in ["ingest", "resolve", "activate", "collect"] {
         let mut stage = StageProcess::start(dir.path(), command);
         let health = stage.wait_for("/healthz", 200);
         assert!(health.ends_with("ok\n"), "{command} /healthz: {health}");

@@ -229,3 +229,50 @@ fn print_default_config_is_the_documented_template() {
     std::fs::write(&path, &text).unwrap();
     cdp(dir.path(), &["--config", path.to_str().unwrap(), "config"]);
 }
+
+#[test]
+fn eval_scores_a_drained_run_against_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    support::generate(&input, 150);
+    let run = cdp(
+        dir.path(),
+        &["run", "--input", input.to_str().unwrap(), "--until-drained"],
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.lines().any(|l| l.starts_with("resolver ")),
+        "a drained run prints its stage table:\n{stderr}"
+    );
+
+    let truth = input.join("truth.csv");
+    let records = std::fs::read_to_string(&truth).unwrap().lines().count() - 1;
+    let eval = |truth: &std::path::Path| -> Value {
+        let out = cdp(
+            dir.path(),
+            &["eval", "--truth", truth.to_str().unwrap(), "--json"],
+        );
+        serde_json::from_slice(&out.stdout).expect("eval prints JSON")
+    };
+    let scores = eval(&truth);
+    assert_eq!(scores["pairwise"]["records"], records as u64);
+    assert!(scores["pairwise"]["precision"].as_f64().unwrap() > 0.95);
+    assert!(scores["clusters"]["bcubed_f1"].as_f64().unwrap() > 0.8);
+    let profiles = scores["clusters"]["profiles"].as_u64().unwrap();
+    let people = scores["clusters"]["people"].as_u64().unwrap();
+    assert!(profiles >= people && people > 100, "{scores}");
+
+    // A truth where everyone is one person: nothing cdp joined is wrong, most of it is missed.
+    let one = dir.path().join("one-person.csv");
+    let mut text = String::from("source,record,person\n");
+    for line in std::fs::read_to_string(&truth).unwrap().lines().skip(1) {
+        let (source_record, _) = line.rsplit_once(',').unwrap();
+        text.push_str(&format!("{source_record},everyone\n"));
+    }
+    std::fs::write(&one, text).unwrap();
+    let lumped = eval(&one);
+    assert_eq!(lumped["pairwise"]["precision"], 1.0);
+    assert!(lumped["pairwise"]["recall"].as_f64().unwrap() < 0.1);
+    assert_eq!(lumped["clusters"]["people"], 1);
+    assert_eq!(lumped["clusters"]["under_merged_people"], 1);
+}

@@ -68,6 +68,21 @@ fn health_readiness_metrics_and_a_clean_sigterm() {
         !metrics.contains('@'),
         "no email-like label or value in metrics"
     );
+    // Every database the process holds reports its RocksDB figures, and what was written sits
+    // either in memtables or in table files.
+    for store in ["bus", "resolver", "activation"] {
+        let of = |name: &str| sample(&metrics, &format!("{name}{{store=\"{store}\"}}"));
+        // Present (`sample` fails on a missing one); their values depend on RocksDB's timing.
+        for name in [
+            "cdp_rocksdb_live_data_size_bytes",
+            "cdp_rocksdb_pending_compaction_bytes",
+            "cdp_rocksdb_compactions_running",
+        ] {
+            of(name);
+        }
+        let held = of("cdp_rocksdb_memtable_bytes") + of("cdp_rocksdb_sst_files_size_bytes");
+        assert!(held > 0.0, "{store} holds no bytes:\n{metrics}");
+    }
 
     assert_eq!(get(run.addr, "/nope").status, 404);
 

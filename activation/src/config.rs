@@ -19,6 +19,12 @@ pub struct ActivationConfig {
     pub timer_interval_ms: u64,
     pub cohorts: Vec<CohortConfig>,
     pub destinations: Vec<DestinationConfig>,
+    /// Identifiers that must never be sent to some (or every) destination.
+    pub suppression_lists: Vec<SuppressionListConfig>,
+    /// Most `Audience Entered` deliveries one person gets on a channel within a window.
+    pub frequency_caps: Vec<FrequencyCapConfig>,
+    /// Cohorts that compete for a person: each destination gets them in the best one only.
+    pub exclusive_groups: Vec<ExclusiveGroupConfig>,
 }
 
 /// One cohort: who is in it, and what its change events carry.
@@ -70,6 +76,10 @@ pub struct DestinationConfig {
     /// Consent purposes that must be granted explicitly; anyone else is never sent here.
     #[serde(default)]
     pub consent: Vec<String>,
+    /// The channel it reaches people on (`email`, `ads`, `sms`, `crm`...), which
+    /// `frequency_caps` limit. Empty: no cap applies.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub channel: String,
     /// `webhook`: signing secret `whsec_<base64>`. Prefer `secret_env`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret: String,
@@ -95,7 +105,82 @@ pub struct DestinationConfig {
     pub dlq_topic: String,
 }
 
+/// A list of identifiers that must never be sent to its destinations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuppressionListConfig {
+    /// Stable key: `[a-z0-9_]`, named in errors.
+    pub key: String,
+    /// Identifier kind of every value (`email_sha256`, `phone_sha256`, `crm_id`...).
+    pub kind: String,
+    /// A file of values, one per line (blank lines and `#` comments skipped), read at start and
+    /// on every reload.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub file: String,
+    /// Values listed inline.
+    #[serde(default)]
+    pub values: Vec<String>,
+    /// Destinations it applies to; empty: every destination.
+    #[serde(default)]
+    pub destinations: Vec<String>,
+    /// Region for phone numbers written without a country code (ISO 3166 alpha-2).
+    #[serde(default = "defaults::phone_region")]
+    pub phone_region: String,
+}
+
+/// Cohorts that compete: on each destination they feed, a person is delivered only in the
+/// highest-`priority` cohort of the group they are a member of (equal priorities: the smaller
+/// key).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExclusiveGroupConfig {
+    /// Stable key: `[a-z0-9_]`, named in errors.
+    pub key: String,
+    /// Keys of the competing cohorts; a cohort is in at most one group.
+    pub cohorts: Vec<String>,
+}
+
+/// At most `max` `Audience Entered` deliveries per person on `channel` within `window`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrequencyCapConfig {
+    pub channel: String,
+    pub max: u32,
+    /// A number and a unit: `s`, `m`, `h`, `d` or `w` (`"7d"`, `"24h"`).
+    pub window: String,
+}
+
+impl FrequencyCapConfig {
+    /// The window in milliseconds, or why it cannot be read.
+    pub fn window_ms(&self) -> Result<u64, String> {
+        parse_window(&self.window)
+    }
+}
+
+fn parse_window(text: &str) -> Result<u64, String> {
+    let bad = || format!("{text:?} is not a window like \"7d\" (units s, m, h, d, w)");
+    let t = text.trim();
+    let unit = t.chars().last().ok_or_else(bad)?;
+    let n: u64 = t[..t.len() - unit.len_utf8()].parse().map_err(|_| bad())?;
+    let ms = match unit {
+        's' => 1_000,
+        'm' => 60_000,
+        'h' => 3_600_000,
+        'd' => 86_400_000,
+        'w' => 7 * 86_400_000,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(ms) {
+        Some(0) => Err(format!("{text:?} must be longer than zero")),
+        Some(v) => Ok(v),
+        None => Err(bad()),
+    }
+}
+
 mod defaults {
+    pub fn phone_region() -> String {
+        "US".into()
+    }
     pub fn batch_size() -> usize {
         100
     }
@@ -135,6 +220,7 @@ impl DestinationConfig {
             url: url.into(),
             identifiers: Vec::new(),
             consent: Vec::new(),
+            channel: String::new(),
             secret: String::new(),
             secret_env: String::new(),
             batch_size: defaults::batch_size(),
@@ -257,6 +343,9 @@ impl ActivationConfig {
                     return Err(invalid(field(name), "entries must not be empty"));
                 }
             }
+            if !d.channel.is_empty() && !valid_key(&d.channel) {
+                return Err(invalid(field("channel"), "must be 1-64 of [a-z0-9_]"));
+            }
         }
         for c in &self.cohorts {
             for d in &c.destinations {
@@ -267,6 +356,105 @@ impl ActivationConfig {
                     ));
                 }
             }
+        }
+        self.validate_suppression_lists(&seen)?;
+        self.validate_frequency_caps()?;
+        self.validate_exclusive_groups()
+    }
+
+    fn validate_exclusive_groups(&self) -> Result<(), ConfigError> {
+        let mut keys = std::collections::BTreeSet::new();
+        let mut grouped = std::collections::BTreeMap::new();
+        for g in &self.exclusive_groups {
+            if !valid_key(&g.key) {
+                return Err(invalid(
+                    "exclusive_groups.key",
+                    format!("{:?} must be 1-64 of [a-z0-9_]", g.key),
+                ));
+            }
+            if !keys.insert(g.key.as_str()) {
+                return Err(invalid(
+                    "exclusive_groups.key",
+                    format!("{:?} is declared twice", g.key),
+                ));
+            }
+            let field = format!("exclusive_groups[{}].cohorts", g.key);
+            for c in &g.cohorts {
+                if !self.cohorts.iter().any(|k| &k.key == c) {
+                    return Err(invalid(field, format!("no cohort with key {c:?}")));
+                }
+                if let Some(other) = grouped.insert(c.as_str(), g.key.as_str()) {
+                    return Err(invalid(
+                        field,
+                        format!("cohort {c:?} is already in group {other:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_suppression_lists(
+        &self,
+        destinations: &std::collections::BTreeSet<&str>,
+    ) -> Result<(), ConfigError> {
+        let mut seen = std::collections::BTreeSet::new();
+        for l in &self.suppression_lists {
+            let field = |f: &str| format!("suppression_lists[{}].{f}", l.key);
+            if !valid_key(&l.key) {
+                return Err(invalid(
+                    "suppression_lists.key",
+                    format!("{:?} must be 1-64 of [a-z0-9_]", l.key),
+                ));
+            }
+            if !seen.insert(l.key.as_str()) {
+                return Err(invalid(
+                    "suppression_lists.key",
+                    format!("{:?} is declared twice", l.key),
+                ));
+            }
+            for d in &l.destinations {
+                if !destinations.contains(d.as_str()) {
+                    return Err(invalid(
+                        field("destinations"),
+                        format!("no destination with key {d:?}"),
+                    ));
+                }
+            }
+            if l.file.is_empty() && l.values.is_empty() {
+                return Err(invalid(field("file"), "set a file, values, or both"));
+            }
+            // Inline values are checked here; the file is read when the definitions compile.
+            let normalizer = crate::suppression::Normalizer::new(l)
+                .map_err(|(name, message)| invalid(field(name), message))?;
+            for (i, v) in l.values.iter().enumerate() {
+                normalizer
+                    .normalize(v)
+                    .map_err(|code| invalid(field(&format!("values[{i}]")), code))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_frequency_caps(&self) -> Result<(), ConfigError> {
+        for cap in &self.frequency_caps {
+            let field = |f: &str| format!("frequency_caps[{}].{f}", cap.channel);
+            if !valid_key(&cap.channel) {
+                return Err(invalid(
+                    "frequency_caps.channel",
+                    format!("{:?} must be 1-64 of [a-z0-9_]", cap.channel),
+                ));
+            }
+            if !self.destinations.iter().any(|d| d.channel == cap.channel) {
+                return Err(invalid(
+                    field("channel"),
+                    format!("no destination has channel {:?}", cap.channel),
+                ));
+            }
+            if cap.max == 0 {
+                return Err(invalid(field("max"), "must be at least 1"));
+            }
+            cap.window_ms().map_err(|e| invalid(field("window"), e))?;
         }
         Ok(())
     }
@@ -287,6 +475,9 @@ struct RawActivationConfig {
     timer_interval_ms: u64,
     cohorts: Vec<CohortConfig>,
     destinations: Vec<DestinationConfig>,
+    suppression_lists: Vec<SuppressionListConfig>,
+    frequency_caps: Vec<FrequencyCapConfig>,
+    exclusive_groups: Vec<ExclusiveGroupConfig>,
 }
 
 impl Default for RawActivationConfig {
@@ -304,6 +495,9 @@ impl Default for RawActivationConfig {
             timer_interval_ms: d.timer_interval_ms,
             cohorts: d.cohorts,
             destinations: d.destinations,
+            suppression_lists: d.suppression_lists,
+            frequency_caps: d.frequency_caps,
+            exclusive_groups: d.exclusive_groups,
         }
     }
 }
@@ -324,6 +518,9 @@ impl TryFrom<RawActivationConfig> for ActivationConfig {
             timer_interval_ms: r.timer_interval_ms,
             cohorts: r.cohorts,
             destinations: r.destinations,
+            suppression_lists: r.suppression_lists,
+            frequency_caps: r.frequency_caps,
+            exclusive_groups: r.exclusive_groups,
         };
         config.validate()?;
         Ok(config)
@@ -389,6 +586,9 @@ impl Default for ActivationConfig {
                 ),
             ],
             destinations: vec![audiences],
+            suppression_lists: Vec::new(),
+            frequency_caps: Vec::new(),
+            exclusive_groups: Vec::new(),
         }
     }
 }
@@ -443,6 +643,99 @@ destinations = ["crm"]
         assert_eq!(d.max_attempts, 8);
         assert_eq!(d.dlq_topic, "cdp.dlq");
         assert_eq!(c.cohorts[0].destinations, ["crm"]);
+    }
+
+    const RULES: &str = r#"
+[activation]
+[[activation.destinations]]
+key = "esp"
+kind = "kafka"
+topic = "t.esp"
+channel = "email"
+
+[[activation.cohorts]]
+key = "nurture"
+expression = "true"
+priority = 10
+destinations = ["esp"]
+
+[[activation.cohorts]]
+key = "high_intent"
+expression = "true"
+priority = 30
+destinations = ["esp"]
+
+[[activation.suppression_lists]]
+key = "optouts"
+kind = "email_sha256"
+values = ["Jane@Example.com"]
+destinations = ["esp"]
+
+[[activation.frequency_caps]]
+channel = "email"
+max = 3
+window = "7d"
+
+[[activation.exclusive_groups]]
+key = "lifecycle"
+cohorts = ["nurture", "high_intent"]
+"#;
+
+    #[test]
+    fn orchestration_rules_parse_and_invalid_ones_name_the_entry() {
+        let c = parse(RULES).unwrap();
+        assert_eq!(c.destinations[0].channel, "email");
+        assert_eq!(c.suppression_lists[0].phone_region, "US");
+        assert_eq!(c.frequency_caps[0].window_ms(), Ok(7 * 86_400_000));
+        assert_eq!(c.exclusive_groups[0].cohorts, ["nurture", "high_intent"]);
+        let cases = [
+            (
+                RULES.replace("window = \"7d\"", "window = \"7 days\""),
+                "frequency_caps[email].window",
+            ),
+            (
+                RULES.replace("window = \"7d\"", "window = \"0h\""),
+                "frequency_caps[email].window",
+            ),
+            (
+                RULES.replace("max = 3", "max = 0"),
+                "frequency_caps[email].max",
+            ),
+            (
+                RULES.replace("channel = \"email\"\nmax", "channel = \"sms\"\nmax"),
+                "frequency_caps[sms].channel",
+            ),
+            (
+                RULES.replace("channel = \"email\"\n\n", "channel = \"E-mail\"\n\n"),
+                "destinations[esp].channel",
+            ),
+            (
+                RULES.replace("\"Jane@Example.com\"", "\"jane\""),
+                "suppression_lists[optouts].values[0]",
+            ),
+            (
+                RULES.replace("destinations = [\"esp\"]\n\n[[activation.frequency", "destinations = [\"sms\"]\n\n[[activation.frequency"),
+                "suppression_lists[optouts].destinations",
+            ),
+            (
+                RULES.replace("values = [\"Jane@Example.com\"]\n", ""),
+                "suppression_lists[optouts].file",
+            ),
+            (
+                RULES.replace("cohorts = [\"nurture\", \"high_intent\"]", "cohorts = [\"nurture\", \"vip\"]"),
+                "exclusive_groups[lifecycle].cohorts",
+            ),
+            (
+                format!(
+                    "{RULES}\n[[activation.exclusive_groups]]\nkey = \"other\"\ncohorts = [\"nurture\"]\n"
+                ),
+                "exclusive_groups[other].cohorts",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(field), "expected {field} in: {err}");
+        }
     }
 
     #[test]

@@ -1,10 +1,14 @@
 //! The cohort and destination definitions the stage runs with, and swapping them while it runs
 //! (`cdp` calls [`Activation::reload`] on SIGHUP). A reload is all or nothing: a config that does
-//! not validate, compile or resolve its secrets is refused and the running definitions stay.
+//! not validate, compile, resolve its secrets or read its suppression lists is refused and the
+//! running definitions stay.
 
 use crate::cohort::Cohorts;
 use crate::config::ActivationConfig;
 use crate::destination::Destination;
+use crate::frequency::FrequencyCaps;
+use crate::priority::Priority;
+use crate::suppression::Suppression;
 use crate::{ActivationError, Result};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -16,6 +20,14 @@ pub struct Definitions {
     pub destinations: Vec<Destination>,
     /// Per cohort (same index as `cohorts.list`): indices into `destinations`.
     pub feeds: Vec<Vec<usize>>,
+    /// Per destination: the cohorts feeding it, in cohort order.
+    pub fed_by: Vec<Vec<usize>>,
+    /// Identifiers each destination must never be sent.
+    pub suppression: Suppression,
+    /// Frequency caps per channel.
+    pub caps: FrequencyCaps,
+    /// Which cohorts compete for a person, and which wins.
+    pub priority: Priority,
     /// Some expression reads a windowed counter: memberships can change as time passes.
     pub uses_windows: bool,
     /// Some expression reads `days_since_last_engagement`, which changes every day.
@@ -34,7 +46,7 @@ impl Definitions {
             .cloned()
             .map(Destination::new)
             .collect::<Result<Vec<_>>>()?;
-        let feeds = cohorts
+        let feeds: Vec<Vec<usize>> = cohorts
             .list
             .iter()
             .map(|c| {
@@ -45,13 +57,24 @@ impl Definitions {
                     .collect()
             })
             .collect();
+        let fed_by = (0..destinations.len())
+            .map(|d| {
+                (0..feeds.len())
+                    .filter(|c| feeds[*c].contains(&d))
+                    .collect()
+            })
+            .collect();
         let reads = |word: &str| config.cohorts.iter().any(|c| c.expression.contains(word));
         Ok(Self {
             uses_windows: reads("counts"),
             uses_recency: reads("days_since_last_engagement"),
+            suppression: Suppression::compile(config)?,
+            caps: FrequencyCaps::compile(config),
+            priority: Priority::compile(&cohorts, &config.exclusive_groups),
             cohorts,
             destinations,
             feeds,
+            fed_by,
         })
     }
 }
@@ -142,6 +165,9 @@ impl Activation {
         };
         running.cohorts = config.cohorts.clone();
         running.destinations = config.destinations.clone();
+        running.suppression_lists = config.suppression_lists.clone();
+        running.frequency_caps = config.frequency_caps.clone();
+        running.exclusive_groups = config.exclusive_groups.clone();
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(defs);
         self.generation.fetch_add(1, Ordering::AcqRel);
         Ok(summary)

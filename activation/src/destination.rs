@@ -5,7 +5,9 @@
 //! received the person.
 
 use crate::config::{DestinationConfig, DestinationKind};
+use crate::frequency::ChannelCaps;
 use crate::membership::{DestMember, MembershipTxn};
+use crate::rules::Withheld;
 use crate::webhook::Secret;
 use crate::{ActivationError, Result};
 use cdp_bus::OutRecord;
@@ -194,11 +196,30 @@ pub struct Subject<'a> {
     pub audience: &'a str,
 }
 
+/// What the rules (see `rules`) want a destination to hold for a (cohort, profile).
+#[derive(Debug, Clone, Copy)]
+pub enum Want<'a> {
+    /// The person, with the identifiers the destination receives, if they granted its consent;
+    /// a new entry must fit the channel's frequency caps, when it has any.
+    Member(&'a Profile, Option<&'a ChannelCaps>),
+    /// Nobody: the person leaves if held. `Some` names the rule that keeps a member out.
+    Out(Option<Withheld>),
+}
+
+/// What a transition did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// An event was queued.
+    pub sent: bool,
+    /// A rule started to keep the person out (count it).
+    pub withheld: Option<Withheld>,
+}
+
 /// Brings `dest`'s view of (audience, profile) in line with the cohort: it should hold the person
 /// when they are a member (`member` is their profile, `None` when not a member or gone) and the
 /// profile grants the destination's consent. A member whose identifiers for this destination
 /// changed is sent `Audience Entered` again with the current ones. Returns whether an event was
-/// queued.
+/// queued. No suppression, priority or cap applies here: `rules::deliver` decides those.
 pub fn route(
     txn: &mut MembershipTxn,
     dest: &Destination,
@@ -206,7 +227,11 @@ pub fn route(
     member: Option<&Profile>,
     now: Timestamp,
 ) -> Result<bool> {
-    transition(txn, dest, who, member, &[], now)
+    let want = match member {
+        Some(p) => Want::Member(p, None),
+        None => Want::Out(None),
+    };
+    Ok(transition(txn, dest, who, want, &[], now)?.sent)
 }
 
 /// The exit of an id retired by a merge into `survivor`. Identifiers the destination already
@@ -224,41 +249,97 @@ pub fn exit_merged(
         .filter(|m| m.member)
         .map(|m| m.identifiers)
         .unwrap_or_default();
-    transition(txn, dest, who, None, &kept, now)
+    Ok(transition(txn, dest, who, Want::Out(None), &kept, now)?.sent)
 }
 
-fn transition(
+/// Moves `dest`'s state for (audience, profile) to what `want` says, queueing the event that
+/// tells the destination. `kept`: identifiers an exit must not name.
+pub fn transition(
     txn: &mut MembershipTxn,
     dest: &Destination,
     who: Subject,
-    member: Option<&Profile>,
+    want: Want,
     kept: &[Identifier],
     now: Timestamp,
-) -> Result<bool> {
-    let member = member.filter(|p| dest.consents(p));
+) -> Result<Routed> {
+    let want = match want {
+        Want::Member(p, _) if !dest.consents(p) => Want::Out(None),
+        w => w,
+    };
     let state = txn.dest_member(dest.key(), who.tenant, who.canonical_id, who.audience)?;
     let held = state.as_ref().filter(|s| s.member);
-    let (kind, identifiers, next) = match (member, held) {
-        (Some(p), held) => {
+    let marker = state.as_ref().and_then(|s| s.withheld);
+    let seq = state.as_ref().map(|s| s.seq).unwrap_or(0);
+    let (kind, identifiers, next, withheld) = match (want, held) {
+        (Want::Member(p, cap), held) => {
             let ids = dest.identifiers(p);
-            if held.is_some_and(|h| h.identifiers == ids) {
-                return Ok(false);
+            match held {
+                Some(h) if h.identifiers == ids => return Ok(Routed::default()),
+                // Changed identifiers of someone held: an update, not a new entry; never capped.
+                Some(_) => (EventKind::AudienceEntered, ids.clone(), ids, None),
+                // A capped entry is dropped, not postponed: sending it days later would be stale.
+                None if marker == Some(Withheld::FrequencyCap) => return Ok(Routed::default()),
+                None => {
+                    if let Some(cap) = cap {
+                        if !cap.take(txn, who.tenant, who.canonical_id, now)? {
+                            let state = DestMember {
+                                member: false,
+                                seq,
+                                identifiers: Vec::new(),
+                                withheld: Some(Withheld::FrequencyCap),
+                            };
+                            txn.set_dest_member(
+                                dest.key(),
+                                who.tenant,
+                                who.canonical_id,
+                                who.audience,
+                                &state,
+                            );
+                            return Ok(Routed {
+                                sent: false,
+                                withheld: Some(Withheld::FrequencyCap),
+                            });
+                        }
+                    }
+                    (EventKind::AudienceEntered, ids.clone(), ids, None)
+                }
             }
-            (EventKind::AudienceEntered, ids.clone(), ids)
         }
         // The exit names whom the entry named: that is who the destination must remove.
-        (None, Some(h)) => {
+        (Want::Out(reason), Some(h)) => {
             let ids: Vec<Identifier> = h
                 .identifiers
                 .iter()
                 .filter(|id| !kept.contains(id))
                 .cloned()
                 .collect();
-            (EventKind::AudienceExited, ids, Vec::new())
+            (EventKind::AudienceExited, ids, Vec::new(), reason)
         }
-        (None, None) => return Ok(false),
+        (Want::Out(reason), None) => {
+            if marker == reason {
+                return Ok(Routed::default());
+            }
+            // Not held: only the rule that keeps them out changes; nothing is sent.
+            let state = DestMember {
+                member: false,
+                seq,
+                identifiers: Vec::new(),
+                withheld: reason,
+            };
+            txn.set_dest_member(
+                dest.key(),
+                who.tenant,
+                who.canonical_id,
+                who.audience,
+                &state,
+            );
+            return Ok(Routed {
+                sent: false,
+                withheld: reason,
+            });
+        }
     };
-    let seq = state.as_ref().map(|s| s.seq).unwrap_or(0) + 1;
+    let seq = seq + 1;
     let event = DestinationEvent::new(
         kind,
         dest.key(),
@@ -279,9 +360,13 @@ fn transition(
             member: kind == EventKind::AudienceEntered,
             seq,
             identifiers: next,
+            withheld,
         },
     );
-    Ok(true)
+    Ok(Routed {
+        sent: true,
+        withheld: withheld.filter(|w| marker != Some(*w)),
+    })
 }
 
 /// Sends a deletion to `dest` when it ever received the person, and forgets what it held.

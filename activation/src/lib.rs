@@ -8,6 +8,9 @@
 //! write ([`stage`]), so a restart neither loses nor repeats a cohort change. Destinations
 //! ([`destination`]) are Kafka topics or signed webhooks ([`webhook`]) drained by one thread each
 //! ([`delivery`]); windows that expire without a new event are caught by a timer ([`timer`]).
+//! Whether a destination is sent a member is decided in one place ([`rules`]): consent,
+//! suppression lists ([`suppression`]), competing cohorts ([`priority`]) and frequency caps per
+//! channel ([`frequency`]).
 //! Definitions can be swapped while running ([`definitions::Activation::reload`]).
 
 pub mod cohort;
@@ -15,15 +18,22 @@ pub mod config;
 pub mod definitions;
 pub mod delivery;
 pub mod destination;
+pub mod frequency;
 pub mod inputs;
 pub mod membership;
+pub mod priority;
+pub mod rules;
 pub mod stage;
+pub mod suppression;
 pub mod timer;
 pub mod view;
 pub mod webhook;
 
 pub use cohort::{Cohort, CohortError, Cohorts};
-pub use config::{ActivationConfig, CohortConfig, DestinationConfig, DestinationKind};
+pub use config::{
+    ActivationConfig, CohortConfig, DestinationConfig, DestinationKind, ExclusiveGroupConfig,
+    FrequencyCapConfig, SuppressionListConfig,
+};
 pub use definitions::{Activation, Definitions, ReloadSummary};
 
 #[derive(Debug, thiserror::Error)]

@@ -26,7 +26,10 @@ pub(crate) const CF_PROFILES: &str = "profiles";
 pub(crate) const CF_DUE: &str = "due";
 /// `tenant \0 canonical_id` -> its entry's `due_ms` in [`CF_DUE`], to move it.
 pub(crate) const CF_DUE_OF: &str = "due_of";
-const ALL_CFS: [&str; 10] = [
+/// `tenant \0 canonical_id \0 channel` -> when its last `Audience Entered` deliveries on the
+/// channel were sent (ms, 8 bytes big endian each, oldest first), for frequency caps.
+pub(crate) const CF_CAPS: &str = "caps";
+const ALL_CFS: [&str; 11] = [
     CF_MEMBERS,
     CF_VERSIONS,
     CF_OFFSETS,
@@ -37,9 +40,10 @@ const ALL_CFS: [&str; 10] = [
     CF_PROFILES,
     CF_DUE,
     CF_DUE_OF,
+    CF_CAPS,
 ];
 /// The column families of the membership state.
-pub const COLUMN_FAMILIES: [&str; 10] = ALL_CFS;
+pub const COLUMN_FAMILIES: [&str; 11] = ALL_CFS;
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
 const META_NEXT_DELIVERY: &[u8] = b"next_delivery\0";
 const META_INFLIGHT: &[u8] = b"inflight\0";
@@ -62,6 +66,10 @@ pub struct DestMember {
     /// The identifiers it was sent on entry, so the exit names the same people.
     #[serde(default)]
     pub identifiers: Vec<cdp_proto::Identifier>,
+    /// The rule that keeps the person from this destination now, if one does: recorded so that
+    /// it is counted once, and so that a capped entry stays withheld while the membership lasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub withheld: Option<crate::rules::Withheld>,
 }
 
 /// Per person: the last profile version applied, and what its cohorts were last evaluated on.
@@ -123,6 +131,11 @@ impl MembershipStore {
         let db =
             DB::open_cf_for_read_only(&Options::default(), dir, ALL_CFS, false).map_err(storage)?;
         Ok(Self { db })
+    }
+
+    /// Size and compaction figures of the database, for `/metrics`.
+    pub fn rocksdb_stats(&self) -> cdp_bus::RocksDbStats {
+        cdp_bus::RocksDbStats::read(&self.db, ALL_CFS)
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -229,6 +242,26 @@ impl MembershipStore {
         Ok(out)
     }
 
+    /// The cohorts `canonical_id` of `tenant` is currently a member of, in audience key order:
+    /// `(audience_key, state)`. One prefix scan, since its memberships sit side by side.
+    pub fn profile_memberships(
+        &self,
+        tenant: &str,
+        canonical_id: &str,
+    ) -> Result<Vec<(String, MemberState)>> {
+        let mut prefix = pair_key(tenant, canonical_id);
+        prefix.push(0);
+        let mut out = Vec::new();
+        for (k, v) in self.scan(CF_MEMBERS, &prefix)? {
+            let state: MemberState = decode(&v)?;
+            if state.member {
+                let audience = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+                out.push((audience, state));
+            }
+        }
+        Ok(out)
+    }
+
     /// Outbox records in order, with their keys for deletion.
     pub fn outbox(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.scan(CF_OUTBOX, b"")
@@ -314,6 +347,37 @@ impl MembershipStore {
             .map_err(storage)?
             .map(|b| decode(&b))
             .transpose()
+    }
+
+    /// The (cohort, profile) pairs `dest` has state for that satisfy `keep`:
+    /// `(tenant, canonical_id, audience, state)`, in key order.
+    pub fn dest_members_where(
+        &self,
+        dest: &str,
+        keep: impl Fn(&DestMember) -> bool,
+    ) -> Result<Vec<(String, String, String, DestMember)>> {
+        let prefix = dest_prefix(dest);
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_DEST_MEMBERS),
+            rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item.map_err(storage)?;
+            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                break;
+            };
+            let state: DestMember = decode(&v)?;
+            if !keep(&state) {
+                continue;
+            }
+            let parts: Vec<&[u8]> = rest.split(|b| *b == 0).collect();
+            if let [t, c, a] = parts.as_slice() {
+                let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                out.push((s(t), s(c), s(a), state));
+            }
+        }
+        Ok(out)
     }
 
     /// Profiles whose windows change at or before `now_ms`: `(due_ms, tenant, canonical_id)`.
@@ -557,14 +621,77 @@ impl MembershipTxn<'_> {
         keys.dedup();
         let mut received = false;
         for k in keys {
-            if self.get(CF_DEST_MEMBERS, k.clone())?.is_some() {
-                received = true;
+            if let Some(v) = self.get(CF_DEST_MEMBERS, k.clone())? {
+                // An entry with no event sent only records a rule that withheld the person.
+                received |= decode::<DestMember>(&v)?.seq > 0;
                 if forget {
                     self.put(CF_DEST_MEMBERS, k, None);
                 }
             }
         }
         Ok(received)
+    }
+
+    /// When the person's last `Audience Entered` deliveries on `channel` were sent (ms), oldest
+    /// first.
+    pub fn cap_history(
+        &mut self,
+        tenant: &str,
+        canonical_id: &str,
+        channel: &str,
+    ) -> Result<Vec<u64>> {
+        let Some(b) = self.get(CF_CAPS, cap_key(tenant, canonical_id, channel))? else {
+            return Ok(Vec::new());
+        };
+        if !b.len().is_multiple_of(8) {
+            return Err(ActivationError::Corrupt(format!(
+                "frequency cap entry of {} bytes",
+                b.len()
+            )));
+        }
+        Ok(b.chunks_exact(8)
+            .map(|c| u64::from_be_bytes(c.try_into().expect("chunks of 8")))
+            .collect())
+    }
+
+    /// Replaces the person's history on `channel`; an empty one is removed.
+    pub fn set_cap_history(
+        &mut self,
+        tenant: &str,
+        canonical_id: &str,
+        channel: &str,
+        sent_ms: &[u64],
+    ) {
+        let value =
+            (!sent_ms.is_empty()).then(|| sent_ms.iter().flat_map(|t| t.to_be_bytes()).collect());
+        self.put(CF_CAPS, cap_key(tenant, canonical_id, channel), value);
+    }
+
+    /// The channels the person has a frequency cap history on.
+    pub fn cap_channels(&mut self, tenant: &str, canonical_id: &str) -> Result<Vec<String>> {
+        let mut prefix = pair_key(tenant, canonical_id);
+        prefix.push(0);
+        let mut keys: Vec<Vec<u8>> = self
+            .store
+            .scan(CF_CAPS, &prefix)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        keys.extend(
+            self.kv
+                .keys()
+                .filter(|(cf, k)| *cf == CF_CAPS && k.starts_with(&prefix))
+                .map(|(_, k)| k.clone()),
+        );
+        keys.sort();
+        keys.dedup();
+        let mut out = Vec::new();
+        for k in keys {
+            if self.get(CF_CAPS, k.clone())?.is_some() {
+                out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// Queues an encoded delivery for `dest`'s worker.
@@ -681,6 +808,13 @@ fn pair_key(tenant: &str, canonical_id: &str) -> Vec<u8> {
     k
 }
 
+fn cap_key(tenant: &str, canonical_id: &str, channel: &str) -> Vec<u8> {
+    let mut k = pair_key(tenant, canonical_id);
+    k.push(0);
+    k.extend_from_slice(channel.as_bytes());
+    k
+}
+
 fn dest_prefix(dest: &str) -> Vec<u8> {
     let mut k = dest.as_bytes().to_vec();
     k.push(0);
@@ -776,6 +910,32 @@ mod tests {
         assert_eq!(leads, [("cdp_5".to_string(), state(true, 1))]);
         assert!(store
             .cohort_members("nobody", "buyers", None, 10)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn profile_memberships_lists_one_persons_current_cohorts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MembershipStore::open(dir.path()).unwrap();
+        let mut txn = store.txn().unwrap();
+        txn.set_state("acme", "cdp_1", "leads", state(true, 1));
+        txn.set_state("acme", "cdp_1", "buyers", state(true, 2));
+        txn.set_state("acme", "cdp_1", "lapsed", state(false, 3));
+        // `cdp_10` starts with `cdp_1`; another tenant holds the same id.
+        txn.set_state("acme", "cdp_10", "vips", state(true, 1));
+        txn.set_state("zeta", "cdp_1", "vips", state(true, 1));
+        txn.commit().unwrap();
+        let held = store.profile_memberships("acme", "cdp_1").unwrap();
+        assert_eq!(
+            held,
+            [
+                ("buyers".to_string(), state(true, 2)),
+                ("leads".to_string(), state(true, 1))
+            ]
+        );
+        assert!(store
+            .profile_memberships("acme", "cdp_2")
             .unwrap()
             .is_empty());
     }

@@ -12,6 +12,7 @@ use crate::config::{ActivationConfig, DestinationKind};
 use crate::definitions::{Activation, Definitions};
 use crate::delivery::Worker;
 use crate::destination::{self, Destination, Subject};
+use crate::frequency::FrequencyCaps;
 use crate::membership::{Applied, MemberState, MembershipStore, MembershipTxn};
 use crate::Result;
 use cdp_bus::{
@@ -51,6 +52,8 @@ pub struct ActivationCounters {
     pub webhook_retries: AtomicU64,
     /// Events dead-lettered by webhook destinations.
     pub webhook_dead: AtomicU64,
+    /// Deliveries kept from destinations by suppression, priority or frequency caps.
+    pub withheld: crate::rules::WithheldCounters,
 }
 
 /// A running webhook delivery thread.
@@ -100,6 +103,21 @@ pub fn run(
                     defs = activation.current();
                     ensure_topics(bus, config, &defs)?;
                     sync_workers(scope, &mut workers, &defs, store, bus, counters)?;
+                    let swept = crate::rules::sweep_suppressed(
+                        store,
+                        &defs,
+                        chrono::Utc::now(),
+                        config.batch_size,
+                        &counters.withheld,
+                    )?;
+                    if swept > 0 {
+                        tracing::info!(
+                            exits = swept,
+                            "suppressed people removed from destinations"
+                        );
+                        publish_outbox(store, producer.as_mut())?;
+                        nudge(&workers);
+                    }
                 }
                 reap_failed_workers(&mut workers)?;
                 if last_timer.is_none_or(|t| t.elapsed() >= timer_interval) {
@@ -397,8 +415,8 @@ fn on_update(
 }
 
 /// Evaluates the cohorts for `p` at `now` whose inputs changed since `applied` (the others keep
-/// their result), emits the changes and routes them to destinations, and records what each cohort
-/// was evaluated on in `applied`. Returns whether any membership changed.
+/// their result), emits the changes, brings the destinations in line (see `rules`), and records
+/// what each cohort was evaluated on in `applied`. Returns whether any membership changed.
 fn evaluate(
     txn: &mut MembershipTxn,
     config: &ActivationConfig,
@@ -409,8 +427,10 @@ fn evaluate(
     applied: &mut Applied,
 ) -> Result<bool> {
     let outcomes = defs.cohorts.evaluate_changed(p, now, &applied.inputs);
-    let mut inputs = Vec::with_capacity(outcomes.len());
-    let mut changed = false;
+    let n = defs.cohorts.list.len();
+    let mut inputs = Vec::with_capacity(n);
+    let mut members = vec![false; n];
+    let mut flipped = vec![false; n];
     for (i, (cohort, outcome)) in defs.cohorts.list.iter().zip(outcomes).enumerate() {
         let fingerprint = outcome.fingerprint;
         if !outcome.evaluated {
@@ -419,25 +439,26 @@ fn evaluate(
             inputs.push(fingerprint | u64::from(member));
             // A member's consent or identifiers can change without their membership changing:
             // destinations are checked on every update of a member.
-            if member {
-                route_member(txn, defs, i, p, now)?;
-            }
+            members[i] = member;
             continue;
         }
         counters.evaluations.fetch_add(1, Ordering::Relaxed);
-        let result = outcome.result;
-        let member = match result {
+        let member = match outcome.result {
             Ok(m) => m,
             Err(e) => {
                 counters.eval_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "cohort evaluation failed; membership unchanged");
+                members[i] = txn
+                    .state(&p.tenant, &p.canonical_id, cohort.key())?
+                    .is_some_and(|s| s.member);
                 continue;
             }
         };
         inputs.push(fingerprint | u64::from(member));
+        members[i] = member;
         let state = txn.state(&p.tenant, &p.canonical_id, cohort.key())?;
-        let flipped = state.as_ref().map(|s| s.member).unwrap_or(false) != member;
-        if flipped {
+        if state.as_ref().map(|s| s.member).unwrap_or(false) != member {
+            flipped[i] = true;
             let kind = if member {
                 CohortChangeKind::Entered
             } else {
@@ -462,43 +483,12 @@ fn evaluate(
                 now,
                 counters,
             );
-            changed = true;
-        }
-        if member {
-            route_member(txn, defs, i, p, now)?;
-        } else if flipped {
-            let who = Subject {
-                tenant: &p.tenant,
-                canonical_id: &p.canonical_id,
-                audience: cohort.key(),
-            };
-            for d in &defs.feeds[i] {
-                destination::route(txn, &defs.destinations[*d], who, None, now)?;
-            }
         }
     }
+    crate::rules::deliver(txn, defs, p, &members, &flipped, now, &counters.withheld)?;
     inputs.sort_unstable();
     applied.inputs = inputs;
-    Ok(changed)
-}
-
-/// Routes a member of cohort `i` to the destinations it feeds.
-fn route_member(
-    txn: &mut MembershipTxn,
-    defs: &Definitions,
-    i: usize,
-    p: &Profile,
-    now: Timestamp,
-) -> Result<()> {
-    let who = Subject {
-        tenant: &p.tenant,
-        canonical_id: &p.canonical_id,
-        audience: defs.cohorts.list[i].key(),
-    };
-    for d in &defs.feeds[i] {
-        destination::route(txn, &defs.destinations[*d], who, Some(p), now)?;
-    }
-    Ok(())
+    Ok(flipped.contains(&true))
 }
 
 fn on_identity_change(
@@ -558,10 +548,18 @@ fn on_identity_change(
                 }
             }
         }
-        if change.kind == IdentityChangeKind::Deleted {
-            for dest in &defs.destinations {
-                destination::delete(txn, dest, &change.tenant, id, change.version, now)?;
+        match change.kind {
+            IdentityChangeKind::Deleted => {
+                for dest in &defs.destinations {
+                    destination::delete(txn, dest, &change.tenant, id, change.version, now)?;
+                }
+                FrequencyCaps::forget(txn, &change.tenant, id)?;
             }
+            IdentityChangeKind::Merged => {
+                defs.caps
+                    .merge_into(txn, &change.tenant, id, &change.canonical_id)?
+            }
+            IdentityChangeKind::Split => {}
         }
         txn.schedule(&change.tenant, id, None)?;
     }

@@ -1,7 +1,8 @@
 //! Webhook delivery end to end: the activation stage runs on the embedded bus and delivers to
 //! real HTTP servers on loopback that verify every signature and inject failures (500s, 429 with
 //! Retry-After, responses slower than the client's timeout, slow successes, refusals). Nothing is
-//! lost, a redelivered event keeps its id, consent is honoured on the wire, a dead destination
+//! lost, a redelivered event keeps its id, consent and suppression lists are honoured on the
+//! wire, a dead destination
 //! dead-letters without holding up the others, and a restart retries the same batch id.
 
 mod support;
@@ -595,4 +596,53 @@ fn a_reload_starts_new_destinations_and_a_refused_one_keeps_the_running_definiti
         .map(|e| e["canonical_id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(ids, ["p02", "p03", "p04"].map(String::from).into());
+}
+
+#[test]
+fn a_suppressed_person_never_reaches_the_webhook_but_stays_a_member() {
+    let env = Env::new();
+    let receiver = Receiver::start(vec![], Reply::Status(200));
+    let mut config = config(vec![hook("crm", &receiver.url())]);
+    config.suppression_lists = vec![cdp_activation::SuppressionListConfig {
+        key: "do_not_contact".into(),
+        kind: "crm_id".into(),
+        file: String::new(),
+        values: vec!["crm-p03".into(), "crm-p07".into()],
+        destinations: vec!["crm".into()],
+        phone_region: "US".into(),
+    }];
+    let mut input = Input::default();
+    let everyone = people();
+
+    with_stage(&env, &config, |counters| {
+        env.produce(everyone.iter().map(|p| input.update(p, 1)).collect());
+        wait_for("everyone applied", || env.drained(&config));
+        wait_for("the others acknowledged", || {
+            receiver.distinct_accepted() == 18
+        });
+        wait_for("the queue drained", || {
+            env.store.deliveries("crm", 1).unwrap().is_empty()
+        });
+        assert_eq!(
+            counters
+                .withheld
+                .get("crm", cdp_activation::rules::Withheld::Suppressed),
+            2
+        );
+    });
+
+    let ids: BTreeSet<String> = receiver
+        .accepted_events()
+        .iter()
+        .map(|e| e["canonical_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 18);
+    assert!(!ids.contains("p03") && !ids.contains("p07"), "{ids:?}");
+    let members: BTreeSet<String> = env
+        .read("cdp.cohorts.membership")
+        .iter()
+        .map(|r| String::from_utf8(r.key.clone().unwrap()).unwrap())
+        .collect();
+    assert!(members.contains("leads:p03") && members.contains("leads:p07"));
+    assert_eq!(members.len(), 20);
 }

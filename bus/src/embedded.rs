@@ -127,6 +127,10 @@ impl Inner {
 }
 
 impl Bus for EmbeddedBus {
+    fn rocksdb_stats(&self) -> Option<crate::RocksDbStats> {
+        Some(crate::RocksDbStats::read(&self.inner.db, [CF_LOG, CF_META]))
+    }
+
     fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
         validate_topic_name(name)?;
         self.inner.writable()?;

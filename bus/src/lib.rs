@@ -12,10 +12,12 @@ pub mod embedded;
 pub mod kafka;
 mod partitioner;
 mod record;
+pub mod rocksdb_stats;
 pub mod stats;
 
 pub use partitioner::partition_for_key;
 pub use record::{OutRecord, Record};
+pub use rocksdb_stats::RocksDbStats;
 pub use stats::StageCounters;
 
 use std::collections::BTreeMap;
@@ -225,6 +227,10 @@ pub trait Bus: Send + Sync {
     fn lag(&self, group: &str, topics: &[String]) -> Result<u64>;
     /// End offset (next offset to be written) of every partition of `topic`.
     fn end_offsets(&self, topic: &str) -> Result<Vec<i64>>;
+    /// Size and compaction figures of the backend's local RocksDB, where it keeps one.
+    fn rocksdb_stats(&self) -> Option<RocksDbStats> {
+        None
+    }
 }
 
 /// Writes records. Records are durable and visible to consumers once `flush` returns `Ok`.

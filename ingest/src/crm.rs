@@ -6,11 +6,14 @@
 //!   `ConvertedContactId` is the same person's Contact and is linked too. The lifecycle stage comes
 //!   from the custom field `Lifecycle_Stage__c`, else from a Lead's `Status`. `HasOptedOutOfEmail`
 //!   and `DoNotCall` become the `email` and `phone` consent purposes. Time: `LastModifiedDate`,
-//!   else `SystemModstamp`, else `CreatedDate`.
+//!   else `SystemModstamp`, else `CreatedDate`. The address (a Contact's `Mailing*` fields, a
+//!   Lead's `Street`, `City`, `PostalCode`) and `Birthdate` become the traits `street`, `city`,
+//!   `postal_code` and `birth_date`, which the resolver's probabilistic matching compares.
 //! - **HubSpot** v3 contact (`id`, `properties`): `crm_id` `hs:{id}`; `properties.email`, every
 //!   address of `hs_additional_emails` (`;`-separated), `phone`, `mobilephone`;
-//!   `lifecyclestage`; `hs_email_optout`. Time: `updatedAt`, else `properties.lastmodifieddate`,
-//!   else `createdAt`.
+//!   `lifecyclestage`; `hs_email_optout`; `address`, `city`, `zip`, `date_of_birth` as the
+//!   matching traits above. Time: `updatedAt`, else `properties.lastmodifieddate`, else
+//!   `createdAt`.
 //!
 //! `traits.lifecycle_stage` is always HubSpot's vocabulary (`subscriber`, `lead`,
 //! `marketingqualifiedlead`, `salesqualifiedlead`, `opportunity`, `customer`, `evangelist`,
@@ -147,6 +150,14 @@ fn salesforce(f: Fields<'_>, cx: &mut Context<'_>) -> Result<Signal, Rejection> 
         ("AccountId", "account_id"),
         ("Title", "title"),
         ("LeadSource", "lead_source"),
+        // A Contact's mailing address, a Lead's address: the fields matching compares.
+        ("MailingStreet", "street"),
+        ("MailingCity", "city"),
+        ("MailingPostalCode", "postal_code"),
+        ("Street", "street"),
+        ("City", "city"),
+        ("PostalCode", "postal_code"),
+        ("Birthdate", "birth_date"),
     ] {
         copy_text(f, key, trait_name, &mut traits)?;
     }
@@ -220,6 +231,10 @@ fn hubspot(f: Fields<'_>, cx: &mut Context<'_>) -> Result<Signal, Rejection> {
         ("jobtitle", "title"),
         ("hs_lead_status", "lead_status"),
         ("hs_analytics_source", "lead_source"),
+        ("address", "street"),
+        ("city", "city"),
+        ("zip", "postal_code"),
+        ("date_of_birth", "birth_date"),
     ] {
         copy_text(props, key, trait_name, &mut traits)?;
     }
@@ -290,6 +305,56 @@ mod tests {
             salesforce_id18("0015000000VALDt")
         );
         assert_eq!(salesforce_id18("not-an-id"), "not-an-id");
+    }
+
+    #[test]
+    fn address_and_birth_date_become_matching_traits() {
+        use crate::normalize::{normalize_payload, NormalizeOptions};
+        let received = cdp_proto::time::from_millis(1_717_000_000_000);
+        let parse = |payload: Value| {
+            let bytes = serde_json::to_vec(&payload).unwrap();
+            let mut signals = normalize_payload(
+                cdp_proto::Source::Crm,
+                "acme",
+                &bytes,
+                received,
+                &NormalizeOptions::default(),
+            )
+            .unwrap();
+            assert_eq!(signals.len(), 1);
+            signals.remove(0).traits
+        };
+        let contact = parse(serde_json::json!({
+            "attributes": {"type": "Contact"},
+            "Id": "0035g00000XyZ12AAF",
+            "FirstName": "Maria", "LastName": "Garcia",
+            "MailingStreet": "1 Market St", "MailingCity": "San Francisco",
+            "MailingPostalCode": "94105", "Birthdate": "1984-03-07",
+            "LastModifiedDate": "2024-05-01T12:34:56.000+0000"
+        }));
+        let lead = parse(serde_json::json!({
+            "attributes": {"type": "Lead"},
+            "Id": "00Q5g00000AbCdEEAZ",
+            "LastName": "Garcya", "Street": "1 Market Street", "City": "San Francisco",
+            "PostalCode": "94105", "Status": "Open"
+        }));
+        let hubspot = parse(serde_json::json!({
+            "id": "51234",
+            "properties": {"firstname": "Maria", "address": "1 Market St", "city": "San Francisco",
+                           "zip": "94105", "date_of_birth": "1984-03-07"}
+        }));
+        for (traits, street) in [
+            (&contact, "1 Market St"),
+            (&lead, "1 Market Street"),
+            (&hubspot, "1 Market St"),
+        ] {
+            assert_eq!(traits["street"], Value::from(street));
+            assert_eq!(traits["city"], Value::from("San Francisco"));
+            assert_eq!(traits["postal_code"], Value::from("94105"));
+        }
+        assert_eq!(contact["birth_date"], Value::from("1984-03-07"));
+        assert_eq!(hubspot["birth_date"], Value::from("1984-03-07"));
+        assert!(!lead.contains_key("birth_date"), "a Lead has no birth date");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! did ([`metrics`]); [`workload`] writes a realistic raw data set with its ground truth.
 
 pub mod app;
+pub mod collect;
 pub mod config;
 pub mod consent;
 pub mod crm;

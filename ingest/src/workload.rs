@@ -18,8 +18,10 @@
 //! Noise a resolver must survive: `"null"` user ids, `test@test.com` at sign-up, all-zero IDFAs and
 //! users who turned ad tracking off, unfilled MMP macros (`{idfa}`), a few app installs shared by
 //! 2-3 logged-in people (office and family devices; the truth keeps them apart, so the resolver
-//! must refuse those merges), and ~0.1% of lines cut short (invalid JSON, for the DLQ; they have
-//! no truth rows).
+//! must refuse those merges), ~0.1% of lines cut short (invalid JSON, for the DLQ; they have
+//! no truth rows), and for a fifth of the Salesforce people a list-import Contact with the PII
+//! noise of a record someone else typed (nicknames, typos, swapped names, moved house, an old or
+//! no email, a missing or day/month-swapped birth date) that only probabilistic matching joins.
 //!
 //! Some of it is unresolvable by design, as in real data: an anonymous visitor's second browser,
 //! an app install that never logs in.
@@ -32,6 +34,7 @@
 mod app;
 mod crm;
 mod media;
+mod noise;
 mod person;
 mod segment;
 mod values;

@@ -18,6 +18,8 @@ pub struct ResolverConfig {
     pub batch_size: usize,
     pub poll_timeout_ms: u64,
     pub policy: PolicyConfig,
+    /// Probabilistic matching of person records (names, birth date, address).
+    pub matching: crate::matching::MatchingConfig,
 }
 
 impl Default for ResolverConfig {
@@ -32,6 +34,7 @@ impl Default for ResolverConfig {
             batch_size: 2000,
             poll_timeout_ms: 100,
             policy: PolicyConfig::default(),
+            matching: crate::matching::MatchingConfig::default(),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! `explain`: why a profile is what it is. For the component of an identifier or canonical id
 //! it lists the identifiers, every link that touches them with its rule, confidence, when and by
 //! which signal it was observed and what the policy decided (accepted, refused with the reason,
-//! candidate below threshold, removed by an operator), and the merge history. Read-only.
+//! candidate below threshold, removed by an operator), and the merge history. Probabilistic
+//! links carry their `evidence`: the match probability and each field's level and weight.
+//! Read-only.
 
 use crate::command::Target;
 use crate::component::{self, NodeLink};

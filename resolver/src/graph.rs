@@ -4,6 +4,7 @@
 
 use crate::fold::{fold_signal, merge_into};
 use crate::link::{Link, LinkDecision};
+use crate::matching::{self, field::Record, model::Score, stream, Matcher, MatchingConfig};
 use crate::policy::{MergePolicy, PolicyConfig};
 use crate::txn::{NodeId, Txn};
 use crate::Result;
@@ -12,6 +13,7 @@ use cdp_proto::{
     MergeRecord, Profile, ProfileUpdate, Signal, Timestamp,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
 
 /// Canonical id of a profile founded by `id`: stable across replays and rebuilds.
 pub fn canonical_id_for(tenant: &str, id: &Identifier) -> String {
@@ -30,6 +32,14 @@ pub struct BatchOutput {
     pub new_profiles: u64,
     /// Identifiers dropped from signals because `forget` erased them.
     pub tombstoned: u64,
+    /// Probabilistic links asserted (merges, refusals and candidates alike).
+    pub probabilistic: u64,
+    /// Record pairs probabilistic matching compared.
+    pub compared: u64,
+    /// Blocking keys that grew past the cap (and stopped yielding candidates).
+    pub blocks_overflowed: u64,
+    /// Blocking keys skipped because they had grown past the cap.
+    pub blocks_skipped: u64,
 }
 
 /// A merge seen during a batch, reported once the batch's final survivors are known.
@@ -53,19 +63,49 @@ pub struct Batch {
     candidates: u64,
     new_profiles: u64,
     tombstoned: u64,
+    probabilistic: u64,
+    compared: u64,
+    blocks_overflowed: u64,
+    blocks_skipped: u64,
 }
 
 /// The resolver's decision logic. State lives in the store behind a [`Txn`].
 #[derive(Debug, Clone)]
 pub struct Resolver {
     policy: MergePolicy,
+    /// Probabilistic matching, when configured.
+    matcher: Option<Arc<Matcher>>,
 }
 
 impl Resolver {
+    /// A resolver of deterministic links only.
     pub fn new(policy: PolicyConfig) -> Self {
         Self {
             policy: MergePolicy::new(policy),
+            matcher: None,
         }
+    }
+
+    /// A resolver that also matches records probabilistically (when `matching` enables it for
+    /// any tenant); probabilistic links merge from `matching.merge_threshold`.
+    pub fn with_matching(policy: PolicyConfig, matching: MatchingConfig) -> Result<Self> {
+        let enabled =
+            matching.enabled || matching.tenants.values().any(|t| t.enabled == Some(true));
+        let policy = matching::policy_with_threshold(policy, &matching);
+        let matcher = if enabled {
+            Some(Arc::new(Matcher::new(matching)?))
+        } else {
+            None
+        };
+        Ok(Self {
+            policy: MergePolicy::new(policy),
+            matcher,
+        })
+    }
+
+    /// The resolver `config` describes.
+    pub fn from_config(config: &crate::ResolverConfig) -> Result<Self> {
+        Self::with_matching(config.policy.clone(), config.matching.clone())
     }
 
     pub fn policy(&self) -> &MergePolicy {
@@ -119,48 +159,7 @@ impl Resolver {
             let (Some(a), Some(b)) = (node_of(&l.a), node_of(&l.b)) else {
                 continue;
             };
-            if a == b {
-                continue;
-            }
-            let logged = txn.pair(a, b, &l.rule)?;
-            if let Some(id) = logged {
-                if txn
-                    .link(id)?
-                    .is_some_and(|stored| matches!(stored.decision, LinkDecision::Removed(_)))
-                {
-                    // An operator unmerged this assertion; replays must not redo the merge.
-                    continue;
-                }
-            }
-            let decision =
-                self.decide(txn, signal, (a, b), l, logged.is_none(), &mut fresh, batch)?;
-            match logged {
-                None => {
-                    txn.append_link(
-                        a,
-                        b,
-                        Link {
-                            id: 0,
-                            tenant: tenant.to_string(),
-                            a: l.a.clone(),
-                            b: l.b.clone(),
-                            rule: l.rule.clone(),
-                            confidence: l.confidence,
-                            observed_at: signal.event_time,
-                            signal_id: signal.event_id.clone(),
-                            decision,
-                        },
-                    );
-                }
-                Some(id) => {
-                    if let Some(mut stored) = txn.link(id)? {
-                        if stored.decision != decision {
-                            stored.decision = decision;
-                            txn.update_link(stored);
-                        }
-                    }
-                }
-            }
+            self.assert_link(txn, signal, (a, b), l, None, &mut fresh, batch)?;
         }
 
         // Attributes go to the profile of the signal's first (strongest) identifier.
@@ -171,9 +170,124 @@ impl Resolver {
                     fold_signal(profile, signal);
                     touch(batch, signal, &profile.canonical_id);
                 }
+                if let Some(matcher) = &self.matcher {
+                    self.match_record(matcher, txn, signal, (primary, node), &mut fresh, batch)?;
+                }
             }
         }
         bump_versions(txn, tenant, batch)
+    }
+
+    /// Compares the record `signal` carries (its comparison fields, filed under the node of its
+    /// first identifier) with its blocking candidates, and asserts a probabilistic link to each
+    /// likely one; the links are decided like any other.
+    fn match_record(
+        &self,
+        matcher: &Matcher,
+        txn: &mut Txn,
+        signal: &Signal,
+        (primary, node): (&Identifier, NodeId),
+        fresh: &mut HashSet<NodeId>,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        let Some(fields) = matcher.config.fields_for(&signal.tenant) else {
+            return Ok(());
+        };
+        let record = Record::from_traits(&signal.traits, fields);
+        if record.len() < matcher.config.min_fields.max(1) {
+            return Ok(());
+        }
+        let mut stats = stream::Stats::default();
+        let proposals = stream::propose(
+            matcher,
+            txn,
+            &signal.tenant,
+            node,
+            &record,
+            fields,
+            &mut stats,
+        )?;
+        batch.compared += stats.compared;
+        batch.blocks_overflowed += stats.blocks_overflowed;
+        batch.blocks_skipped += stats.blocks_skipped;
+        for p in proposals {
+            let l = IdentityLink {
+                a: primary.clone(),
+                b: p.identifier,
+                rule: matching::RULE.to_string(),
+                confidence: p.score.probability,
+            };
+            batch.probabilistic += 1;
+            self.assert_link(txn, signal, (node, p.node), &l, Some(p.score), fresh, batch)?;
+        }
+        Ok(())
+    }
+
+    /// Logs the assertion `l` between nodes `a` and `b` (once per pair and rule) and decides
+    /// it: a merge, a refusal or a candidate.
+    #[allow(clippy::too_many_arguments)]
+    fn assert_link(
+        &self,
+        txn: &mut Txn,
+        signal: &Signal,
+        (a, b): (NodeId, NodeId),
+        l: &IdentityLink,
+        evidence: Option<Score>,
+        fresh: &mut HashSet<NodeId>,
+        batch: &mut Batch,
+    ) -> Result<()> {
+        if a == b {
+            return Ok(());
+        }
+        let logged = txn.pair(a, b, &l.rule)?;
+        if let Some(id) = logged {
+            if txn
+                .link(id)?
+                .is_some_and(|stored| matches!(stored.decision, LinkDecision::Removed(_)))
+            {
+                // An operator unmerged this assertion; replays must not redo the merge.
+                return Ok(());
+            }
+        }
+        let decision = self.decide(txn, signal, (a, b), l, logged.is_none(), fresh, batch)?;
+        match logged {
+            None => {
+                txn.append_link(
+                    a,
+                    b,
+                    Link {
+                        id: 0,
+                        tenant: signal.tenant.clone(),
+                        a: l.a.clone(),
+                        b: l.b.clone(),
+                        rule: l.rule.clone(),
+                        confidence: l.confidence,
+                        observed_at: signal.event_time,
+                        signal_id: signal.event_id.clone(),
+                        decision,
+                        evidence,
+                    },
+                );
+            }
+            Some(id) => {
+                if let Some(mut stored) = txn.link(id)? {
+                    // A re-scored pair (a record changed) keeps its latest score.
+                    let rescored = match (&evidence, &stored.evidence) {
+                        (Some(new), Some(old)) => new.differs(old),
+                        (new, _) => new.is_some(),
+                    };
+                    if stored.decision != decision || rescored {
+                        stored.decision = decision;
+                        if rescored {
+                            stored.confidence = l.confidence;
+                            stored.evidence = evidence;
+                        }
+                        txn.update_link(stored);
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A node and a profile of its own for `id`, seen for the first time.
@@ -340,6 +454,10 @@ impl Resolver {
             candidates: batch.candidates,
             new_profiles: batch.new_profiles,
             tombstoned: batch.tombstoned,
+            probabilistic: batch.probabilistic,
+            compared: batch.compared,
+            blocks_overflowed: batch.blocks_overflowed,
+            blocks_skipped: batch.blocks_skipped,
             ..Default::default()
         };
         let mut finals: BTreeMap<(String, String), (String, Timestamp)> = BTreeMap::new();

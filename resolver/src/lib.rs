@@ -9,19 +9,22 @@
 //! The graph is explainable ([`explain`]) and reversible: operator [`command`]s erase a person
 //! for good ([`forget`], with [`tombstone`]s) or take a wrong link out ([`unmerge`]), and a
 //! policy change is previewed and applied over the whole link log ([`rebuild`]). Identifiers
-//! linked to too many profiles are quarantined ([`hub`]).
+//! linked to too many profiles are quarantined ([`hub`]). Person records without a shared
+//! identifier are joined by probabilistic [`matching`] (Fellegi–Sunter), within the same policy.
 
 pub mod codec;
 pub mod command;
 pub mod component;
 pub mod config;
 pub mod explain;
+pub mod export;
 pub mod fold;
 pub mod forget;
 pub mod graph;
 pub mod hub;
 pub mod link;
 pub mod lookup;
+pub mod matching;
 pub mod overlay;
 pub mod partition;
 pub mod policy;
@@ -44,6 +47,8 @@ pub enum ResolverError {
     Corrupt { cf: &'static str, detail: String },
     #[error(transparent)]
     Bus(#[from] cdp_bus::BusError),
+    #[error(transparent)]
+    Model(#[from] matching::model::ModelError),
 }
 
 pub type Result<T, E = ResolverError> = std::result::Result<T, E>;

@@ -31,4 +31,8 @@ pub struct Link {
     pub signal_id: String,
     #[serde(flatten)]
     pub decision: LinkDecision,
+    /// For probabilistic links: the match probability (also the confidence), the model version
+    /// and what each compared field contributed. Levels, not values, so no PII is kept here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<crate::matching::model::Score>,
 }

@@ -120,6 +120,10 @@ impl MergePolicy {
         Self { config }
     }
 
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
     /// Whether a link under `rule` with `confidence` is strong enough to merge.
     pub fn merges(&self, rule: &str, confidence: f64) -> bool {
         let threshold = self

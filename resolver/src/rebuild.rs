@@ -3,6 +3,12 @@
 //! that would split, profiles that would merge, links whose decision changes. With `apply` the
 //! new partition is written in one atomic write, with its change records in the outbox. Offline:
 //! it holds the state for its whole run. It keeps every node and link of the tenant in memory.
+//!
+//! Probabilistic links are re-scored under the configured model first: each keeps the
+//! comparison level of every field it compared, so a new model (new m/u, a new prior) or new
+//! thresholds are previewed exactly. What re-scoring cannot change is which pairs were compared
+//! and at which levels: a change of fields, Jaro-Winkler thresholds or blocking needs the
+//! input replayed.
 
 use crate::component::{self, NodeLink};
 use crate::fold::merge_into;
@@ -50,6 +56,8 @@ pub struct RebuildReport {
     pub merges: u64,
     /// Links whose decision changes (accepted, refused, candidate).
     pub links_changed: u64,
+    /// Probabilistic links whose probability changes under the configured model.
+    pub links_rescored: u64,
     pub split_examples: Vec<SplitExample>,
     pub merge_examples: Vec<MergeExample>,
     /// Whether the new partition was written.
@@ -98,6 +106,29 @@ pub fn rebuild(
         links.push(NodeLink { link, a, b });
     }
 
+    let model = config.matching.model()?;
+    let mut rescored: BTreeSet<u64> = BTreeSet::new();
+    for l in &mut links {
+        let Some(evidence) = &l.link.evidence else {
+            continue;
+        };
+        let levels: Vec<_> = evidence
+            .contributions
+            .iter()
+            .map(|c| (c.field, c.level))
+            .collect();
+        let score = model.score(&levels);
+        if score.differs(evidence) {
+            rescored.insert(l.link.id);
+            l.link.confidence = score.probability;
+            l.link.evidence = Some(score);
+        }
+    }
+    let policy = crate::policy::MergePolicy::new(crate::matching::policy_with_threshold(
+        resolver.policy().config().clone(),
+        &config.matching,
+    ));
+
     let mut txn = Txn::begin(store)?;
     let mut current: BTreeMap<NodeId, BTreeSet<NodeId>> = BTreeMap::new();
     let mut root_of: HashMap<NodeId, NodeId> = HashMap::new();
@@ -106,13 +137,14 @@ pub fn rebuild(
         current.entry(root).or_default().insert(*n);
         root_of.insert(*n, root);
     }
-    let replayed = partition::replay(resolver.policy(), &nodes, &links);
+    let replayed = partition::replay(&policy, &nodes, &links);
     let set_of: HashMap<NodeId, usize> = replayed
         .sets
         .iter()
         .enumerate()
         .flat_map(|(i, set)| set.iter().map(move |n| (*n, i)))
         .collect();
+    let mut decisions_changed = 0u64;
     let changed_links: Vec<Link> = links
         .iter()
         .filter_map(|l| {
@@ -129,7 +161,9 @@ pub fn rebuild(
                 );
             // A refusal's reason is that of the link's latest sighting; only the decision counts.
             let same = std::mem::discriminant(d) == std::mem::discriminant(&l.link.decision);
-            (!same && !equivalent).then(|| Link {
+            let changed = !same && !equivalent;
+            decisions_changed += u64::from(changed);
+            (changed || rescored.contains(&l.link.id)).then(|| Link {
                 decision: d.clone(),
                 ..l.link.clone()
             })
@@ -154,7 +188,8 @@ pub fn rebuild(
         profiles_after: replayed.sets.len() as u64,
         splits: 0,
         merges: 0,
-        links_changed: changed_links.len() as u64,
+        links_changed: decisions_changed,
+        links_rescored: rescored.len() as u64,
         split_examples: Vec::new(),
         merge_examples: Vec::new(),
         applied: false,

@@ -39,6 +39,12 @@ pub struct ResolverCounters {
     pub tombstoned: std::sync::atomic::AtomicU64,
     /// Graph commands applied.
     pub commands: std::sync::atomic::AtomicU64,
+    /// Probabilistic links asserted (merged, refused or kept as candidates).
+    pub probabilistic: std::sync::atomic::AtomicU64,
+    /// Record pairs probabilistic matching compared.
+    pub compared: std::sync::atomic::AtomicU64,
+    /// Blocking keys that grew past `max_block_size` and stopped yielding candidates.
+    pub blocks_overflowed: std::sync::atomic::AtomicU64,
 }
 
 /// Runs the resolver until `shutdown` is set.
@@ -49,7 +55,7 @@ pub fn run(
     counters: &ResolverCounters,
     shutdown: &AtomicBool,
 ) -> Result<()> {
-    let resolver = Resolver::new(config.policy.clone());
+    let resolver = Resolver::from_config(config)?;
     let mut producer = bus.producer()?;
     publish_outbox(store, producer.as_mut())?;
     let topics = [
@@ -88,6 +94,13 @@ pub fn run(
             .tombstoned
             .fetch_add(out.tombstoned, Ordering::Relaxed);
         counters.commands.fetch_add(out.commands, Ordering::Relaxed);
+        counters
+            .probabilistic
+            .fetch_add(out.probabilistic, Ordering::Relaxed);
+        counters.compared.fetch_add(out.compared, Ordering::Relaxed);
+        counters
+            .blocks_overflowed
+            .fetch_add(out.blocks_overflowed, Ordering::Relaxed);
         counters.stage.record_batch(
             records.len() as u64,
             published.saturating_sub(dead),
@@ -98,6 +111,7 @@ pub fn run(
             records = records.len(),
             merges = out.merges,
             refused = out.refused,
+            probabilistic = out.probabilistic,
             dead_lettered = dead,
             "resolver batch applied"
         );
@@ -121,6 +135,10 @@ pub struct Applied {
     /// Identity changes and profile updates put in the outbox.
     pub changes: u64,
     pub updates: u64,
+    pub probabilistic: u64,
+    pub compared: u64,
+    pub blocks_overflowed: u64,
+    pub blocks_skipped: u64,
 }
 
 impl Applied {
@@ -132,6 +150,10 @@ impl Applied {
         self.tombstoned += out.tombstoned;
         self.changes += out.changes.len() as u64;
         self.updates += out.updates.len() as u64;
+        self.probabilistic += out.probabilistic;
+        self.compared += out.compared;
+        self.blocks_overflowed += out.blocks_overflowed;
+        self.blocks_skipped += out.blocks_skipped;
     }
 }
 

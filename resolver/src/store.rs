@@ -43,10 +43,13 @@ pub enum Cf {
     Commands,
     /// node -> when its links reached other profiles (hub detection), newest kept.
     Hubs,
+    /// `tenant \0 rule \0 hashed key value` -> the nodes filed under a blocking key of
+    /// probabilistic matching (see `matching::blocking`), or a mark that it grew too large.
+    Blocks,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 15] = [
+    pub const ALL: [Cf; 16] = [
         Cf::Ids,
         Cf::Nodes,
         Cf::Parent,
@@ -62,6 +65,7 @@ impl Cf {
         Cf::Tombstones,
         Cf::Commands,
         Cf::Hubs,
+        Cf::Blocks,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +85,7 @@ impl Cf {
             Cf::Tombstones => "tombstones",
             Cf::Commands => "commands",
             Cf::Hubs => "hubs",
+            Cf::Blocks => "blocks",
         }
     }
 }
@@ -133,6 +138,11 @@ impl RocksStore {
         let db =
             DB::open_cf_for_read_only(&Options::default(), dir, names, false).map_err(storage)?;
         Ok(Self { db })
+    }
+
+    /// Size and compaction figures of the database, for `/metrics`.
+    pub fn rocksdb_stats(&self) -> cdp_bus::RocksDbStats {
+        cdp_bus::RocksDbStats::read(&self.db, Cf::ALL.map(Cf::name))
     }
 
     fn cf(&self, cf: Cf) -> Option<&rocksdb::ColumnFamily> {

@@ -28,6 +28,7 @@ pub struct Txn<'s> {
     links: Overlay<u64, Link>,
     pairs: Overlay<Vec<u8>, u64, ByBytes>,
     hubs: Overlay<NodeId, crate::hub::Reaches>,
+    blocks: Overlay<Vec<u8>, crate::matching::blocking::Block, ByBytes>,
     extra: Vec<Op>,
     next_node: NodeId,
     next_link: u64,
@@ -58,6 +59,7 @@ impl<'s> Txn<'s> {
             links: Overlay::new(Cf::Links),
             pairs: Overlay::new(Cf::Pairs),
             hubs: Overlay::new(Cf::Hubs),
+            blocks: Overlay::new(Cf::Blocks),
             extra: Vec::new(),
             // Node 0 is never used, so a zero in a key is never a real node.
             next_node: counter(META_NEXT_NODE)?.max(1),
@@ -288,6 +290,22 @@ impl<'s> Txn<'s> {
         self.hubs.put(node, reaches);
     }
 
+    /// The nodes filed under a blocking key (an empty open block if none are).
+    pub fn block(&mut self, key: &[u8]) -> Result<crate::matching::blocking::Block> {
+        use crate::matching::blocking::Block;
+        Ok(self
+            .blocks
+            .get(self.store, key.to_vec(), |b| {
+                Block::decode(b).ok_or_else(|| corrupt(Cf::Blocks, "not a block"))
+            })?
+            .cloned()
+            .unwrap_or(Block::Open(Vec::new())))
+    }
+
+    pub fn set_block(&mut self, key: &[u8], block: crate::matching::blocking::Block) {
+        self.blocks.put(key.to_vec(), Some(block));
+    }
+
     /// Queues an encoded output record in the outbox, in order.
     pub fn push_outbox(&mut self, encoded: Vec<u8>) {
         let seq = self.next_outbox;
@@ -314,6 +332,7 @@ impl<'s> Txn<'s> {
         self.canon.drain_ops(&mut ops, be);
         self.pairs.drain_ops(&mut ops, be);
         self.hubs.drain_ops(&mut ops, |r| r.encode());
+        self.blocks.drain_ops(&mut ops, |b| b.encode());
         self.nodes.drain_ops(&mut ops, crate::codec::encode_node);
         self.profiles
             .drain_ops(&mut ops, crate::codec::encode_profile);

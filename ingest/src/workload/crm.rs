@@ -1,7 +1,10 @@
 //! CRM records as the Salesforce and HubSpot REST APIs return them: each person's record in a few
 //! versions as sales works it (lifecycle stage moving forward, customers ending as `customer`),
 //! and for some people the classic duplicate, a Lead next to a Contact (sometimes converted).
+//! Records carry date of birth and postal address; some people also have a list-import Contact
+//! that someone else typed (see `noise`), which shares no identifier with their other records.
 
+use super::noise;
 use super::person::{CrmPlan, Person};
 use super::values::{self, pick, Rand, COMPANIES};
 use super::{rfc3339, Lines};
@@ -62,6 +65,11 @@ pub(super) fn emit(rng: &mut Rand, p: &Person, now_ms: i64, out: &mut Lines) {
                     let line = salesforce_contact(rng, p, contact_id, stages[v], start, at);
                     push(out, p, salesforce_crm_id(contact_id), at, &line);
                 }
+            }
+            if let Some(import_id) = &p.list_import {
+                let at = rng.gen_range(created..now_ms.max(created + 1));
+                let line = list_import_contact(rng, p, import_id, at);
+                push(out, p, salesforce_crm_id(import_id), at, &line);
             }
         }
         CrmPlan::HubSpot { id } => {
@@ -169,12 +177,37 @@ fn salesforce_contact(
         "Phone": phone(rng, p),
         "MobilePhone": Value::Null,
         "AccountId": account_id(p),
+        "Birthdate": p.birth_date,
+        "MailingStreet": p.address.street,
+        "MailingCity": p.address.city,
+        "MailingPostalCode": p.address.postal_code,
         "Title": pick(rng, &["Marketing Manager", "Data Engineer", "VP Growth", "Analyst", "Founder"]),
         "LeadSource": pick(rng, &["Web", "Advertisement", "Partner Referral", "Webinar"]),
         "Lifecycle_Stage__c": salesforce_label(stage),
         "HasOptedOutOfEmail": rng.gen_bool(0.08),
         "DoNotCall": false,
         "CreatedDate": salesforce_time(created),
+        "LastModifiedDate": salesforce_time(at),
+        "SystemModstamp": salesforce_time(at),
+    })
+}
+
+/// A Contact created by a list import (an event's attendee list, a purchased list): the
+/// person's details as someone else typed them, under a record id of its own.
+fn list_import_contact(rng: &mut Rand, p: &Person, id: &str, at: i64) -> Value {
+    let n = noise::typed_by_someone_else(rng, p);
+    json!({
+        "attributes": {"type": "Contact", "url": format!("/services/data/v59.0/sobjects/Contact/{id}")},
+        "Id": id,
+        "FirstName": n.first,
+        "LastName": n.last,
+        "Email": n.email,
+        "Birthdate": n.birth_date,
+        "MailingStreet": n.address.street,
+        "MailingCity": n.address.city,
+        "MailingPostalCode": n.address.postal_code,
+        "LeadSource": "List Import",
+        "CreatedDate": salesforce_time(at),
         "LastModifiedDate": salesforce_time(at),
         "SystemModstamp": salesforce_time(at),
     })
@@ -202,6 +235,9 @@ fn salesforce_lead(
         "Company": p.company,
         "Email": values::email_variant(rng, &p.emails[0]),
         "Phone": phone(rng, p),
+        "Street": p.address.street,
+        "City": p.address.city,
+        "PostalCode": p.address.postal_code,
         "LeadSource": pick(rng, &["Web", "Advertisement", "Trade Show"]),
         "Status": status,
         "IsConverted": converted_into.is_some(),
@@ -225,6 +261,10 @@ fn hubspot_contact(
         "lastname": p.last,
         "company": p.company,
         "phone": phone(rng, p),
+        "date_of_birth": p.birth_date,
+        "address": p.address.street,
+        "city": p.address.city,
+        "zip": p.address.postal_code,
         "lifecyclestage": stage,
         "hs_email_optout": if rng.gen_bool(0.05) { "true" } else { "false" },
         "createdate": rfc3339(created),

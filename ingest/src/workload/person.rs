@@ -85,6 +85,12 @@ pub(super) struct Person {
     /// Typed `test@test.com` at sign-up, and the real address later.
     pub(super) test_email_at_signup: bool,
     pub(super) buys: bool,
+    /// Date of birth (ISO 8601) and postal address: what CRM records hold besides contact details.
+    pub(super) birth_date: String,
+    pub(super) address: values::Address,
+    /// The Salesforce id of a second Contact from a list import, typed by someone else (see
+    /// `noise`): the duplicate only probabilistic matching can join.
+    pub(super) list_import: Option<String>,
 }
 
 impl Person {
@@ -146,6 +152,14 @@ impl Person {
         } else {
             None
         };
+        let birth_date = values::birth_date(rng);
+        let address = values::address(rng);
+        let list_import = match crm {
+            Some(CrmPlan::Salesforce { .. }) if rng.gen_bool(0.2) => {
+                Some(values::salesforce_id(rng, "003"))
+            }
+            _ => None,
+        };
         Person {
             index,
             first,
@@ -163,6 +177,9 @@ impl Person {
             crm,
             test_email_at_signup: signs_up && rng.gen_bool(0.02),
             buys: signs_up && rng.gen_bool(0.4),
+            birth_date,
+            address,
+            list_import,
         }
     }
 

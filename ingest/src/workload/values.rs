@@ -274,3 +274,93 @@ mod tests {
         assert!(click_id(&mut rng, "gclid").starts_with("Cj0KCQjw"));
     }
 }
+
+const STREETS: [&str; 20] = [
+    "Oak Street",
+    "Maple Avenue",
+    "Cedar Lane",
+    "Elm Street",
+    "Park Road",
+    "Hillside Drive",
+    "Lake View Road",
+    "Mill Lane",
+    "Church Street",
+    "Station Road",
+    "Willow Way",
+    "River Road",
+    "Birch Court",
+    "Highland Avenue",
+    "Sunset Boulevard",
+    "Forest Drive",
+    "Meadow Lane",
+    "Harbor Street",
+    "King Street",
+    "Orchard Road",
+];
+
+/// Cities with the first three digits of their postal codes.
+const CITIES: [(&str, &str); 16] = [
+    ("Springfield", "627"),
+    ("Portland", "972"),
+    ("Austin", "787"),
+    ("Madison", "537"),
+    ("Denver", "802"),
+    ("Raleigh", "276"),
+    ("Boise", "837"),
+    ("Tucson", "857"),
+    ("Albany", "122"),
+    ("Columbus", "432"),
+    ("Richmond", "232"),
+    ("Omaha", "681"),
+    ("Reno", "895"),
+    ("Savannah", "314"),
+    ("Dayton", "454"),
+    ("Fresno", "937"),
+];
+
+/// A postal address as a CRM holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Address {
+    pub(super) street: String,
+    pub(super) city: &'static str,
+    pub(super) postal_code: String,
+}
+
+pub(super) fn address(rng: &mut Rand) -> Address {
+    let (city, prefix) = pick(rng, &CITIES);
+    Address {
+        street: format!("{} {}", rng.gen_range(1..900), pick(rng, &STREETS)),
+        city,
+        postal_code: format!("{prefix}{:02}", rng.gen_range(0..100)),
+    }
+}
+
+/// A date of birth (ISO 8601) of an adult.
+pub(super) fn birth_date(rng: &mut Rand) -> String {
+    let year = rng.gen_range(1950..2006);
+    let month = rng.gen_range(1..=12);
+    let day = rng.gen_range(1..=28);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// The short form of a first name people give on paper forms, where it has a common one.
+pub(super) fn nickname(first: &str) -> Option<&'static str> {
+    Some(match first {
+        "James" => "Jim",
+        "Samuel" => "Sam",
+        "David" => "Dave",
+        "Isabella" => "Bella",
+        "Elena" => "Lena",
+        "Mohammed" => "Mo",
+        "Olivia" => "Liv",
+        "Tomas" => "Tom",
+        "Mateo" => "Teo",
+        "Hannah" => "Annie",
+        "Sofia" => "Sophie",
+        "Samantha" => "Sam",
+        "Gabriel" => "Gabe",
+        "Nora" => "Norah",
+        "Jonas" => "Jon",
+        _ => return None,
+    })
+}

@@ -1,0 +1,158 @@
+//! Comparison levels: how well two normalised values of one field agree. Text is exact, close
+//! or similar by Jaro-Winkler thresholds, else disagreeing; dates agree exactly, on year and
+//! month, with day and month transposed, or not at all. A value missing on either side has no
+//! level and contributes nothing to the match weight.
+
+use super::field::Field;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// How two values agree. The names are the keys of the model file's per-level m and u.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Level {
+    Exact,
+    /// Jaro-Winkler similarity at least the `close` threshold (a typo).
+    Close,
+    /// Jaro-Winkler similarity at least the `similar` threshold.
+    Similar,
+    /// Dates in the same year and month.
+    YearMonth,
+    /// Dates whose day and month are swapped (a US/European mix-up).
+    DayMonthSwapped,
+    Else,
+}
+
+impl Level {
+    pub const TEXT: [Level; 4] = [Level::Exact, Level::Close, Level::Similar, Level::Else];
+    pub const DATE: [Level; 4] = [
+        Level::Exact,
+        Level::YearMonth,
+        Level::DayMonthSwapped,
+        Level::Else,
+    ];
+
+    /// The levels a field can take.
+    pub fn of(field: Field) -> &'static [Level; 4] {
+        if field.is_date() {
+            &Self::DATE
+        } else {
+            &Self::TEXT
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Exact => "exact",
+            Level::Close => "close",
+            Level::Similar => "similar",
+            Level::YearMonth => "year_month",
+            Level::DayMonthSwapped => "day_month_swapped",
+            Level::Else => "else",
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Jaro-Winkler thresholds of the text levels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub close: f64,
+    pub similar: f64,
+}
+
+/// The level at which two normalised values of `field` agree.
+pub fn compare(field: Field, a: &str, b: &str, t: Thresholds) -> Level {
+    if a == b {
+        return Level::Exact;
+    }
+    if field.is_date() {
+        return compare_dates(a, b);
+    }
+    let similarity = strsim::jaro_winkler(a, b);
+    if similarity >= t.close {
+        Level::Close
+    } else if similarity >= t.similar {
+        Level::Similar
+    } else {
+        Level::Else
+    }
+}
+
+fn date_parts(s: &str) -> Option<(&str, &str, &str)> {
+    let mut it = s.splitn(3, '-');
+    Some((it.next()?, it.next()?, it.next()?))
+}
+
+/// Dates normalised as `YYYY-MM-DD`.
+fn compare_dates(a: &str, b: &str) -> Level {
+    let (Some((ya, ma, da)), Some((yb, mb, db))) = (date_parts(a), date_parts(b)) else {
+        return Level::Else;
+    };
+    if ya != yb {
+        Level::Else
+    } else if ma == db && da == mb {
+        Level::DayMonthSwapped
+    } else if ma == mb {
+        Level::YearMonth
+    } else {
+        Level::Else
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Thresholds = Thresholds {
+        close: 0.92,
+        similar: 0.8,
+    };
+
+    #[test]
+    fn text_levels_follow_jaro_winkler_thresholds() {
+        assert_eq!(
+            compare(Field::LastName, "johnson", "johnson", T),
+            Level::Exact
+        );
+        // One transposition in a long name: a typo.
+        assert!(strsim::jaro_winkler("johnson", "jonhson") >= 0.92);
+        assert_eq!(
+            compare(Field::LastName, "johnson", "jonhson", T),
+            Level::Close
+        );
+        let smyth = strsim::jaro_winkler("smith", "smyth");
+        assert!((0.8..0.92).contains(&smyth), "{smyth}");
+        assert_eq!(
+            compare(Field::LastName, "smith", "smyth", T),
+            Level::Similar
+        );
+        assert_eq!(compare(Field::LastName, "smith", "garcia", T), Level::Else);
+        // The thresholds are the boundaries: lowering `close` promotes the pair.
+        let loose = Thresholds {
+            close: smyth,
+            similar: 0.5,
+        };
+        assert_eq!(
+            compare(Field::LastName, "smith", "smyth", loose),
+            Level::Close
+        );
+    }
+
+    #[test]
+    fn date_levels_compare_parts() {
+        let d = |a, b| compare(Field::BirthDate, a, b, T);
+        assert_eq!(d("1984-03-07", "1984-03-07"), Level::Exact);
+        assert_eq!(d("1984-03-07", "1984-07-03"), Level::DayMonthSwapped);
+        assert_eq!(d("1984-03-07", "1984-03-17"), Level::YearMonth);
+        assert_eq!(d("1984-03-07", "1985-03-07"), Level::Else);
+        assert_eq!(d("1984-03-07", "1984-04-07"), Level::Else);
+        // Dates are not compared by spelling: one digit apart is still another day.
+        assert_eq!(d("1984-03-07", "1984-03-08"), Level::YearMonth);
+    }
+}
