@@ -47,6 +47,9 @@ pub struct HttpSection {
     pub listen: String,
     /// `/readyz` answers 503 while the process's consumer lag is above this many records.
     pub ready_max_lag: u64,
+    /// Threads serving requests. Lookups and lag reads run on tokio's blocking pool, not on
+    /// these, so a few suffice; more than one keeps a slow response from delaying the probes.
+    pub workers: usize,
     /// Keys of the profile API. With none, the API answers unauthenticated requests for
     /// `ingest.default_tenant`, read-only: fine on loopback, not on a network.
     pub api_keys: Vec<ApiKey>,
@@ -57,6 +60,7 @@ impl Default for HttpSection {
         Self {
             listen: "127.0.0.1:8080".into(),
             ready_max_lag: 100_000,
+            workers: 2,
             api_keys: Vec::new(),
         }
     }
@@ -190,6 +194,9 @@ impl Config {
             if key.tenant.is_empty() {
                 bail!("http.api_keys[{n}].tenant is empty");
             }
+        }
+        if self.http.workers == 0 {
+            bail!("http.workers must be at least 1");
         }
         if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
             bail!(

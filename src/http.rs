@@ -2,8 +2,9 @@
 //! caught up within `http.ready_max_lag`), `/metrics` (Prometheus text), `/openapi.json`, the
 //! identity console (`/console`, where the resolver runs) and the API routes of the stages it
 //! runs ([`ROUTES`], the one table the router is built from and the OpenAPI document is checked
-//! against). It runs on its own thread with a small tokio runtime; bus calls it makes (lag) run
-//! on the blocking pool so a slow broker never stalls the listener.
+//! against). It runs on its own thread with a small multi-threaded tokio runtime (`http.workers`
+//! threads), so one slow response does not hold up the probes; bus calls it makes (lag) and
+//! store lookups run on the blocking pool so a slow broker never stalls the listener.
 
 use crate::api::{self, ApiError, CohortApi, ProfileApi};
 use crate::collect::{self, Collector};
@@ -31,6 +32,8 @@ pub struct Probe {
     /// (stage, consumer group, input topics) of each stage this process runs.
     pub groups: Vec<(&'static str, String, Vec<String>)>,
     pub ready_max_lag: u64,
+    /// Threads of the listener's runtime (`http.workers`).
+    pub workers: usize,
     pub metrics: Metrics,
     /// The profile routes, where this process runs the resolver.
     pub profiles: Option<Arc<ProfileApi>>,
@@ -54,6 +57,7 @@ impl Probe {
             shutdown,
             groups: pipeline::stage_groups(config, stages),
             ready_max_lag: config.http.ready_max_lag,
+            workers: config.http.workers,
             metrics: Metrics::new(stages)?,
             profiles: None,
             cohorts: None,
@@ -98,7 +102,9 @@ pub fn start(listen: &str, probe: Probe) -> Result<Server> {
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(probe.workers.max(1))
+        .thread_name("http-worker")
         .enable_all()
         .build()?;
     let app = router(Arc::new(probe));
@@ -503,6 +509,110 @@ mod tests {
         for r in all {
             assert!(doc.pointer(r.trim_start_matches('#')).is_some(), "{r}");
         }
+    }
+
+    /// The keys of an object schema, and (for string enums) its values.
+    fn keys(schema: &Value) -> BTreeSet<&str> {
+        schema["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect()
+    }
+
+    fn enumerated(schema: &Value) -> BTreeSet<&str> {
+        schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect()
+    }
+
+    /// What explain returns for a refused probabilistic link, serialised by the resolver's own
+    /// types, has exactly the keys the Link, MatchEvidence and FieldContribution schemas list;
+    /// every field and level the matcher can report is in their enums.
+    #[test]
+    fn the_document_describes_the_links_and_evidence_explain_returns() {
+        use cdp_proto::{Identifier, IdentifierKind};
+        use cdp_resolver::explain::ExplainedLink;
+        use cdp_resolver::link::{Link, LinkDecision};
+        use cdp_resolver::matching::compare::Level;
+        use cdp_resolver::matching::field::Field;
+        use cdp_resolver::matching::model::{Contribution, Score};
+
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let link = ExplainedLink {
+            link: Link {
+                id: 7,
+                tenant: "acme".into(),
+                a: Identifier::new(IdentifierKind::CrmId, "crm-1"),
+                b: Identifier::new(IdentifierKind::CrmId, "crm-2"),
+                rule: cdp_resolver::matching::RULE.into(),
+                confidence: 0.97,
+                observed_at: chrono::Utc::now(),
+                signal_id: "evt-1".into(),
+                decision: LinkDecision::Refused("conflicting_identifier".into()),
+                evidence: Some(Score {
+                    model_version: 3,
+                    probability: 0.97,
+                    weight: 5.1,
+                    contributions: vec![Contribution {
+                        field: Field::LastName,
+                        level: Level::Close,
+                        weight: 2.5,
+                    }],
+                }),
+            },
+            other_profile: Some("cdp_0123".into()),
+        };
+        let v = serde_json::to_value(&link).unwrap();
+        let have =
+            |v: &Value| -> BTreeSet<String> { v.as_object().unwrap().keys().cloned().collect() };
+        let want =
+            |s: &Value| -> BTreeSet<String> { keys(s).into_iter().map(String::from).collect() };
+        assert_eq!(have(&v), want(&schemas["Link"]));
+        assert_eq!(have(&v["evidence"]), want(&schemas["MatchEvidence"]));
+        let contribution = &v["evidence"]["contributions"][0];
+        assert_eq!(have(contribution), want(&schemas["FieldContribution"]));
+        let evidence = &schemas["Link"]["properties"]["evidence"]["$ref"];
+        assert_eq!(evidence, "#/components/schemas/MatchEvidence");
+        for list in ["links", "refused", "candidates", "removed"] {
+            let items = &schemas["Explanation"]["properties"][list]["items"]["$ref"];
+            assert_eq!(items, "#/components/schemas/Link", "{list}");
+        }
+
+        let as_str = |v: Value| v.as_str().unwrap().to_string();
+        let decisions: BTreeSet<String> = [
+            LinkDecision::Accepted,
+            LinkDecision::Candidate,
+            LinkDecision::Refused(String::new()),
+            LinkDecision::Removed(String::new()),
+        ]
+        .iter()
+        .map(|d| as_str(serde_json::to_value(d).unwrap()["decision"].clone()))
+        .collect();
+        let listed = |s: &Value| -> BTreeSet<String> {
+            enumerated(s).into_iter().map(String::from).collect()
+        };
+        assert_eq!(
+            decisions,
+            listed(&schemas["Link"]["properties"]["decision"])
+        );
+        let fields: BTreeSet<String> = Field::ALL
+            .iter()
+            .map(|f| as_str(serde_json::to_value(f).unwrap()))
+            .collect();
+        let contribution = &schemas["FieldContribution"]["properties"];
+        assert_eq!(fields, listed(&contribution["field"]));
+        let levels: BTreeSet<String> = Level::TEXT
+            .iter()
+            .chain(&Level::DATE)
+            .map(|l| as_str(serde_json::to_value(l).unwrap()))
+            .collect();
+        assert_eq!(levels, listed(&contribution["level"]));
     }
 
     #[test]

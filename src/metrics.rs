@@ -59,6 +59,9 @@ struct ResolverMetrics {
     profiles_created: IntCounter,
     tombstoned: IntCounter,
     commands: IntCounter,
+    probabilistic_links: IntCounter,
+    comparisons: IntCounter,
+    blocks_oversized: IntCounter,
 }
 
 struct ActivationMetrics {
@@ -139,6 +142,23 @@ impl Metrics {
                     &registry,
                     "cdp_resolver_commands_total",
                     "Graph commands (forget, unmerge) applied",
+                )?,
+                // One total: the resolver counts probabilistic assertions, not how each was
+                // decided; the merge, refusal and candidate counters above count all rules.
+                probabilistic_links: counter(
+                    &registry,
+                    "cdp_resolver_probabilistic_links_total",
+                    "Links probabilistic matching asserted (merged, refused or kept as candidates)",
+                )?,
+                comparisons: counter(
+                    &registry,
+                    "cdp_resolver_match_comparisons_total",
+                    "Record pairs probabilistic matching compared",
+                )?,
+                blocks_oversized: counter(
+                    &registry,
+                    "cdp_resolver_blocks_oversized_total",
+                    "Blocking keys that grew past max_block_size and stopped yielding candidates",
                 )?,
             };
             Some((stage, r))
@@ -284,6 +304,9 @@ impl Metrics {
             sync(&r.profiles_created, &c.new_profiles);
             sync(&r.tombstoned, &c.tombstoned);
             sync(&r.commands, &c.commands);
+            sync(&r.probabilistic_links, &c.probabilistic);
+            sync(&r.comparisons, &c.compared);
+            sync(&r.blocks_oversized, &c.blocks_overflowed);
         }
         if let Some((m, a)) = &self.activation {
             let c = &counters.activation;
@@ -475,6 +498,12 @@ mod tests {
             .stage
             .record_batch(10, 7, 1, std::time::Duration::from_millis(5));
         counters.resolver.merges.store(3, Ordering::Relaxed);
+        counters.resolver.probabilistic.store(4, Ordering::Relaxed);
+        counters.resolver.compared.store(25, Ordering::Relaxed);
+        counters
+            .resolver
+            .blocks_overflowed
+            .store(1, Ordering::Relaxed);
         counters.activation.entered.store(2, Ordering::Relaxed);
         counters
             .activation
@@ -489,6 +518,9 @@ mod tests {
             "cdp_resolver_records_out_total 7",
             "cdp_resolver_records_dlq_total 1",
             "cdp_resolver_merges_total 3",
+            "cdp_resolver_probabilistic_links_total 4",
+            "cdp_resolver_match_comparisons_total 25",
+            "cdp_resolver_blocks_oversized_total 1",
             "cdp_resolver_consumer_lag_records 42",
             "cdp_activation_cohort_changes_total{change=\"entered\"} 2",
             "cdp_activation_deliveries_withheld_total{destination=\"crm\",reason=\"suppressed\"} 1",

@@ -4,6 +4,8 @@
 
 use crate::command::{CommandOutcome, CommandStatus, GraphCommand, Target};
 use crate::component::{self, Component};
+use crate::matching::blocking;
+use crate::matching::field::{Field, Record};
 use crate::tombstone::Tombstone;
 use crate::txn::Txn;
 use crate::Result;
@@ -69,11 +71,33 @@ fn erase(
         txn.put_tombstone(tenant, id, tombstone);
         outcome.identifiers_erased += 1;
     }
+    unblock(txn, component)?;
     let profile = &component.profile;
     txn.put_profile(component.root, None);
     txn.set_canonical(tenant, &profile.canonical_id, None);
     for alias in &profile.aliases {
         txn.set_alias(tenant, alias, None);
+    }
+    Ok(())
+}
+
+/// Takes the profile's nodes out of the blocking index, so no later record lists or is compared
+/// with them. The keys are those of the profile's traits: the values its records set last,
+/// which are the keys its nodes were filed under unless a later record changed a name, date or
+/// postcode. Every comparison field is read (whatever the tenant compares): a key a node was
+/// never filed under finds nothing to take out and is left unwritten. A key from an overwritten
+/// value cannot be derived; what it still lists is an erased node, which matching skips.
+fn unblock(txn: &mut Txn, component: &Component) -> Result<()> {
+    let record = Record::from_traits(&component.profile.attributes.traits, &Field::ALL);
+    for key in blocking::keys(&component.tenant, &record) {
+        let mut block = txn.block(&key)?;
+        let mut removed = false;
+        for node in component.nodes.keys() {
+            removed |= block.remove(*node);
+        }
+        if removed {
+            txn.set_block(&key, block);
+        }
     }
     Ok(())
 }

@@ -302,8 +302,11 @@ impl<'s> Txn<'s> {
             .unwrap_or(Block::Open(Vec::new())))
     }
 
+    /// Stores the block under `key`; an open block with no nodes left is deleted, as if the
+    /// key had never been filed under.
     pub fn set_block(&mut self, key: &[u8], block: crate::matching::blocking::Block) {
-        self.blocks.put(key.to_vec(), Some(block));
+        let empty = block == crate::matching::blocking::Block::Open(Vec::new());
+        self.blocks.put(key.to_vec(), (!empty).then_some(block));
     }
 
     /// Queues an encoded output record in the outbox, in order.

@@ -6,10 +6,12 @@ mod support;
 
 use cdp_bus::Record;
 use cdp_proto::{Identifier, IdentifierKind, Signal, Source};
-use cdp_resolver::command::Target;
+use cdp_resolver::command::{CommandOp, GraphCommand, Target};
 use cdp_resolver::explain::{explain, Explanation};
+use cdp_resolver::forget::forget;
 use cdp_resolver::graph::Batch;
 use cdp_resolver::link::LinkDecision;
+use cdp_resolver::matching::blocking::Block;
 use cdp_resolver::matching::compare::Level;
 use cdp_resolver::matching::field::Field;
 use cdp_resolver::matching::model::Model;
@@ -258,7 +260,8 @@ fn a_full_block_stops_yielding_candidates() {
     let mut c = config();
     c.matching.max_block_size = 3;
     let r = Resolver::from_config(&c).unwrap();
-    // Six John Smiths: one surname block, each otherwise apart (own birth date and postcode).
+    // Six John Smiths: two name blocks (surname + first-name prefix, and the names' sounds),
+    // each otherwise apart (own birth date and postcode).
     let mut compared = Vec::new();
     let mut overflowed = 0;
     let mut skipped = 0;
@@ -279,14 +282,77 @@ fn a_full_block_stops_yielding_candidates() {
         skipped += out.blocks_skipped;
     }
     assert_eq!(compared, vec![0, 1, 2, 0, 0, 0]);
-    assert_eq!((overflowed, skipped), (1, 2));
+    assert_eq!((overflowed, skipped), (2, 4));
     let oversized = store
         .scan_prefix(Cf::Blocks, b"")
         .unwrap()
         .into_iter()
         .filter(|(_, v)| v == &[1])
         .count();
-    assert_eq!(oversized, 1, "the surname key is marked, once");
+    assert_eq!(oversized, 2, "each name key is marked, once");
+}
+
+/// The nodes each blocking key lists, in key order (`None` for an oversized key).
+fn blocks(store: &dyn GraphStore) -> Vec<Option<Vec<u64>>> {
+    store
+        .scan_prefix(Cf::Blocks, b"")
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| match Block::decode(&v).expect("a block") {
+            Block::Open(nodes) => Some(nodes),
+            Block::Oversized => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_forgotten_person_leaves_the_blocks_and_is_no_candidate() {
+    let (lead, contact, again) = (crm("sf:00Q-lead"), crm("sf:003-contact"), crm("sf:003-new"));
+    let mem = MemStore::default();
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = RocksStore::open(dir.path()).unwrap();
+    for store in [&mem as &dyn GraphStore, &rocks] {
+        let r = Resolver::from_config(&config()).unwrap();
+        apply(store, &r, &[maria(1, "sf:00Q-lead", "Johnson")]);
+        apply(store, &r, &[maria(2, "sf:003-contact", "Johnson")]);
+        assert!(together(store, &lead, &contact));
+        let mut txn = Txn::begin(store).unwrap();
+        let filed: Vec<u64> = [&lead, &contact]
+            .iter()
+            .map(|id| txn.node_of(TENANT, id).unwrap().expect("filed"))
+            .collect();
+        drop(txn);
+        // Five keys (surname+postcode, date+initial, surname+prefix, date+postcode, name
+        // sounds), each listing both.
+        assert_eq!(blocks(store), vec![Some(filed.clone()); 5]);
+
+        let command = GraphCommand {
+            id: "erase-maria".into(),
+            tenant: TENANT.into(),
+            requested_at: cdp_proto::time::from_millis(1_700_000_100_000),
+            op: CommandOp::Forget {
+                target: Target::Identifier(lead.clone()),
+            },
+        };
+        let mut txn = Txn::begin(store).unwrap();
+        forget(&mut txn, &command, &Target::Identifier(lead.clone())).unwrap();
+        txn.commit().unwrap();
+        assert_eq!(blocks(store), Vec::new(), "no key lists an erased node");
+
+        // The same person arriving under a new record id starts afresh: nothing to compare.
+        let out = apply(store, &r, &[maria(3, "sf:003-new", "Johnson")]);
+        assert_eq!((out.compared, out.probabilistic), (0, 0));
+        let mut txn = Txn::begin(store).unwrap();
+        let new = txn.node_of(TENANT, &again).unwrap().expect("filed");
+        assert!(!filed.contains(&new));
+        assert_eq!(blocks(store), vec![Some(vec![new]); 5]);
+        let e = explained(store, &again);
+        assert!(e.links.is_empty() && e.candidates.is_empty() && e.refused.is_empty());
+    }
+    assert_eq!(
+        mem.scan_prefix(Cf::Blocks, b"").unwrap(),
+        rocks.scan_prefix(Cf::Blocks, b"").unwrap()
+    );
 }
 
 fn rec(offset: i64, s: &Signal) -> Record {

@@ -1,6 +1,7 @@
 //! Blocking: which profiles an arriving record is compared with. Each record with comparison
 //! fields is filed under a few keys (phonetic surname + postal code, birth date + first
-//! initial, surname + first-name prefix) in the `blocks` column family, in the same write as
+//! initial, surname + first-name prefix, birth date + postal code, postal code + street, and
+//! both names' sounds in either order) in the `blocks` column family, in the same write as
 //! the rest of its signal's effects; its candidates are the other records filed under the same
 //! keys. A block holds at most `max_block_size` nodes: when one more would not fit, the key is
 //! marked oversized, its nodes are dropped and it no longer yields candidates (a name shared by
@@ -23,13 +24,22 @@ pub enum Rule {
     BirthDateInitial,
     /// Last name + first three letters of the first name.
     SurnameFirstPrefix,
+    /// Birth date + postal code: finds a record whose names were mistyped or left out.
+    BirthDatePostcode,
+    /// Postal code + street: finds a record without a birth date whose names differ.
+    PostcodeStreet,
+    /// Soundex of first and last name, in sorted order: finds names typed into each other's box.
+    NameSounds,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 3] = [
+    pub const ALL: [Rule; 6] = [
         Rule::SurnameSoundexPostcode,
         Rule::BirthDateInitial,
         Rule::SurnameFirstPrefix,
+        Rule::BirthDatePostcode,
+        Rule::PostcodeStreet,
+        Rule::NameSounds,
     ];
 
     /// The fields a key of this rule is made of: pairs it yields agree on them by construction.
@@ -38,6 +48,9 @@ impl Rule {
             Rule::SurnameSoundexPostcode => [Field::LastName, Field::PostalCode],
             Rule::BirthDateInitial => [Field::BirthDate, Field::FirstName],
             Rule::SurnameFirstPrefix => [Field::LastName, Field::FirstName],
+            Rule::BirthDatePostcode => [Field::BirthDate, Field::PostalCode],
+            Rule::PostcodeStreet => [Field::PostalCode, Field::Street],
+            Rule::NameSounds => [Field::FirstName, Field::LastName],
         }
     }
 
@@ -46,6 +59,9 @@ impl Rule {
             Rule::SurnameSoundexPostcode => "sp",
             Rule::BirthDateInitial => "di",
             Rule::SurnameFirstPrefix => "nf",
+            Rule::BirthDatePostcode => "dp",
+            Rule::PostcodeStreet => "ps",
+            Rule::NameSounds => "ns",
         }
     }
 
@@ -69,6 +85,24 @@ impl Rule {
                 last()?,
                 first()?.chars().take(3).collect::<String>()
             )),
+            Rule::BirthDatePostcode => Some(format!(
+                "{}|{}",
+                r.get(Field::BirthDate)?,
+                r.get(Field::PostalCode)?
+            )),
+            Rule::PostcodeStreet => Some(format!(
+                "{}|{}",
+                r.get(Field::PostalCode)?,
+                r.get(Field::Street)?
+            )),
+            Rule::NameSounds => {
+                let (a, b) = (soundex(first()?)?, soundex(last()?)?);
+                Some(if a <= b {
+                    format!("{a}|{b}")
+                } else {
+                    format!("{b}|{a}")
+                })
+            }
         }
     }
 }
@@ -153,6 +187,21 @@ impl Block {
         }
     }
 
+    /// Takes `node` out (when `forget` erases it); whether it was filed here. An oversized
+    /// block lists no nodes and stays oversized.
+    pub fn remove(&mut self, node: NodeId) -> bool {
+        match self {
+            Block::Oversized => false,
+            Block::Open(nodes) => match nodes.binary_search(&node) {
+                Ok(at) => {
+                    nodes.remove(at);
+                    true
+                }
+                Err(_) => false,
+            },
+        }
+    }
+
     /// A state byte (0 open, 1 oversized) and the nodes, 8 bytes big-endian each.
     pub fn encode(&self) -> Vec<u8> {
         match self {
@@ -203,10 +252,41 @@ mod tests {
             (Field::PostalCode, "94107"),
         ]);
         let (ka, kb) = (keys("acme", &a), keys("acme", &b));
-        assert_eq!(ka.len(), 3);
-        assert_eq!(kb.len(), 2, "no birth date, no date key");
+        let rules = |r: &Record| -> Vec<Rule> {
+            rule_keys("acme", r)
+                .into_iter()
+                .map(|(rule, _)| rule)
+                .collect()
+        };
+        assert_eq!(
+            rules(&a),
+            [
+                Rule::SurnameSoundexPostcode,
+                Rule::BirthDateInitial,
+                Rule::SurnameFirstPrefix,
+                Rule::BirthDatePostcode,
+                Rule::NameSounds
+            ],
+            "no street, no postal code + street key"
+        );
+        assert_eq!(
+            rules(&b),
+            [
+                Rule::SurnameSoundexPostcode,
+                Rule::SurnameFirstPrefix,
+                Rule::NameSounds
+            ],
+            "no birth date, no date keys"
+        );
         assert_eq!(ka[0], kb[0], "Soundex puts smith and smyth in one block");
-        assert_ne!(ka[2], kb[1]);
+        assert_eq!(ka[4], kb[2], "and in one name-sounds block");
+        assert_ne!(ka[2], kb[1], "the exact surname differs");
+        let swapped = record(&[(Field::FirstName, "smith"), (Field::LastName, "maria")]);
+        assert_eq!(
+            keys("acme", &swapped).last(),
+            ka.last(),
+            "names typed into each other's box share the name-sounds key"
+        );
         assert!(
             keys("other", &a).iter().all(|k| !ka.contains(k)),
             "tenant is in the key"
@@ -226,10 +306,16 @@ mod tests {
         assert_eq!(b.file(5, 2), Filed::AlreadyThere);
         assert_eq!(b.nodes(), &[3, 5]);
         assert_eq!(Block::decode(&b.encode()), Some(b.clone()));
+        let mut taken = b.clone();
+        assert!(taken.remove(3));
+        assert!(!taken.remove(3), "already out");
+        assert_eq!(taken.nodes(), &[5]);
         assert_eq!(b.file(9, 2), Filed::Overflowed);
         assert_eq!(b, Block::Oversized);
         assert!(b.nodes().is_empty());
         assert_eq!(b.file(10, 2), Filed::Oversized);
+        assert!(!b.remove(9), "an oversized block lists nothing to take out");
+        assert_eq!(b, Block::Oversized);
         assert_eq!(Block::decode(&b.encode()), Some(Block::Oversized));
         assert_eq!(Block::decode(&[0, 1, 2]), None);
         assert_eq!(Block::decode(&[]), None);

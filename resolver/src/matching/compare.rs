@@ -1,9 +1,10 @@
 //! Comparison levels: how well two normalised values of one field agree. Text is exact, close
 //! or similar by Jaro-Winkler thresholds, else disagreeing; dates agree exactly, on year and
 //! month, with day and month transposed, or not at all. A value missing on either side has no
-//! level and contributes nothing to the match weight.
+//! level and contributes nothing to the match weight. First and last name typed into each
+//! other's boxes are compared crosswise (see [`compare_records`]).
 
-use super::field::Field;
+use super::field::{Field, Record};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -59,6 +60,42 @@ impl fmt::Display for Level {
     }
 }
 
+/// The levels at which two records agree, one per field present on both sides, in field order.
+/// When first and last name agree better crosswise (one record has them swapped, as forms and
+/// imports often do) than straight, the crosswise levels count for both name fields.
+pub fn compare_records(ours: &Record, theirs: &Record, t: Thresholds) -> Vec<(Field, Level)> {
+    let mut levels: Vec<(Field, Level)> = ours
+        .0
+        .iter()
+        .filter_map(|(f, a)| Some((*f, compare(*f, a, theirs.get(*f)?, t))))
+        .collect();
+    fn names(r: &Record) -> Option<(&str, &str)> {
+        Some((r.get(Field::FirstName)?, r.get(Field::LastName)?))
+    }
+    if let (Some((f1, l1)), Some((f2, l2))) = (names(ours), names(theirs)) {
+        let cross = (
+            compare(Field::FirstName, f1, l2, t),
+            compare(Field::LastName, l1, f2, t),
+        );
+        let worst = |a: Level, b: Level| a.max(b);
+        let straight = levels
+            .iter()
+            .filter(|(f, _)| matches!(f, Field::FirstName | Field::LastName))
+            .map(|(_, l)| *l)
+            .fold(Level::Exact, worst);
+        if worst(cross.0, cross.1) < straight {
+            for (f, l) in &mut levels {
+                match f {
+                    Field::FirstName => *l = cross.0,
+                    Field::LastName => *l = cross.1,
+                    _ => {}
+                }
+            }
+        }
+    }
+    levels
+}
+
 /// Jaro-Winkler thresholds of the text levels.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Thresholds {
@@ -107,6 +144,42 @@ fn compare_dates(a: &str, b: &str) -> Level {
 
 #[cfg(test)]
 mod tests {
+    use super::super::field::Record;
+
+    #[test]
+    fn swapped_names_compare_crosswise() {
+        let t = Thresholds {
+            close: 0.92,
+            similar: 0.8,
+        };
+        let rec = |first: &str, last: &str| {
+            Record(
+                [(Field::FirstName, first), (Field::LastName, last)]
+                    .iter()
+                    .map(|(f, v)| (*f, v.to_string()))
+                    .collect(),
+            )
+        };
+        let levels = compare_records(&rec("anthony", "beazley"), &rec("beazley", "anthony"), t);
+        assert_eq!(
+            levels,
+            [
+                (Field::FirstName, Level::Exact),
+                (Field::LastName, Level::Exact)
+            ]
+        );
+        let straight = compare_records(&rec("anthony", "beazley"), &rec("anthony", "beazly"), t);
+        assert_eq!(
+            straight,
+            [
+                (Field::FirstName, Level::Exact),
+                (Field::LastName, Level::Close)
+            ]
+        );
+        let strangers = compare_records(&rec("maria", "lopez"), &rec("james", "smith"), t);
+        assert!(strangers.iter().all(|(_, l)| *l == Level::Else));
+    }
+
     use super::*;
 
     const T: Thresholds = Thresholds {

@@ -3,7 +3,7 @@
 //! (`max_block_size` per key, a few keys per record), never by the number of profiles.
 
 use super::blocking::{self, Filed};
-use super::compare::compare;
+use super::compare::compare_records;
 use super::field::Record;
 use super::model::Score;
 use super::Matcher;
@@ -81,14 +81,7 @@ pub fn propose(
             continue;
         };
         let theirs = Record::from_traits(&profile.attributes.traits, fields);
-        let levels: Vec<_> = record
-            .0
-            .iter()
-            .filter_map(|(f, ours)| {
-                let t = theirs.get(*f)?;
-                Some((*f, compare(*f, ours, t, matcher.thresholds())))
-            })
-            .collect();
+        let levels = compare_records(record, &theirs, matcher.thresholds());
         stats.compared += 1;
         let score = matcher.model.score(&levels);
         if score.probability >= matcher.config.candidate_threshold {

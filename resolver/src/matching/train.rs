@@ -6,7 +6,7 @@
 //! scores. The model written has the next version.
 
 use super::blocking::{self, Rule};
-use super::compare::{compare, Level};
+use super::compare::{compare_records, Level};
 use super::field::{Field, Record};
 use super::model::{Model, ModelError, Mu};
 use super::MatchingConfig;
@@ -88,12 +88,12 @@ pub fn train(
         return Err(not_enough("fewer than 2 profiles with comparison fields"));
     }
     let pattern = |a: &Record, b: &Record| -> Pattern {
+        let levels = compare_records(a, b, thresholds);
         fields
             .iter()
             .map(|f| {
-                let (x, y) = (a.get(*f)?, b.get(*f)?);
-                let level = compare(*f, x, y, thresholds);
-                Level::of(*f).iter().position(|l| *l == level)
+                let (_, level) = levels.iter().find(|(g, _)| g == f)?;
+                Level::of(*f).iter().position(|l| l == level)
             })
             .collect()
     };
