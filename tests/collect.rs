@@ -115,23 +115,7 @@ fn exchange(
     stream.write_all(&request).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).expect("a response");
-    let raw = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status line in {raw:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Response {
-        status,
-        headers,
-        body: body.to_string(),
-    }
+    support::parse_response(&String::from_utf8_lossy(&raw))
 }
 
 /// `Authorization: Basic base64(KEY:)`, as Segment's libraries send the write key.
@@ -465,22 +449,8 @@ fn the_requests_segment_libraries_send_are_accepted() {
 
 /// The venv's Python when it has Segment's analytics-python library, or why not.
 fn segment_python() -> Result<PathBuf, String> {
-    let venv = std::env::var_os("CDP_CHART_VENV")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cdp/venv")))
-        .ok_or("neither CDP_CHART_VENV nor HOME is set")?;
-    let python = venv.join("bin/python3");
-    let probe = Command::new(&python)
-        .args(["-c", "import segment.analytics"])
-        .output()
-        .map_err(|e| format!("{}: {e}", python.display()))?;
-    if !probe.status.success() {
-        return Err(format!(
-            "{} cannot import segment.analytics (pip install segment-analytics-python)",
-            python.display()
-        ));
-    }
-    Ok(python)
+    support::venv_python("segment.analytics")
+        .map_err(|e| format!("{e} (pip install segment-analytics-python)"))
 }
 
 /// Segment's own analytics-python, pointed at the collector, sends every message type; an unknown

@@ -11,6 +11,8 @@
 //! The tools come from scripts/install-chart-tools.sh (`make test` runs it). Without them the test
 //! is skipped with a message, unless CDP_REQUIRE_HELM=1, which turns their absence into a failure.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -66,23 +68,7 @@ fn collect_topics(value: &toml::Value, path: &str, out: &mut Vec<String>) {
 
 /// The venv's Python when it has the chart tools, or why not.
 fn chart_python() -> Result<PathBuf, String> {
-    let venv = std::env::var_os("CDP_CHART_VENV")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cdp/venv")))
-        .ok_or("neither CDP_CHART_VENV nor HOME is set")?;
-    let python = venv.join("bin/python3");
-    let probe = Command::new(&python)
-        .args(["-c", "import helm_python, kubernetes_validate"])
-        .output()
-        .map_err(|e| format!("{}: {e}", python.display()))?;
-    if !probe.status.success() {
-        return Err(format!(
-            "{} cannot import helm_python and kubernetes_validate: {}",
-            python.display(),
-            String::from_utf8_lossy(&probe.stderr).trim()
-        ));
-    }
-    Ok(python)
+    support::venv_python("helm_python, kubernetes_validate")
 }
 
 #[test]

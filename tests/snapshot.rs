@@ -16,23 +16,7 @@ use support::{command, generate_seeded, stdout_of};
 
 /// The venv's Python when it can import duckdb, or why not.
 fn duckdb_python() -> Result<PathBuf, String> {
-    let venv = std::env::var_os("CDP_CHART_VENV")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/cdp/venv")))
-        .ok_or("neither CDP_CHART_VENV nor HOME is set")?;
-    let python = venv.join("bin/python3");
-    let probe = Command::new(&python)
-        .args(["-c", "import duckdb"])
-        .output()
-        .map_err(|e| format!("{}: {e}", python.display()))?;
-    if !probe.status.success() {
-        return Err(format!(
-            "{} cannot import duckdb: {}",
-            python.display(),
-            String::from_utf8_lossy(&probe.stderr).trim()
-        ));
-    }
-    Ok(python)
+    support::venv_python("duckdb")
 }
 
 /// Counts and joins over the snapshot in `dir`, as DuckDB sees them, printed as one JSON object.

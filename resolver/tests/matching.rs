@@ -542,6 +542,16 @@ fn training_on_a_resolved_state_writes_the_next_model_version() {
     assert_eq!((model.version, report.version), (2, 2));
     assert_eq!(report.profiles, 15);
     assert!(report.candidate_pairs > 0 && report.random_pairs > 0);
+    // The prior is the chance that two random records match (it goes with u, which comes from
+    // random pairs): at most the share of all pairs that are candidates.
+    let all_pairs = (report.sampled * (report.sampled - 1) / 2) as f64;
+    assert!(model.prior > 0.0);
+    assert!(
+        model.prior <= report.candidate_pairs as f64 / all_pairs,
+        "prior {} over {} candidate pairs of {all_pairs}",
+        model.prior,
+        report.candidate_pairs
+    );
     model.check().unwrap();
     model.covers(&c.matching.fields).unwrap();
     // What it learnt ranks a typo'd duplicate above a namesake born elsewhere and elsewhen.
@@ -558,6 +568,11 @@ fn training_on_a_resolved_state_writes_the_next_model_version() {
         (Field::PostalCode, Level::Else),
     ]);
     assert!(dupe.probability > namesake.probability);
+    assert!(
+        namesake.probability < c.matching.merge_threshold,
+        "a namesake born elsewhere and elsewhen does not merge: {}",
+        namesake.probability
+    );
 
     let empty = MemStore::default();
     let err = cdp_resolver::matching::train::train(&empty, &c.matching, &options).unwrap_err();

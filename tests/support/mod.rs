@@ -139,7 +139,12 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) 
     .unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).expect("response");
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw.as_str(), ""));
+    parse_response(&raw)
+}
+
+/// A whole HTTP/1.1 response (the server closed the connection after it).
+pub fn parse_response(raw: &str) -> Response {
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
     let mut lines = head.lines();
     let status = lines
         .next()
@@ -155,6 +160,30 @@ pub fn request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) 
         headers,
         body: body.to_string(),
     }
+}
+
+/// The Python of the venv `make test` installs its tools into (`CDP_CHART_VENV`, default
+/// `~/.cache/cdp/venv`) when it can run `import MODULES`, or why not.
+pub fn venv_python(modules: &str) -> Result<std::path::PathBuf, String> {
+    let venv = std::env::var_os("CDP_CHART_VENV")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache/cdp/venv"))
+        })
+        .ok_or("neither CDP_CHART_VENV nor HOME is set")?;
+    let python = venv.join("bin/python3");
+    let probe = Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .map_err(|e| format!("{}: {e}", python.display()))?;
+    if !probe.status.success() {
+        return Err(format!(
+            "{} cannot import {modules}: {}",
+            python.display(),
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ));
+    }
+    Ok(python)
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> Response {

@@ -2,8 +2,11 @@
 //! profiles (nearly all of which are different people), `m` and the prior by
 //! expectation-maximisation over the pairs the blocking rules make candidates (where the
 //! matches are). Train on a state resolved without matching, or with a looser one: profiles
-//! already merged are one record here, so their agreement is no longer seen. The prior is the match rate among candidate pairs, which is what the stream
-//! scores. The model written has the next version.
+//! already merged are one record here, so their agreement is no longer seen. The prior is the
+//! probability that two random records match, as in Splink: the match rate EM finds among the
+//! candidate pairs, times the share of all pairs that are candidates (the matches are among the
+//! candidates), so that it goes with `u`, which is estimated from random pairs too. The model
+//! written has the next version.
 
 use super::blocking::{self, Rule};
 use super::compare::{compare_records, Level};
@@ -35,7 +38,7 @@ pub struct TrainReport {
     pub candidate_pairs: u64,
     pub iterations: usize,
     pub converged: bool,
-    /// Match rate among candidate pairs: the new model's prior.
+    /// Probability that two random records match: the new model's prior.
     pub prior: f64,
 }
 
@@ -117,6 +120,7 @@ pub fn train(
     let mut keys: Vec<&Vec<u8>> = blocks.keys().collect();
     keys.sort();
     let mut seen: BTreeSet<(Rule, usize, usize)> = BTreeSet::new();
+    let mut distinct: BTreeSet<(usize, usize)> = BTreeSet::new();
     let mut by_rule: BTreeMap<Rule, Vec<Pattern>> = BTreeMap::new();
     let mut candidate_pairs = 0usize;
     'blocks: for key in keys {
@@ -131,6 +135,7 @@ pub fn train(
                 }
                 if seen.insert((*rule, *a, *b)) {
                     candidate_pairs += 1;
+                    distinct.insert((*a, *b));
                     by_rule
                         .entry(*rule)
                         .or_default()
@@ -206,9 +211,10 @@ pub fn train(
     };
     let candidates_len = candidate_pairs;
 
+    let all_pairs = n as f64 * (n as f64 - 1.0) / 2.0;
     let mut model = current.clone();
     model.version = current.version + 1;
-    model.prior = fit.lambda.clamp(1e-6, 1.0 - 1e-6);
+    model.prior = (fit.lambda * distinct.len() as f64 / all_pairs).clamp(1e-9, 1.0 - 1e-9);
     for (i, f) in fields.iter().enumerate() {
         let levels = Level::of(*f)
             .iter()
