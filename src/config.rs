@@ -124,6 +124,27 @@ pub struct WriteKey {
     pub key_sha256: String,
 }
 
+/// Parquet snapshots written on a schedule by the process that runs the resolver (as
+/// `cdp snapshot` writes them on demand).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotSection {
+    /// Directory the `dt=YYYY-MM-DD/` folders go to; empty: no scheduled snapshots.
+    pub out: String,
+    /// Seconds between snapshots, the first one this long after start; a later one on the same
+    /// UTC day replaces that day's tables.
+    pub every_secs: u64,
+}
+
+impl Default for SnapshotSection {
+    fn default() -> Self {
+        Self {
+            out: String::new(),
+            every_secs: 86_400,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -137,6 +158,7 @@ pub struct Config {
     pub bus: BusSection,
     pub http: HttpSection,
     pub collect: CollectSection,
+    pub snapshot: SnapshotSection,
     pub ingest: IngestConfig,
     pub resolver: ResolverConfig,
     pub activation: ActivationConfig,
@@ -197,6 +219,9 @@ impl Config {
         }
         if self.http.workers == 0 {
             bail!("http.workers must be at least 1");
+        }
+        if self.snapshot.every_secs == 0 {
+            bail!("snapshot.every_secs must be at least 1");
         }
         if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
             bail!(

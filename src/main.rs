@@ -12,6 +12,7 @@ mod http;
 mod metrics;
 mod pipeline;
 mod snapshot;
+mod snapshot_schedule;
 mod topic;
 
 use anyhow::{Context, Result};
@@ -576,7 +577,19 @@ fn serve_and_run(
         eprintln!("http listening on {}", server.addr);
         Some(server)
     };
-    pipeline::run(
+    // Scheduled snapshots, where the resolver runs; stopped when the stages stop.
+    let snapshots = (stages.resolve && !config.snapshot.out.is_empty()).then(|| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = snapshot_schedule::spawn(
+            pipeline::resolver_dir(data),
+            pipeline::activation_dir(data),
+            PathBuf::from(&config.snapshot.out),
+            Duration::from_secs(config.snapshot.every_secs),
+            stop.clone(),
+        );
+        (stop, thread)
+    });
+    let result = pipeline::run(
         config,
         data,
         bus,
@@ -593,7 +606,12 @@ fn serve_and_run(
                 config_path: config_path.map(PathBuf::from),
             }),
         },
-    )?;
+    );
+    if let Some((stop, thread)) = snapshots {
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = thread.join();
+    }
+    result?;
     if until_drained {
         eprint!("{}", counters.table(stages));
     }

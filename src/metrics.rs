@@ -587,7 +587,10 @@ mod tests {
     /// copy, the two must not drift. It charts the RocksDB figures exported here.
     #[test]
     fn the_chart_ships_the_grafana_dashboard_unchanged() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        // Read at run time: a compiled-in path would be another clone's in a shared target dir.
+        let root = std::path::PathBuf::from(
+            std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+        );
         let source = std::fs::read(root.join("deploy/grafana/cdp.json")).unwrap();
         let shipped = std::fs::read(root.join("deploy/helm/cdp/dashboards/cdp.json")).unwrap();
         assert!(

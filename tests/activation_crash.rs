@@ -121,12 +121,18 @@ fn state(dir: &Path) -> State {
 }
 
 /// Input records the state in `dir` has applied (the sum of its stored offsets); none when the
-/// process was killed before it created its state.
+/// process was killed before it created its state, or while RocksDB was still adding its column
+/// families (the database exists without some of them; the next open adds them, and nothing is
+/// written before that open returns).
 fn applied(dir: &Path) -> i64 {
     if !dir.join("CURRENT").exists() {
         return 0;
     }
-    let store = MembershipStore::open_read_only(dir).expect("activation state opens");
+    let store = match MembershipStore::open_read_only(dir) {
+        Ok(store) => store,
+        Err(e) if e.to_string().contains("Column family not found") => return 0,
+        Err(e) => panic!("activation state opens: {e}"),
+    };
     store
         .entries("offsets")
         .expect("scan")

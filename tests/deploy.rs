@@ -94,7 +94,7 @@ fn chart_renders_validates_and_matches_the_binary() {
             return;
         }
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = &support::repo_root();
     let mut cmd = Command::new(python);
     cmd.arg(root.join("scripts/check-chart.py"))
         .arg("--cdp")
@@ -268,7 +268,7 @@ fn stages_serve_the_probe_routes_and_the_dashboard_metrics() {
         );
     }
 
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/helm/cdp/dashboards/cdp.json");
+    let path = support::repo_root().join("deploy/helm/cdp/dashboards/cdp.json");
     let text = std::fs::read_to_string(&path).expect("the dashboard exists");
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard is JSON");
     let mut queried = BTreeSet::new();

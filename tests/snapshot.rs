@@ -213,3 +213,71 @@ fn a_data_directory_without_state_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("opening resolver state"), "{err}");
 }
+
+#[test]
+fn the_resolver_writes_snapshots_on_a_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    generate_seeded(&input, 100, 3);
+    let out = dir.path().join("snapshots");
+    let config = dir.path().join("cdp.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[snapshot]\nout = {:?}\nevery_secs = 1\n",
+            out.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = support::Running::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().unwrap()],
+        &input,
+    );
+    run.wait_ready();
+    let tables = [
+        "profiles",
+        "identifiers",
+        "merges",
+        "refused_merges",
+        "cohort_membership",
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let day = loop {
+        let day = std::fs::read_dir(&out).ok().and_then(|entries| {
+            entries.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                tables
+                    .iter()
+                    .all(|t| p.join(format!("{t}.parquet")).exists())
+            })
+        });
+        if let Some(day) = day {
+            break day;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scheduled snapshot in {}",
+            out.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(day
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("dt="));
+    run.signal("TERM");
+    let mut run = run;
+    assert!(run.child.wait().unwrap().success(), "exits 0 on SIGTERM");
+    // Stopping waited for a snapshot in progress: every file is whole, none half-written.
+    for entry in std::fs::read_dir(&day).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(!name.starts_with('.'), "a temporary file is left: {name}");
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            bytes.starts_with(b"PAR1") && bytes.ends_with(b"PAR1"),
+            "{name} is a whole Parquet file"
+        );
+    }
+}

@@ -1,7 +1,7 @@
 """Side by side on public ground truth: cdp's streaming matcher and Splink's batch linkage over
 the same records, scored by one rule. Prints a Markdown table (the one in the README).
 
-    python run.py --cdp PATH/TO/cdp [--sets febrl1,febrl2,febrl3,febrl4] [--work DIR]
+    python run.py --cdp PATH/TO/cdp [--sets febrl1,febrl2,febrl3,febrl4,generated] [--work DIR]
 
 For each set, cdp runs as a user runs it: the records go onto the CRM raw topic, `cdp run
 --until-drained` ingests, matches and resolves them one at a time (each record is compared with
@@ -25,6 +25,7 @@ import tomllib
 from pathlib import Path
 
 import febrl
+import generated
 import scores
 import splink_baseline
 
@@ -91,7 +92,8 @@ def main():
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cdp", required=True, help="the cdp binary (a release build)")
-    parser.add_argument("--sets", default=",".join(febrl.SETS))
+    parser.add_argument("--sets", default=",".join(febrl.SETS + ("generated",)))
+    parser.add_argument("--profiles", type=int, default=2000, help="people in the generated set")
     parser.add_argument("--work", default="/tmp/cdp-accuracy")
     parser.add_argument("--config", default=str(here / "cdp.toml"))
     parser.add_argument(
@@ -108,9 +110,13 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.sets.split(","):
-        records = list(febrl.rows(febrl.load(name)))
         workload = work / name
-        n = febrl.write_workload(records, workload)
+        if name == "generated":
+            records = generated.generate(args.cdp, workload, args.profiles, seed=42)
+            n, identifiers = len(records), ("email", "phone")
+        else:
+            records = list(febrl.rows(febrl.load(name)))
+            n, identifiers = febrl.write_workload(records, workload), ()
         data = work / f"{name}-data"
         builtin = run_cdp(args.cdp, write_config(base, work / "on.toml"), workload, data)
         off = write_config(base, work / "off.toml", enabled=False)
@@ -121,7 +127,7 @@ def main():
             args.cdp, write_config(base, work / "trained.toml", model_path=str(model)), workload, data
         )
         truth = {r["rec_id"]: r["person"] for r in records}
-        clusters, splink_wall = splink_baseline.run(records, threshold)
+        clusters, splink_wall = splink_baseline.run(records, threshold, identifiers)
         rows.append((name, n, builtin, trained, train_secs, scores.pairwise(truth, clusters), splink_wall))
         print(f"{name}: done", file=sys.stderr)
 

@@ -12,9 +12,10 @@ import splink.comparison_library as cl
 from splink import DuckDBAPI, Linker, SettingsCreator, block_on
 
 
-def run(records, threshold: float):
+def run(records, threshold: float, identifiers=()):
     """Clusters the records; returns ({rec_id: cluster_id}, seconds). The clock covers
-    everything from loading the records to the clusters, as a batch job would run."""
+    everything from loading the records to the clusters, as a batch job would run.
+    `identifiers` are columns (emails, phones) compared exactly and blocked on as well."""
     frame = pd.DataFrame(records).drop(columns=["person"])
     started = time.perf_counter()
     con = duckdb.connect()
@@ -25,7 +26,7 @@ def run(records, threshold: float):
         block_on("last_name"),
         block_on("birth_date"),
         block_on("postal_code"),
-    ]
+    ] + [block_on(c) for c in identifiers]
     settings = SettingsCreator(
         unique_id_column_name="rec_id",
         link_type="dedupe_only",
@@ -36,7 +37,7 @@ def run(records, threshold: float):
             cl.DateOfBirthComparison("birth_date", input_is_string=True, datetime_format="%Y-%m-%d"),
             cl.ExactMatch("street_number").configure(term_frequency_adjustments=True),
             cl.ExactMatch("postal_code").configure(term_frequency_adjustments=True),
-        ],
+        ] + [cl.ExactMatch(c) for c in identifiers],
     )
     linker = Linker(df, settings, log_level=None)
     linker.training.estimate_probability_two_random_records_match(

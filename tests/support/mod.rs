@@ -9,6 +9,14 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+/// The repository, as `cargo test` names it when it runs the test (read at run time: a path
+/// compiled in would be stale in a test binary built for another clone sharing the target dir).
+pub fn repo_root() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .expect("cargo test sets CARGO_MANIFEST_DIR")
+}
+
 /// The binary, on `data`, listening on a free port.
 pub fn cdp(data: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cdp"));
