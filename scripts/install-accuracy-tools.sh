@@ -10,36 +10,17 @@ requirements="${here}/benches/accuracy/requirements.txt"
 venv="${CDP_ACCURACY_VENV:-${HOME}/.cache/cdp/accuracy-venv}"
 python="${venv}/bin/python3"
 
-installed() {
-  [[ -x "${python}" ]] && "${python}" - "${requirements}" <<'PY' 2>/dev/null
-import sys
-from importlib.metadata import version
-for line in open(sys.argv[1]):
-    line = line.split("#")[0].strip()
-    if line:
-        name, wanted = line.split("==")
-        if version(name) != wanted:
-            sys.exit(1)
-PY
-}
+. "$(dirname "$0")/venv-lib.sh"
+mapfile -t pins < <(sed 's/#.*//; s/[[:space:]]//g; /^$/d' "${requirements}")
 
-if installed; then
+if pins_installed "${python}" "${pins[@]}"; then
   echo "accuracy tools already installed in ${venv}"
   exit 0
 fi
 
-base="$(command -v python3 || true)"
-if [[ -z "${base}" ]] || ! "${base}" -c 'import venv, ensurepip' >/dev/null 2>&1; then
-  echo "installing python3-venv" >&2
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq python3 python3-venv >/dev/null
-  base="$(command -v python3)"
-fi
-
+base="$(venv_python3)"
 echo "installing the accuracy harness's packages into ${venv}"
 "${base}" -m venv "${venv}"
 "${python}" -m pip install --quiet --disable-pip-version-check -r "${requirements}"
-installed
+pins_installed "${python}" "${pins[@]}"
 echo "accuracy tools installed in ${venv}"

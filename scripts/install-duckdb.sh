@@ -8,17 +8,9 @@ duckdb="duckdb==2.0.0"
 venv="${CDP_CHART_VENV:-${HOME}/.cache/cdp/venv}"
 python="${venv}/bin/python3"
 
-installed() {
-  [[ -x "${python}" ]] && "${python}" - "$1" <<'PY' 2>/dev/null
-import sys
-from importlib.metadata import version
-name, wanted = sys.argv[1].split("==")
-if version(name) != wanted:
-    sys.exit(1)
-PY
-}
+. "$(dirname "$0")/venv-lib.sh"
 
-if installed "${duckdb}"; then
+if pins_installed "${python}" "${duckdb}"; then
   echo "duckdb already installed in ${venv}"
   exit 0
 fi
@@ -30,5 +22,5 @@ fi
 
 echo "installing ${duckdb} into ${venv}"
 "${python}" -m pip install --quiet --disable-pip-version-check "${duckdb}"
-installed "${duckdb}"
+pins_installed "${python}" "${duckdb}"
 echo "duckdb installed in ${venv}"

@@ -99,14 +99,6 @@ pub fn run(config: &Config, opts: &DemoOptions, shutdown: Arc<AtomicBool>) -> Re
     Ok(())
 }
 
-fn rate(n: u64, d: Duration) -> String {
-    let secs = d.as_secs_f64();
-    if secs <= 0.0 {
-        return "-".into();
-    }
-    format!("{:.0}/s", n as f64 / secs)
-}
-
 fn report(
     fed: &[(String, u64)],
     raw_total: u64,
@@ -125,7 +117,7 @@ fn report(
     println!(
         "drained in         {:.2}s wall, {} end to end",
         wall.as_secs_f64(),
-        rate(raw_total, wall)
+        pipeline::rate(raw_total, wall)
     );
     print!("{}", c.table(Stages::ALL));
     println!("\n== identity ==");

@@ -41,6 +41,15 @@ pub struct Counters {
     pub activation: ActivationCounters,
 }
 
+/// `n` over `d` as `N/s`, or `-` when no time passed.
+pub fn rate(n: u64, d: std::time::Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs <= 0.0 {
+        return "-".into();
+    }
+    format!("{:.0}/s", n as f64 / secs)
+}
+
 impl Counters {
     /// Records in, out and dead-lettered, and the busy-time rate, of each of `stages`: the table
     /// `cdp demo` prints, and `cdp run --until-drained` prints when it stops.
@@ -57,19 +66,13 @@ impl Counters {
             if !ran {
                 continue;
             }
-            let busy = s.busy().as_secs_f64();
-            let rate = if busy > 0.0 {
-                format!("{:.0}/s", s.consumed() as f64 / busy)
-            } else {
-                "-".to_string()
-            };
             out.push_str(&format!(
                 "{:<18} {:>10} {:>10} {:>8} {:>14}\n",
                 name,
                 s.consumed(),
                 s.produced(),
                 s.dead_lettered(),
-                rate
+                rate(s.consumed(), s.busy())
             ));
         }
         out

@@ -146,15 +146,8 @@ fn killed_activation_ends_with_the_membership_of_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("workload");
     let data = dir.path().join("data");
-    stdout_of(
-        cdp(
-            &data,
-            &["generate", "--profiles", "600", "--seed", "21", "--out"],
-            false,
-        )
-        .arg(&input),
-    );
-    stdout_of(cdp(&data, &["run", "--until-drained", "--input"], false).arg(&input));
+    support::generate_seeded(&input, 600, 21);
+    support::run_until_drained(&data, &input);
     let activation_dir = data.join("activation");
     let reference_dir = dir.path().join("reference-activation");
     std::fs::rename(&activation_dir, &reference_dir).unwrap();

@@ -9,11 +9,10 @@ mod support;
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::Digest;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{get, ok, read_topic, Response, Running};
 
@@ -31,35 +30,21 @@ fn config(dir: &Path) -> PathBuf {
 
 /// `cdp collect` on `data` with `config`, listening on a free loopback port.
 fn start(data: &Path, config: &Path) -> Running {
-    let child = Command::new(env!("CARGO_BIN_EXE_cdp"))
-        .env("CDP_HTTP__LISTEN", "")
+    collector(data, config, &["collect"])
+}
+
+/// The binary with `args` on `data` and `config`, its collector on a free loopback port, once
+/// the collector is listening.
+fn collector(data: &Path, config: &Path, args: &[&str]) -> Running {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cdp"));
+    c.env("CDP_HTTP__LISTEN", "")
         .env("CDP_COLLECT__LISTEN", "127.0.0.1:0")
         .arg("--data")
         .arg(data)
         .arg("--config")
         .arg(config)
-        .arg("collect")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cdp collect starts");
-    let (tx, rx) = mpsc::channel();
-    let mut run = Running {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        fed: 0,
-        stderr: rx,
-    };
-    let stderr = run.child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = run.wait_line("collect listening on ");
-    run.addr = line["collect listening on ".len()..]
-        .parse()
-        .expect("an address");
-    run
+        .args(args);
+    Running::spawn(c, "collect listening on ", Duration::from_secs(60))
 }
 
 /// SIGTERM, then the exit status (the process gets a minute).
@@ -522,32 +507,7 @@ except APIError as e:
 fn cdp_run_collect_serves_the_tracking_api_next_to_the_stages() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let child = Command::new(env!("CARGO_BIN_EXE_cdp"))
-        .env("CDP_HTTP__LISTEN", "")
-        .env("CDP_COLLECT__LISTEN", "127.0.0.1:0")
-        .arg("--data")
-        .arg(&data)
-        .arg("--config")
-        .arg(config(dir.path()))
-        .args(["run", "--collect"])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cdp run starts");
-    let (tx, rx) = mpsc::channel();
-    let mut run = Running {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        fed: 0,
-        stderr: rx,
-    };
-    let stderr = run.child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = run.wait_line("collect listening on ");
-    run.addr = line["collect listening on ".len()..].parse().unwrap();
+    let run = collector(&data, &config(dir.path()), &["run", "--collect"]);
 
     let batch = json!({"batch": [
         {"type": "identify", "messageId": "run-1", "anonymousId": "run-anon", "userId": "run-user"},

@@ -88,15 +88,8 @@ fn interrupted_resolver_ends_in_the_state_of_an_uninterrupted_run(how: Interrupt
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("workload");
     let data = dir.path().join("data");
-    stdout_of(
-        cdp(
-            &data,
-            &["generate", "--profiles", "250", "--seed", "11", "--out"],
-            false,
-        )
-        .arg(&input),
-    );
-    stdout_of(cdp(&data, &["run", "--until-drained", "--input"], false).arg(&input));
+    support::generate_seeded(&input, 250, 11);
+    support::run_until_drained(&data, &input);
     let resolver_dir = data.join("resolver");
     let reference = state(&resolver_dir);
     assert!(!reference["profiles"].is_empty());
@@ -176,14 +169,7 @@ fn killed_ingest_accounts_for_every_raw_record() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("workload");
     let data = dir.path().join("data");
-    stdout_of(
-        cdp(
-            &data,
-            &["generate", "--profiles", "250", "--seed", "12", "--out"],
-            false,
-        )
-        .arg(&input),
-    );
+    support::generate_seeded(&input, 250, 12);
     // The first round feeds the input (and runs every stage); the later ones run ingest alone.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
     let mut kills = 0;
@@ -266,15 +252,8 @@ fn a_fresh_resolver_volume_replays_the_signals_its_group_already_committed() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("workload");
     let data = dir.path().join("data");
-    stdout_of(
-        cdp(
-            &data,
-            &["generate", "--profiles", "120", "--seed", "13", "--out"],
-            false,
-        )
-        .arg(&input),
-    );
-    stdout_of(cdp(&data, &["run", "--until-drained", "--input"], false).arg(&input));
+    support::generate_seeded(&input, 120, 13);
+    support::run_until_drained(&data, &input);
     let resolver_dir = data.join("resolver");
     let reference = state(&resolver_dir);
     std::fs::remove_dir_all(&resolver_dir).unwrap();

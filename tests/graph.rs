@@ -18,30 +18,14 @@ fn stderr(out: &Output) -> String {
 }
 
 fn run_input(data: &Path, input: &Path) {
-    cdp(
-        data,
-        &["run", "--input", input.to_str().unwrap(), "--until-drained"],
-    );
+    support::run_until_drained(data, input);
 }
 
 #[test]
 fn explain_forget_replay_and_unmerge_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let (data, input) = (dir.path().join("data"), dir.path().join("input"));
-    cdp(
-        &data,
-        &[
-            "generate",
-            "--out",
-            input.to_str().unwrap(),
-            "--profiles",
-            "60",
-            "--seed",
-            "11",
-            "--now",
-            "2026-11-01T00:00:00Z",
-        ],
-    );
+    support::generate_at(&input, 60, 11, "2026-11-01T00:00:00Z");
     run_input(&data, &input);
     let emails = crm_emails(&input);
     assert!(
@@ -163,20 +147,7 @@ fn explain_forget_replay_and_unmerge_through_the_cli() {
 fn forgetting_a_cohort_member_makes_them_exit() {
     let dir = tempfile::tempdir().unwrap();
     let (data, input) = (dir.path().join("data"), dir.path().join("input"));
-    cdp(
-        &data,
-        &[
-            "generate",
-            "--out",
-            input.to_str().unwrap(),
-            "--profiles",
-            "60",
-            "--seed",
-            "5",
-            "--now",
-            "2026-11-01T00:00:00Z",
-        ],
-    );
+    support::generate_at(&input, 60, 5, "2026-11-01T00:00:00Z");
     run_input(&data, &input);
     // Current members: the last record per key of the compacted membership topic, if not a
     // tombstone (records of one key share a partition, so their order is kept).

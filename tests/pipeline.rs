@@ -50,18 +50,7 @@ fn demo_drains_and_reports_accuracy() {
 fn poison_records_go_to_the_dlq_and_the_pipeline_keeps_running() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
-    cdp(
-        dir.path(),
-        &[
-            "generate",
-            "--out",
-            input.to_str().unwrap(),
-            "--profiles",
-            "40",
-            "--seed",
-            "3",
-        ],
-    );
+    support::generate_seeded(&input, 40, 3);
     let good_lines = std::fs::read_to_string(input.join("web.jsonl"))
         .unwrap()
         .lines()
@@ -80,10 +69,7 @@ fn poison_records_go_to_the_dlq_and_the_pipeline_keeps_running() {
     drop(web);
 
     let data = dir.path().join("state");
-    cdp(
-        &data,
-        &["run", "--input", input.to_str().unwrap(), "--until-drained"],
-    );
+    support::run_until_drained(&data, &input);
 
     let dlq = read_topic(&data, "cdp.dlq");
     let poison: Vec<&Value> = dlq
@@ -142,23 +128,9 @@ fn poison_records_go_to_the_dlq_and_the_pipeline_keeps_running() {
 fn raw_emails_are_never_on_any_topic() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
-    cdp(
-        dir.path(),
-        &[
-            "generate",
-            "--out",
-            input.to_str().unwrap(),
-            "--profiles",
-            "20",
-            "--seed",
-            "5",
-        ],
-    );
+    support::generate_seeded(&input, 20, 5);
     let data = dir.path().join("state");
-    cdp(
-        &data,
-        &["run", "--input", input.to_str().unwrap(), "--until-drained"],
-    );
+    support::run_until_drained(&data, &input);
     for topic in [
         "cdp.signals",
         "cdp.profiles",
@@ -235,10 +207,7 @@ fn eval_scores_a_drained_run_against_truth() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in");
     support::generate(&input, 150);
-    let run = cdp(
-        dir.path(),
-        &["run", "--input", input.to_str().unwrap(), "--until-drained"],
-    );
+    let run = support::run_until_drained(dir.path(), &input);
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(
         stderr.lines().any(|l| l.starts_with("resolver ")),

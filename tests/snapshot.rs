@@ -47,7 +47,7 @@ fn drained_pipeline(dir: &Path) -> PathBuf {
     let input = dir.join("in");
     generate_seeded(&input, 300, 7);
     let data = dir.join("data");
-    stdout_of(command(&data, &["run", "--until-drained", "--input"]).arg(&input));
+    support::run_until_drained(&data, &input);
     data
 }
 

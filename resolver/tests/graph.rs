@@ -5,32 +5,15 @@ mod support;
 
 use cdp_bus::Record;
 use cdp_proto::{Identifier, IdentifierKind, Signal, Source};
-use cdp_resolver::graph::Batch;
 use cdp_resolver::policy::PolicyConfig;
 use cdp_resolver::stage::apply_records;
-use cdp_resolver::txn::Txn;
 use cdp_resolver::{lookup, GraphStore, MemStore, Resolver, ResolverConfig, RocksStore};
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use support::{partition, signal};
+use support::{apply, partition, signal};
 
 fn id(kind: IdentifierKind, v: &str) -> Identifier {
     Identifier::new(kind, v)
-}
-
-fn apply(
-    store: &dyn GraphStore,
-    resolver: &Resolver,
-    signals: &[Signal],
-) -> cdp_resolver::BatchOutput {
-    let mut txn = Txn::begin(store).unwrap();
-    let mut batch = Batch::default();
-    for s in signals {
-        resolver.apply(&mut txn, s, &mut batch).unwrap();
-    }
-    let out = resolver.finish(&mut txn, batch).unwrap();
-    txn.commit().unwrap();
-    out
 }
 
 fn canonical(store: &dyn GraphStore, i: &Identifier) -> String {

@@ -9,7 +9,6 @@ use cdp_proto::{Identifier, IdentifierKind, Signal, Source};
 use cdp_resolver::command::{CommandOp, GraphCommand, Target};
 use cdp_resolver::explain::{explain, Explanation};
 use cdp_resolver::forget::forget;
-use cdp_resolver::graph::Batch;
 use cdp_resolver::link::LinkDecision;
 use cdp_resolver::matching::blocking::Block;
 use cdp_resolver::matching::compare::Level;
@@ -23,7 +22,7 @@ use cdp_resolver::txn::Txn;
 use cdp_resolver::{GraphStore, MemStore, Resolver, ResolverConfig, RocksStore};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
-use support::{partition, signal, TENANT};
+use support::{apply, partition, signal, TENANT};
 
 fn crm(v: &str) -> Identifier {
     Identifier::new(IdentifierKind::CrmId, v)
@@ -44,21 +43,6 @@ fn person(n: i64, id: &str, traits: &[(&str, &str)]) -> Signal {
         .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
         .collect();
     s
-}
-
-fn apply(
-    store: &dyn GraphStore,
-    resolver: &Resolver,
-    signals: &[Signal],
-) -> cdp_resolver::BatchOutput {
-    let mut txn = Txn::begin(store).unwrap();
-    let mut batch = Batch::default();
-    for s in signals {
-        resolver.apply(&mut txn, s, &mut batch).unwrap();
-    }
-    let out = resolver.finish(&mut txn, batch).unwrap();
-    txn.commit().unwrap();
-    out
 }
 
 fn explained(store: &dyn GraphStore, id: &Identifier) -> Explanation {

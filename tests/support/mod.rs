@@ -99,11 +99,35 @@ pub fn generate(out: &Path, profiles: usize) {
     generate_seeded(out, profiles, 42);
 }
 
+/// Runs every stage on `data`, feeding the workload in `input`, until drained; must succeed.
+pub fn run_until_drained(data: &Path, input: &Path) -> Output {
+    let mut c = command(data, &["run", "--until-drained", "--input"]);
+    let out = c.arg(input).output().expect("cdp runs");
+    assert!(
+        out.status.success(),
+        "cdp run --until-drained failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Writes a workload of `profiles` people drawn with `seed` to `out`.
 pub fn generate_seeded(out: &Path, profiles: usize, seed: u64) {
+    generate_with(out, profiles, seed, &[]);
+}
+
+/// Writes a workload of `profiles` people drawn with `seed`, their events in the 30 days before
+/// `now` (RFC 3339), to `out`.
+pub fn generate_at(out: &Path, profiles: usize, seed: u64, now: &str) {
+    generate_with(out, profiles, seed, &["--now", now]);
+}
+
+fn generate_with(out: &Path, profiles: usize, seed: u64, extra: &[&str]) {
     let status = cdp(&out.with_extension("unused"))
         .args(["generate", "--profiles", &profiles.to_string()])
-        .args(["--seed", &seed.to_string(), "--out"])
+        .args(["--seed", &seed.to_string()])
+        .args(extra)
+        .arg("--out")
         .arg(out)
         .stdout(Stdio::null())
         .status()
@@ -232,14 +256,18 @@ impl Running {
     /// Starts `cdp run` (with `extra` arguments before the subcommand) feeding `input`, and
     /// returns once its listener is up.
     pub fn start(data: &Path, extra: &[&str], input: &Path) -> Running {
-        let child = cdp(data)
-            .env("CDP_HTTP__READY_MAX_LAG", "0")
+        let mut c = cdp(data);
+        c.env("CDP_HTTP__READY_MAX_LAG", "0")
             .args(extra)
             .args(["run", "--input"])
-            .arg(input)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cdp run starts");
+            .arg(input);
+        Running::spawn(c, "http listening on ", Duration::from_secs(120))
+    }
+
+    /// Spawns `command` with its stderr piped, and returns once it prints `announce` followed by
+    /// its address (waiting up to `within`), counting the `fed N …` lines before it.
+    pub fn spawn(mut command: Command, announce: &str, within: Duration) -> Running {
+        let child = command.stderr(Stdio::piped()).spawn().expect("cdp starts");
         let (tx, rx) = mpsc::channel();
         // Owned by `Running` from here on, so a failed assertion still kills and reaps it.
         let mut run = Running {
@@ -254,19 +282,19 @@ impl Running {
                 let _ = tx.send(line);
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + within;
         loop {
             let line = run
                 .stderr
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("cdp run announces its listener");
+                .unwrap_or_else(|_| panic!("cdp announces {announce:?}"));
             if let Some(n) = line
                 .strip_prefix("fed ")
                 .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok())
             {
                 run.fed += n;
             }
-            if let Some(addr) = line.strip_prefix("http listening on ") {
+            if let Some(addr) = line.strip_prefix(announce) {
                 run.addr = addr.parse().expect("an address");
                 return run;
             }

@@ -1,8 +1,11 @@
 //! Shared by the resolver's integration tests.
+#![allow(dead_code)] // each test file uses its own part
 
 use cdp_proto::time::from_millis;
 use cdp_proto::{Identifier, IdentityLink, Signal, Source};
-use cdp_resolver::{lookup, GraphStore};
+use cdp_resolver::graph::Batch;
+use cdp_resolver::txn::Txn;
+use cdp_resolver::{lookup, GraphStore, Resolver};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// The tenant every test writes to.
@@ -42,4 +45,20 @@ pub fn signal(n: i64, source: Source, ids: &[Identifier], rule: &str, confidence
         traits: Default::default(),
         consent: Default::default(),
     }
+}
+
+/// Applies `signals` in one transaction and commits it, as one stage batch does.
+pub fn apply(
+    store: &dyn GraphStore,
+    resolver: &Resolver,
+    signals: &[Signal],
+) -> cdp_resolver::BatchOutput {
+    let mut txn = Txn::begin(store).unwrap();
+    let mut batch = Batch::default();
+    for s in signals {
+        resolver.apply(&mut txn, s, &mut batch).unwrap();
+    }
+    let out = resolver.finish(&mut txn, batch).unwrap();
+    txn.commit().unwrap();
+    out
 }
