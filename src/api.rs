@@ -12,7 +12,7 @@
 use crate::config::{ApiKey, Config, Scope};
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cdp_activation::membership::MembershipStore;
@@ -22,8 +22,9 @@ use cdp_proto::{Identifier, IdentifierKind, NormalizeOptions};
 use cdp_resolver::command::{CommandOp, Target};
 use cdp_resolver::GraphStore;
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 
 /// Members per page when the caller does not say.
@@ -34,8 +35,29 @@ pub const MAX_PAGE_LIMIT: usize = 1000;
 /// Who may call, by API key; shared by the profile and cohort routes.
 #[derive(Clone)]
 pub struct Auth {
-    keys: Vec<ApiKey>,
+    keys: Vec<Key>,
     default_tenant: String,
+}
+
+/// A configured API key, its digest decoded once so a request compares 32 bytes per key.
+#[derive(Clone)]
+struct Key {
+    /// `None` for a digest that does not decode (config validation rejects those): no match.
+    token_sha256: Option<[u8; 32]>,
+    tenant: String,
+    scopes: Vec<Scope>,
+}
+
+impl Key {
+    fn new(key: &ApiKey) -> Self {
+        let mut digest = [0u8; 32];
+        let decoded = hex::decode_to_slice(&key.token_sha256, &mut digest).is_ok();
+        Self {
+            token_sha256: decoded.then_some(digest),
+            tenant: key.tenant.clone(),
+            scopes: key.scopes.clone(),
+        }
+    }
 }
 
 impl Auth {
@@ -48,7 +70,7 @@ impl Auth {
             );
         }
         Self {
-            keys: config.http.api_keys.clone(),
+            keys: config.http.api_keys.iter().map(Key::new).collect(),
             default_tenant: config.ingest.default_tenant.clone(),
         }
     }
@@ -88,11 +110,11 @@ impl Auth {
                     "send an API key as `Authorization: Bearer TOKEN`",
                 )
             })?;
-        let hash = cdp_proto::normalize::sha256_hex(token.trim());
+        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         let key = self
             .keys
             .iter()
-            .find(|k| k.token_sha256.eq_ignore_ascii_case(&hash))
+            .find(|k| k.token_sha256 == Some(digest))
             .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "unknown API key"))?;
         if !any_of.iter().any(|s| key.scopes.contains(s)) {
             return Err(ApiError::new(ErrorCode::Forbidden, needed()));
@@ -280,7 +302,15 @@ pub async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Runs a RocksDB read off the async workers.
+/// Runs a RocksDB read that walks a component or scans (explain, members, command outcomes) or
+/// a bus call off the async workers.
+///
+/// A profile lookup does not come here: it is two to four point reads that RocksDB answers
+/// from its memtables and block cache (or the OS page cache) in microseconds, and handing it to
+/// the blocking pool cost more than the reads: two thread wake-ups per request, which doubled
+/// the server's CPU per lookup (see the README's Performance section). The listener runs on its
+/// own runtime (`http.workers` threads), apart from the pipeline, so the worst case, a read
+/// that waits for the disk, delays that worker's other connections for one read.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -321,14 +351,11 @@ pub async fn profile_by_canonical(
 ) -> ApiResult {
     let caller = api.auth.caller(&headers, &[Scope::Read])?;
     canonical(&id)?;
-    let store = api.store.clone();
-    let wanted = id.clone();
-    let profile = blocking(move || {
-        cdp_resolver::lookup::profile_by_canonical(store.as_ref(), &caller.tenant, &wanted)
-            .map_err(ApiError::internal)
-    })
-    .await?
-    .ok_or_else(|| ApiError::profile_not_found(&id))?;
+    // Point reads, on this worker (see `blocking`).
+    let profile =
+        cdp_resolver::lookup::profile_by_canonical(api.store.as_ref(), &caller.tenant, &id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::profile_not_found(&id))?;
     if profile.canonical_id != id {
         let location = format!("/v1/profiles/{}", profile.canonical_id);
         return Ok((
@@ -338,7 +365,7 @@ pub async fn profile_by_canonical(
         )
             .into_response());
     }
-    Ok(Json(profile).into_response())
+    json_response(&profile)
 }
 
 /// `GET /v1/profiles/{canonical_id}/explain`: the component's identifiers, links, merges and
@@ -374,14 +401,10 @@ pub async fn history(
         return identifier_lookup(api, headers, id, "history".into()).await;
     }
     let caller = api.auth.caller(&headers, &[Scope::Read])?;
-    let store = api.store.clone();
-    let wanted = id.clone();
-    let p = blocking(move || {
-        cdp_resolver::lookup::profile_by_canonical(store.as_ref(), &caller.tenant, &wanted)
-            .map_err(ApiError::internal)
-    })
-    .await?
-    .ok_or_else(|| ApiError::profile_not_found(&id))?;
+    // Point reads, on this worker (see `blocking`).
+    let p = cdp_resolver::lookup::profile_by_canonical(api.store.as_ref(), &caller.tenant, &id)
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::profile_not_found(&id))?;
     Ok(Json(json!({
         "canonical_id": p.canonical_id,
         "version": p.version,
@@ -410,15 +433,21 @@ async fn identifier_lookup(
 ) -> ApiResult {
     let caller = api.auth.caller(&headers, &[Scope::Read])?;
     let id = identifier(&api, &kind, &value)?;
-    let shown = id.clone();
-    let store = api.store.clone();
-    let profile = blocking(move || {
-        cdp_resolver::lookup::profile_by_identifier(store.as_ref(), &caller.tenant, &id)
-            .map_err(ApiError::internal)
-    })
-    .await?
-    .ok_or_else(|| ApiError::profile_not_found(shown))?;
-    Ok(Json(profile).into_response())
+    // Point reads, on this worker (see `blocking`).
+    let profile =
+        cdp_resolver::lookup::profile_by_identifier(api.store.as_ref(), &caller.tenant, &id)
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::profile_not_found(&id))?;
+    json_response(&profile)
+}
+
+/// `value` as a JSON body, written into a buffer the size of a typical profile (axum's `Json`
+/// starts small and regrows it several times).
+fn json_response(value: &impl Serialize) -> ApiResult {
+    let mut body = Vec::with_capacity(4096);
+    serde_json::to_writer(&mut body, value).map_err(ApiError::internal)?;
+    let json = HeaderValue::from_static("application/json");
+    Ok(([(header::CONTENT_TYPE, json)], body).into_response())
 }
 
 /// `DELETE /v1/profiles/{kind}/{value}`: queues the erasure of the person holding the identifier

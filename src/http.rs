@@ -4,7 +4,8 @@
 //! runs ([`ROUTES`], the one table the router is built from and the OpenAPI document is checked
 //! against). It runs on its own thread with a small multi-threaded tokio runtime (`http.workers`
 //! threads), so one slow response does not hold up the probes; bus calls it makes (lag) and
-//! store lookups run on the blocking pool so a slow broker never stalls the listener.
+//! store reads that scan run on the blocking pool so a slow broker never stalls the listener
+//! (profile lookups, a few point reads, run on the workers: see `api::blocking`).
 
 use crate::api::{self, ApiError, CohortApi, ProfileApi};
 use crate::collect::{self, Collector};

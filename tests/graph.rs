@@ -6,7 +6,8 @@ mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
+use std::time::Duration;
 use support::{crm_emails, ok as cdp, output as cdp_raw, read_topic};
 
 fn json(out: &Output) -> Value {
@@ -187,35 +188,14 @@ fn forgetting_a_cohort_member_makes_them_exit() {
 fn commands_say_so_when_another_process_holds_the_data() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let start = || {
-        Command::new(env!("CARGO_BIN_EXE_cdp"))
-            .arg("--data")
-            .arg(&data)
-            .arg("run")
-            .env("CDP_HTTP__LISTEN", "")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cdp run starts")
-    };
-    let mut pipeline = start();
-    // Until the pipeline has opened the data directory the command itself succeeds (and while
-    // the command holds it, the pipeline cannot start: then it is started again).
-    let mut refused = None;
-    for _ in 0..600 {
-        if pipeline.try_wait().unwrap().is_some() {
-            pipeline = start();
-        }
-        let out = cdp_raw(&data, &["graph", "forget", "user_id:nobody"]);
-        if !out.status.success() {
-            refused = Some(stderr(&out));
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    pipeline.kill().unwrap();
-    pipeline.wait().unwrap();
-    let message = refused.expect("the pipeline took the data directory");
+    // The listener is announced only after the stages have opened their stores, so from then
+    // on the data directory is held.
+    let mut run = support::cdp(&data);
+    run.arg("run");
+    let _pipeline = support::Running::spawn(run, "http listening on ", Duration::from_secs(120));
+    let out = cdp_raw(&data, &["graph", "forget", "user_id:nobody"]);
+    assert!(!out.status.success(), "forget ran beside the pipeline");
+    let message = stderr(&out);
     assert!(
         message.contains("in use by another cdp process"),
         "{message}"

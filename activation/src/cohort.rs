@@ -1,12 +1,15 @@
 //! Cohorts compiled from config. An expression that does not parse fails at load with the
 //! cohort key and the position of the error; at evaluation, a missing attribute (no such key)
 //! means "not a member", and any other evaluation error is reported with the cohort key.
+//! Expressions run as native code where they can ([`crate::predicate`]), with the
+//! interpreter's results; the interpreter runs the rest.
 
 use crate::config::CohortConfig;
 use crate::inputs::{known, InputHashes, Reads};
+use crate::predicate::{Compilation, Predicate, Scope, Verdict};
 use crate::view::ProfileView;
 use cdp_proto::{Profile, Timestamp};
-use cel::{Context, Env, Program, Value};
+use cel::{Context, Env, Program, ResolveResult, Value};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,7 +30,10 @@ pub struct Cohort {
     pub config: CohortConfig,
     /// What the expression reads: an update that changes none of it cannot change membership.
     pub reads: Reads,
+    /// Hash of the key and expression, the start of every fingerprint of this cohort's inputs.
+    seed: u64,
     program: Program,
+    predicate: Predicate,
 }
 
 impl std::fmt::Debug for Cohort {
@@ -55,19 +61,51 @@ impl Cohort {
         })?;
         let reads = Reads::of(&config.expression);
         Ok(Self {
+            seed: crate::inputs::seed(&config.key, &config.expression),
+            predicate: Predicate::compile(program.expression()),
             config,
             reads,
             program,
         })
     }
 
+    /// How much of the expression runs as native code.
+    pub fn compilation(&self) -> Compilation {
+        self.predicate.compilation()
+    }
+
+    /// Whether the profile of `scope` is a member: the same result as [`Cohort::matches`] on the
+    /// context of the profile's view, computed natively where the expression allows.
+    pub fn evaluate(&self, scope: &Scope) -> Result<bool, CohortError> {
+        match self.predicate.evaluate(scope) {
+            Verdict::Bool(b) => Ok(b),
+            Verdict::NoSuchKey => Ok(false),
+            Verdict::Interpret => match scope.context() {
+                Ok(ctx) => self.judge(self.program.execute(ctx)),
+                Err(message) => Err(CohortError::Eval {
+                    key: self.config.key.clone(),
+                    message: message.to_string(),
+                }),
+            },
+        }
+    }
+
     pub fn key(&self) -> &str {
         &self.config.key
     }
 
+    /// Where the fingerprints of this cohort's inputs start (see [`InputHashes::fingerprint`]).
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
     /// Whether the profile is a member.
     pub fn matches(&self, ctx: &Context) -> Result<bool, CohortError> {
-        match self.program.execute(ctx) {
+        self.judge(self.program.execute(ctx))
+    }
+
+    fn judge(&self, result: ResolveResult) -> Result<bool, CohortError> {
+        match result {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(CohortError::NotBool {
                 key: self.config.key.clone(),
@@ -104,6 +142,8 @@ pub struct Cohorts {
     pub list: Vec<Cohort>,
     /// CEL's standard library, built once: building it is most of the cost of a fresh context.
     env: Arc<Env>,
+    /// What any cohort reads: what the interpreter's view of a profile must hold.
+    reads: Reads,
 }
 
 impl Default for Cohorts {
@@ -111,6 +151,7 @@ impl Default for Cohorts {
         Self {
             list: Vec::new(),
             env: Arc::new(Env::stdlib()),
+            reads: Reads::nothing(),
         }
     }
 }
@@ -130,8 +171,13 @@ impl Cohorts {
             }
             list.push(Cohort::compile(c.clone())?);
         }
+        let mut reads = Reads::nothing();
+        for c in &list {
+            reads.add(&c.reads);
+        }
         Ok(Self {
             list,
+            reads,
             ..Self::default()
         })
     }
@@ -144,9 +190,9 @@ impl Cohorts {
         Ok(ctx)
     }
 
-    /// Membership of `profile` at `now` in every cohort, in config order, evaluating only the cohorts whose
-    /// inputs are not among `inputs` (fingerprints with results, see [`crate::inputs::known`]):
-    /// the others keep the result they had on the same inputs.
+    /// Membership of `profile` at `now` in every cohort, in config order, evaluating only the
+    /// cohorts whose inputs are not among `inputs` (fingerprints with results, see
+    /// [`crate::inputs::known`]): the others keep the result they had on the same inputs.
     pub fn evaluate_changed(
         &self,
         profile: &Profile,
@@ -154,43 +200,26 @@ impl Cohorts {
         inputs: &[u64],
     ) -> Vec<Outcome> {
         let mut hashes = InputHashes::new(profile, now);
-        let mut outcomes: Vec<Outcome> = self
-            .list
+        // Shared by the cohorts evaluated; the interpreter's context is built only if one needs it.
+        let scope = self.scope(profile, now);
+        self.list
             .iter()
             .map(|c| {
-                let fingerprint = hashes.fingerprint(c.key(), &c.config.expression, &c.reads);
-                let result = known(inputs, fingerprint);
+                let fingerprint = hashes.fingerprint(c.seed, &c.reads);
+                // Evaluated right after its inputs were read, while they are in cache.
+                let known = known(inputs, fingerprint);
                 Outcome {
                     fingerprint,
-                    // Evaluated below when unknown.
-                    result: Ok(result.unwrap_or(false)),
-                    evaluated: result.is_none(),
+                    result: known.map_or_else(|| c.evaluate(&scope), Ok),
+                    evaluated: known.is_none(),
                 }
             })
-            .collect();
-        // One context for the cohorts to evaluate, holding only what they read: often none is.
-        let mut reads = Reads::nothing();
-        for (c, o) in self.list.iter().zip(&outcomes) {
-            if o.evaluated {
-                reads.add(&c.reads);
-            }
-        }
-        if outcomes.iter().all(|o| !o.evaluated) {
-            return outcomes;
-        }
-        let ctx = self.context(&ProfileView::with_reads(profile, now, &reads));
-        for (c, o) in self.list.iter().zip(&mut outcomes) {
-            if o.evaluated {
-                o.result = match &ctx {
-                    Ok(ctx) => c.matches(ctx),
-                    Err(message) => Err(CohortError::Eval {
-                        key: c.key().to_string(),
-                        message: message.clone(),
-                    }),
-                };
-            }
-        }
-        outcomes
+            .collect()
+    }
+
+    /// What cohorts evaluated on `profile` at `now` share (see [`Cohort::evaluate`]).
+    pub fn scope<'p>(&'p self, profile: &'p Profile, now: Timestamp) -> Scope<'p> {
+        Scope::new(profile, now, &self.reads, &self.env)
     }
 
     /// Membership of `view` in every cohort, in config order.

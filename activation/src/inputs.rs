@@ -11,7 +11,6 @@
 use crate::view::{days_since_last_engagement, Counts};
 use cdp_proto::{Profile, Timestamp};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 
 /// The fields of a [`crate::view::ProfileView`], in a fixed order (bit `i` of [`Reads::fields`]).
@@ -212,13 +211,25 @@ pub fn known(inputs: &[u64], fingerprint: u64) -> Option<bool> {
     }
 }
 
+/// The start of a cohort's fingerprints: its key and expression, hashed once at compile time
+/// rather than with every update.
+pub fn seed(key: &str, expression: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    key.hash(&mut h);
+    expression.hash(&mut h);
+    h.finish()
+}
+
 /// Hashes of a profile's fields as cohorts see them at an evaluation time (the values of its
-/// [`crate::view::ProfileView`], computed from the profile without building the view), each computed once
-/// and shared by every cohort.
+/// [`crate::view::ProfileView`], computed from the profile without building the view), each
+/// computed once and shared by every cohort.
 pub struct InputHashes<'p> {
     profile: &'p Profile,
     now: Timestamp,
     fields: [Option<u64>; FIELDS.len()],
+    /// Hashes of the counters read by name so far (absent ones included): several cohorts often
+    /// read the same counter.
+    counters: Vec<(&'p str, u64)>,
 }
 
 impl<'p> InputHashes<'p> {
@@ -227,7 +238,31 @@ impl<'p> InputHashes<'p> {
             profile,
             now,
             fields: [None; FIELDS.len()],
+            counters: Vec::new(),
         }
+    }
+
+    fn counter(&mut self, name: &str) -> u64 {
+        if let Some((_, h)) = self.counters.iter().find(|(n, _)| *n == name) {
+            return *h;
+        }
+        let mut h = DefaultHasher::new();
+        name.hash(&mut h);
+        let entry = self.profile.attributes.counts.get_key_value(name);
+        match entry {
+            Some((_, c)) => {
+                1u8.hash(&mut h);
+                hash_counts(&Counts::of(c, self.now), &mut h);
+            }
+            None => 0u8.hash(&mut h),
+        }
+        let h = h.finish();
+        // Only counters the profile has are remembered (their name outlives `self`); a missing
+        // one costs a lookup and a short hash.
+        if let Some((name, _)) = entry {
+            self.counters.push((name.as_str(), h));
+        }
+        h
     }
 
     fn field(&mut self, i: usize) -> u64 {
@@ -267,11 +302,16 @@ impl<'p> InputHashes<'p> {
             }
             8 => p.consent.0.hash(&mut h),
             _ => {
-                let mut kinds: BTreeMap<&str, i64> = BTreeMap::new();
-                for id in &p.identifiers {
-                    *kinds.entry(id.kind.as_str()).or_default() += 1;
+                // Identifiers are kept sorted, kind first: the kinds come in runs. (Were they
+                // not, equal counts could hash apart: a needless evaluation, never a wrong one.)
+                let mut ids = p.identifiers.iter().map(|id| id.kind.as_str()).peekable();
+                while let Some(kind) = ids.next() {
+                    let mut n = 1u64;
+                    while ids.next_if_eq(&kind).is_some() {
+                        n += 1;
+                    }
+                    (kind, n).hash(&mut h);
                 }
-                kinds.hash(&mut h);
             }
         }
         let h = h.finish();
@@ -279,29 +319,30 @@ impl<'p> InputHashes<'p> {
         h
     }
 
-    /// The fingerprint of what the cohort `key` with `expression` and `reads` sees. Its lowest
-    /// bit is 0 (callers keep the result there).
-    pub fn fingerprint(&mut self, key: &str, expression: &str, reads: &Reads) -> u64 {
-        let mut h = DefaultHasher::new();
-        key.hash(&mut h);
-        expression.hash(&mut h);
+    /// The fingerprint of what the cohort with `seed` (see [`seed`]) and `reads` sees. Its
+    /// lowest bit is 0 (callers keep the result there).
+    pub fn fingerprint(&mut self, seed: u64, reads: &Reads) -> u64 {
+        // The parts are hashes already (SipHash of the values): combining them takes a mix.
+        let mut f = mix(0, seed);
         for i in 0..FIELDS.len() {
             if reads.fields & (1 << i) != 0 {
-                self.field(i).hash(&mut h);
+                f = mix(f, self.field(i));
             }
         }
         for name in &reads.counters {
-            name.hash(&mut h);
-            match self.profile.attributes.counts.get(name) {
-                Some(c) => {
-                    1u8.hash(&mut h);
-                    hash_counts(&Counts::of(c, self.now), &mut h);
-                }
-                None => 0u8.hash(&mut h),
-            }
+            f = mix(f, self.counter(name));
         }
-        h.finish() & !1
+        f & !1
     }
+}
+
+/// Folds the 64-bit hash `x` into `acc`: a multiply and xor-shifts (the finaliser of
+/// SplitMix64), so that every bit of either reaches every bit of the result, in order.
+fn mix(acc: u64, x: u64) -> u64 {
+    let mut z = (acc.rotate_left(23) ^ x).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn hash_counts(c: &Counts, h: &mut DefaultHasher) {
@@ -397,7 +438,7 @@ mod tests {
         p.attributes.lifecycle_stage = Some("lead".into());
         let expr = r#"profile.lifecycle_stage == "lead" && profile.counts["P"].last_7d >= 2"#;
         let reads = Reads::of(expr);
-        let fp = |p: &Profile, at| InputHashes::new(p, at).fingerprint("k", expr, &reads);
+        let fp = |p: &Profile, at| InputHashes::new(p, at).fingerprint(seed("k", expr), &reads);
         let base = fp(&p, now);
         assert_eq!(base & 1, 0);
         assert_eq!(fp(&p, now), base);
@@ -431,13 +472,13 @@ mod tests {
 
         let mut hashes = InputHashes::new(&p, now);
         assert_ne!(
-            hashes.fingerprint("k", expr, &reads),
-            hashes.fingerprint("k2", expr, &reads),
+            hashes.fingerprint(seed("k", expr), &reads),
+            hashes.fingerprint(seed("k2", expr), &reads),
             "another cohort"
         );
         assert_ne!(
-            hashes.fingerprint("k", expr, &reads),
-            hashes.fingerprint("k", "true", &reads),
+            hashes.fingerprint(seed("k", expr), &reads),
+            hashes.fingerprint(seed("k", "true"), &reads),
             "another expression"
         );
     }

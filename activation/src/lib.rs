@@ -1,7 +1,8 @@
 //! Activation: evaluates cohorts on every profile change and publishes who entered and exited,
 //! to the cohort topics and to the destinations each cohort feeds.
 //!
-//! Cohorts are CEL expressions over a [`view::ProfileView`] ([`cohort`]); an update re-evaluates
+//! Cohorts are CEL expressions over a [`view::ProfileView`] ([`cohort`]), run as native code
+//! where they can ([`predicate`]); an update re-evaluates
 //! only the cohorts whose inputs changed ([`inputs`]). Membership lives in
 //! RocksDB ([`membership`]); each batch of profile updates and identity changes is applied with
 //! its outputs (an outbox and per-destination delivery queues) and input offsets in one atomic
@@ -21,6 +22,7 @@ pub mod destination;
 pub mod frequency;
 pub mod inputs;
 pub mod membership;
+pub mod predicate;
 pub mod priority;
 pub mod rules;
 pub mod stage;
@@ -35,6 +37,7 @@ pub use config::{
     FrequencyCapConfig, SuppressionListConfig,
 };
 pub use definitions::{Activation, Definitions, ReloadSummary};
+pub use predicate::{Compilation, Scope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {

@@ -6,7 +6,7 @@ use cdp_proto::{EventCounter, Profile, Timestamp};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Counts {
     pub total: i64,
     pub last_1d: i64,
@@ -15,13 +15,24 @@ pub struct Counts {
 }
 
 impl Counts {
-    /// A counter as seen at `now`.
+    /// A counter as seen at `now`: [`EventCounter::within_days`] for each window, in one pass
+    /// over the days.
     pub fn of(c: &EventCounter, now: Timestamp) -> Self {
+        let today = cdp_proto::time::epoch_day(now);
+        let mut windows = [0u64; 3];
+        for (day, n) in c.daily.range(today - 29..=today) {
+            let age = today - day;
+            for (w, days) in windows.iter_mut().zip([1, 7, 30]) {
+                if age < days {
+                    *w += n;
+                }
+            }
+        }
         Self {
             total: c.total as i64,
-            last_1d: c.within_days(now, 1) as i64,
-            last_7d: c.within_days(now, 7) as i64,
-            last_30d: c.within_days(now, 30) as i64,
+            last_1d: windows[0] as i64,
+            last_7d: windows[1] as i64,
+            last_30d: windows[2] as i64,
         }
     }
 }
@@ -114,6 +125,34 @@ impl ProfileView {
                 BTreeMap::new()
             },
             identifiers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cdp_proto::time::from_millis;
+
+    #[test]
+    fn counts_window_as_the_counter_does() {
+        let now = from_millis(1_700_000_000_000);
+        let mut c = EventCounter::default();
+        for days_ago in [0, 0, 1, 6, 7, 20, 29, 30, 31] {
+            c.record(now - chrono::Duration::days(days_ago));
+        }
+        for at in [
+            now,
+            now + chrono::Duration::days(3),
+            now - chrono::Duration::days(2),
+        ] {
+            let expected = Counts {
+                total: c.total as i64,
+                last_1d: c.within_days(at, 1) as i64,
+                last_7d: c.within_days(at, 7) as i64,
+                last_30d: c.within_days(at, 30) as i64,
+            };
+            assert_eq!(Counts::of(&c, at), expected);
         }
     }
 }

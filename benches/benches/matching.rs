@@ -1,12 +1,22 @@
 //! Probabilistic matching cost per record against the number of profiles: builds a RocksDB
 //! graph of N synthetic CRM person records (matching on, so the blocking index is filled),
 //! then applies probe records (each in a transaction that is not committed, so the graph stays
-//! at N) with and without matching, and prints the time per record and the pairs compared.
-//! The claim under test: a record costs O(block size), not O(N).
+//! at N) with and without matching, and prints the time per record, the pairs compared and the
+//! time per pair. The claim under test: a record costs O(block size), not O(N).
+//!
+//! Two populations:
+//! - `census` (the default): vocabularies that grow with the population, as real ones do.
+//!   Surnames follow a Zipf–Mandelbrot law, p(rank r) ∝ 1/(r + 10), over a pool of N/10
+//!   surnames: the most common is ~1% of people and the top 1,000 about half, as in census
+//!   surname tables (Smith is 0.8% of the US, the top 1,000 names 42%). First names follow
+//!   1/(r + 5) over N/100 names (at least 500). Postcodes: one per 40 people (about 16
+//!   households of 2.5, the size of a UK postcode or a US ZIP+4). Birth dates over 65 years.
+//! - `small-pools` (`CDP_BENCH_MATCHING_NAMES=FIRST,LAST`, e.g. `100,1000`): the adversarial
+//!   case, fixed uniform pools of names and 20,000 postcodes whatever N, so name blocks grow
+//!   linearly with N until `max_block_size` marks them oversized.
 //!
 //! `cargo bench -p cdp-benches --bench matching` (sizes: CDP_BENCH_MATCHING_SIZES, default
-//! `10000,100000`; name pools: CDP_BENCH_MATCHING_NAMES=`FIRST,LAST`, default `100,1000`; small
-//! pools make common names, whose blocks fill up to `max_block_size`).
+//! `10000,100000`; probes per size: CDP_BENCH_MATCHING_PROBES, default 5000).
 
 use cdp_proto::time::from_millis;
 use cdp_proto::{Identifier, IdentifierKind, Signal, Source};
@@ -28,124 +38,275 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn word(x: u64, syllables: u32) -> String {
-    (0..syllables)
-        .map(|i| SYLLABLES[(mix(x + u64::from(i)) % 24) as usize])
-        .collect()
+/// A made-up word for `x`, distinct for distinct `x` below 24^`min_syllables` (its digits in
+/// base 24, each a syllable), longer for larger `x`.
+fn word(x: u64, min_syllables: u32) -> String {
+    let mut out = String::new();
+    let mut rest = x;
+    let mut n = 0;
+    while n < min_syllables || rest > 0 {
+        out.push_str(SYLLABLES[(rest % 24) as usize]);
+        rest /= 24;
+        n += 1;
+    }
+    out
 }
 
-/// Person `n` of population `seed`: names from pools of `first` and `last` names, a birth date
-/// among 20,000 days, a postcode among 20,000.
-fn person(seed: u64, n: u64, (first, last): (u64, u64)) -> Signal {
-    let h = |k: u64| mix(mix(seed << 40 ^ n) ^ k);
-    let traits = [
-        ("first_name", word(h(1) % first, 2)),
-        ("last_name", word(1_000_000 + h(2) % last, 3)),
-        (
-            "birth_date",
-            format!(
-                "{}-{:02}-{:02}",
-                1940 + h(3) % 60,
-                1 + h(4) % 12,
-                1 + h(5) % 28
-            ),
-        ),
-        ("postal_code", format!("{:05}", h(6) % 20_000)),
-        ("city", word(2_000_000 + h(7) % 300, 2)),
-    ];
-    let t = from_millis(1_700_000_000_000 + n as i64);
-    Signal {
-        tenant: "bench".into(),
-        source: Source::Crm,
-        event_id: format!("{seed}-{n}"),
-        event_time: t,
-        received_at: t,
-        identifiers: vec![Identifier::new(
-            IdentifierKind::CrmId,
-            format!("sf:{seed}:{n}"),
-        )],
-        links: Vec::new(),
-        event: None,
-        traits: traits
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
-            .collect(),
-        consent: Default::default(),
+/// A Zipf–Mandelbrot law over `size` ranks, p(r) ∝ 1/(r + offset), drawn by inverting its
+/// cumulative distribution.
+struct Zipf {
+    cumulative: Vec<f64>,
+}
+
+impl Zipf {
+    fn new(size: u64, offset: f64) -> Self {
+        let mut total = 0.0;
+        let mut cumulative: Vec<f64> = (1..=size)
+            .map(|r| {
+                total += 1.0 / (r as f64 + offset);
+                total
+            })
+            .collect();
+        for c in &mut cumulative {
+            *c /= total;
+        }
+        Self { cumulative }
+    }
+
+    /// The rank (from 0) at uniform draw `u` in [0, 1).
+    fn rank(&self, u: f64) -> u64 {
+        self.cumulative.partition_point(|c| *c <= u) as u64
+    }
+
+    /// The share of people the `k` most common values cover.
+    fn top(&self, k: usize) -> f64 {
+        self.cumulative[k.min(self.cumulative.len()) - 1]
     }
 }
 
-/// Mean and p99 time per probe, and pairs compared per probe.
+/// How the bench's people are drawn.
+enum Population {
+    Census {
+        first: Zipf,
+        last: Zipf,
+        postcodes: u64,
+    },
+    SmallPools {
+        first: u64,
+        last: u64,
+    },
+}
+
+impl Population {
+    fn census(n: u64) -> Self {
+        Population::Census {
+            first: Zipf::new((n / 100).max(500), 5.0),
+            last: Zipf::new((n / 10).max(1000), 10.0),
+            postcodes: (n / 40).max(1),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Population::Census {
+                first,
+                last,
+                postcodes,
+            } => format!(
+                "census: {} first names (top one {:.1}%), {} surnames (top one {:.2}%, top 1,000 {:.0}%), {postcodes} postcodes",
+                first.cumulative.len(),
+                first.top(1) * 100.0,
+                last.cumulative.len(),
+                last.top(1) * 100.0,
+                last.top(1000) * 100.0,
+            ),
+            Population::SmallPools { first, last } => format!(
+                "small pools: {first} first names, {last} surnames, 20000 postcodes (uniform)"
+            ),
+        }
+    }
+
+    /// Person `n` of population `seed`.
+    fn person(&self, seed: u64, n: u64) -> Signal {
+        let h = |k: u64| mix(mix(seed << 40 ^ n) ^ k);
+        let unit = |k: u64| (h(k) >> 11) as f64 / (1u64 << 53) as f64;
+        let (first, last, postcode) = match self {
+            Population::Census {
+                first,
+                last,
+                postcodes,
+            } => (
+                word(first.rank(unit(1)), 2),
+                word(1_000_000 + last.rank(unit(2)), 3),
+                h(6) % postcodes,
+            ),
+            Population::SmallPools { first, last } => (
+                word(h(1) % first, 2),
+                word(1_000_000 + h(2) % last, 3),
+                h(6) % 20_000,
+            ),
+        };
+        let traits = [
+            ("first_name", first),
+            ("last_name", last),
+            (
+                "birth_date",
+                format!(
+                    "{}-{:02}-{:02}",
+                    1940 + h(3) % 65,
+                    1 + h(4) % 12,
+                    1 + h(5) % 28
+                ),
+            ),
+            ("postal_code", format!("{postcode:06}")),
+            ("city", word(2_000_000 + h(7) % 300, 2)),
+        ];
+        let t = from_millis(1_700_000_000_000 + n as i64);
+        Signal {
+            tenant: "bench".into(),
+            source: Source::Crm,
+            event_id: format!("{seed}-{n}"),
+            event_time: t,
+            received_at: t,
+            identifiers: vec![Identifier::new(
+                IdentifierKind::CrmId,
+                format!("sf:{seed}:{n}"),
+            )],
+            links: Vec::new(),
+            event: None,
+            traits: traits
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), serde_json::Value::from(v)))
+                .collect(),
+            consent: Default::default(),
+        }
+    }
+}
+
+/// What the probes measured.
+struct Probed {
+    mean: Duration,
+    /// The median: on a shared machine, a few probes stalled by other work move the mean.
+    p50: Duration,
+    p99: Duration,
+    /// Pairs compared, and blocking keys skipped as oversized, per probe.
+    pairs: f64,
+    skipped: f64,
+}
+
+/// Probes with `matching` and with `plain`, interleaved record by record, so that background
+/// work (compaction after the build, other processes) weighs on both alike.
 fn probe(
     store: &RocksStore,
-    r: &Resolver,
+    (matching, plain): (&Resolver, &Resolver),
     probes: u64,
-    pools: (u64, u64),
-) -> (Duration, Duration, f64) {
-    let mut times = Vec::with_capacity(probes as usize);
-    let mut compared = 0;
+    population: &Population,
+) -> (Probed, Probed) {
+    let mut times = [
+        Vec::with_capacity(probes as usize),
+        Vec::with_capacity(probes as usize),
+    ];
+    let mut counts = [(0, 0), (0, 0)];
     for p in 0..probes {
-        let s = person(99, p, pools);
-        let started = Instant::now();
-        let mut txn = Txn::begin(store).expect("txn");
-        let mut batch = Batch::default();
-        r.apply(&mut txn, &s, &mut batch).expect("apply");
-        compared += r.finish(&mut txn, batch).expect("finish").compared;
-        times.push(started.elapsed());
+        let s = population.person(99, p);
+        for (i, r) in [matching, plain].into_iter().enumerate() {
+            let started = Instant::now();
+            let mut txn = Txn::begin(store).expect("txn");
+            let mut batch = Batch::default();
+            r.apply(&mut txn, &s, &mut batch).expect("apply");
+            let out = r.finish(&mut txn, batch).expect("finish");
+            times[i].push(started.elapsed());
+            counts[i].0 += out.compared;
+            counts[i].1 += out.blocks_skipped;
+        }
     }
-    times.sort();
-    let mean = times.iter().sum::<Duration>() / probes as u32;
-    let p99 = times[(times.len() * 99 / 100).min(times.len() - 1)];
-    (mean, p99, compared as f64 / probes as f64)
+    let summary = |times: &mut Vec<Duration>, (compared, skipped): (u64, u64)| {
+        times.sort();
+        Probed {
+            mean: times.iter().sum::<Duration>() / probes as u32,
+            p50: times[times.len() / 2],
+            p99: times[(times.len() * 99 / 100).min(times.len() - 1)],
+            pairs: compared as f64 / probes as f64,
+            skipped: skipped as f64 / probes as f64,
+        }
+    };
+    let [m, p] = &mut times;
+    (summary(m, counts[0]), summary(p, counts[1]))
 }
 
 fn main() {
-    let sizes: Vec<u64> = std::env::var("CDP_BENCH_MATCHING_SIZES")
-        .unwrap_or_else(|_| "10000,100000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let pools: Vec<u64> = std::env::var("CDP_BENCH_MATCHING_NAMES")
-        .unwrap_or_else(|_| "100,1000".into())
-        .split(',')
-        .filter_map(|s| s.trim().parse().ok())
-        .collect();
-    let pools = match pools[..] {
-        [first, last] if first > 0 && last > 0 => (first, last),
-        _ => panic!("CDP_BENCH_MATCHING_NAMES must be FIRST,LAST pool sizes"),
+    let list = |name: &str, default: &str| -> Vec<u64> {
+        std::env::var(name)
+            .unwrap_or_else(|_| default.into())
+            .split(',')
+            .filter_map(|s| s.trim().parse().ok())
+            .collect()
     };
-    println!(
-        "name pools: {} first names, {} last names",
-        pools.0, pools.1
-    );
+    let sizes = list("CDP_BENCH_MATCHING_SIZES", "10000,100000");
+    let probes = list("CDP_BENCH_MATCHING_PROBES", "5000")
+        .first()
+        .copied()
+        .filter(|p| *p > 0)
+        .expect("CDP_BENCH_MATCHING_PROBES must be a positive number");
+    let small_pools = match std::env::var("CDP_BENCH_MATCHING_NAMES") {
+        Err(_) => None,
+        Ok(_) => match list("CDP_BENCH_MATCHING_NAMES", "")[..] {
+            [first, last] if first > 0 && last > 0 => Some((first, last)),
+            _ => panic!("CDP_BENCH_MATCHING_NAMES must be FIRST,LAST pool sizes"),
+        },
+    };
     let mut config = ResolverConfig::default();
     config.matching.enabled = true;
+    println!("max_block_size {}", config.matching.max_block_size);
     let matching = Resolver::from_config(&config).expect("matching config");
     let plain = Resolver::new(config.policy.clone());
-    println!("profiles  with matching (mean / p99)  without (mean / p99)  pairs/record");
     for n in sizes {
+        let population = match small_pools {
+            Some((first, last)) => Population::SmallPools { first, last },
+            None => Population::census(n),
+        };
+        println!("{n} profiles, {}", population.describe());
         let dir = tempfile::tempdir().expect("tempdir");
         let store = RocksStore::open(dir.path()).expect("store");
+        let started = Instant::now();
         let mut next = 0;
         while next < n {
             let mut txn = Txn::begin(&store).expect("txn");
             let mut batch = Batch::default();
             for _ in 0..2000.min(n - next) {
                 matching
-                    .apply(&mut txn, &person(1, next, pools), &mut batch)
+                    .apply(&mut txn, &population.person(1, next), &mut batch)
                     .expect("apply");
                 next += 1;
             }
             matching.finish(&mut txn, batch).expect("finish");
             txn.commit().expect("commit");
         }
-        let (m_mean, m_p99, pairs) = probe(&store, &matching, 5000, pools);
-        let (p_mean, p_p99, _) = probe(&store, &plain, 5000, pools);
         println!(
-            "{n:>8}  {:>9.1} / {:>7.1} us          {:>7.1} / {:>7.1} us    {pairs:.2}",
-            m_mean.as_secs_f64() * 1e6,
-            m_p99.as_secs_f64() * 1e6,
-            p_mean.as_secs_f64() * 1e6,
-            p_p99.as_secs_f64() * 1e6,
+            "  built in {:.1} s ({:.0} records/s with matching, batches of 2,000)",
+            started.elapsed().as_secs_f64(),
+            n as f64 / started.elapsed().as_secs_f64()
+        );
+        let (m, p) = probe(&store, (&matching, &plain), probes, &population);
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let per_pair = if m.pairs > 0.0 {
+            format!("{:.2} us", (us(m.p50) - us(p.p50)) / m.pairs)
+        } else {
+            "-".into()
+        };
+        println!(
+            "  with matching {:.1} / {:.1} / {:.1} us (median / mean / p99), without {:.1} / {:.1} / {:.1} us",
+            us(m.p50),
+            us(m.mean),
+            us(m.p99),
+            us(p.p50),
+            us(p.mean),
+            us(p.p99),
+        );
+        println!(
+            "  {:.2} pairs compared/record, {per_pair}/pair (median matching time over pairs), \
+             {:.2} oversized keys skipped/record",
+            m.pairs, m.skipped,
         );
     }
 }

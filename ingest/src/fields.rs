@@ -7,11 +7,12 @@
 use crate::json::{Json, Obj};
 use crate::rejection::{self, missing, wrong_type};
 use cdp_proto::dlq::Rejection;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 
-/// Properties and traits as a signal carries them.
-pub(crate) type Object = Map<String, Value>;
+/// Properties and traits as a signal carries them (so a parser's map becomes the signal's as is).
+pub(crate) type Object = BTreeMap<String, Value>;
 
 /// A JSON object of the payload and its path from the root of the message (empty at the root).
 #[derive(Clone, Copy)]
@@ -23,6 +24,11 @@ pub(crate) struct Fields<'a> {
 impl<'a> Fields<'a> {
     pub(crate) fn root(obj: &'a Obj<'a>) -> Self {
         Self { obj, path: "" }
+    }
+
+    /// An object found at `path` (a typed message's `context`).
+    pub(crate) fn at(obj: &'a Obj<'a>, path: &'static str) -> Self {
+        Self { obj, path }
     }
 
     /// The entries, sorted by key (see [`Obj::entries`]).
@@ -64,49 +70,23 @@ impl<'a> Fields<'a> {
     }
 
     pub(crate) fn str(&self, key: &str) -> Result<Option<&'a str>, Rejection> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(Json::Str(s)) => Ok(Some(s)),
-            Some(_) => Err(wrong_type(&self.name(key), "a string")),
-        }
+        str_of(self.get(key), || self.name(key))
     }
 
     /// A string that must be present and not blank.
     pub(crate) fn required_str(&self, key: &str) -> Result<&'a str, Rejection> {
-        match self.str(key)? {
-            Some(s) if !s.trim().is_empty() => Ok(s),
-            _ => Err(missing(&self.name(key))),
-        }
+        required_str_of(self.get(key), || self.name(key))
     }
 
     /// An id-like value: a string, or an integer that a source sent unquoted (numeric user ids
     /// and phone numbers are common). Floats, booleans, arrays and objects are wrong.
     pub(crate) fn id_text(&self, key: &str) -> Result<Option<Cow<'a, str>>, Rejection> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => id_value(v)
-                .map(Some)
-                .ok_or_else(|| wrong_type(&self.name(key), "a string or an integer")),
-        }
+        id_text_of(self.get(key), || self.name(key))
     }
 
     /// A record id that becomes part of `Signal.event_id`: required, not blank, bounded.
     pub(crate) fn record_id(&self, key: &str) -> Result<Cow<'a, str>, Rejection> {
-        let id = self.id_text(key)?.ok_or_else(|| missing(&self.name(key)))?;
-        let trimmed_len = id.trim().len();
-        if trimmed_len == 0 {
-            return Err(missing(&self.name(key)));
-        }
-        if id.len() > MAX_RECORD_ID_BYTES {
-            return Err(Rejection::new(
-                rejection::OVERSIZE,
-                format!(
-                    "field `{}` is longer than {MAX_RECORD_ID_BYTES} bytes",
-                    self.name(key)
-                ),
-            ));
-        }
-        Ok(id)
+        record_id_of(self.get(key), || self.name(key))
     }
 
     /// A flag that sources send as a JSON boolean or as text (`"true"`, `"Yes"`, `"1"`).
@@ -134,10 +114,69 @@ impl<'a> Fields<'a> {
     pub(crate) fn map(&self, key: &str) -> Result<Object, Rejection> {
         match self.get(key) {
             None => Ok(Object::new()),
-            Some(Json::Object(obj)) => Ok(obj.to_map()),
+            Some(Json::Object(obj)) => Ok(obj.to_object()),
             Some(_) => Err(wrong_type(&self.name(key), "an object")),
         }
     }
+}
+
+/// The accessors of [`Fields`] for a value already looked up (`None` when absent or null), so
+/// that typed messages ([`crate::message`]) check their fields exactly as [`Fields`] does.
+/// `name` gives the field's dotted name, for the rejection only.
+pub(crate) fn str_of<'a>(
+    v: Option<&'a Json<'_>>,
+    name: impl FnOnce() -> String,
+) -> Result<Option<&'a str>, Rejection> {
+    match v {
+        None => Ok(None),
+        Some(Json::Str(s)) => Ok(Some(s)),
+        Some(_) => Err(wrong_type(&name(), "a string")),
+    }
+}
+
+/// See [`Fields::required_str`].
+pub(crate) fn required_str_of<'a>(
+    v: Option<&'a Json<'_>>,
+    name: impl Fn() -> String,
+) -> Result<&'a str, Rejection> {
+    match str_of(v, &name)? {
+        Some(s) if !s.trim().is_empty() => Ok(s),
+        _ => Err(missing(&name())),
+    }
+}
+
+/// See [`Fields::id_text`].
+pub(crate) fn id_text_of<'a>(
+    v: Option<&'a Json<'_>>,
+    name: impl FnOnce() -> String,
+) -> Result<Option<Cow<'a, str>>, Rejection> {
+    match v {
+        None => Ok(None),
+        Some(v) => id_value(v)
+            .map(Some)
+            .ok_or_else(|| wrong_type(&name(), "a string or an integer")),
+    }
+}
+
+/// See [`Fields::record_id`].
+pub(crate) fn record_id_of<'a>(
+    v: Option<&'a Json<'_>>,
+    name: impl Fn() -> String,
+) -> Result<Cow<'a, str>, Rejection> {
+    let id = id_text_of(v, &name)?.ok_or_else(|| missing(&name()))?;
+    if id.trim().is_empty() {
+        return Err(missing(&name()));
+    }
+    if id.len() > MAX_RECORD_ID_BYTES {
+        return Err(Rejection::new(
+            rejection::OVERSIZE,
+            format!(
+                "field `{}` is longer than {MAX_RECORD_ID_BYTES} bytes",
+                name()
+            ),
+        ));
+    }
+    Ok(id)
 }
 
 /// Longest record id accepted into `Signal.event_id`.

@@ -95,6 +95,15 @@ impl<'a> Obj<'a> {
         }
         map
     }
+
+    /// The map serde_json would have read, as the `BTreeMap` a signal carries.
+    pub(crate) fn to_object(&self) -> std::collections::BTreeMap<String, Value> {
+        let mut map = std::collections::BTreeMap::new();
+        for (k, v) in &self.0 {
+            map.insert(k.to_string(), v.to_value());
+        }
+        map
+    }
 }
 
 /// Keys of a Segment message's `context` that some parser reads. The others (`library`,
@@ -190,7 +199,7 @@ impl<'de> Visitor<'de> for MessageVisitor {
 
 /// A message's `context`: an object keeps only [`SEGMENT_CONTEXT_KEYS`]; anything else is read
 /// as it is (the parser rejects a context that is not an object).
-struct Context;
+pub(crate) struct Context;
 
 impl<'de> de::DeserializeSeed<'de> for Context {
     type Value = Json<'de>;
@@ -255,7 +264,7 @@ impl<'de> Visitor<'de> for BatchVisitor {
 
 /// A value read through exactly the parser calls [`Json`] makes (so it is checked the same way:
 /// escapes, number range, nesting depth), of which nothing is kept.
-struct Unkept;
+pub(crate) struct Unkept;
 
 impl<'de> Deserialize<'de> for Unkept {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -393,7 +402,7 @@ impl<'de> Visitor<'de> for JsonVisitor {
 
 /// An object key, borrowed from the payload when it has no escapes (serde's `Cow<str>` always
 /// copies).
-struct Key<'a>(Cow<'a, str>);
+pub(crate) struct Key<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

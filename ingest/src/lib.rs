@@ -6,8 +6,9 @@
 //! appear in logs or rejection messages), and its identity assertions made explicit as links
 //! ([`links`] has the rule table). A record that cannot be used goes to the DLQ with a stable
 //! code ([`rejection`]); an identifier value that cannot be used is dropped and counted
-//! ([`DroppedIdentifiers`]) while the event is kept. Payloads are read into a borrowed JSON tree
-//! (`json`), not `serde_json::Value`, so a record costs few allocations. Consent statements
+//! ([`DroppedIdentifiers`]) while the event is kept. Segment payloads are read into typed,
+//! borrowed messages (`message`), other payloads into a borrowed JSON tree (`json`), never
+//! `serde_json::Value`, so a record costs few allocations. Consent statements
 //! land in the signal, and an event that denies identity consent asserts no links ([`consent`]).
 //! [`stage`] runs this over the bus, dropping retried events ([`dedup`]) and counting what it
 //! did ([`metrics`]); [`workload`] writes a realistic raw data set with its ground truth.
@@ -25,6 +26,7 @@ mod identifiers;
 mod json;
 pub mod links;
 pub mod media;
+mod message;
 pub mod metrics;
 pub mod normalize;
 mod query;

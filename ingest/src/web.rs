@@ -27,27 +27,25 @@ pub(crate) fn parse(obj: &Obj<'_>, cx: &mut Context<'_>) -> Result<Vec<Signal>, 
     segment::parse(obj, cx, Flavor::Web)
 }
 
-/// Click ids and campaign parameters of the page the event happened on.
+/// `context.page.url`, the landing page's address when the browser library sent it.
+pub(crate) fn page_url<'a>(context: Option<Fields<'a>>) -> Result<Option<&'a str>, Rejection> {
+    match context {
+        Some(c) => match c.child("page", "context.page")? {
+            Some(page) => page.str("url"),
+            None => Ok(None),
+        },
+        None => Ok(None),
+    }
+}
+
+/// Click ids and campaign parameters of the page the event happened on: `url` is
+/// [`page_url`], else the message's `properties.url`.
 pub(crate) fn landing_page(
-    message: Fields<'_>,
+    url: Option<&str>,
     context: Option<Fields<'_>>,
     ids: &mut IdentifierSet<'_>,
     properties: &mut Object,
 ) -> Result<(), Rejection> {
-    let page_url = match context {
-        Some(c) => match c.child("page", "context.page")? {
-            Some(page) => page.str("url")?,
-            None => None,
-        },
-        None => None,
-    };
-    let url = match page_url {
-        Some(url) => Some(url),
-        None => match message.child("properties", "properties")? {
-            Some(p) => p.str("url")?,
-            None => None,
-        },
-    };
     if let Some(url) = url {
         for (key, value) in query::pairs(url) {
             if value.is_empty() {

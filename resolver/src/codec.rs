@@ -1,12 +1,17 @@
-//! The binary form of the records the resolver keeps in its own store (profiles and nodes).
-//! They are read and written for nearly every signal, and JSON cost more than the graph logic;
-//! this form is a few varints and length-prefixed strings. JSON stays on the topics, where
-//! people read it. Every record starts with a format byte, so a change of layout is detected
-//! rather than misread. Trait values are arbitrary JSON and are kept as JSON text.
+//! The binary form of the records the resolver keeps in its own store (profiles, nodes and
+//! links). They are read and written for nearly every signal, and JSON cost more than the graph
+//! logic; this form is a few varints and length-prefixed strings. A rebuild reads every link of
+//! a tenant, so links also decode to a borrowed [`LinkHead`] without allocating. Links written
+//! as JSON by an older version still read (a JSON object starts with `{`, never the format
+//! byte). JSON stays on the topics, where people read it. Every record starts with a format
+//! byte, so a change of layout is detected rather than misread. Trait values are arbitrary JSON
+//! and are kept as JSON text.
 
+use crate::link::{EndRef, Link, LinkDecision, LinkHead};
 use crate::txn::NodeRecord;
 use cdp_proto::profile::{Attributes, EventCounter, MergeRecord};
 use cdp_proto::{Consent, Identifier, IdentifierKind, Profile, Source, Timestamp};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 const FORMAT: u8 = 1;
@@ -106,6 +111,132 @@ pub fn decode_node(b: &[u8]) -> Result<NodeRecord> {
     };
     r.end()?;
     Ok(n)
+}
+
+pub fn encode_link(l: &Link) -> Vec<u8> {
+    let Link {
+        id,
+        tenant,
+        a,
+        b,
+        rule,
+        confidence,
+        observed_at,
+        signal_id,
+        decision,
+        evidence,
+    } = l;
+    // Evidence (probabilistic links, a few) has the shape matching gives it: such a link stays
+    // JSON, as it always was, so its numbers read back exactly as the JSON reader makes them.
+    if evidence.is_some() {
+        return serde_json::to_vec(l).expect("a link serialises");
+    }
+    let mut w = Writer(Vec::with_capacity(128));
+    w.0.push(FORMAT);
+    w.uint(*id);
+    w.str(tenant);
+    w.identifier(a);
+    w.identifier(b);
+    w.str(rule);
+    w.0.extend_from_slice(&confidence.to_le_bytes());
+    w.time(observed_at);
+    w.str(signal_id);
+    match decision {
+        LinkDecision::Accepted => w.0.push(0),
+        LinkDecision::Candidate => w.0.push(1),
+        LinkDecision::Refused(reason) => {
+            w.0.push(2);
+            w.str(reason);
+        }
+        LinkDecision::Removed(reason) => {
+            w.0.push(3);
+            w.str(reason);
+        }
+    }
+    w.0
+}
+
+pub fn decode_link(b: &[u8]) -> Result<Link> {
+    if b.first() == Some(&b'{') {
+        return serde_json::from_slice(b).map_err(|_| DecodeError("link JSON"));
+    }
+    let mut r = Reader::new(b)?;
+    let link = Link {
+        id: r.uint()?,
+        tenant: r.string()?,
+        a: r.identifier()?,
+        b: r.identifier()?,
+        rule: r.string()?,
+        confidence: r.f64()?,
+        observed_at: r.time()?,
+        signal_id: r.string()?,
+        decision: match r.byte()? {
+            0 => LinkDecision::Accepted,
+            1 => LinkDecision::Candidate,
+            2 => LinkDecision::Refused(r.string()?),
+            3 => LinkDecision::Removed(r.string()?),
+            _ => return Err(DecodeError("link decision")),
+        },
+        evidence: None,
+    };
+    r.end()?;
+    Ok(link)
+}
+
+/// What a replay reads of a link, borrowed from its stored form.
+pub fn decode_link_head(b: &[u8]) -> Result<LinkHead<'_>> {
+    if b.first() == Some(&b'{') {
+        let json: crate::link::LinkJsonHead =
+            serde_json::from_slice(b).map_err(|_| DecodeError("link JSON"))?;
+        return json.head().ok_or(DecodeError("link observed_at"));
+    }
+    let mut r = Reader::new(b)?;
+    fn end<'a>(r: &mut Reader<'a>) -> Result<EndRef<'a>> {
+        Ok(EndRef {
+            kind: Cow::Borrowed(r.str()?),
+            value: Cow::Borrowed(r.str()?),
+        })
+    }
+    let id = r.uint()?;
+    let tenant = Cow::Borrowed(r.str()?);
+    let (a, b) = (end(&mut r)?, end(&mut r)?);
+    let rule = Cow::Borrowed(r.str()?);
+    let confidence = r.f64()?;
+    let secs = r.int()?;
+    let nanos = r.uint()?;
+    if nanos >= 1_000_000_000 {
+        return Err(DecodeError("nanoseconds"));
+    }
+    let observed_at_ms = secs
+        .checked_mul(1000)
+        .and_then(|ms| ms.checked_add((nanos / 1_000_000) as i64))
+        .ok_or(DecodeError("time out of range"))?;
+    r.str()?;
+    let decision = match r.byte()? {
+        0 => LinkDecision::Accepted.tag(),
+        1 => LinkDecision::Candidate.tag(),
+        2 => {
+            r.str()?;
+            "refused"
+        }
+        3 => {
+            r.str()?;
+            "removed"
+        }
+        _ => return Err(DecodeError("link decision")),
+    };
+    r.end()?;
+    Ok(LinkHead {
+        id,
+        tenant,
+        a,
+        b,
+        rule,
+        confidence,
+        observed_at_ms,
+        decision: Cow::Borrowed(decision),
+        has_evidence: false,
+    })
 }
 
 struct Writer(Vec<u8>);
@@ -456,6 +587,57 @@ mod tests {
             identifier: p.identifiers[1].clone(),
         };
         assert_eq!(decode_node(&encode_node(&n)).unwrap(), n);
+    }
+
+    fn links() -> Vec<Link> {
+        let base = Link {
+            id: 1 << 33,
+            tenant: "acme".into(),
+            a: Identifier::new(IdentifierKind::UserId, "u\"1"),
+            b: Identifier::new(IdentifierKind::Custom("member_no".into()), "ü-7"),
+            rule: "deterministic_login".into(),
+            confidence: 0.97,
+            observed_at: from_millis(-1_700_000_000_123) + chrono::Duration::nanoseconds(456),
+            signal_id: "evt-1".into(),
+            decision: LinkDecision::Accepted,
+            evidence: None,
+        };
+        [
+            LinkDecision::Accepted,
+            LinkDecision::Candidate,
+            LinkDecision::Refused("kind_limit:user_id".into()),
+            LinkDecision::Removed("unmerge:c1".into()),
+        ]
+        .into_iter()
+        .map(|decision| Link {
+            decision,
+            ..base.clone()
+        })
+        .collect()
+    }
+
+    #[test]
+    fn links_read_back_as_written_and_as_json() {
+        for link in links() {
+            for bytes in [encode_link(&link), serde_json::to_vec(&link).unwrap()] {
+                assert_eq!(decode_link(&bytes).unwrap(), link);
+                let head = decode_link_head(&bytes).unwrap();
+                assert_eq!(head.id, link.id);
+                assert_eq!(head.tenant, link.tenant);
+                assert_eq!((&*head.a.kind, &*head.a.value), ("user_id", "u\"1"));
+                assert_eq!((&*head.b.kind, &*head.b.value), ("member_no", "ü-7"));
+                assert_eq!(head.rule, link.rule);
+                assert_eq!(head.confidence, link.confidence);
+                assert_eq!(head.observed_at_ms, link.observed_at.timestamp_millis());
+                assert_eq!(head.decision, link.decision.tag());
+                assert!(!head.has_evidence);
+            }
+        }
+        let bytes = encode_link(&links()[2]);
+        for cut in 0..bytes.len() {
+            assert!(decode_link(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(decode_link_head(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
     }
 
     #[test]

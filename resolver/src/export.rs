@@ -6,7 +6,6 @@
 
 use crate::link::Link;
 use crate::store::{Cf, GraphStore, Op};
-use crate::txn::decode_json;
 use crate::{ResolverError, Result};
 use cdp_proto::Profile;
 use rocksdb::{IteratorMode, Options, DB};
@@ -56,7 +55,7 @@ impl ExportView {
     /// Every link of the log (accepted, refused, candidate, removed), in link-id order.
     pub fn links(&self) -> impl Iterator<Item = Result<Link>> + '_ {
         self.values(Cf::Links)
-            .map(|item| item.and_then(|v| decode_json(Cf::Links, &v)))
+            .map(|item| item.and_then(|v| crate::txn::decode_link(&v)))
     }
 
     fn values(&self, cf: Cf) -> impl Iterator<Item = Result<Box<[u8]>>> + '_ {

@@ -5,7 +5,6 @@
 use crate::command::{CommandOutcome, CommandStatus, GraphCommand, Target};
 use crate::component::{self, Component};
 use crate::matching::blocking;
-use crate::matching::field::{Field, Record};
 use crate::tombstone::Tombstone;
 use crate::txn::Txn;
 use crate::Result;
@@ -82,22 +81,17 @@ fn erase(
 }
 
 /// Takes the profile's nodes out of the blocking index, so no later record lists or is compared
-/// with them. The keys are those of the profile's traits: the values its records set last,
-/// which are the keys its nodes were filed under unless a later record changed a name, date or
-/// postcode. Every comparison field is read (whatever the tenant compares): a key a node was
-/// never filed under finds nothing to take out and is left unwritten. A key from an overwritten
-/// value cannot be derived; what it still lists is an erased node, which matching skips.
+/// with them: each node leaves exactly the keys of the record it was filed with, and that
+/// record is erased with it.
 fn unblock(txn: &mut Txn, component: &Component) -> Result<()> {
-    let record = Record::from_traits(&component.profile.attributes.traits, &Field::ALL);
-    for key in blocking::keys(&component.tenant, &record) {
-        let mut block = txn.block(&key)?;
-        let mut removed = false;
-        for node in component.nodes.keys() {
-            removed |= block.remove(*node);
+    for node in component.nodes.keys() {
+        let Some(record) = txn.match_record(*node)?.cloned() else {
+            continue;
+        };
+        for key in blocking::keys(&component.tenant, &record) {
+            txn.with_block(&key, |block| ((), block.remove(*node)))?;
         }
-        if removed {
-            txn.set_block(&key, block);
-        }
+        txn.set_match_record(*node, None);
     }
     Ok(())
 }

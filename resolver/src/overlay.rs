@@ -126,6 +126,22 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
         Ok(slot.value.as_mut())
     }
 
+    /// Calls `f` with the value (`None`: absent) to read and perhaps change in place; `f` says
+    /// whether it changed it, and only then is it written at commit (a block every record
+    /// reads but few change is not rewritten).
+    pub fn update<R>(
+        &mut self,
+        store: &dyn GraphStore,
+        key: K,
+        decode: impl Fn(&[u8]) -> Result<V>,
+        f: impl FnOnce(&mut Option<V>) -> (R, bool),
+    ) -> Result<R> {
+        let slot = self.slot(store, key, decode)?;
+        let (r, changed) = f(&mut slot.value);
+        slot.dirty |= changed;
+        Ok(r)
+    }
+
     /// A value already read in this transaction (`None` if it was not read, or is absent).
     pub fn cached(&self, key: &K) -> Option<&V> {
         self.entries.get(key).and_then(|s| s.value.as_ref())

@@ -2,7 +2,13 @@
 //! (which may have changed since the links were decided) and reports the difference: profiles
 //! that would split, profiles that would merge, links whose decision changes. With `apply` the
 //! new partition is written in one atomic write, with its change records in the outbox. Offline:
-//! it holds the state for its whole run. It keeps every node and link of the tenant in memory.
+//! it holds the state for its whole run.
+//!
+//! The log is streamed through a compact replay ([`partition::Replay`]): what it keeps is a few
+//! words per node (dense indexes, kinds, the union-find, hub times), each link's two nodes (read
+//! from the pair index, so no identifier is looked up), and the links whose decision changes.
+//! Links are read from their stored form without allocating ([`LinkHead`]), in log order (the
+//! key order of `links`).
 //!
 //! Probabilistic links are re-scored under the configured model first: each keeps the
 //! comparison level of every field it compared, so a new model (new m/u, a new prior) or new
@@ -10,18 +16,19 @@
 //! and at which levels: a change of fields, Jaro-Winkler thresholds or blocking needs the
 //! input replayed.
 
-use crate::component::{self, NodeLink};
+use crate::component;
 use crate::fold::merge_into;
 use crate::graph::Resolver;
-use crate::link::{Link, LinkDecision};
-use crate::partition;
+use crate::link::{Link, LinkDecision, LinkHead};
+use crate::partition::{reaches_of, Decided, Replay};
 use crate::store::{Cf, GraphStore};
-use crate::txn::{decode_json, NodeId, NodeRecord, Txn};
+use crate::txn::{decode_link, decode_u64, NodeId, Txn};
 use crate::unmerge::materialize;
 use crate::{ResolverConfig, ResolverError, Result};
 use cdp_bus::OutRecord;
 use cdp_proto::{
-    Identifier, IdentityChange, IdentityChangeKind, MergeRecord, ProfileUpdate, Timestamp,
+    Identifier, IdentifierKind, IdentityChange, IdentityChangeKind, MergeRecord, ProfileUpdate,
+    Timestamp,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -80,159 +87,170 @@ pub fn rebuild(
     options: &RebuildOptions,
 ) -> Result<RebuildReport> {
     let tenant = options.tenant.as_str();
-    let mut nodes: BTreeMap<NodeId, Identifier> = BTreeMap::new();
-    let mut node_of: HashMap<Identifier, NodeId> = HashMap::new();
-    for (k, v) in store.scan_prefix(Cf::Nodes, b"")? {
-        let record: NodeRecord = crate::txn::decode_node(&v)?;
-        if record.tenant != tenant {
-            continue;
-        }
-        let node = crate::txn::decode_u64(Cf::Nodes, &k)?;
-        node_of.insert(record.identifier.clone(), node);
-        nodes.insert(node, record.identifier);
-    }
-    let mut links = Vec::new();
-    for (_, v) in store.scan_prefix(Cf::Links, b"")? {
-        let link: Link = decode_json(Cf::Links, &v)?;
-        if link.tenant != tenant {
-            continue;
-        }
-        let (Some(&a), Some(&b)) = (node_of.get(&link.a), node_of.get(&link.b)) else {
-            return Err(ResolverError::Corrupt {
-                cf: "links",
-                detail: format!("link {} has an end without a node", link.id),
-            });
-        };
-        links.push(NodeLink { link, a, b });
-    }
-
     let model = config.matching.model()?;
-    let mut rescored: BTreeSet<u64> = BTreeSet::new();
-    for l in &mut links {
-        let Some(evidence) = &l.link.evidence else {
-            continue;
-        };
-        let levels: Vec<_> = evidence
-            .contributions
-            .iter()
-            .map(|c| (c.field, c.level))
-            .collect();
-        let score = model.score(&levels);
-        if score.differs(evidence) {
-            rescored.insert(l.link.id);
-            l.link.confidence = score.probability;
-            l.link.evidence = Some(score);
-        }
-    }
     let policy = crate::policy::MergePolicy::new(crate::matching::policy_with_threshold(
         resolver.policy().config().clone(),
         &config.matching,
     ));
-
-    let mut txn = Txn::begin(store)?;
-    let mut current: BTreeMap<NodeId, BTreeSet<NodeId>> = BTreeMap::new();
-    let mut root_of: HashMap<NodeId, NodeId> = HashMap::new();
-    for n in nodes.keys() {
-        let root = txn.find(*n)?;
-        current.entry(root).or_default().insert(*n);
-        root_of.insert(*n, root);
+    let nodes = TenantNodes::load(store, tenant)?;
+    let old_root = nodes.current_roots(store)?;
+    let n = nodes.ids.len();
+    let mut replay = Replay::new(&policy, nodes.kinds.clone());
+    for k in &nodes.kind {
+        replay.add_node(*k);
     }
-    let replayed = partition::replay(&policy, &nodes, &links);
-    let set_of: HashMap<NodeId, usize> = replayed
-        .sets
-        .iter()
-        .enumerate()
-        .flat_map(|(i, set)| set.iter().map(move |n| (*n, i)))
-        .collect();
-    let mut decisions_changed = 0u64;
-    let changed_links: Vec<Link> = links
-        .iter()
-        .filter_map(|l| {
-            let d = replayed.decisions.get(&l.link.id)?;
-            // A link that joins nothing, between ends that are together anyway, is accepted or
-            // refused depending only on whether it was seen again after its ends joined.
-            let idle =
-                set_of.get(&l.a) == set_of.get(&l.b) && !replayed.joined.contains(&l.link.id);
-            let equivalent = idle
-                && matches!(
-                    (d, &l.link.decision),
-                    (LinkDecision::Accepted, LinkDecision::Refused(_))
-                        | (LinkDecision::Refused(_), LinkDecision::Accepted)
-                );
-            // A refusal's reason is that of the link's latest sighting; only the decision counts.
-            let same = std::mem::discriminant(d) == std::mem::discriminant(&l.link.decision);
-            let changed = !same && !equivalent;
-            decisions_changed += u64::from(changed);
-            (changed || rescored.contains(&l.link.id)).then(|| Link {
-                decision: d.clone(),
-                ..l.link.clone()
-            })
-        })
-        .collect();
 
-    // Old roots each new set touches, and new sets each old root is spread over.
-    let mut olds_of_set: Vec<BTreeSet<NodeId>> = Vec::with_capacity(replayed.sets.len());
-    let mut sets_of_old: BTreeMap<NodeId, BTreeSet<usize>> = BTreeMap::new();
-    for (i, set) in replayed.sets.iter().enumerate() {
-        let olds: BTreeSet<NodeId> = set.iter().map(|n| root_of[n]).collect();
-        for o in &olds {
-            sets_of_old.entry(*o).or_default().insert(i);
+    let mut links = 0u64;
+    let mut rescored = 0u64;
+    // Links whose decision may change or that were re-scored, with what the replay decided.
+    let mut pending: Vec<Pending> = Vec::new();
+    let ends = nodes.link_ends(store)?;
+    store.for_each_prefix(Cf::Links, b"", &mut |_, v| {
+        let head = crate::codec::decode_link_head(v).map_err(|e| ResolverError::Corrupt {
+            cf: "links",
+            detail: e.to_string(),
+        })?;
+        if head.tenant != tenant {
+            return Ok(());
         }
-        olds_of_set.push(olds);
+        links += 1;
+        let (a, b) = nodes.ends_of(&head, &ends)?;
+        // Probabilistic links are re-scored under the configured model first.
+        let mut whole: Option<Link> = None;
+        let mut confidence = head.confidence;
+        let mut was_rescored = false;
+        if head.has_evidence {
+            let mut link = decode_link(v)?;
+            if let Some(evidence) = &link.evidence {
+                let levels: Vec<_> = evidence
+                    .contributions
+                    .iter()
+                    .map(|c| (c.field, c.level))
+                    .collect();
+                let score = model.score(&levels);
+                if score.differs(evidence) {
+                    was_rescored = true;
+                    link.confidence = score.probability;
+                    link.evidence = Some(score);
+                }
+            }
+            confidence = link.confidence;
+            whole = Some(link);
+        }
+        rescored += u64::from(was_rescored);
+        if head.decision == LinkDecision::Removed(String::new()).tag() {
+            return Ok(());
+        }
+        let strong = policy.merges(&head.rule, confidence);
+        let at = || Ok::<_, ResolverError>(head.observed_at_ms);
+        let Some(decided) = replay.link(Some(a), Some(b), strong, at)? else {
+            return Ok(());
+        };
+        let decision = decided.decision();
+        // A refusal's reason is that of the link's latest sighting; only the decision counts.
+        let same = decision.tag() == head.decision;
+        if !same || was_rescored {
+            let link = match whole {
+                Some(link) => link,
+                None => decode_link(v)?,
+            };
+            let joined = decided == (Decided::Accepted { joined: true });
+            pending.push(Pending {
+                link,
+                decision,
+                joined,
+                ends: (a, b),
+                same,
+                rescored: was_rescored,
+            });
+        }
+        Ok(())
+    })?;
+    drop(ends);
+
+    let new_root: Vec<u32> = (0..n as u32).map(|i| replay.find(i)).collect();
+    let mut decisions_changed = 0u64;
+    let mut changed_links: Vec<Link> = Vec::new();
+    for p in pending {
+        // A link that joins nothing, between ends that are together anyway, is accepted or
+        // refused depending only on whether it was seen again after its ends joined.
+        let (a, b) = p.ends;
+        let idle = new_root[a as usize] == new_root[b as usize] && !p.joined;
+        let equivalent = idle
+            && matches!(
+                (&p.decision, &p.link.decision),
+                (LinkDecision::Accepted, LinkDecision::Refused(_))
+                    | (LinkDecision::Refused(_), LinkDecision::Accepted)
+            );
+        let changed = !p.same && !equivalent;
+        decisions_changed += u64::from(changed);
+        if changed || p.rescored {
+            changed_links.push(Link {
+                decision: p.decision,
+                ..p.link
+            });
+        }
     }
+
+    let diff = Diff::of(&old_root, &new_root);
     let mut report = RebuildReport {
         tenant: tenant.to_string(),
-        identifiers: nodes.len() as u64,
-        links: links.len() as u64,
-        profiles_before: current.len() as u64,
-        profiles_after: replayed.sets.len() as u64,
-        splits: 0,
-        merges: 0,
+        identifiers: n as u64,
+        links,
+        profiles_before: diff.profiles_before,
+        profiles_after: diff.profiles_after,
+        splits: diff.splitting.iter().filter(|s| **s).count() as u64,
+        merges: diff.merging.iter().filter(|s| **s).count() as u64,
         links_changed: decisions_changed,
-        links_rescored: rescored.len() as u64,
+        links_rescored: rescored,
         split_examples: Vec::new(),
         merge_examples: Vec::new(),
         applied: false,
     };
+    // Every difference when applying; the examples' only when previewing.
+    let wanted = if options.apply {
+        usize::MAX
+    } else {
+        options.examples
+    };
+    let groups = diff.groups(&old_root, &new_root, wanted);
+
+    let mut txn = Txn::begin(store)?;
     let canonical = |txn: &mut Txn, root: NodeId| -> Result<String> {
         Ok(txn
             .profile(root)?
             .map(|p| p.canonical_id)
             .unwrap_or_default())
     };
-    for (old, sets) in &sets_of_old {
-        if sets.len() > 1 {
-            report.splits += 1;
-            if report.split_examples.len() < options.examples {
-                report.split_examples.push(SplitExample {
-                    canonical_id: canonical(&mut txn, *old)?,
-                    into: sets
-                        .iter()
-                        .map(|i| {
-                            replayed.sets[*i]
-                                .intersection(&current[old])
-                                .map(|n| nodes[n].clone())
-                                .collect()
-                        })
-                        .collect(),
-                });
+    for (old, pieces) in groups.splits.iter().take(options.examples) {
+        let mut into = Vec::with_capacity(pieces.len());
+        for piece in pieces.values() {
+            let mut ids = Vec::with_capacity(piece.len());
+            for i in piece {
+                let node = nodes.ids[*i as usize];
+                let record = txn.node(node)?.ok_or_else(|| ResolverError::Corrupt {
+                    cf: "nodes",
+                    detail: format!("node {node} has no record"),
+                })?;
+                ids.push(record.identifier);
             }
+            into.push(ids);
         }
+        report.split_examples.push(SplitExample {
+            canonical_id: canonical(&mut txn, nodes.ids[*old as usize])?,
+            into,
+        });
     }
-    for (i, olds) in olds_of_set.iter().enumerate() {
-        if olds.len() > 1 {
-            report.merges += 1;
-            if report.merge_examples.len() < options.examples {
-                let mut ids = Vec::new();
-                for o in olds {
-                    ids.push(canonical(&mut txn, *o)?);
-                }
-                report.merge_examples.push(MergeExample {
-                    canonical_ids: ids,
-                    identifiers: replayed.sets[i].len(),
-                });
-            }
+    for set in groups.merges.iter().take(options.examples) {
+        let olds: BTreeSet<u32> = set.iter().map(|i| old_root[*i as usize]).collect();
+        let mut ids = Vec::with_capacity(olds.len());
+        for o in olds {
+            ids.push(canonical(&mut txn, nodes.ids[o as usize])?);
         }
+        report.merge_examples.push(MergeExample {
+            canonical_ids: ids,
+            identifiers: set.len(),
+        });
     }
     if !options.apply {
         return Ok(report);
@@ -241,44 +259,60 @@ pub fn rebuild(
     for link in changed_links {
         txn.update_link(link);
     }
-    // Hub state as the replay found it, so decisions after the rebuild continue from it.
-    for node in nodes.keys() {
-        let reaches = replayed.reached.get(node).cloned().unwrap_or_default();
-        if txn.hub_reaches(*node)? != reaches {
-            txn.set_hub_reaches(*node, (!reaches.is_empty()).then_some(reaches));
+    // Hub state as the replay found it, so decisions after the rebuild continue from it: the
+    // stored state is read in one pass, and only what differs is written.
+    let mut stored = vec![false; n];
+    store.for_each_prefix(Cf::Hubs, b"", &mut |k, v| {
+        let Some(i) = nodes.index_of_node(decode_u64(Cf::Hubs, k)?) else {
+            return Ok(());
+        };
+        if v.len() % 8 != 0 {
+            return Err(ResolverError::Corrupt {
+                cf: "hubs",
+                detail: "not a list of times".into(),
+            });
+        }
+        stored[i as usize] = true;
+        let times = replay.reaches(i);
+        if !v
+            .chunks_exact(8)
+            .map(|c| i64::from_be_bytes(c.try_into().expect("8 bytes")))
+            .eq(times.iter().copied())
+        {
+            txn.set_hub_reaches(
+                nodes.ids[i as usize],
+                (!times.is_empty()).then(|| reaches_of(times)),
+            );
+        }
+        Ok(())
+    })?;
+    for (i, was_stored) in stored.iter().enumerate() {
+        let times = replay.reaches(i as u32);
+        if !was_stored && !times.is_empty() {
+            txn.set_hub_reaches(nodes.ids[i], Some(reaches_of(times)));
         }
     }
+    drop(stored);
     let mut changes: Vec<IdentityChange> = Vec::new();
     let mut republish: BTreeSet<String> = BTreeSet::new();
     // First every profile that splits becomes its pieces (its intersections with new sets)...
-    for (old, sets) in &sets_of_old {
-        if sets.len() < 2 {
-            continue;
-        }
-        let Some(comp) = component::load(&mut txn, tenant, *old)? else {
+    for (old, pieces) in &groups.splits {
+        let Some(comp) = component::load(&mut txn, tenant, nodes.ids[*old as usize])? else {
             continue;
         };
-        let pieces: Vec<BTreeSet<NodeId>> = sets
-            .iter()
-            .map(|i| {
-                replayed.sets[*i]
-                    .intersection(&current[old])
-                    .copied()
-                    .collect()
-            })
+        let mut sorted: Vec<BTreeSet<NodeId>> = pieces
+            .values()
+            .map(|piece| piece.iter().map(|i| nodes.ids[*i as usize]).collect())
             .collect();
-        let mut sorted = pieces;
         sorted.sort_by_key(|s| s.first().copied());
         let done = materialize(&mut txn, &comp, &sorted, None, REBUILD_RULE, options.at)?;
         republish.extend(done.profiles);
         changes.extend(done.split);
     }
     // ...then every new set spread over several profiles joins them, the oldest surviving.
-    for (i, olds) in olds_of_set.iter().enumerate() {
-        if olds.len() < 2 {
-            continue;
-        }
-        let set = &replayed.sets[i];
+    for members in &groups.merges {
+        let set: BTreeSet<NodeId> = members.iter().map(|i| nodes.ids[*i as usize]).collect();
+        let set = &set;
         let mut roots = BTreeSet::new();
         for n in set {
             roots.insert(txn.find(*n)?);
@@ -369,4 +403,269 @@ pub fn rebuild(
     txn.commit()?;
     report.applied = true;
     Ok(report)
+}
+
+/// A link the replay may decide differently than the log says, or that was re-scored.
+struct Pending {
+    link: Link,
+    decision: LinkDecision,
+    joined: bool,
+    ends: (u32, u32),
+    /// Whether the new decision has the logged one's tag.
+    same: bool,
+    rescored: bool,
+}
+
+/// "No node".
+const NONE: u32 = u32::MAX;
+
+/// The tenant's nodes as dense indexes (in node order), with their kinds.
+struct TenantNodes {
+    kinds: Vec<IdentifierKind>,
+    /// Index -> node id.
+    ids: Vec<NodeId>,
+    /// Index -> index of its kind in `kinds`.
+    kind: Vec<u16>,
+    /// Node id -> index (`NONE`: not the tenant's).
+    index: Vec<u32>,
+}
+
+impl TenantNodes {
+    /// The tenant's nodes, from its identifiers in `ids` (`tenant \0 kind \0 value` -> node).
+    fn load(store: &dyn GraphStore, tenant: &str) -> Result<Self> {
+        let mut prefix = tenant.as_bytes().to_vec();
+        prefix.push(0);
+        let mut kind_names: Vec<Vec<u8>> = Vec::new();
+        let mut kinds: Vec<IdentifierKind> = Vec::new();
+        let mut kind_of_node: Vec<u16> = Vec::new();
+        let corrupt = |detail: String| ResolverError::Corrupt { cf: "ids", detail };
+        store.for_each_prefix(Cf::Ids, &prefix, &mut |k, v| {
+            let rest = &k[prefix.len()..];
+            let sep = rest
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or_else(|| corrupt("a key without a kind".into()))?;
+            let kind = match kind_names.iter().position(|name| name == &rest[..sep]) {
+                Some(kind) => kind,
+                None => {
+                    let parsed = std::str::from_utf8(&rest[..sep])
+                        .ok()
+                        .and_then(|s| s.parse::<IdentifierKind>().ok())
+                        .ok_or_else(|| corrupt("an unknown identifier kind".into()))?;
+                    if kinds.len() >= usize::from(u16::MAX) {
+                        return Err(corrupt("more identifier kinds than a replay holds".into()));
+                    }
+                    kind_names.push(rest[..sep].to_vec());
+                    kinds.push(parsed);
+                    kinds.len() - 1
+                }
+            };
+            let node = decode_u64(Cf::Ids, v)?;
+            let at = usize::try_from(node).map_err(|_| corrupt(format!("node {node}")))?;
+            if at >= kind_of_node.len() {
+                kind_of_node.resize(at + 1, u16::MAX);
+            }
+            if kind_of_node[at] != u16::MAX {
+                return Err(corrupt(format!("node {node} has two identifiers")));
+            }
+            kind_of_node[at] = kind as u16;
+            Ok(())
+        })?;
+        let mut ids = Vec::new();
+        let mut kind = Vec::new();
+        let mut index = vec![NONE; kind_of_node.len()];
+        for (node, k) in kind_of_node.iter().enumerate() {
+            if *k != u16::MAX {
+                index[node] = u32::try_from(ids.len())
+                    .ok()
+                    .filter(|i| *i != NONE)
+                    .ok_or_else(|| corrupt("more nodes than a replay holds".into()))?;
+                ids.push(node as NodeId);
+                kind.push(*k);
+            }
+        }
+        Ok(Self {
+            kinds,
+            ids,
+            kind,
+            index,
+        })
+    }
+
+    fn index_of_node(&self, node: NodeId) -> Option<u32> {
+        let i = *self.index.get(usize::try_from(node).ok()?)?;
+        (i != NONE).then_some(i)
+    }
+
+    /// The two ends of every link of the tenant, by link id, from `pairs` (`node, node, rule`
+    /// -> link id, the smaller node first): reading them there costs no identifier lookup.
+    fn link_ends(&self, store: &dyn GraphStore) -> Result<Vec<[u32; 2]>> {
+        let mut ends: Vec<[u32; 2]> = Vec::new();
+        store.for_each_prefix(Cf::Pairs, b"", &mut |k, v| {
+            let corrupt = || ResolverError::Corrupt {
+                cf: "pairs",
+                detail: "a key without two nodes".into(),
+            };
+            let lo = decode_u64(Cf::Pairs, k.get(..8).ok_or_else(corrupt)?)?;
+            let hi = decode_u64(Cf::Pairs, k.get(8..16).ok_or_else(corrupt)?)?;
+            let (Some(lo), Some(hi)) = (self.index_of_node(lo), self.index_of_node(hi)) else {
+                return Ok(());
+            };
+            let id = usize::try_from(decode_u64(Cf::Pairs, v)?).map_err(|_| corrupt())?;
+            if id >= ends.len() {
+                ends.resize(id + 1, [NONE; 2]);
+            }
+            ends[id] = [lo, hi];
+            Ok(())
+        })?;
+        Ok(ends)
+    }
+
+    /// The indexes of a link's ends `a` and `b`, from [`Self::link_ends`]. The pair index does
+    /// not say which end is `a`: the kinds do, and where both ends are of one kind, which is
+    /// which decides nothing (the union-find is symmetric; a hub refusal names the kind).
+    fn ends_of(&self, head: &LinkHead, ends: &[[u32; 2]]) -> Result<(u32, u32)> {
+        let corrupt = || ResolverError::Corrupt {
+            cf: "links",
+            detail: format!("link {} has an end without a node", head.id),
+        };
+        let [lo, hi] = *usize::try_from(head.id)
+            .ok()
+            .and_then(|id| ends.get(id))
+            .filter(|e| e[0] != NONE)
+            .ok_or_else(corrupt)?;
+        let kind = |i: u32| self.kinds[self.kind[i as usize] as usize].as_str();
+        let (a, b) = if kind(lo) == head.a.kind {
+            (lo, hi)
+        } else {
+            (hi, lo)
+        };
+        if kind(a) != head.a.kind || kind(b) != head.b.kind {
+            return Err(corrupt());
+        }
+        Ok((a, b))
+    }
+
+    /// The root each node has now, from `parent` (node -> parent; roots have no entry).
+    fn current_roots(&self, store: &dyn GraphStore) -> Result<Vec<u32>> {
+        let mut parent: Vec<u32> = (0..self.ids.len() as u32).collect();
+        store.for_each_prefix(Cf::Parent, b"", &mut |k, v| {
+            let Some(i) = self.index_of_node(decode_u64(Cf::Parent, k)?) else {
+                return Ok(());
+            };
+            let p = decode_u64(Cf::Parent, v)?;
+            parent[i as usize] = self
+                .index_of_node(p)
+                .ok_or_else(|| ResolverError::Corrupt {
+                    cf: "parent",
+                    detail: format!(
+                        "the parent {p} of node {} is not the tenant's",
+                        self.ids[i as usize]
+                    ),
+                })?;
+            Ok(())
+        })?;
+        for i in 0..parent.len() {
+            let mut r = i;
+            while parent[r] as usize != r {
+                let grand = parent[parent[r] as usize];
+                parent[r] = grand;
+                r = grand as usize;
+            }
+            parent[i] = r as u32;
+        }
+        Ok(parent)
+    }
+}
+
+/// How the new partition differs from the current one, per dense index.
+struct Diff {
+    profiles_before: u64,
+    profiles_after: u64,
+    /// Per old root: whether its nodes are spread over several new sets.
+    splitting: Vec<bool>,
+    /// Per new root: whether its nodes come from several old sets.
+    merging: Vec<bool>,
+    /// Per new root: its set's smallest index (sets are ordered by it).
+    set_min: Vec<u32>,
+}
+
+/// The nodes of the differences a rebuild shows or writes.
+struct Groups {
+    /// Old root -> its pieces (set min -> indexes), in old root order.
+    splits: BTreeMap<u32, BTreeMap<u32, Vec<u32>>>,
+    /// The indexes of each new set joining several old ones, in set order.
+    merges: Vec<Vec<u32>>,
+}
+
+impl Diff {
+    fn of(old_root: &[u32], new_root: &[u32]) -> Self {
+        let n = old_root.len();
+        let mut first_old = vec![NONE; n];
+        let mut first_new = vec![NONE; n];
+        let mut diff = Diff {
+            profiles_before: 0,
+            profiles_after: 0,
+            splitting: vec![false; n],
+            merging: vec![false; n],
+            set_min: vec![NONE; n],
+        };
+        for i in 0..n {
+            let (o, r) = (old_root[i] as usize, new_root[i] as usize);
+            diff.profiles_before += u64::from(o == i);
+            diff.profiles_after += u64::from(r == i);
+            if first_old[r] == NONE {
+                first_old[r] = o as u32;
+                diff.set_min[r] = i as u32;
+            } else if first_old[r] != o as u32 {
+                diff.merging[r] = true;
+            }
+            if first_new[o] == NONE {
+                first_new[o] = r as u32;
+            } else if first_new[o] != r as u32 {
+                diff.splitting[o] = true;
+            }
+        }
+        diff
+    }
+
+    /// The nodes of the first `wanted` splits (in old root order) and merges (in set order).
+    fn groups(&self, old_root: &[u32], new_root: &[u32], wanted: usize) -> Groups {
+        let splits: BTreeSet<u32> = (0..old_root.len() as u32)
+            .filter(|o| self.splitting[*o as usize])
+            .take(wanted)
+            .collect();
+        // Sets in order of their smallest index: index i starts the set it is the min of.
+        let merges: Vec<u32> = (0..new_root.len())
+            .map(|i| new_root[i])
+            .enumerate()
+            .filter(|(i, r)| self.merging[*r as usize] && self.set_min[*r as usize] == *i as u32)
+            .map(|(_, r)| r)
+            .take(wanted)
+            .collect();
+        let rank: HashMap<u32, usize> = merges.iter().enumerate().map(|(k, r)| (*r, k)).collect();
+        let mut groups = Groups {
+            splits: BTreeMap::new(),
+            merges: vec![Vec::new(); merges.len()],
+        };
+        if splits.is_empty() && merges.is_empty() {
+            return groups;
+        }
+        for i in 0..old_root.len() {
+            let (o, r) = (old_root[i], new_root[i]);
+            if splits.contains(&o) {
+                groups
+                    .splits
+                    .entry(o)
+                    .or_default()
+                    .entry(self.set_min[r as usize])
+                    .or_default()
+                    .push(i as u32);
+            }
+            if let Some(k) = rank.get(&r) {
+                groups.merges[*k].push(i as u32);
+            }
+        }
+        groups
+    }
 }

@@ -44,12 +44,16 @@ pub enum Cf {
     /// node -> when its links reached other profiles (hub detection), newest kept.
     Hubs,
     /// `tenant \0 rule \0 hashed key value` -> the nodes filed under a blocking key of
-    /// probabilistic matching (see `matching::blocking`), or a mark that it grew too large.
+    /// probabilistic matching, each with its record (see `matching::blocking`), or a mark that
+    /// it grew too large.
     Blocks,
+    /// node id -> the normalised record the node is filed under in `blocks` with: its keys are
+    /// derived from it, so a changed record or `forget` takes the node out of exactly those.
+    MatchRecords,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 16] = [
+    pub const ALL: [Cf; 17] = [
         Cf::Ids,
         Cf::Nodes,
         Cf::Parent,
@@ -66,6 +70,7 @@ impl Cf {
         Cf::Commands,
         Cf::Hubs,
         Cf::Blocks,
+        Cf::MatchRecords,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,12 +91,16 @@ impl Cf {
             Cf::Commands => "commands",
             Cf::Hubs => "hubs",
             Cf::Blocks => "blocks",
+            Cf::MatchRecords => "match_records",
         }
     }
 }
 
 /// One write of a batch: `None` deletes.
 pub type Op = (Cf, Vec<u8>, Option<Vec<u8>>);
+
+/// What [`GraphStore::for_each_prefix`] calls with each entry (key, value).
+pub type Visit<'f> = dyn FnMut(&[u8], &[u8]) -> Result<()> + 'f;
 
 /// The engine the graph is written against.
 pub trait GraphStore: Send + Sync {
@@ -100,6 +109,14 @@ pub trait GraphStore: Send + Sync {
     fn write(&self, ops: Vec<Op>) -> Result<()>;
     /// Every entry of `cf` whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Calls `f` with every entry of `cf` whose key starts with `prefix`, in key order, one at a
+    /// time: a pass over a whole column family (`rebuild`) must not hold it all in memory.
+    fn for_each_prefix(&self, cf: Cf, prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
+        for (k, v) in self.scan_prefix(cf, prefix)? {
+            f(&k, &v)?;
+        }
+        Ok(())
+    }
 }
 
 /// RocksDB-backed store: one database, one column family per [`Cf`].
@@ -171,6 +188,27 @@ impl GraphStore for RocksStore {
             }
         }
         self.db.write(batch).map_err(storage)
+    }
+
+    fn for_each_prefix(&self, cf: Cf, prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
+        let Some(handle) = self.cf(cf) else {
+            return Ok(());
+        };
+        // A pass over a whole column family: its blocks would only push the working set out
+        // of the block cache.
+        let mut read = rocksdb::ReadOptions::default();
+        read.fill_cache(false);
+        read.set_readahead_size(4 << 20);
+        let mut it = self.db.raw_iterator_cf_opt(handle, read);
+        it.seek(prefix);
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            f(k, v)?;
+            it.next();
+        }
+        it.status().map_err(storage)
     }
 
     fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -2,6 +2,8 @@
 //! and `commit` turns everything (graph, link log, outbox, input offsets) into one atomic write.
 
 use crate::link::Link;
+use crate::matching::blocking::Block;
+use crate::matching::field::Record;
 use crate::overlay::{ByBytes, Overlay};
 use crate::store::{Cf, GraphStore, Op};
 use crate::{ResolverError, Result};
@@ -28,7 +30,8 @@ pub struct Txn<'s> {
     links: Overlay<u64, Link>,
     pairs: Overlay<Vec<u8>, u64, ByBytes>,
     hubs: Overlay<NodeId, crate::hub::Reaches>,
-    blocks: Overlay<Vec<u8>, crate::matching::blocking::Block, ByBytes>,
+    blocks: Overlay<Vec<u8>, Block, ByBytes>,
+    match_records: Overlay<NodeId, Record>,
     extra: Vec<Op>,
     next_node: NodeId,
     next_link: u64,
@@ -60,6 +63,7 @@ impl<'s> Txn<'s> {
             pairs: Overlay::new(Cf::Pairs),
             hubs: Overlay::new(Cf::Hubs),
             blocks: Overlay::new(Cf::Blocks),
+            match_records: Overlay::new(Cf::MatchRecords),
             extra: Vec::new(),
             // Node 0 is never used, so a zero in a key is never a real node.
             next_node: counter(META_NEXT_NODE)?.max(1),
@@ -193,7 +197,7 @@ impl<'s> Txn<'s> {
 
     pub fn link(&mut self, id: u64) -> Result<Option<Link>> {
         self.links
-            .get(self.store, id, |b| decode_json(Cf::Links, b))
+            .get(self.store, id, decode_link)
             .map(Option::<&Link>::cloned)
     }
 
@@ -290,23 +294,33 @@ impl<'s> Txn<'s> {
         self.hubs.put(node, reaches);
     }
 
-    /// The nodes filed under a blocking key (an empty open block if none are).
-    pub fn block(&mut self, key: &[u8]) -> Result<crate::matching::blocking::Block> {
-        use crate::matching::blocking::Block;
-        Ok(self
-            .blocks
-            .get(self.store, key.to_vec(), |b| {
-                Block::decode(b).ok_or_else(|| corrupt(Cf::Blocks, "not a block"))
-            })?
-            .cloned()
-            .unwrap_or(Block::Open(Vec::new())))
+    /// Calls `f` with the block under `key` (an empty open block if no node is filed there)
+    /// to read and perhaps change; `f` says whether it changed it. An open block with no nodes
+    /// left is deleted, as if the key had never been filed under.
+    pub fn with_block<R>(
+        &mut self,
+        key: &[u8],
+        f: impl FnOnce(&mut Block) -> (R, bool),
+    ) -> Result<R> {
+        let decode = |b: &[u8]| Block::decode(b).ok_or_else(|| corrupt(Cf::Blocks, "not a block"));
+        self.blocks
+            .update(self.store, key.to_vec(), decode, |slot| {
+                let mut block = slot.take().unwrap_or_else(Block::empty);
+                let out = f(&mut block);
+                *slot = (!block.is_empty()).then_some(block);
+                out
+            })
     }
 
-    /// Stores the block under `key`; an open block with no nodes left is deleted, as if the
-    /// key had never been filed under.
-    pub fn set_block(&mut self, key: &[u8], block: crate::matching::blocking::Block) {
-        let empty = block == crate::matching::blocking::Block::Open(Vec::new());
-        self.blocks.put(key.to_vec(), (!empty).then_some(block));
+    /// The record `node` is filed under in the blocking index with, if it is filed.
+    pub fn match_record(&mut self, node: NodeId) -> Result<Option<&Record>> {
+        self.match_records.get(self.store, node, |b| {
+            Record::decode(b).ok_or_else(|| corrupt(Cf::MatchRecords, "not a record"))
+        })
+    }
+
+    pub fn set_match_record(&mut self, node: NodeId, record: Option<Record>) {
+        self.match_records.put(node, record);
     }
 
     /// Queues an encoded output record in the outbox, in order.
@@ -335,11 +349,12 @@ impl<'s> Txn<'s> {
         self.canon.drain_ops(&mut ops, be);
         self.pairs.drain_ops(&mut ops, be);
         self.hubs.drain_ops(&mut ops, |r| r.encode());
-        self.blocks.drain_ops(&mut ops, |b| b.encode());
+        self.blocks.drain_ops(&mut ops, Block::encode);
+        self.match_records.drain_ops(&mut ops, Record::encode);
         self.nodes.drain_ops(&mut ops, crate::codec::encode_node);
         self.profiles
             .drain_ops(&mut ops, crate::codec::encode_profile);
-        self.links.drain_ops(&mut ops, encode_json);
+        self.links.drain_ops(&mut ops, crate::codec::encode_link);
         self.aliases.drain_ops(&mut ops, |s| s.as_bytes().to_vec());
         for (key, value) in [
             (META_NEXT_NODE, self.next_node),
@@ -402,6 +417,10 @@ pub fn decode_u64(cf: Cf, b: &[u8]) -> Result<u64> {
 
 fn decode_profile(b: &[u8]) -> Result<Profile> {
     crate::codec::decode_profile(b).map_err(|e| corrupt(Cf::Profiles, e))
+}
+
+pub fn decode_link(b: &[u8]) -> Result<Link> {
+    crate::codec::decode_link(b).map_err(|e| corrupt(Cf::Links, e))
 }
 
 pub fn decode_node(b: &[u8]) -> Result<NodeRecord> {

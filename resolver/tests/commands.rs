@@ -137,7 +137,7 @@ fn links(store: &dyn GraphStore) -> Vec<Link> {
         .scan_prefix(Cf::Links, b"")
         .unwrap()
         .into_iter()
-        .map(|(_, v)| serde_json::from_slice(&v).unwrap())
+        .map(|(_, v)| cdp_resolver::codec::decode_link(&v).unwrap())
         .collect()
 }
 

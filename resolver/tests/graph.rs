@@ -135,7 +135,7 @@ fn merge_that_would_join_two_user_ids_is_refused_and_recorded() {
         .scan_prefix(cdp_resolver::store::Cf::Links, b"")
         .unwrap()
         .into_iter()
-        .map(|(_, v)| serde_json::from_slice::<cdp_resolver::link::Link>(&v).unwrap())
+        .map(|(_, v)| cdp_resolver::codec::decode_link(&v).unwrap())
         .filter(|l| matches!(&l.decision, cdp_resolver::link::LinkDecision::Refused(reason) if reason == "kind_limit:user_id"))
         .collect();
     assert_eq!(refused.len(), 1);
@@ -227,7 +227,7 @@ fn identifiers_linked_to_too_many_profiles_are_quarantined() {
         .scan_prefix(cdp_resolver::store::Cf::Links, b"")
         .unwrap()
         .into_iter()
-        .map(|(_, v)| serde_json::from_slice::<cdp_resolver::link::Link>(&v).unwrap())
+        .map(|(_, v)| cdp_resolver::codec::decode_link(&v).unwrap())
         .filter_map(|l| match l.decision {
             cdp_resolver::link::LinkDecision::Refused(reason) => Some(reason),
             _ => None,

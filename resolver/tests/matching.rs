@@ -271,7 +271,7 @@ fn a_full_block_stops_yielding_candidates() {
         .scan_prefix(Cf::Blocks, b"")
         .unwrap()
         .into_iter()
-        .filter(|(_, v)| v == &[1])
+        .filter(|(_, v)| Block::decode(v) == Some(Block::Oversized))
         .count();
     assert_eq!(oversized, 2, "each name key is marked, once");
 }
@@ -283,7 +283,7 @@ fn blocks(store: &dyn GraphStore) -> Vec<Option<Vec<u64>>> {
         .unwrap()
         .into_iter()
         .map(|(_, v)| match Block::decode(&v).expect("a block") {
-            Block::Open(nodes) => Some(nodes),
+            b @ Block::Open(_) => Some(b.nodes()),
             Block::Oversized => None,
         })
         .collect()
@@ -337,6 +337,113 @@ fn a_forgotten_person_leaves_the_blocks_and_is_no_candidate() {
         mem.scan_prefix(Cf::Blocks, b"").unwrap(),
         rocks.scan_prefix(Cf::Blocks, b"").unwrap()
     );
+}
+
+/// Whether any stored value of `cfs` holds `needle` (a normalised name or postcode).
+fn stored_anywhere(store: &dyn GraphStore, cfs: &[Cf], needle: &str) -> bool {
+    cfs.iter().any(|cf| {
+        store
+            .scan_prefix(*cf, b"")
+            .unwrap()
+            .iter()
+            .any(|(_, v)| v.windows(needle.len()).any(|w| w == needle.as_bytes()))
+    })
+}
+
+#[test]
+fn a_moved_person_leaves_the_old_keys_and_forget_erases_every_copy_of_the_record() {
+    let mem = MemStore::default();
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = RocksStore::open(dir.path()).unwrap();
+    let kept = [Cf::Blocks, Cf::MatchRecords];
+    for store in [&mem as &dyn GraphStore, &rocks] {
+        let r = Resolver::from_config(&config()).unwrap();
+        apply(store, &r, &[maria(1, "sf:a", "Johnson")]);
+        let mut txn = Txn::begin(store).unwrap();
+        let node = txn.node_of(TENANT, &crm("sf:a")).unwrap().expect("filed");
+        let filed = txn
+            .match_record(node)
+            .unwrap()
+            .cloned()
+            .expect("record kept");
+        assert_eq!(filed.get(Field::PostalCode), Some("94105"));
+        drop(txn);
+        assert!(stored_anywhere(store, &kept, "94105"));
+
+        // The same record, moved house and with no birth date this time: the node keeps its
+        // birth date, takes the new postcode, and leaves the two keys made of the old one.
+        let moved = person(
+            2,
+            "sf:a",
+            &[
+                ("first_name", "Maria"),
+                ("last_name", "Johnson"),
+                ("postal_code", "10001"),
+            ],
+        );
+        apply(store, &r, &[moved]);
+        let mut txn = Txn::begin(store).unwrap();
+        let record = txn
+            .match_record(node)
+            .unwrap()
+            .cloned()
+            .expect("record kept");
+        assert_eq!(record.get(Field::PostalCode), Some("10001"));
+        assert_eq!(record.get(Field::BirthDate), Some("1984-03-07"));
+        drop(txn);
+        assert_eq!(blocks(store), vec![Some(vec![node]); 5]);
+        assert!(!stored_anywhere(store, &kept, "94105"), "old key left");
+        assert!(stored_anywhere(store, &kept, "10001"));
+
+        // Someone else at the old address is not compared through a stale key.
+        let out = apply(
+            store,
+            &r,
+            &[person(
+                3,
+                "sf:b",
+                &[
+                    ("first_name", "Pedro"),
+                    ("last_name", "Alvarez"),
+                    ("postal_code", "94105"),
+                    ("birth_date", "1984-03-07"),
+                ],
+            )],
+        );
+        assert_eq!(out.compared, 0);
+
+        let command = GraphCommand {
+            id: "erase-maria".into(),
+            tenant: TENANT.into(),
+            requested_at: cdp_proto::time::from_millis(1_700_000_100_000),
+            op: CommandOp::Forget {
+                target: Target::Identifier(crm("sf:a")),
+            },
+        };
+        let mut txn = Txn::begin(store).unwrap();
+        forget(&mut txn, &command, &Target::Identifier(crm("sf:a"))).unwrap();
+        txn.commit().unwrap();
+        let mut txn = Txn::begin(store).unwrap();
+        assert_eq!(txn.match_record(node).unwrap(), None, "record erased");
+        drop(txn);
+        for needle in ["johnson", "maria", "10001"] {
+            assert!(
+                !stored_anywhere(store, &[Cf::Blocks, Cf::MatchRecords, Cf::Profiles], needle),
+                "{needle} is still stored"
+            );
+        }
+        assert!(
+            stored_anywhere(store, &kept, "alvarez"),
+            "others stay filed"
+        );
+    }
+    for cf in Cf::ALL {
+        assert_eq!(
+            mem.scan_prefix(cf, b"").unwrap(),
+            rocks.scan_prefix(cf, b"").unwrap(),
+            "{cf:?}"
+        );
+    }
 }
 
 fn rec(offset: i64, s: &Signal) -> Record {

@@ -17,7 +17,9 @@
 //!
 //! `--work DIR` keeps the store and reuses it on the next run (each run feeds new people);
 //! without it everything lives in a temporary directory (`TMPDIR`). `--cdp PATH` names the
-//! binary to serve (default: `cdp` next to this one).
+//! binary to serve (default: `cdp` next to this one); `--workers N` sets its `http.workers`.
+//! It also reports the CPU the server, its HTTP listener threads and the load tool itself used
+//! while measuring (the load tool shares the machine, so its share is the server's loss).
 
 use cdp_benches::percentile;
 use std::collections::BTreeMap;
@@ -40,6 +42,8 @@ struct Options {
     connections: usize,
     seconds: u64,
     warmup_seconds: u64,
+    /// `http.workers` of the server (its default when not given).
+    workers: Option<u64>,
     /// Where the workloads and the store live; kept, and the resolved store reused, across runs.
     work: Option<PathBuf>,
 }
@@ -57,6 +61,7 @@ impl Options {
             connections: 32,
             seconds: 20,
             warmup_seconds: 3,
+            workers: None,
             work: None,
         };
         let mut args = std::env::args().skip(1);
@@ -75,6 +80,7 @@ impl Options {
                 "--connections" => o.connections = number()?.max(1) as usize,
                 "--seconds" => o.seconds = number()?.max(1),
                 "--warmup-seconds" => o.warmup_seconds = number()?,
+                "--workers" => o.workers = Some(number()?.max(1)),
                 "--work" => o.work = Some(PathBuf::from(&value)),
                 _ => return Err(format!("unknown flag {flag}")),
             }
@@ -108,8 +114,13 @@ fn run(o: &Options) -> Result<(), String> {
     let dir = o.work.as_deref().unwrap_or(temp.path());
     let data = dir.join("data");
     let config = dir.join("cdp.toml");
-    let toml =
-        format!("[[http.api_keys]]\ntenant = \"default\"\ntoken_sha256 = \"{TOKEN_SHA256}\"\n");
+    let mut toml = String::new();
+    if let Some(workers) = o.workers {
+        toml.push_str(&format!("[http]\nworkers = {workers}\n"));
+    }
+    toml.push_str(&format!(
+        "[[http.api_keys]]\ntenant = \"default\"\ntoken_sha256 = \"{TOKEN_SHA256}\"\n"
+    ));
     std::fs::write(&config, toml).map_err(|e| e.to_string())?;
 
     let base = dir.join("base");
@@ -121,6 +132,7 @@ fn run(o: &Options) -> Result<(), String> {
         std::fs::write(&resolved, b"").map_err(|e| e.to_string())?;
     }
     let paths = lookup_paths(&base)?;
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(paths.iter().map(|p| request(p)).collect());
 
     let more = dir.join("more");
     let feed = if o.ingest_profiles > 0 {
@@ -147,11 +159,21 @@ fn run(o: &Options) -> Result<(), String> {
         o.warmup_seconds
     );
     if o.warmup_seconds > 0 {
-        load(addr, &paths, o.rate, o.connections, o.warmup_seconds);
+        load(addr, &requests, o.rate, o.connections, o.warmup_seconds);
     }
     let measured_from = Instant::now();
-    let result = load(addr, &paths, o.rate, o.connections, o.seconds);
+    let cpu_before = (
+        cpu_seconds(Some(server.pid()), |_| true),
+        cpu_seconds(None, |_| true),
+    );
+    let listener_before = cpu_seconds(Some(server.pid()), is_listener);
+    let result = load(addr, &requests, o.rate, o.connections, o.seconds);
     let elapsed = measured_from.elapsed().as_secs_f64();
+    let cpu = (
+        cpu_seconds(Some(server.pid()), |_| true) - cpu_before.0,
+        cpu_seconds(None, |_| true) - cpu_before.1,
+    );
+    let listener = cpu_seconds(Some(server.pid()), is_listener) - listener_before;
     let ingested = resolver_records_in(addr)?.saturating_sub(ingested_before);
     let still_ingesting = resolver_lag(addr)? > 0;
     server.stop();
@@ -181,6 +203,16 @@ fn run(o: &Options) -> Result<(), String> {
         "  statuses {{{}}}, transport errors {}",
         statuses.join(", "),
         result.errors
+    );
+    // Threads that ended during the run (idle blocking-pool threads) are missing from the
+    // listener's share; the process total has them.
+    println!(
+        "  CPU: server {:.2} cores (its HTTP listener threads {:.2}: {:.0} µs per answer), \
+         load tool {:.2} cores",
+        cpu.0 / elapsed,
+        listener / elapsed,
+        listener * 1e6 / completed.max(1) as f64,
+        cpu.1 / elapsed,
     );
     println!(
         "  resolver consumed {ingested} signals during the load ({:.0}/s); {}",
@@ -262,6 +294,49 @@ fn lookup_paths(workload: &Path) -> Result<Vec<String>, String> {
     Ok(paths)
 }
 
+/// The bytes of a keep-alive `GET path` with the benchmark's API key.
+fn request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n\r\n")
+        .into_bytes()
+}
+
+/// CPU time (user and system) of the threads of process `pid` (`None`: this one) whose name
+/// `pick` accepts, from `/proc` (in clock ticks of 1/100 s, Linux's fixed `USER_HZ`); 0 where
+/// `/proc` cannot tell.
+fn cpu_seconds(pid: Option<u32>, pick: impl Fn(&str) -> bool) -> f64 {
+    let dir = match pid {
+        Some(pid) => PathBuf::from(format!("/proc/{pid}/task")),
+        None => PathBuf::from("/proc/self/task"),
+    };
+    let Ok(tasks) = std::fs::read_dir(dir) else {
+        return 0.0;
+    };
+    let mut ticks = 0u64;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: the name may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        if !pick(&stat[open + 1..close]) {
+            continue;
+        }
+        // After the name: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        ticks += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+    }
+    ticks as f64 / 100.0
+}
+
+/// The HTTP listener's threads in `cdp`: the one serving accepts and the runtime's workers and
+/// blocking pool (`http`, `http-worker`).
+fn is_listener(name: &str) -> bool {
+    name == "http" || name == "http-worker"
+}
+
 fn encode(segment: &str) -> String {
     segment
         .bytes()
@@ -312,9 +387,21 @@ impl Server {
                 }
             }
         };
-        // Keep draining its stderr so the process never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        // Keep draining its stderr so the process never blocks on a full pipe; its errors and
+        // panics are shown, since they explain a run that fails.
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let failed = line.starts_with("error");
+                if failed || line.contains("ERROR") || line.contains("panicked") {
+                    eprintln!("cdp: {line}");
+                }
+            }
+        });
         Ok(Server { child, addr })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn stop(&mut self) {
@@ -329,52 +416,23 @@ impl Drop for Server {
     }
 }
 
-/// A keep-alive HTTP/1.1 connection that reads each response in full.
-struct Connection {
-    stream: BufReader<TcpStream>,
-}
-
-impl Connection {
-    fn open(addr: SocketAddr) -> std::io::Result<Self> {
-        let stream = TcpStream::connect(addr)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        Ok(Self {
-            stream: BufReader::new(stream),
-        })
-    }
-
-    /// Sends `GET path` and returns the status once the whole body has arrived.
-    fn get(&mut self, path: &str, body: &mut Vec<u8>) -> std::io::Result<u16> {
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
-        self.stream.get_mut().write_all(request.as_bytes())?;
-        let mut line = String::new();
-        self.stream.read_line(&mut line)?;
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            if self.stream.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().map_err(std::io::Error::other)?;
-                }
+/// `GET path` on a connection of its own, blocking (for `/metrics`): the status and the body.
+fn fetch(addr: SocketAddr, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(&request(path))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        if let Some((status, head, length)) = parse_answer(&buf)? {
+            if buf.len() >= length {
+                return Ok((status, buf[head..length].to_vec()));
             }
         }
-        body.resize(length, 0);
-        self.stream.read_exact(body)?;
-        Ok(status)
+        match stream.read(&mut chunk)? {
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            n => buf.extend_from_slice(&chunk[..n]),
+        }
     }
 }
 
@@ -386,74 +444,180 @@ struct LoadResult {
     errors: u64,
 }
 
-/// `rate` requests/s for `seconds`, spread over `connections` threads: request `i` is due at
-/// `i / rate` and goes out on connection `i % connections`.
+impl LoadResult {
+    fn absorb(&mut self, part: LoadResult) {
+        self.sent += part.sent;
+        self.latencies.extend(part.latencies);
+        self.errors += part.errors;
+        for (s, n) in part.statuses {
+            *self.statuses.entry(s).or_default() += n;
+        }
+    }
+}
+
+/// Shortest sleep of the pacer: it releases every request due by the time it wakes, so at high
+/// rates one wake-up releases a few. A request released late is still timed from when it was
+/// due, so this (and the kernel's timer slack) can only make latencies look worse.
+const PACER_TICK: Duration = Duration::from_micros(100);
+
+/// `rate` requests/s for `seconds` over `connections` keep-alive connections: request `i` is due
+/// at `i / rate` and goes out on connection `i % connections` as soon as both it is due and that
+/// connection has its previous answer (so it queues behind a slow answer, and that wait counts).
+///
+/// A pacer thread sleeps until each request is due and hands it to its connection; the
+/// connections are tasks on one thread with non-blocking sockets. (A thread per connection,
+/// blocking, cost the load tool about a quarter of the CPU it was measuring.)
 fn load(
     addr: SocketAddr,
-    paths: &[String],
+    requests: &Arc<Vec<Vec<u8>>>,
     rate: u64,
     connections: usize,
     seconds: u64,
 ) -> LoadResult {
     let total = rate * seconds;
-    let paths: Arc<Vec<String>> = Arc::new(paths.to_vec());
     let start = Instant::now() + Duration::from_millis(50);
-    let threads: Vec<_> = (0..connections)
-        .map(|c| {
-            let paths = paths.clone();
-            std::thread::spawn(move || {
-                let mut out = LoadResult::default();
-                let mut connection = Connection::open(addr).ok();
-                let mut body = Vec::new();
-                let mut i = c as u64;
-                while i < total {
-                    let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    // Spread over every person, in an order unrelated to the connections.
-                    let path =
-                        &paths[(i.wrapping_mul(2_654_435_761) % paths.len() as u64) as usize];
-                    out.sent += 1;
-                    let answer = match connection.as_mut() {
-                        Some(conn) => conn.get(path, &mut body),
-                        None => Err(std::io::ErrorKind::NotConnected.into()),
-                    };
-                    match answer {
-                        Ok(status) => {
-                            out.latencies.push(due.elapsed());
-                            *out.statuses.entry(status).or_default() += 1;
-                        }
-                        Err(_) => {
-                            out.errors += 1;
-                            connection = Connection::open(addr).ok();
-                        }
-                    }
-                    i += connections as u64;
+    let (queues, inboxes): (Vec<_>, Vec<_>) = (0..connections)
+        .map(|_| tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>())
+        .unzip();
+    let pacer = std::thread::spawn(move || {
+        let mut i = 0;
+        while i < total {
+            let now = Instant::now();
+            while i < total {
+                let due = start + Duration::from_nanos(i * 1_000_000_000 / rate);
+                if due > now {
+                    std::thread::sleep((due - now).max(PACER_TICK));
+                    break;
                 }
-                out
-            })
-        })
-        .collect();
-    let mut all = LoadResult::default();
-    for t in threads {
-        let part = t.join().expect("a load thread panicked");
-        all.sent += part.sent;
-        all.latencies.extend(part.latencies);
-        all.errors += part.errors;
-        for (s, n) in part.statuses {
-            *all.statuses.entry(s).or_default() += n;
+                // Fails only if that connection's task panicked, which ends the run anyway.
+                let _ = queues[(i % connections as u64) as usize].send((i, due));
+                i += 1;
+            }
+        }
+        // Dropping the queues ends each connection once it has answered what it was given.
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the load");
+    let mut all = runtime.block_on(async {
+        let tasks: Vec<_> = inboxes
+            .into_iter()
+            .map(|inbox| tokio::spawn(connection(addr, requests.clone(), inbox)))
+            .collect();
+        let mut all = LoadResult::default();
+        for t in tasks {
+            all.absorb(t.await.expect("a connection task panicked"));
+        }
+        all
+    });
+    pacer.join().expect("the pacer panicked");
+    all.latencies.shrink_to_fit();
+    all
+}
+
+/// One keep-alive connection: sends each request it is handed, reads the answer in full, and
+/// times it from when the request was due. A broken connection is reopened.
+async fn connection(
+    addr: SocketAddr,
+    requests: Arc<Vec<Vec<u8>>>,
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<(u64, Instant)>,
+) -> LoadResult {
+    let mut out = LoadResult::default();
+    let mut stream = open(addr).await.ok();
+    let mut buf = Vec::with_capacity(16 << 10);
+    while let Some((i, due)) = inbox.recv().await {
+        // Spread over every person, in an order unrelated to the connections.
+        let request = &requests[(i.wrapping_mul(2_654_435_761) % requests.len() as u64) as usize];
+        out.sent += 1;
+        let answer = match stream.as_ref() {
+            Some(s) => exchange(s, request, &mut buf).await,
+            None => Err(std::io::ErrorKind::NotConnected.into()),
+        };
+        match answer {
+            Ok(status) => {
+                out.latencies.push(due.elapsed());
+                *out.statuses.entry(status).or_default() += 1;
+            }
+            Err(_) => {
+                out.errors += 1;
+                stream = open(addr).await.ok();
+            }
         }
     }
-    all
+    out
+}
+
+async fn open(addr: SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Writes `request` and reads one answer (headers and a `Content-Length` body); its status.
+async fn exchange(
+    stream: &tokio::net::TcpStream,
+    request: &[u8],
+    buf: &mut Vec<u8>,
+) -> std::io::Result<u16> {
+    let mut written = 0;
+    while written < request.len() {
+        stream.writable().await?;
+        match stream.try_write(&request[written..]) {
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.clear();
+    loop {
+        if let Some((status, _, length)) = parse_answer(buf)? {
+            if buf.len() >= length {
+                return Ok(status);
+            }
+        }
+        stream.readable().await?;
+        let filled = buf.len();
+        buf.resize(filled + (8 << 10), 0);
+        let read = stream.try_read(&mut buf[filled..]);
+        buf.truncate(filled + *read.as_ref().unwrap_or(&0));
+        match read {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The status, the length of the head and the total length (head and body) of the answer at
+/// the start of `buf`, once its head has arrived.
+fn parse_answer(buf: &[u8]) -> std::io::Result<Option<(u16, usize, usize)>> {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let bad = |what: &str| std::io::Error::other(format!("bad answer: {what}"));
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad("head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("status line"))?;
+    let mut length = 0usize;
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().map_err(|_| bad("content-length"))?;
+            }
+        }
+    }
+    Ok(Some((status, head_end + 4, head_end + 4 + length)))
 }
 
 /// A metric of the server's `/metrics`, summed over its labels.
 fn metric(addr: SocketAddr, name: &str) -> Result<u64, String> {
-    let mut conn = Connection::open(addr).map_err(|e| e.to_string())?;
-    let mut body = Vec::new();
-    conn.get("/metrics", &mut body).map_err(|e| e.to_string())?;
+    let (_, body) = fetch(addr, "/metrics").map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&body);
     Ok(text
         .lines()

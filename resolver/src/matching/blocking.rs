@@ -3,12 +3,17 @@
 //! initial, surname + first-name prefix, birth date + postal code, postal code + street, and
 //! both names' sounds in either order) in the `blocks` column family, in the same write as
 //! the rest of its signal's effects; its candidates are the other records filed under the same
-//! keys. A block holds at most `max_block_size` nodes: when one more would not fit, the key is
-//! marked oversized, its nodes are dropped and it no longer yields candidates (a name shared by
-//! thousands tells nothing), so a record never costs more than the keys' capacity.
+//! keys. Each entry of a block carries the node's normalised record, so comparing an arriving
+//! record with a block's candidates takes one read of the block, not a read and decode of each
+//! candidate's profile. A block holds at most `max_block_size` nodes: when one more would not
+//! fit, the key is marked oversized, its entries are dropped and it no longer yields candidates
+//! (a name shared by thousands tells nothing), so a record never costs more than the keys'
+//! capacity.
 //!
 //! Keys are `tenant \0 kind \0 sha256(value)[..16]`: the names and dates they are made of are
-//! not stored here in clear.
+//! not in the keys in clear. They are in the entries, and `forget` erases those: each node's
+//! record is also kept by node (`match_records`), which names every key the node is filed
+//! under.
 
 use super::field::{Field, Record};
 use super::soundex::soundex;
@@ -140,11 +145,18 @@ pub fn tenant_prefix(tenant: &str) -> Vec<u8> {
     k
 }
 
+/// A node filed under a key, with the record it was filed with: what a comparison reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub node: NodeId,
+    pub record: Record,
+}
+
 /// The nodes filed under one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Block {
-    /// Sorted node ids.
-    Open(Vec<NodeId>),
+    /// Sorted by node id.
+    Open(Vec<Entry>),
     /// Grew past the cap: yields no candidates and takes no more nodes.
     Oversized,
 }
@@ -153,48 +165,80 @@ pub enum Block {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filed {
     Added,
+    /// The node was filed with this very record before.
     AlreadyThere,
+    /// The node was filed with another record, which this one replaced.
+    Updated,
     /// This node made the block oversized.
     Overflowed,
     /// The block was oversized before.
     Oversized,
 }
 
+/// Format byte of an open block. (0 was an open block of bare node ids, before records were
+/// kept in the entries: such a block is reported, not misread.)
+const OPEN: u8 = 2;
+const OVERSIZED: u8 = 1;
+
 impl Block {
+    pub fn empty() -> Self {
+        Block::Open(Vec::new())
+    }
+
     /// The candidates the block yields.
-    pub fn nodes(&self) -> &[NodeId] {
+    pub fn entries(&self) -> &[Entry] {
         match self {
-            Block::Open(nodes) => nodes,
+            Block::Open(entries) => entries,
             Block::Oversized => &[],
         }
     }
 
-    /// Files `node`, keeping at most `cap` nodes.
-    pub fn file(&mut self, node: NodeId, cap: usize) -> Filed {
+    /// The nodes the block lists.
+    pub fn nodes(&self) -> Vec<NodeId> {
+        self.entries().iter().map(|e| e.node).collect()
+    }
+
+    /// An open block listing nothing: stored as no block at all.
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Block::Open(entries) if entries.is_empty())
+    }
+
+    /// Files `node` with `record`, keeping at most `cap` nodes.
+    pub fn file(&mut self, node: NodeId, record: &Record, cap: usize) -> Filed {
         match self {
             Block::Oversized => Filed::Oversized,
-            Block::Open(nodes) => match nodes.binary_search(&node) {
-                Ok(_) => Filed::AlreadyThere,
-                Err(_) if nodes.len() >= cap => {
+            Block::Open(entries) => match entries.binary_search_by_key(&node, |e| e.node) {
+                Ok(at) if entries[at].record == *record => Filed::AlreadyThere,
+                Ok(at) => {
+                    entries[at].record = record.clone();
+                    Filed::Updated
+                }
+                Err(_) if entries.len() >= cap => {
                     *self = Block::Oversized;
                     Filed::Overflowed
                 }
                 Err(at) => {
-                    nodes.insert(at, node);
+                    entries.insert(
+                        at,
+                        Entry {
+                            node,
+                            record: record.clone(),
+                        },
+                    );
                     Filed::Added
                 }
             },
         }
     }
 
-    /// Takes `node` out (when `forget` erases it); whether it was filed here. An oversized
-    /// block lists no nodes and stays oversized.
+    /// Takes `node` out (its record changed keys, or `forget` erases it); whether it was filed
+    /// here. An oversized block lists no nodes and stays oversized.
     pub fn remove(&mut self, node: NodeId) -> bool {
         match self {
             Block::Oversized => false,
-            Block::Open(nodes) => match nodes.binary_search(&node) {
+            Block::Open(entries) => match entries.binary_search_by_key(&node, |e| e.node) {
                 Ok(at) => {
-                    nodes.remove(at);
+                    entries.remove(at);
                     true
                 }
                 Err(_) => false,
@@ -202,15 +246,21 @@ impl Block {
         }
     }
 
-    /// A state byte (0 open, 1 oversized) and the nodes, 8 bytes big-endian each.
+    /// A format byte, then per entry the node (8 bytes big-endian), the length of its record
+    /// (4 bytes big-endian) and the record ([`Record::encode`]).
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Block::Oversized => vec![1],
-            Block::Open(nodes) => {
-                let mut b = Vec::with_capacity(1 + 8 * nodes.len());
-                b.push(0);
-                for n in nodes {
-                    b.extend_from_slice(&n.to_be_bytes());
+            Block::Oversized => vec![OVERSIZED],
+            Block::Open(entries) => {
+                let mut b = Vec::with_capacity(1 + entries.len() * 64);
+                b.push(OPEN);
+                for e in entries {
+                    b.extend_from_slice(&e.node.to_be_bytes());
+                    let at = b.len();
+                    b.extend_from_slice(&[0; 4]);
+                    e.record.encode_into(&mut b);
+                    let len = (b.len() - at - 4) as u32;
+                    b[at..at + 4].copy_from_slice(&len.to_be_bytes());
                 }
                 b
             }
@@ -219,12 +269,18 @@ impl Block {
 
     pub fn decode(b: &[u8]) -> Option<Self> {
         match b.split_first()? {
-            (1, []) => Some(Block::Oversized),
-            (0, rest) if rest.len() % 8 == 0 => Some(Block::Open(
-                rest.chunks_exact(8)
-                    .map(|c| u64::from_be_bytes(c.try_into().unwrap_or_default()))
-                    .collect(),
-            )),
+            (&OVERSIZED, []) => Some(Block::Oversized),
+            (&OPEN, mut rest) => {
+                let mut entries = Vec::new();
+                while !rest.is_empty() {
+                    let node = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+                    let len = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
+                    let record = Record::decode(rest.get(12..12 + len)?)?;
+                    entries.push(Entry { node, record });
+                    rest = &rest[12 + len..];
+                }
+                Some(Block::Open(entries))
+            }
             _ => None,
         }
     }
@@ -235,7 +291,7 @@ mod tests {
     use super::*;
 
     fn record(pairs: &[(Field, &str)]) -> Record {
-        Record(pairs.iter().map(|(f, v)| (*f, v.to_string())).collect())
+        pairs.iter().map(|(f, v)| (*f, *v)).collect()
     }
 
     #[test]
@@ -299,25 +355,50 @@ mod tests {
     }
 
     #[test]
-    fn blocks_cap_their_size_and_round_trip() {
-        let mut b = Block::Open(Vec::new());
-        assert_eq!(b.file(5, 2), Filed::Added);
-        assert_eq!(b.file(3, 2), Filed::Added);
-        assert_eq!(b.file(5, 2), Filed::AlreadyThere);
-        assert_eq!(b.nodes(), &[3, 5]);
+    fn blocks_cap_their_size_keep_records_and_round_trip() {
+        let smith = record(&[(Field::LastName, "smith"), (Field::PostalCode, "94107")]);
+        let moved = record(&[(Field::LastName, "smith"), (Field::PostalCode, "10001")]);
+        let mut b = Block::empty();
+        assert!(b.is_empty());
+        assert_eq!(b.file(5, &smith, 2), Filed::Added);
+        assert_eq!(b.file(3, &moved, 2), Filed::Added);
+        assert_eq!(b.file(5, &smith, 2), Filed::AlreadyThere);
+        assert_eq!(b.nodes(), [3, 5]);
+        assert_eq!(b.entries()[1].record, smith);
+        assert_eq!(b.file(5, &moved, 2), Filed::Updated);
+        assert_eq!(
+            b.entries()[1].record,
+            moved,
+            "the latest record is compared"
+        );
         assert_eq!(Block::decode(&b.encode()), Some(b.clone()));
         let mut taken = b.clone();
         assert!(taken.remove(3));
         assert!(!taken.remove(3), "already out");
-        assert_eq!(taken.nodes(), &[5]);
-        assert_eq!(b.file(9, 2), Filed::Overflowed);
+        assert_eq!(taken.nodes(), [5]);
+        assert!(taken.remove(5) && taken.is_empty());
+        assert_eq!(b.file(9, &smith, 2), Filed::Overflowed);
         assert_eq!(b, Block::Oversized);
-        assert!(b.nodes().is_empty());
-        assert_eq!(b.file(10, 2), Filed::Oversized);
+        assert!(b.entries().is_empty() && !b.is_empty());
+        assert_eq!(b.file(10, &smith, 2), Filed::Oversized);
         assert!(!b.remove(9), "an oversized block lists nothing to take out");
         assert_eq!(b, Block::Oversized);
         assert_eq!(Block::decode(&b.encode()), Some(Block::Oversized));
-        assert_eq!(Block::decode(&[0, 1, 2]), None);
+        assert_eq!(
+            Block::decode(&Block::empty().encode()),
+            Some(Block::empty())
+        );
+        let bytes = Block::Open(vec![Entry {
+            node: 7,
+            record: smith.clone(),
+        }])
+        .encode();
+        assert_eq!(Block::decode(&bytes[..bytes.len() - 1]), None, "cut short");
+        assert_eq!(
+            Block::decode(&[0, 0, 0, 0, 0, 0, 0, 0, 7]),
+            None,
+            "the earlier layout of bare node ids is not misread"
+        );
         assert_eq!(Block::decode(&[]), None);
     }
 }

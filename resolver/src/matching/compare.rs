@@ -25,6 +25,15 @@ pub enum Level {
 }
 
 impl Level {
+    /// Every level, in declaration order (`level as usize` is the position).
+    pub const ALL: [Level; 6] = [
+        Level::Exact,
+        Level::Close,
+        Level::Similar,
+        Level::YearMonth,
+        Level::DayMonthSwapped,
+        Level::Else,
+    ];
     pub const TEXT: [Level; 4] = [Level::Exact, Level::Close, Level::Similar, Level::Else];
     pub const DATE: [Level; 4] = [
         Level::Exact,
@@ -65,9 +74,8 @@ impl fmt::Display for Level {
 /// imports often do) than straight, the crosswise levels count for both name fields.
 pub fn compare_records(ours: &Record, theirs: &Record, t: Thresholds) -> Vec<(Field, Level)> {
     let mut levels: Vec<(Field, Level)> = ours
-        .0
         .iter()
-        .filter_map(|(f, a)| Some((*f, compare(*f, a, theirs.get(*f)?, t))))
+        .filter_map(|(f, a)| Some((f, compare(f, a, theirs.get(f)?, t))))
         .collect();
     fn names(r: &Record) -> Option<(&str, &str)> {
         Some((r.get(Field::FirstName)?, r.get(Field::LastName)?))
@@ -153,12 +161,9 @@ mod tests {
             similar: 0.8,
         };
         let rec = |first: &str, last: &str| {
-            Record(
-                [(Field::FirstName, first), (Field::LastName, last)]
-                    .iter()
-                    .map(|(f, v)| (*f, v.to_string()))
-                    .collect(),
-            )
+            [(Field::FirstName, first), (Field::LastName, last)]
+                .into_iter()
+                .collect::<Record>()
         };
         let levels = compare_records(&rec("anthony", "beazley"), &rec("beazley", "anthony"), t);
         assert_eq!(

@@ -1,6 +1,8 @@
 //! Comparison fields: which person attributes probabilistic matching compares, under which
 //! trait names they arrive (ingest's CRM parsers write these names), and how a record of them
-//! is read, normalised, from a signal's or a profile's traits.
+//! is read, normalised, from a signal's or a profile's traits, and the compact binary form a
+//! record is kept in beside the blocking index (so a comparison decodes a few bytes, not a
+//! profile).
 
 use super::normalize;
 use serde::{Deserialize, Serialize};
@@ -35,6 +37,11 @@ impl Field {
         Field::Phone,
         Field::EmailLocal,
     ];
+
+    /// The field's position in [`Field::ALL`]: its tag in a record's binary form.
+    pub fn index(self) -> u8 {
+        self as u8
+    }
 
     /// The trait name the value is read from.
     pub fn name(self) -> &'static str {
@@ -81,35 +88,157 @@ impl fmt::Display for Field {
 }
 
 /// The normalised comparison fields one record (or profile) has; absent fields are missing.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Record(pub BTreeMap<Field, String>);
+/// The values sit one after the other in one string, in field order, so that reading a record
+/// from a block (every candidate of every arriving record) is one allocation.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Record {
+    text: String,
+    /// Per field of [`Field::ALL`], where its value ends in `text` (it starts where the value
+    /// of the previous field present ends).
+    ends: [u32; Field::ALL.len()],
+    /// Bit `i` set: field `i` of [`Field::ALL`] is present.
+    present: u8,
+}
 
-impl Record {
-    /// Reads `fields` from traits (string values; other JSON types are not comparable).
-    pub fn from_traits(traits: &BTreeMap<String, serde_json::Value>, fields: &[Field]) -> Self {
+impl<S: AsRef<str>> FromIterator<(Field, S)> for Record {
+    /// A record of these values; of two values of one field, the later counts.
+    fn from_iter<I: IntoIterator<Item = (Field, S)>>(values: I) -> Self {
+        let mut slots: [Option<S>; Field::ALL.len()] = Default::default();
+        for (f, v) in values {
+            slots[usize::from(f.index())] = Some(v);
+        }
         let mut r = Record::default();
-        for f in fields {
-            if let Some(v) = traits
-                .get(f.name())
-                .and_then(serde_json::Value::as_str)
-                .and_then(|raw| f.normalise(raw))
-            {
-                r.0.insert(*f, v);
+        for (i, v) in slots.iter().enumerate() {
+            if let Some(v) = v {
+                r.push(i, v.as_ref());
             }
         }
         r
     }
+}
+
+impl fmt::Debug for Record {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl Record {
+    /// Reads `fields` from traits (string values; other JSON types are not comparable).
+    pub fn from_traits(traits: &BTreeMap<String, serde_json::Value>, fields: &[Field]) -> Self {
+        fields
+            .iter()
+            .filter_map(|f| {
+                let raw = traits.get(f.name())?.as_str()?;
+                Some((*f, f.normalise(raw)?))
+            })
+            .collect()
+    }
+
+    /// Appends the value of field `i`, which must come after every field present.
+    fn push(&mut self, i: usize, v: &str) {
+        self.text.push_str(v);
+        self.ends[i] = self.text.len() as u32;
+        self.present |= 1 << i;
+    }
 
     pub fn get(&self, f: Field) -> Option<&str> {
-        self.0.get(&f).map(String::as_str)
+        let i = usize::from(f.index());
+        if self.present & (1 << i) == 0 {
+            return None;
+        }
+        // The previous field present ends where this one starts.
+        let below = self.present & ((1u8 << i) - 1);
+        let start = match below {
+            0 => 0,
+            b => self.ends[7 - b.leading_zeros() as usize],
+        };
+        Some(&self.text[start as usize..self.ends[i] as usize])
+    }
+
+    /// The fields present and their values, in field order.
+    pub fn iter(&self) -> impl Iterator<Item = (Field, &str)> + '_ {
+        let mut start = 0;
+        Field::ALL.iter().enumerate().filter_map(move |(i, f)| {
+            if self.present & (1 << i) == 0 {
+                return None;
+            }
+            let end = self.ends[i] as usize;
+            let v = &self.text[start..end];
+            start = end;
+            Some((*f, v))
+        })
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.present.count_ones() as usize
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.present == 0
+    }
+
+    /// This record's values of `fields`, updated by those of `newer`.
+    pub fn updated(&self, newer: &Record, fields: &[Field]) -> Record {
+        self.iter()
+            .filter(|(f, _)| fields.contains(f))
+            .chain(newer.iter())
+            .collect()
+    }
+
+    /// Per field present, in field order: its index in [`Field::ALL`], the value's length as a
+    /// LEB128 varint, and the value's bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(self.text.len() + 2 * self.len());
+        self.encode_into(&mut b);
+        b
+    }
+
+    pub fn encode_into(&self, b: &mut Vec<u8>) {
+        for (f, v) in self.iter() {
+            b.push(f.index());
+            let mut len = v.len();
+            while len >= 0x80 {
+                b.push((len as u8 & 0x7f) | 0x80);
+                len >>= 7;
+            }
+            b.push(len as u8);
+            b.extend_from_slice(v.as_bytes());
+        }
+    }
+
+    /// The record [`Self::encode`] wrote; `None` if `b` is not one (fields out of order
+    /// included: there is one encoding per record).
+    pub fn decode(mut b: &[u8]) -> Option<Self> {
+        let mut r = Record {
+            text: String::with_capacity(b.len()),
+            ..Record::default()
+        };
+        let mut next = 0;
+        while let Some((&index, rest)) = b.split_first() {
+            let i = usize::from(index);
+            if i < next || i >= Field::ALL.len() {
+                return None;
+            }
+            next = i + 1;
+            let (mut len, mut shift, mut rest) = (0usize, 0u32, rest);
+            loop {
+                let (&byte, tail) = rest.split_first()?;
+                rest = tail;
+                len |= usize::from(byte & 0x7f).checked_shl(shift)?;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+                shift += 7;
+                if shift > 28 {
+                    return None;
+                }
+            }
+            let value = rest.get(..len)?;
+            r.push(i, std::str::from_utf8(value).ok()?);
+            b = &rest[len..];
+        }
+        Some(r)
     }
 }
 
@@ -140,5 +269,62 @@ mod tests {
         assert_eq!(r.get(Field::City), None, "not a string");
         let only_names = Record::from_traits(&traits, &[Field::FirstName]);
         assert_eq!(only_names.len(), 1);
+    }
+
+    #[test]
+    fn records_round_trip_through_their_binary_form() {
+        for (i, f) in Field::ALL.iter().enumerate() {
+            assert_eq!(usize::from(f.index()), i, "{f}: the tag is the position");
+        }
+        let long = "x".repeat(300);
+        let r: Record = [
+            (Field::EmailLocal, ""),
+            (Field::FirstName, "zoe"),
+            (Field::Street, long.as_str()),
+            (Field::BirthDate, "1984-03-07"),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(r.get(Field::FirstName), Some("zoe"));
+        assert_eq!(r.get(Field::BirthDate), Some("1984-03-07"));
+        assert_eq!(r.get(Field::Street), Some(long.as_str()));
+        assert_eq!(r.get(Field::EmailLocal), Some(""));
+        assert_eq!(r.get(Field::LastName), None);
+        assert_eq!(
+            r.iter().map(|(f, _)| f).collect::<Vec<_>>(),
+            [
+                Field::FirstName,
+                Field::BirthDate,
+                Field::Street,
+                Field::EmailLocal
+            ],
+            "in field order"
+        );
+        let moved: Record = [(Field::Street, "1 new road"), (Field::City, "leeds")]
+            .into_iter()
+            .collect();
+        let updated = r.updated(&moved, &[Field::FirstName, Field::Street, Field::City]);
+        assert_eq!(
+            updated.iter().collect::<Vec<_>>(),
+            [
+                (Field::FirstName, "zoe"),
+                (Field::Street, "1 new road"),
+                (Field::City, "leeds")
+            ],
+            "newer values win; fields no longer compared are dropped"
+        );
+        let b = r.encode();
+        assert_eq!(
+            b.len(),
+            (2 + 3) + (2 + 10) + (3 + 300) + 2,
+            "varint lengths"
+        );
+        assert_eq!(Record::decode(&b), Some(r));
+        assert_eq!(Record::decode(&[]), Some(Record::default()));
+        assert_eq!(Record::decode(&[8, 0]), None, "no ninth field");
+        assert_eq!(Record::decode(&[1, 0, 0, 0]), None, "out of field order");
+        assert_eq!(Record::decode(&[0, 5, b'z']), None, "cut short");
+        assert_eq!(Record::decode(&[0, 0x80]), None, "unterminated length");
+        assert_eq!(Record::decode(&[0, 1, 0xff]), None, "not UTF-8");
     }
 }

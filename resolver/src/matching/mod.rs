@@ -1,11 +1,12 @@
 //! Probabilistic matching (Fellegi–Sunter) in the stream. A signal that carries comparison
 //! fields in its traits (typically a CRM record: names, birth date, address) is filed in the
-//! [`blocking`] index and compared ([`compare`]) with the profiles filed under the same keys;
-//! each pair is scored by the [`model`], and pairs likely enough become links with rule
-//! [`RULE`] whose confidence is the match probability. Those links go through the merge policy
-//! like any other (`resolver.matching.merge_threshold` is the rule's threshold); weaker ones
-//! above `candidate_threshold` stay candidate links. Every such link keeps its score and each
-//! field's contribution, which `explain` shows and `rebuild` re-scores under the current model.
+//! [`blocking`] index with its normalised record and compared ([`compare`]) with the records
+//! filed under the same keys ([`stream`]); each pair is scored by the [`model`], and pairs
+//! likely enough become links with rule [`RULE`] whose confidence is the match probability.
+//! Those links go through the merge policy like any other (`resolver.matching.merge_threshold`
+//! is the rule's threshold); weaker ones above `candidate_threshold` stay candidate links.
+//! Every such link keeps its score and each field's contribution, which `explain` shows and
+//! `rebuild` re-scores under the current model.
 //! [`train`] fits a model to a store's profiles.
 
 pub mod blocking;
@@ -149,6 +150,8 @@ pub fn policy_with_threshold(
 pub struct Matcher {
     pub config: MatchingConfig,
     pub model: Model,
+    /// The model's weights as a table, for scoring every compared pair.
+    pub weights: model::Weights,
 }
 
 impl Matcher {
@@ -165,7 +168,12 @@ impl Matcher {
                 })?;
             }
         }
-        Ok(Self { config, model })
+        let weights = model::Weights::of(&model);
+        Ok(Self {
+            config,
+            model,
+            weights,
+        })
     }
 
     pub fn thresholds(&self) -> Thresholds {

@@ -221,6 +221,40 @@ impl Model {
 }
 
 /// `2^w / (1 + 2^w)`, computed without overflow for large weights.
+/// A model's weights in a table by field and level: what scoring each compared pair reads,
+/// without the model's maps or a logarithm per field. A pair's [`Score`], with its
+/// contributions, is built only for the few pairs likely enough to keep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    prior: f64,
+    table: [[f64; Level::ALL.len()]; Field::ALL.len()],
+}
+
+impl Weights {
+    pub fn of(model: &Model) -> Self {
+        let mut table = [[0.0; Level::ALL.len()]; Field::ALL.len()];
+        for f in Field::ALL {
+            for l in Level::ALL {
+                table[usize::from(f.index())][l as usize] = model.level_weight(f, l);
+            }
+        }
+        Self {
+            prior: model.prior_weight(),
+            table,
+        }
+    }
+
+    /// The match probability of a pair that agrees at `levels`: that of [`Model::score`].
+    pub fn probability(&self, levels: &[(Field, Level)]) -> f64 {
+        let weight = self.prior
+            + levels
+                .iter()
+                .map(|(f, l)| self.table[usize::from(f.index())][*l as usize])
+                .sum::<f64>();
+        probability(weight)
+    }
+}
+
 pub fn probability(weight: f64) -> f64 {
     1.0 / (1.0 + (-weight).exp2())
 }
@@ -228,6 +262,39 @@ pub fn probability(weight: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_weights_table_gives_the_models_probability_exactly() {
+        let mut model = Model::builtin();
+        model.prior = 0.003;
+        // A field the model does not know weighs nothing, in the table as in the model.
+        model.fields.remove(&Field::Phone);
+        let weights = Weights::of(&model);
+        let pairs: [&[(Field, Level)]; 4] = [
+            &[],
+            &[
+                (Field::FirstName, Level::Exact),
+                (Field::LastName, Level::Close),
+            ],
+            &[
+                (Field::BirthDate, Level::DayMonthSwapped),
+                (Field::PostalCode, Level::Else),
+                (Field::Phone, Level::Exact),
+            ],
+            &[
+                (Field::FirstName, Level::Similar),
+                (Field::LastName, Level::Exact),
+                (Field::BirthDate, Level::YearMonth),
+                (Field::Street, Level::Exact),
+                (Field::EmailLocal, Level::Else),
+            ],
+        ];
+        for levels in pairs {
+            assert_eq!(weights.probability(levels), model.score(levels).probability);
+        }
+        model.prior = 0.5;
+        assert_ne!(Weights::of(&model), weights, "the prior is in the table");
+    }
 
     #[test]
     fn builtin_is_valid_and_round_trips_as_json() {
