@@ -26,6 +26,7 @@ pub struct BusSection {
     /// Partitions of every topic cdp creates.
     pub partitions: i32,
     pub kafka: cdp_bus::kafka::KafkaConfig,
+    pub embedded: EmbeddedSection,
 }
 
 impl Default for BusSection {
@@ -34,6 +35,29 @@ impl Default for BusSection {
             backend: Backend::Embedded,
             partitions: 4,
             kafka: Default::default(),
+            embedded: Default::default(),
+        }
+    }
+}
+
+/// `[bus.embedded]`: how long the embedded bus keeps records (Kafka topics have their own
+/// `retention.ms`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedSection {
+    /// Hours a record stays on a topic; 0 keeps every record.
+    pub retention_hours: u64,
+    /// Per-topic retention in hours, overriding `retention_hours` (0 keeps every record).
+    pub topic_retention_hours: std::collections::BTreeMap<String, u64>,
+}
+
+impl Default for EmbeddedSection {
+    fn default() -> Self {
+        Self {
+            retention_hours: 0,
+            // The DLQ keeps rejected records' original bytes, raw e-mails and phone numbers
+            // included: two weeks to inspect and replay them, as the Kafka topic has.
+            topic_retention_hours: [(cdp_proto::topics::DLQ.to_string(), 14 * 24)].into(),
         }
     }
 }
@@ -47,8 +71,9 @@ pub struct HttpSection {
     pub listen: String,
     /// `/readyz` answers 503 while the process's consumer lag is above this many records.
     pub ready_max_lag: u64,
-    /// Threads serving requests. Lookups and lag reads run on tokio's blocking pool, not on
-    /// these, so a few suffice; more than one keeps a slow response from delaying the probes.
+    /// Threads serving requests. Profile lookups (a few point reads) run on them; scans and lag
+    /// reads run on tokio's blocking pool. More than one keeps a slow response from delaying
+    /// the probes.
     pub workers: usize,
     /// Keys of the profile API. With none, the API answers unauthenticated requests for
     /// `ingest.default_tenant`, read-only: fine on loopback, not on a network.

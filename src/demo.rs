@@ -73,7 +73,7 @@ pub fn run(config: &Config, opts: &DemoOptions, shutdown: Arc<AtomicBool>) -> Re
         println!("interrupted before the pipeline drained");
     }
 
-    let store = RocksStore::open(&pipeline::resolver_dir(&state))?;
+    let store = RocksStore::open_with(&pipeline::resolver_dir(&state), &config.resolver.storage)?;
     let scores = eval::evaluate(bus.as_ref(), config, &store, &workload.join("truth.csv"))?;
     let members =
         cdp_activation::membership::MembershipStore::open(&pipeline::activation_dir(&state))?

@@ -106,7 +106,7 @@ pub fn rebuild(
             dir.display()
         );
     }
-    let store = RocksStore::open(&dir).with_context(|| {
+    let store = RocksStore::open_with(&dir, &config.resolver.storage).with_context(|| {
         format!(
             "the resolver state in {} is in use by another cdp process: rebuild runs offline, \
              stop that process first",
@@ -210,7 +210,7 @@ fn submit(
     );
     let dir = pipeline::resolver_dir(data);
     std::fs::create_dir_all(&dir)?;
-    let store = RocksStore::open(&dir)
+    let store = RocksStore::open_with(&dir, &config.resolver.storage)
         .with_context(|| format!("opening resolver state in {}", dir.display()))?;
     let stop = AtomicBool::new(false);
     let counters = ResolverCounters::default();

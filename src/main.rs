@@ -11,6 +11,7 @@ mod graph;
 mod http;
 mod metrics;
 mod pipeline;
+mod retention;
 mod snapshot;
 mod snapshot_schedule;
 mod topic;
@@ -385,7 +386,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let tenant = tenant.unwrap_or_else(|| config.ingest.default_tenant.clone());
             let id = parse_identifier(&identifier, &config)?;
             let dir = pipeline::resolver_dir(&data);
-            let store = cdp_resolver::RocksStore::open(&dir)
+            let store = cdp_resolver::RocksStore::open_with(&dir, &config.resolver.storage)
                 .or_else(|_| cdp_resolver::RocksStore::open_read_only(&dir))
                 .with_context(|| format!("opening resolver state in {}", dir.display()))?;
             let profile = if id.kind.as_str() == "canonical_id" {
@@ -517,7 +518,7 @@ fn serve_and_run(
     let counters = Arc::new(pipeline::Counters::default());
     let shutdown = shutdown_flag()?;
     let resolver_store = if stages.resolve {
-        Some(pipeline::open_resolver_store(data)?)
+        Some(pipeline::open_resolver_store(data, config)?)
     } else {
         None
     };

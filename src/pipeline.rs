@@ -233,10 +233,11 @@ fn reload_activation(reload: &Reload, activation: &cdp_activation::Activation) {
 }
 
 /// Opens (creating) the resolver's state; the stage writes it, the profile API reads it.
-pub fn open_resolver_store(data: &Path) -> Result<Arc<RocksStore>> {
+pub fn open_resolver_store(data: &Path, config: &Config) -> Result<Arc<RocksStore>> {
     let dir = resolver_dir(data);
     std::fs::create_dir_all(&dir)?;
-    let store = RocksStore::open(&dir).with_context(|| format!("opening {}", dir.display()))?;
+    let store = RocksStore::open_with(&dir, &config.resolver.storage)
+        .with_context(|| format!("opening {}", dir.display()))?;
     Ok(Arc::new(store))
 }
 
@@ -285,7 +286,7 @@ pub fn run(
     if stages.resolve {
         let store = match resolver_store {
             Some(store) => store,
-            None => open_resolver_store(data)?,
+            None => open_resolver_store(data, config)?,
         };
         let (checked, cfg) = (store.clone(), config.resolver.clone());
         state_lags.push(Box::new(move |bus: &dyn Bus| {
@@ -334,8 +335,15 @@ pub fn run(
 
     let groups = stage_groups(config, stages);
     let mut failure = None;
+    let mut expiry = crate::retention::Expiry::default();
     loop {
         std::thread::sleep(Duration::from_millis(50));
+        if config.bus.backend == Backend::Embedded {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            if let Err(e) = expiry.tick(bus.as_ref(), &config.bus.embedded, now_ms) {
+                tracing::warn!(error = %format!("{e:#}"), "expiring bus records failed");
+            }
+        }
         if let Some(pos) = handles.iter().position(|(_, h)| h.is_finished()) {
             // A stage that stops on its own has failed (or was told to stop): stop the rest.
             let (name, handle) = handles.remove(pos);

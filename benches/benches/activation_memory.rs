@@ -15,7 +15,7 @@ mod activation_cohorts;
 use cdp_activation::membership::MembershipStore;
 use cdp_activation::stage::{self, ActivationCounters};
 use cdp_activation::Definitions;
-use cdp_benches::peak_rss_bytes;
+use cdp_benches::{peak_rss_bytes, SplitMix64};
 use cdp_bus::Record;
 use cdp_proto::{Identifier, IdentifierKind, Profile, ProfileUpdate, Source, Timestamp};
 use std::sync::atomic::Ordering;
@@ -33,33 +33,16 @@ const EVENTS: [&str; 8] = [
     "Newsletter Subscribed",
 ];
 
-/// SplitMix64: the draws of person `i`.
-struct Draws(u64);
-
-impl Draws {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 fn profile(i: u64, now: Timestamp) -> Profile {
-    let mut d = Draws(i);
+    let mut d = SplitMix64(i);
     let mut ids = vec![Identifier::new(
         IdentifierKind::EmailSha256,
         format!(
             "{:016x}{:016x}{:016x}{:016x}",
-            d.next(),
-            d.next(),
-            d.next(),
-            d.next()
+            d.next_u64(),
+            d.next_u64(),
+            d.next_u64(),
+            d.next_u64()
         ),
     )];
     if d.below(3) == 0 {
@@ -68,7 +51,7 @@ fn profile(i: u64, now: Timestamp) -> Profile {
     if d.below(4) == 0 {
         ids.push(Identifier::new(
             IdentifierKind::PhoneSha256,
-            format!("{:016x}{:016x}", d.next(), d.next()),
+            format!("{:016x}{:016x}", d.next_u64(), d.next_u64()),
         ));
     }
     ids.sort();

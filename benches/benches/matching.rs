@@ -32,10 +32,7 @@ const SYLLABLES: [&str; 24] = [
 
 /// SplitMix64 of `x`: reproducible pseudo-random fields.
 fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    cdp_benches::mix(x.wrapping_add(0x9e37_79b9_7f4a_7c15))
 }
 
 /// A made-up word for `x`, distinct for distinct `x` below 24^`min_syllables` (its digits in

@@ -16,7 +16,7 @@
 //! CDP_BENCH_REBUILD_KEEP=1 writes and keeps the stores without timing the steps, and
 //! CDP_BENCH_REBUILD_STORE=DIR CDP_BENCH_REBUILD_STEP=0..3 runs one step on a kept store).
 
-use cdp_benches::peak_rss_bytes;
+use cdp_benches::{peak_rss_bytes, SplitMix64};
 use cdp_proto::time::from_millis;
 use cdp_proto::{Identifier, IdentifierKind, Profile, Timestamp};
 use cdp_resolver::graph::canonical_id_for;
@@ -33,25 +33,11 @@ const TENANT: &str = "acme";
 const PEOPLE_PER_TXN: usize = 20_000;
 const T0: i64 = 1_700_000_000_000;
 
-/// SplitMix64: a reproducible stream of pseudo-random numbers without a dependency.
-struct Rng(u64);
+type Rng = SplitMix64;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(1000) < percent * 10
-    }
+/// True `percent` times in a hundred.
+fn chance(rng: &mut Rng, percent: u64) -> bool {
+    rng.below(1000) < percent * 10
 }
 
 /// One person's identifiers, the first being the one the star of links starts from.
@@ -60,15 +46,15 @@ fn person(rng: &mut Rng, n: u64, large: bool) -> Vec<Identifier> {
     let mut add = |kind: IdentifierKind, i: u64| {
         ids.push(Identifier::new(kind, format!("{n:x}-{i}")));
     };
-    let logged_in = rng.chance(70);
+    let logged_in = chance(rng, 70);
     if logged_in {
         add(IdentifierKind::UserId, 0);
     }
-    let emails = if rng.chance(20) { 2 } else { 1 };
+    let emails = if chance(rng, 20) { 2 } else { 1 };
     for i in 0..emails {
         add(IdentifierKind::EmailSha256, i);
     }
-    if rng.chance(10) {
+    if chance(rng, 10) {
         add(IdentifierKind::CrmId, 0);
     }
     let devices = if large { 8 } else { rng.below(2) + 1 };
@@ -230,7 +216,7 @@ fn write_person(w: &mut Writer, rng: &mut Rng, ids: Vec<Identifier>, at: Timesta
 
 /// Writes the graph of about `n` identifiers into `store`.
 fn generate(store: &RocksStore, n: u64) -> Written {
-    let mut rng = Rng(n);
+    let mut rng = SplitMix64(n);
     let at = from_millis(T0);
     let mut written = Written::default();
     let mut clock = T0;

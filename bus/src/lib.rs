@@ -231,6 +231,12 @@ pub trait Bus: Send + Sync {
     fn rocksdb_stats(&self) -> Option<RocksDbStats> {
         None
     }
+    /// Deletes the records of `topic` written before `cutoff_ms` and returns how many went, where
+    /// the backend keeps its own log. A Kafka cluster applies each topic's `retention.ms`
+    /// itself, so this does nothing there.
+    fn expire(&self, _topic: &str, _cutoff_ms: i64) -> Result<u64> {
+        Ok(0)
+    }
 }
 
 /// Writes records. Records are durable and visible to consumers once `flush` returns `Ok`.

@@ -20,6 +20,8 @@ pub struct ResolverConfig {
     pub policy: PolicyConfig,
     /// Probabilistic matching of person records (names, birth date, address).
     pub matching: crate::matching::MatchingConfig,
+    /// RocksDB's memory.
+    pub storage: crate::store::StorageConfig,
 }
 
 impl Default for ResolverConfig {
@@ -35,6 +37,7 @@ impl Default for ResolverConfig {
             poll_timeout_ms: 100,
             policy: PolicyConfig::default(),
             matching: crate::matching::MatchingConfig::default(),
+            storage: crate::store::StorageConfig::default(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use crate::{ResolverError, Result};
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -119,13 +120,41 @@ pub trait GraphStore: Send + Sync {
     }
 }
 
+/// `[resolver.storage]`: the memory RocksDB may take, whatever the size of the graph. Without
+/// it each column family's table reader keeps its index and filter blocks outside any cache
+/// (they grow with the data) and each column family has its own memtables (17 of them, up to
+/// 128 MiB each): the resolver's memory would follow the graph, not the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Block cache shared by every column family, index and filter blocks included (MiB).
+    pub block_cache_mb: usize,
+    /// Memtables of all column families together (MiB); past it the largest are flushed.
+    pub write_buffer_mb: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            block_cache_mb: 256,
+            write_buffer_mb: 256,
+        }
+    }
+}
+
 /// RocksDB-backed store: one database, one column family per [`Cf`].
 pub struct RocksStore {
     db: DB,
 }
 
 impl RocksStore {
+    /// Opens (creating) the store with the default [`StorageConfig`].
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, &StorageConfig::default())
+    }
+
+    /// Opens (creating) the store, its memory bounded by `memory`.
+    pub fn open_with(dir: &Path, memory: &StorageConfig) -> Result<Self> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -136,7 +165,18 @@ impl RocksStore {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         table.set_whole_key_filtering(true);
+        // One cache for all column families, holding index and filter blocks too (those of
+        // level 0 pinned: they are read by nearly every lookup).
+        let cache = rocksdb::Cache::new_lru_cache(memory.block_cache_mb.max(1) << 20);
+        table.set_block_cache(&cache);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         opts.set_block_based_table_factory(&table);
+        let memtables = rocksdb::WriteBufferManager::new_write_buffer_manager(
+            memory.write_buffer_mb.max(1) << 20,
+            false,
+        );
+        opts.set_write_buffer_manager(&memtables);
         opts.set_memtable_whole_key_filtering(true);
         opts.set_memtable_prefix_bloom_ratio(0.02);
         let cfs = Cf::ALL.map(|cf| ColumnFamilyDescriptor::new(cf.name(), opts.clone()));
@@ -285,4 +325,31 @@ impl GraphStore for MemStore {
 
 fn storage(e: rocksdb::Error) -> ResolverError {
     ResolverError::Storage(e.into_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configured_cache_is_the_one_rocksdb_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = StorageConfig {
+            block_cache_mb: 3,
+            write_buffer_mb: 5,
+        };
+        let store = RocksStore::open_with(dir.path(), &memory).unwrap();
+        for cf in Cf::ALL {
+            let handle = store.cf(cf).unwrap();
+            let capacity = store
+                .db
+                .property_int_value_cf(handle, "rocksdb.block-cache-capacity")
+                .unwrap();
+            assert_eq!(capacity, Some(3 << 20), "{}", cf.name());
+        }
+        store
+            .write(vec![(Cf::ALL[0], b"k".to_vec(), Some(b"v".to_vec()))])
+            .unwrap();
+        assert_eq!(store.get(Cf::ALL[0], b"k").unwrap(), Some(b"v".to_vec()));
+    }
 }
