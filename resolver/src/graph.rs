@@ -523,7 +523,9 @@ fn touch(batch: &mut Batch, signal: &Signal, canonical_id: &str) {
         (signal.tenant.clone(), canonical_id.to_string()),
         (signal.event_id.clone(), signal.received_at),
     );
-    batch.by_signal.insert(canonical_id.to_string());
+    if !batch.by_signal.contains(canonical_id) {
+        batch.by_signal.insert(canonical_id.to_string());
+    }
 }
 
 /// One version per signal for every profile it changed. Counting signals rather than batches

@@ -199,8 +199,12 @@ fn unapplied(
     applied: &BTreeMap<(String, i32), i64>,
     r: &Record,
 ) -> Result<bool> {
-    let next = match applied.get(&(r.topic.clone(), r.partition)) {
-        Some(n) => *n,
+    // A batch spans a handful of partitions: a scan beats cloning the topic for a lookup.
+    let next = match applied
+        .iter()
+        .find(|((t, p), _)| *t == r.topic && *p == r.partition)
+    {
+        Some((_, n)) => *n,
         None => stored_offset(store, &r.topic, r.partition)?.unwrap_or(0),
     };
     Ok(r.offset >= next)
@@ -234,7 +238,15 @@ fn apply_signals(
             // Applied before a crash: the state already contains it.
             continue;
         }
-        applied.insert((r.topic.clone(), r.partition), r.offset + 1);
+        let known = applied
+            .iter_mut()
+            .find(|((t, p), _)| *t == r.topic && *p == r.partition);
+        match known {
+            Some((_, next)) => *next = r.offset + 1,
+            None => {
+                applied.insert((r.topic.clone(), r.partition), r.offset + 1);
+            }
+        }
         match decode_signal(r) {
             Ok(signal) => resolver.apply(&mut txn, &signal, &mut batch)?,
             Err(rejection) => dead.push(dead_letter(config, r, &rejection)),
