@@ -252,6 +252,33 @@ pub fn exit_merged(
     Ok(transition(txn, dest, who, Want::Out(None), &kept, now)?.sent)
 }
 
+/// Records that `rule` (or none) keeps the person, not held by `dest`, out; sends nothing.
+fn withhold(
+    txn: &mut MembershipTxn,
+    dest: &Destination,
+    who: Subject,
+    seq: u64,
+    rule: Option<Withheld>,
+) -> Routed {
+    let state = DestMember {
+        member: false,
+        seq,
+        identifiers: Vec::new(),
+        withheld: rule,
+    };
+    txn.set_dest_member(
+        dest.key(),
+        who.tenant,
+        who.canonical_id,
+        who.audience,
+        &state,
+    );
+    Routed {
+        sent: false,
+        withheld: rule,
+    }
+}
+
 /// Moves `dest`'s state for (audience, profile) to what `want` says, queueing the event that
 /// tells the destination. `kept`: identifiers an exit must not name.
 pub fn transition(
@@ -282,23 +309,8 @@ pub fn transition(
                 None => {
                     if let Some(cap) = cap {
                         if !cap.take(txn, who.tenant, who.canonical_id, now)? {
-                            let state = DestMember {
-                                member: false,
-                                seq,
-                                identifiers: Vec::new(),
-                                withheld: Some(Withheld::FrequencyCap),
-                            };
-                            txn.set_dest_member(
-                                dest.key(),
-                                who.tenant,
-                                who.canonical_id,
-                                who.audience,
-                                &state,
-                            );
-                            return Ok(Routed {
-                                sent: false,
-                                withheld: Some(Withheld::FrequencyCap),
-                            });
+                            let rule = Some(Withheld::FrequencyCap);
+                            return Ok(withhold(txn, dest, who, seq, rule));
                         }
                     }
                     (EventKind::AudienceEntered, ids.clone(), ids, None)
@@ -320,23 +332,7 @@ pub fn transition(
                 return Ok(Routed::default());
             }
             // Not held: only the rule that keeps them out changes; nothing is sent.
-            let state = DestMember {
-                member: false,
-                seq,
-                identifiers: Vec::new(),
-                withheld: reason,
-            };
-            txn.set_dest_member(
-                dest.key(),
-                who.tenant,
-                who.canonical_id,
-                who.audience,
-                &state,
-            );
-            return Ok(Routed {
-                sent: false,
-                withheld: reason,
-            });
+            return Ok(withhold(txn, dest, who, seq, reason));
         }
     };
     let seq = seq + 1;

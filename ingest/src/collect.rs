@@ -15,7 +15,6 @@
 
 use cdp_proto::Source;
 use serde_json::{Map, Value};
-use std::io::Write;
 
 /// The routes of the Tracking API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,7 +344,7 @@ fn accept(
         Source::Web
     };
     let message = Value::Object(m);
-    let size = compact_len(&message);
+    let size = crate::json::compact_len(&message);
     if size > limits.max_message_bytes {
         return Err(CollectError::MessageTooLarge {
             at: at.to_string(),
@@ -376,24 +375,6 @@ fn is_mobile(m: &Map<String, Value>) -> bool {
     m.get("context").is_some_and(|c| {
         c.get("app").is_some_and(Value::is_object) || c.get("device").is_some_and(Value::is_object)
     })
-}
-
-/// Bytes of `v` as compact JSON, without building them.
-fn compact_len(v: &Value) -> usize {
-    struct Count(usize);
-    impl Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing a `Value` to a sink that never fails cannot fail.
-    let _ = serde_json::to_writer(&mut count, v);
-    count.0
 }
 
 #[cfg(test)]

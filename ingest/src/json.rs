@@ -113,6 +113,25 @@ const SEGMENT_CONTEXT_KEYS: [&str; 7] = [
     "traits", "page", "campaign", "consent", "device", "app", "os",
 ];
 
+/// Bytes of `v` as compact JSON, counted without building them: the measure of the
+/// per-message limit where the original byte span is no longer known.
+pub(crate) fn compact_len<T: Serialize + ?Sized>(v: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing into a sink that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0
+}
+
 /// Parses a Segment message or batch envelope like [`Json`], leaving out of each message's
 /// `context` what no parser reads. It accepts and rejects exactly what parsing into [`Json`] does:
 /// left-out values go through the same parser calls, only nothing is built from them.

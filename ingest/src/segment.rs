@@ -120,7 +120,7 @@ fn parse_batch(
     let mut signals = Vec::with_capacity(messages.len());
     for (i, message) in messages.iter().enumerate() {
         if !cx.messages_fit {
-            let size = serialized_len(message);
+            let size = crate::json::compact_len(message);
             if size > limit {
                 return Err(in_batch(i, oversize("message", size, limit)));
             }
@@ -610,23 +610,4 @@ fn consent(context: Option<Fields<'_>>) -> Result<Consent, Rejection> {
         }
     }
     Ok(out)
-}
-
-/// Size of a message as compact JSON: the measure of the per-message limit inside a batch,
-/// where the original byte span is no longer known.
-fn serialized_len(v: &Json<'_>) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing a Value into a sink that never fails cannot fail.
-    let _ = serde_json::to_writer(&mut count, v);
-    count.0
 }

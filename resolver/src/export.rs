@@ -31,13 +31,9 @@ impl ExportView {
                 )));
             }
         }
-        let names = Cf::ALL
-            .map(Cf::name)
-            .into_iter()
-            .filter(|n| existing.iter().any(|e| e == n));
-        let db =
-            DB::open_cf_for_read_only(&Options::default(), dir, names, false).map_err(storage)?;
-        Ok(Self { db })
+        Ok(Self {
+            db: crate::store::open_existing_read_only(dir, &existing)?,
+        })
     }
 
     /// Every live profile (one per union-find root), in root-node order.

@@ -188,13 +188,9 @@ impl RocksStore {
     /// Column families a state written by an older version lacks read as empty.
     pub fn open_read_only(dir: &Path) -> Result<Self> {
         let existing = DB::list_cf(&Options::default(), dir).map_err(storage)?;
-        let names = Cf::ALL
-            .map(Cf::name)
-            .into_iter()
-            .filter(|n| existing.iter().any(|e| e == n));
-        let db =
-            DB::open_cf_for_read_only(&Options::default(), dir, names, false).map_err(storage)?;
-        Ok(Self { db })
+        Ok(Self {
+            db: open_existing_read_only(dir, &existing)?,
+        })
     }
 
     /// Size and compaction figures of the database, for `/metrics`.
@@ -205,6 +201,16 @@ impl RocksStore {
     fn cf(&self, cf: Cf) -> Option<&rocksdb::ColumnFamily> {
         self.db.cf_handle(cf.name())
     }
+}
+
+/// Opens the state in `dir` read-only with those of the column families that `existing` (its
+/// `list_cf`) names: a state written by an older version may lack some.
+pub(crate) fn open_existing_read_only(dir: &Path, existing: &[String]) -> Result<DB> {
+    let names = Cf::ALL
+        .map(Cf::name)
+        .into_iter()
+        .filter(|n| existing.iter().any(|e| e == n));
+    DB::open_cf_for_read_only(&Options::default(), dir, names, false).map_err(storage)
 }
 
 impl GraphStore for RocksStore {
