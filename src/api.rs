@@ -10,15 +10,17 @@
 //! [`ErrorCode`]. Which path serves which handler is the route table in `http`.
 
 use crate::config::{ApiKey, Config, Scope};
+use crate::read_tier::{Lookup, ReadTier};
+use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use cdp_activation::membership::MembershipStore;
 use cdp_activation::Activation;
 use cdp_bus::{Bus, OutRecord, Producer};
-use cdp_proto::{Identifier, IdentifierKind, NormalizeOptions};
+use cdp_proto::{Identifier, IdentifierKind, NormalizeOptions, Profile};
 use cdp_resolver::command::{CommandOp, Target};
 use cdp_resolver::GraphStore;
 use serde::de::DeserializeOwned;
@@ -77,7 +79,7 @@ impl Auth {
 
     /// The caller, whose key must hold one of `any_of`. Without configured keys everyone reads
     /// the default tenant and nobody erases.
-    fn caller(&self, headers: &HeaderMap, any_of: &[Scope]) -> Result<Caller, ApiError> {
+    fn caller(&self, credentials: &Credentials, any_of: &[Scope]) -> Result<Caller, ApiError> {
         let needed = || {
             let names: Vec<&str> = any_of
                 .iter()
@@ -100,8 +102,9 @@ impl Auth {
             let message = format!("{}; no API key is configured", needed());
             return Err(ApiError::new(ErrorCode::Forbidden, message));
         }
-        let token = headers
-            .get(header::AUTHORIZATION)
+        let token = credentials
+            .0
+            .as_ref()
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
@@ -125,6 +128,20 @@ impl Auth {
     }
 }
 
+/// The `Authorization` header of a request: the one header the API reads, so a request does
+/// not copy all of its headers to answer.
+pub struct Credentials(Option<HeaderValue>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Credentials {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Credentials(
+            parts.headers.get(header::AUTHORIZATION).cloned(),
+        ))
+    }
+}
+
 /// Who is calling: the one tenant they may see.
 struct Caller {
     tenant: String,
@@ -137,6 +154,9 @@ pub struct ProfileApi {
     normalize: NormalizeOptions,
     commands_topic: String,
     producer: Mutex<Box<dyn Producer>>,
+    /// Answers of recent lookups (`http.read_tier_mb`); `store` must then be the
+    /// `WatchedStore` the resolver writes through, counting into the tier's changes.
+    tier: Option<Arc<ReadTier>>,
 }
 
 impl ProfileApi {
@@ -144,11 +164,13 @@ impl ProfileApi {
         config: &Config,
         auth: Auth,
         store: Arc<dyn GraphStore>,
+        tier: Option<Arc<ReadTier>>,
         bus: &dyn Bus,
     ) -> anyhow::Result<Self> {
         Ok(Self {
             auth,
             store,
+            tier,
             normalize: NormalizeOptions::with_region(&config.ingest.default_phone_region)?,
             commands_topic: config.resolver.commands_topic.clone(),
             producer: Mutex::new(bus.producer()?),
@@ -346,40 +368,66 @@ fn canonical(id: &str) -> Result<(), ApiError> {
 /// `GET /v1/profiles/{canonical_id}`: a retired id redirects to the profile that absorbed it.
 pub async fn profile_by_canonical(
     State(api): State<Arc<ProfileApi>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
-    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    let caller = api.auth.caller(&credentials, &[Scope::Read])?;
     canonical(&id)?;
-    // Point reads, on this worker (see `blocking`).
-    let profile =
-        cdp_resolver::lookup::profile_by_canonical(api.store.as_ref(), &caller.tenant, &id)
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::profile_not_found(&id))?;
+    let Some(tier) = &api.tier else {
+        // Point reads, on this worker (see `blocking`).
+        let profile =
+            cdp_resolver::lookup::profile_by_canonical(api.store.as_ref(), &caller.tenant, &id)
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| ApiError::profile_not_found(&id))?;
+        return canonical_answer(&id, &profile).map(|(r, _)| r);
+    };
+    let key = cdp_resolver::txn::tenant_key(&caller.tenant, &id);
+    if let Some(body) = tier.get(Lookup::Canonical(&key)) {
+        return Ok(json_body(body));
+    }
+    let (profile, stamps) = cdp_resolver::lookup::watched::profile_by_canonical(
+        api.store.as_ref(),
+        tier.changes(),
+        &caller.tenant,
+        &id,
+    )
+    .map_err(ApiError::internal)?;
+    let profile = profile.ok_or_else(|| ApiError::profile_not_found(&id))?;
+    let (response, body) = canonical_answer(&id, &profile)?;
+    if let Some(body) = body {
+        tier.put(Lookup::Canonical(&key), body, stamps);
+    }
+    Ok(response)
+}
+
+/// The answer to `GET /v1/profiles/{id}` when `profile` holds `id`, with its body when it is
+/// the profile itself (a redirect from a retired id is not kept in the read tier).
+fn canonical_answer(id: &str, profile: &Profile) -> Result<(Response, Option<Bytes>), ApiError> {
     if profile.canonical_id != id {
         let location = format!("/v1/profiles/{}", profile.canonical_id);
-        return Ok((
+        let redirect = (
             StatusCode::PERMANENT_REDIRECT,
             [(header::LOCATION, location)],
             Json(json!({ "retired": id, "canonical_id": profile.canonical_id })),
-        )
-            .into_response());
+        );
+        return Ok((redirect.into_response(), None));
     }
-    json_response(&profile)
+    let body = json_bytes(profile)?;
+    Ok((json_body(body.clone()), Some(body)))
 }
 
 /// `GET /v1/profiles/{canonical_id}/explain`: the component's identifiers, links, merges and
 /// refused merges.
 pub async fn explain(
     State(api): State<Arc<ProfileApi>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
     if !is_canonical(&id) {
         // The router prefers this literal segment: `{kind}/explain` is an identifier lookup.
-        return identifier_lookup(api, headers, id, "explain".into()).await;
+        return identifier_lookup(api, credentials, id, "explain".into()).await;
     }
-    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    let caller = api.auth.caller(&credentials, &[Scope::Read])?;
     let store = api.store.clone();
     let target = Target::CanonicalId(id.clone());
     let e = blocking(move || {
@@ -394,13 +442,13 @@ pub async fn explain(
 /// `GET /v1/profiles/{canonical_id}/history`: the merge history and retired ids.
 pub async fn history(
     State(api): State<Arc<ProfileApi>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
     if !is_canonical(&id) {
-        return identifier_lookup(api, headers, id, "history".into()).await;
+        return identifier_lookup(api, credentials, id, "history".into()).await;
     }
-    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    let caller = api.auth.caller(&credentials, &[Scope::Read])?;
     // Point reads, on this worker (see `blocking`).
     let p = cdp_resolver::lookup::profile_by_canonical(api.store.as_ref(), &caller.tenant, &id)
         .map_err(ApiError::internal)?
@@ -419,45 +467,67 @@ pub async fn history(
 /// addresses and phone numbers are hashed).
 pub async fn profile_by_identifier(
     State(api): State<Arc<ProfileApi>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     ApiPath((kind, value)): ApiPath<(String, String)>,
 ) -> ApiResult {
-    identifier_lookup(api, headers, kind, value).await
+    identifier_lookup(api, credentials, kind, value).await
 }
 
 async fn identifier_lookup(
     api: Arc<ProfileApi>,
-    headers: HeaderMap,
+    credentials: Credentials,
     kind: String,
     value: String,
 ) -> ApiResult {
-    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    let caller = api.auth.caller(&credentials, &[Scope::Read])?;
     let id = identifier(&api, &kind, &value)?;
-    // Point reads, on this worker (see `blocking`).
-    let profile =
-        cdp_resolver::lookup::profile_by_identifier(api.store.as_ref(), &caller.tenant, &id)
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::profile_not_found(&id))?;
-    json_response(&profile)
+    let Some(tier) = &api.tier else {
+        // Point reads, on this worker (see `blocking`).
+        let profile =
+            cdp_resolver::lookup::profile_by_identifier(api.store.as_ref(), &caller.tenant, &id)
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| ApiError::profile_not_found(&id))?;
+        return Ok(json_body(json_bytes(&profile)?));
+    };
+    let key = cdp_resolver::txn::id_key(&caller.tenant, &id);
+    if let Some(body) = tier.get(Lookup::Identifier(&key)) {
+        return Ok(json_body(body));
+    }
+    let (profile, stamps) = cdp_resolver::lookup::watched::profile_by_identifier(
+        api.store.as_ref(),
+        tier.changes(),
+        &caller.tenant,
+        &id,
+    )
+    .map_err(ApiError::internal)?;
+    let profile = profile.ok_or_else(|| ApiError::profile_not_found(&id))?;
+    let body = json_bytes(&profile)?;
+    tier.put(Lookup::Identifier(&key), body.clone(), stamps);
+    Ok(json_body(body))
 }
 
-/// `value` as a JSON body, written into a buffer the size of a typical profile (axum's `Json`
-/// starts small and regrows it several times).
-fn json_response(value: &impl Serialize) -> ApiResult {
+/// `value` as JSON, written into a buffer the size of a typical profile (axum's `Json` starts
+/// small and regrows it several times).
+fn json_bytes(value: &impl Serialize) -> Result<Bytes, ApiError> {
     let mut body = Vec::with_capacity(4096);
     serde_json::to_writer(&mut body, value).map_err(ApiError::internal)?;
+    Ok(Bytes::from(body))
+}
+
+/// A 200 answer of JSON `body`.
+fn json_body(body: Bytes) -> Response {
     let json = HeaderValue::from_static("application/json");
-    Ok(([(header::CONTENT_TYPE, json)], body).into_response())
+    ([(header::CONTENT_TYPE, json)], body).into_response()
 }
 
 /// `DELETE /v1/profiles/{kind}/{value}`: queues the erasure of the person holding the identifier
 /// (the identifier is tombstoned even if nobody holds it). 202 with the command id.
 pub async fn erase(
     State(api): State<Arc<ProfileApi>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     ApiPath((kind, value)): ApiPath<(String, String)>,
 ) -> ApiResult {
-    let caller = api.auth.caller(&headers, &[Scope::Erase])?;
+    let caller = api.auth.caller(&credentials, &[Scope::Erase])?;
     let target = Target::Identifier(identifier(&api, &kind, &value)?);
     queue_forget(api, caller, target).await
 }
@@ -465,10 +535,10 @@ pub async fn erase(
 /// `DELETE /v1/profiles/{canonical_id}`.
 pub async fn erase_canonical(
     State(api): State<Arc<ProfileApi>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
-    let caller = api.auth.caller(&headers, &[Scope::Erase])?;
+    let caller = api.auth.caller(&credentials, &[Scope::Erase])?;
     canonical(&id)?;
     queue_forget(api, caller, Target::CanonicalId(id)).await
 }
@@ -498,11 +568,13 @@ async fn queue_forget(api: Arc<ProfileApi>, caller: Caller, target: Target) -> A
 /// `GET /v1/commands/{command_id}`: the outcome of a queued command of the caller's tenant.
 pub async fn command(
     State(api): State<Arc<ProfileApi>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
     // Whoever may erase may follow their erasure.
-    let caller = api.auth.caller(&headers, &[Scope::Read, Scope::Erase])?;
+    let caller = api
+        .auth
+        .caller(&credentials, &[Scope::Read, Scope::Erase])?;
     let store = api.store.clone();
     let wanted = id.clone();
     let outcome = blocking(move || {
@@ -523,8 +595,8 @@ pub async fn command(
 /// `GET /v1/cohorts`: the cohorts activation runs now (a reload changes them). Every tenant has
 /// the same definitions; members are per tenant. No member counts: membership is keyed by
 /// person, so a count would walk every membership of the tenant.
-pub async fn cohorts(State(api): State<Arc<CohortApi>>, headers: HeaderMap) -> ApiResult {
-    api.auth.caller(&headers, &[Scope::Read])?;
+pub async fn cohorts(State(api): State<Arc<CohortApi>>, credentials: Credentials) -> ApiResult {
+    api.auth.caller(&credentials, &[Scope::Read])?;
     let defs = api.activation.current();
     let list: Vec<_> = defs
         .cohorts
@@ -550,17 +622,17 @@ pub async fn cohorts(State(api): State<Arc<CohortApi>>, headers: HeaderMap) -> A
 /// the profile updates it applied: an id it never saw, or one retired by a merge, is in none.
 pub async fn profile_cohorts(
     State((api, profiles)): State<(Arc<CohortApi>, Option<Arc<ProfileApi>>)>,
-    headers: HeaderMap,
+    credentials: Credentials,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult {
     if !is_canonical(&id) {
         // As for explain: `{kind}/cohorts` is an identifier lookup, where the resolver runs.
         return match profiles {
-            Some(profiles) => identifier_lookup(profiles, headers, id, "cohorts".into()).await,
+            Some(profiles) => identifier_lookup(profiles, credentials, id, "cohorts".into()).await,
             None => Err(unknown_route().await),
         };
     }
-    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    let caller = api.auth.caller(&credentials, &[Scope::Read])?;
     let store = api.store.clone();
     let wanted = id.clone();
     let held = blocking(move || {
@@ -591,11 +663,11 @@ pub struct PageQuery {
 /// enters behind the cursor shows up on a later page, one who leaves is simply not listed.
 pub async fn cohort_members(
     State(api): State<Arc<CohortApi>>,
-    headers: HeaderMap,
+    credentials: Credentials,
     ApiPath(key): ApiPath<String>,
     ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult {
-    let caller = api.auth.caller(&headers, &[Scope::Read])?;
+    let caller = api.auth.caller(&credentials, &[Scope::Read])?;
     let defined = api
         .activation
         .current()
@@ -677,13 +749,8 @@ mod tests {
         Auth::new(&config)
     }
 
-    fn bearer(token: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::AUTHORIZATION,
-            format!("Bearer {token}").parse().unwrap(),
-        );
-        h
+    fn bearer(token: &str) -> Credentials {
+        Credentials(Some(format!("Bearer {token}").parse().unwrap()))
     }
 
     fn code(r: Result<Caller, ApiError>) -> &'static str {
@@ -699,7 +766,7 @@ mod tests {
         ]);
         let read = [Scope::Read];
         let erase = [Scope::Erase];
-        assert_eq!(code(auth.caller(&HeaderMap::new(), &read)), "unauthorized");
+        assert_eq!(code(auth.caller(&Credentials(None), &read)), "unauthorized");
         assert_eq!(code(auth.caller(&bearer("nope"), &read)), "unauthorized");
         assert_eq!(
             auth.caller(&bearer("reader"), &read).ok().map(|c| c.tenant),
@@ -720,10 +787,10 @@ mod tests {
     #[test]
     fn without_keys_everyone_reads_the_default_tenant_and_nobody_erases() {
         let auth = auth(&[]);
-        let caller = auth.caller(&HeaderMap::new(), &[Scope::Read]);
+        let caller = auth.caller(&Credentials(None), &[Scope::Read]);
         assert_eq!(caller.ok().map(|c| c.tenant), Some("default".into()));
         assert_eq!(
-            code(auth.caller(&HeaderMap::new(), &[Scope::Erase])),
+            code(auth.caller(&Credentials(None), &[Scope::Erase])),
             "forbidden"
         );
     }

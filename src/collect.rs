@@ -9,6 +9,10 @@
 //! `cdp.tenant` header ingest reads. What a body must hold, and the records it becomes, is
 //! [`cdp_ingest::collect`]; here is the HTTP around it and the way to the bus.
 //!
+//! Bodies may be gzip-compressed (`Content-Encoding: gzip`); the route's body limit holds for the
+//! inflated body too (`body_too_large`, 413, for one that inflates past it), and any other
+//! encoding is refused (`unsupported_encoding`, 415).
+//!
 //! Durability: a 200 is sent only once the bus has acknowledged every record of the request.
 //! One producer thread owns the bus producer; requests hand it their records through a bounded
 //! channel and wait for the flush, which covers every request that arrived meanwhile (group
@@ -84,6 +88,7 @@ codes! {
     InvalidType = "invalid_type", BAD_REQUEST;
     MessageTooLarge = "message_too_large", BAD_REQUEST;
     BatchTooLarge = "batch_too_large", BAD_REQUEST;
+    BodyTooLarge = "body_too_large", PAYLOAD_TOO_LARGE;
     UnsupportedEncoding = "unsupported_encoding", UNSUPPORTED_MEDIA_TYPE;
     Overloaded = "overloaded", SERVICE_UNAVAILABLE;
     Unavailable = "unavailable", SERVICE_UNAVAILABLE;
@@ -115,6 +120,9 @@ impl From<CollectError> for Refusal {
             CollectError::InvalidType(_) => Code::InvalidType,
             CollectError::MessageTooLarge { .. } => Code::MessageTooLarge,
             CollectError::BatchTooLarge { .. } => Code::BatchTooLarge,
+            CollectError::UnsupportedEncoding => Code::UnsupportedEncoding,
+            CollectError::InvalidGzip(_) => Code::InvalidJson,
+            CollectError::InflatedTooLarge { .. } => Code::BodyTooLarge,
         };
         Self::new(code, e.to_string())
     }
@@ -249,15 +257,9 @@ impl Collector {
         // encoding: a connection closed on unread data is reset, and the client may then never
         // see the answer.
         let bytes = self.read_body(route, headers, body).await?;
-        if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
-            if !encoding.as_bytes().eq_ignore_ascii_case(b"identity") {
-                return Err(Refusal::new(
-                    Code::UnsupportedEncoding,
-                    "compressed bodies are not accepted: send JSON as is \
-                     (analytics-python: gzip=False, its default)",
-                ));
-            }
-        }
+        let encoding = segment::Encoding::from_header(
+            headers.get(header::CONTENT_ENCODING).map(|v| v.as_bytes()),
+        )?;
         let header_tenant = match basic_auth_user(headers) {
             Some(key) => Some(self.tenant(Some(&key))?.to_string()),
             None => None,
@@ -266,7 +268,9 @@ impl Collector {
         let limits = self.limits;
         let received = chrono::Utc::now();
         let checked = tokio::task::spawn_blocking(move || {
-            let parsed = segment::parse(route, &bytes)?;
+            // The inflated body is held to the limit the plain one is.
+            let json = segment::decode(encoding, &bytes, limits.body_limit(route))?;
+            let parsed = segment::parse(route, &json)?;
             let key = parsed.write_key().map(str::to_string);
             let count = parsed.message_count() as u64;
             let received_at = received.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);

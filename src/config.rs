@@ -75,6 +75,9 @@ pub struct HttpSection {
     /// reads run on tokio's blocking pool. More than one keeps a slow response from delaying
     /// the probes.
     pub workers: usize,
+    /// Memory of the profile API's read tier (MiB): answers of recent lookups, kept until a
+    /// committed change touches what they read. 0 disables it.
+    pub read_tier_mb: usize,
     /// Keys of the profile API. With none, the API answers unauthenticated requests for
     /// `ingest.default_tenant`, read-only: fine on loopback, not on a network.
     pub api_keys: Vec<ApiKey>,
@@ -86,6 +89,7 @@ impl Default for HttpSection {
             listen: "127.0.0.1:8080".into(),
             ready_max_lag: 100_000,
             workers: 2,
+            read_tier_mb: 64,
             api_keys: Vec::new(),
         }
     }

@@ -5,7 +5,8 @@
 //! against). It runs on its own thread with a small multi-threaded tokio runtime (`http.workers`
 //! threads), so one slow response does not hold up the probes; bus calls it makes (lag) and
 //! store reads that scan run on the blocking pool so a slow broker never stalls the listener
-//! (profile lookups, a few point reads, run on the workers: see `api::blocking`).
+//! (profile lookups, an answer from the read tier or a few point reads, run on the workers: see
+//! `api::blocking` and `read_tier`).
 
 use crate::api::{self, ApiError, CohortApi, ProfileApi};
 use crate::collect::{self, Collector};

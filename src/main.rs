@@ -11,6 +11,7 @@ mod graph;
 mod http;
 mod metrics;
 mod pipeline;
+mod read_tier;
 mod retention;
 mod snapshot;
 mod snapshot_schedule;
@@ -532,6 +533,8 @@ fn serve_and_run(
     } else {
         (None, None)
     };
+    // The store the resolver writes through: the profile API's, where it serves one.
+    let mut watched_store: Option<Arc<dyn cdp_resolver::GraphStore>> = None;
     let _http = if config.http.listen.is_empty() {
         None
     } else {
@@ -559,10 +562,21 @@ fn serve_and_run(
         // Only a process with API routes warns about missing API keys.
         let auth = (stages.resolve || stages.activate).then(|| api::Auth::new(config));
         if let (Some(store), Some(auth)) = (&resolver_store, &auth) {
+            let tier = read_tier::ReadTier::new(config.http.read_tier_mb).map(Arc::new);
+            let read: Arc<dyn cdp_resolver::GraphStore> = match &tier {
+                // The resolver writes through the watched store, so the tier sees its commits.
+                Some(tier) => Arc::new(cdp_resolver::lookup::WatchedStore::new(
+                    store.clone(),
+                    tier.changes().clone(),
+                )),
+                None => store.clone(),
+            };
+            watched_store = Some(read.clone());
             probe.profiles = Some(Arc::new(api::ProfileApi::new(
                 config,
                 auth.clone(),
-                store.clone(),
+                read,
+                tier,
                 bus.as_ref(),
             )?));
         }
@@ -599,7 +613,7 @@ fn serve_and_run(
         shutdown,
         pipeline::RunOptions {
             until_drained,
-            resolver_store,
+            resolver_store: watched_store.or_else(|| resolver_store.map(|s| s as _)),
             activation_store,
             activation,
             reload: Some(pipeline::Reload {

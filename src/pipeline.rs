@@ -194,7 +194,8 @@ pub struct RunOptions {
     /// Return once every stage has caught up, instead of at shutdown.
     pub until_drained: bool,
     /// The resolver's state, when the caller opened it (to serve it too); else `run` opens it.
-    pub resolver_store: Option<Arc<RocksStore>>,
+    /// The resolver writes through this one (the profile API's read tier watches its writes).
+    pub resolver_store: Option<Arc<dyn cdp_resolver::GraphStore>>,
     /// Activation's membership state, when the caller opened it (to serve it too); else `run`
     /// opens it.
     pub activation_store: Option<Arc<MembershipStore>>,
@@ -284,7 +285,7 @@ pub fn run(
         })?);
     }
     if stages.resolve {
-        let store = match resolver_store {
+        let store: Arc<dyn cdp_resolver::GraphStore> = match resolver_store {
             Some(store) => store,
             None => open_resolver_store(data, config)?,
         };

@@ -1,8 +1,8 @@
 //! `cdp collect` as Segment libraries and operators see it: a batch posted with a write key is on
 //! the raw topics when the 200 arrives and becomes signals of the key's tenant; bad requests get
-//! a JSON error with a stable code and leave nothing behind; the exact requests analytics-python,
-//! analytics-node and analytics.js (from a browser) send are accepted; health, readiness, metrics
-//! and a clean SIGTERM.
+//! a JSON error with a stable code and leave nothing behind; the exact requests analytics-python
+//! (plain and gzip), analytics-node and analytics.js (from a browser) send are accepted; health,
+//! readiness, metrics and a clean SIGTERM.
 
 mod support;
 
@@ -59,6 +59,13 @@ fn stop(mut run: Running) {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "cdp collect exited with {status}");
+}
+
+/// `bytes` gzip-compressed, as Segment's libraries compress a body.
+fn gzipped(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
 }
 
 /// One HTTP/1.1 request with `headers` and `body`.
@@ -306,12 +313,24 @@ fn bad_requests_are_refused_with_a_code_and_leave_nothing_behind() {
         &json!({"traits": {"plan": "pro"}}),
     );
     assert_eq!((r.status, error_code(&r).as_str()), (400, "missing_field"));
-    let gzip = [basic(WRITE_KEY), ("Content-Encoding", "gzip".to_string())];
-    let r = send(run.addr, "POST", "/v1/batch", &gzip, &[0x1f, 0x8b, 0x08]);
+    let brotli = [basic(WRITE_KEY), ("Content-Encoding", "br".to_string())];
+    let r = send(run.addr, "POST", "/v1/batch", &brotli, &[0x1f, 0x8b, 0x08]);
     assert_eq!(
         (r.status, error_code(&r).as_str()),
         (415, "unsupported_encoding")
     );
+    // A zip bomb: 8 KB on the wire, 8 MB inflated, far past the batch limit.
+    let gzip = [basic(WRITE_KEY), ("Content-Encoding", "gzip".to_string())];
+    let r = send(
+        run.addr,
+        "POST",
+        "/v1/batch",
+        &gzip,
+        &gzipped(&vec![b' '; 8 << 20]),
+    );
+    assert_eq!((r.status, error_code(&r).as_str()), (413, "body_too_large"));
+    let r = send(run.addr, "POST", "/v1/batch", &gzip, &[0x1f, 0x8b, 0x08]);
+    assert_eq!((r.status, error_code(&r).as_str()), (400, "invalid_json"));
     assert_eq!(get(run.addr, "/v1/batch").status, 405);
 
     let metrics = get(run.addr, "/metrics").body;
@@ -360,6 +379,26 @@ fn the_requests_segment_libraries_send_are_accepted() {
     let r = send(run.addr, "POST", "/v1/batch", &headers, python.as_bytes());
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["success"], true);
+
+    // analytics-python with `gzip=True`: the same request, compressed.
+    let compressed = python.replace("py-user", "py-gzip-user").replace(
+        "4a4fb9f5-1d6a-4a3e-9d1e-5b1e64d0c1aa",
+        "5b5fb9f5-1d6a-4a3e-9d1e-5b1e64d0c1bb",
+    );
+    let headers = [
+        basic(WRITE_KEY),
+        ("Content-Type", "application/json".to_string()),
+        ("Content-Encoding", "gzip".to_string()),
+        ("User-Agent", "analytics-python/2.3.2".to_string()),
+    ];
+    let r = send(
+        run.addr,
+        "POST",
+        "/v1/batch",
+        &headers,
+        &gzipped(compressed.as_bytes()),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
 
     // @segment/analytics-node: Basic auth, `batch` and `sentAt`, no writeKey in the body.
     let node = json!({
@@ -424,6 +463,7 @@ fn the_requests_segment_libraries_send_are_accepted() {
         .collect();
     assert!(
         ids.contains(&"4a4fb9f5-1d6a-4a3e-9d1e-5b1e64d0c1aa")
+            && ids.contains(&"5b5fb9f5-1d6a-4a3e-9d1e-5b1e64d0c1bb")
             && ids.contains(&"node-1a2b")
             && ids.contains(&"ajs-next-9f8e7d"),
         "{signals:?}"

@@ -12,6 +12,7 @@
 //! Whether a destination is sent a member is decided in one place ([`rules`]): consent,
 //! suppression lists ([`suppression`]), competing cohorts ([`priority`]) and frequency caps per
 //! channel ([`frequency`]).
+//! Updates are decoded with only the fields activation reads ([`update`]).
 //! Definitions can be swapped while running ([`definitions::Activation::reload`]).
 
 pub mod cohort;
@@ -28,6 +29,7 @@ pub mod rules;
 pub mod stage;
 pub mod suppression;
 pub mod timer;
+pub mod update;
 pub mod view;
 pub mod webhook;
 

@@ -295,7 +295,9 @@ pub fn apply_records(
         }
         applied.insert(part, r.offset + 1);
         let outcome = if r.topic == config.profiles_topic {
-            decode::<ProfileUpdate>(r).map(|u| Input::Update(Box::new(u)))
+            value(r)
+                .and_then(|v| crate::update::decode(v).map_err(invalid))
+                .map(|u| Input::Update(Box::new(u)))
         } else {
             decode::<IdentityChange>(r).map(Input::Change)
         };
@@ -344,12 +346,13 @@ pub fn fire_timers(
     for (_, tenant, canonical_id) in &due {
         let update = txn
             .profile(tenant, canonical_id)?
-            .and_then(|raw| Some((serde_json::from_slice::<ProfileUpdate>(&raw).ok()?, raw)));
+            .and_then(|raw| Some((crate::update::decode(&raw).ok()?, raw)));
         let Some((update, raw)) = update else {
             txn.schedule(tenant, canonical_id, None)?;
             continue;
         };
         let mut applied = txn.applied(tenant, canonical_id)?;
+        txn.load_person(&defs.destinations, tenant, canonical_id)?;
         evaluate(
             &mut txn,
             config,
@@ -376,11 +379,17 @@ enum Input {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(r: &Record) -> Result<T, Rejection> {
-    let value = r
-        .value
+    serde_json::from_slice(value(r)?).map_err(invalid)
+}
+
+fn value(r: &Record) -> Result<&[u8], Rejection> {
+    r.value
         .as_deref()
-        .ok_or_else(|| Rejection::new("tombstone", "record has no value"))?;
-    serde_json::from_slice(value).map_err(|e| Rejection::new("invalid_record", e.to_string()))
+        .ok_or_else(|| Rejection::new("tombstone", "record has no value"))
+}
+
+fn invalid(e: serde_json::Error) -> Rejection {
+    Rejection::new("invalid_record", e.to_string())
 }
 
 fn on_update(
@@ -398,6 +407,7 @@ fn on_update(
         return Ok(()); // a duplicate or a stale replay
     }
     applied.version = update.version;
+    txn.load_person(&defs.destinations, &p.tenant, &p.canonical_id)?;
     let changed = evaluate(txn, config, defs, p, now, counters, &mut applied)?;
     txn.set_applied(&p.tenant, &p.canonical_id, applied);
     if defs.uses_windows || defs.uses_recency {

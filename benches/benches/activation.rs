@@ -7,7 +7,11 @@
 //! - where the time of an update goes: decoding it, the interpreter's view, context and
 //!   programs, the compiled cohorts, fingerprinting the inputs;
 //! - the durable apply path (`stage::apply_records` into RocksDB: memberships, versions, outbox
-//!   and offsets in one write per batch) in updates/s with batch latency percentiles;
+//!   and offsets in one write per batch) in updates/s with batch latency percentiles, against
+//!   the naive rate above, and per CPU second of the applying thread (RocksDB's flushes and
+//!   compactions run on threads of their own);
+//! - what reading a person's memberships costs: as the stage does, and 20 point reads against
+//!   one multi_get and one prefix scan on the state the run left;
 //! - peak RSS.
 //!
 //! `cargo bench -p cdp-benches --bench activation` (people: CDP_BENCH_PROFILES, default 20000).
@@ -99,19 +103,24 @@ fn compiled(defs: &Definitions, updates: &[ProfileUpdate], now: Timestamp) -> (f
 
 /// Where the time of one update goes, on average: decoding it from JSON; the interpreter's view,
 /// CEL context and 20 programs; the 20 compiled predicates; fingerprinting the inputs of every
-/// cohort.
+/// cohort; decoding only what activation reads (`update::decode`, what the stage does).
 fn breakdown(
     defs: &Definitions,
     records: &[&[u8]],
     updates: &[ProfileUpdate],
     now: Timestamp,
-) -> [Duration; 6] {
-    let mut spent = [Duration::ZERO; 6];
+) -> [Duration; 7] {
+    let mut spent = [Duration::ZERO; 7];
     let t = Instant::now();
     for r in records {
         std::hint::black_box(serde_json::from_slice::<ProfileUpdate>(r).expect("update"));
     }
     spent[0] = t.elapsed();
+    let t = Instant::now();
+    for r in records {
+        std::hint::black_box(cdp_activation::update::decode(r).expect("update"));
+    }
+    spent[6] = t.elapsed();
     for u in updates {
         let t = Instant::now();
         let view = ProfileView::new(&u.profile, now);
@@ -165,6 +174,80 @@ fn incremental(defs: &Definitions, updates: &[ProfileUpdate], now: Timestamp) ->
     }
     let rate = updates.len() as f64 / start.elapsed().as_secs_f64();
     (rate, members, skipped as f64 / (run + skipped) as f64)
+}
+
+/// The 20 memberships of each updated person read three ways from the state on disk, on one
+/// RocksDB handle: 20 point reads, one `batched_multi_get_cf` of the 20 keys, and one prefix
+/// scan (`tenant \0 canonical_id \0`, the memberships' key layout). Prints us per person.
+fn read_strategies(dir: &std::path::Path, defs: &Definitions, updates: &[ProfileUpdate]) {
+    let cfs = cdp_activation::membership::COLUMN_FAMILIES;
+    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), dir, cfs, false)
+        .expect("state opens");
+    let cf = db.cf_handle("members").expect("members column family");
+    let prefix = |u: &ProfileUpdate| -> Vec<u8> {
+        let p = &u.profile;
+        [p.tenant.as_bytes(), b"\0", p.canonical_id.as_bytes(), b"\0"].concat()
+    };
+    let keys = |u: &ProfileUpdate| -> Vec<Vec<u8>> {
+        let mut keys: Vec<Vec<u8>> = defs
+            .cohorts
+            .list
+            .iter()
+            .map(|c| [&prefix(u)[..], c.key().as_bytes()].concat())
+            .collect();
+        keys.sort();
+        keys
+    };
+    let per_person = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / updates.len().max(1) as f64;
+    let (mut found_points, mut found_multi, mut found_scan) = (0usize, 0usize, 0usize);
+    let t = Instant::now();
+    for u in updates {
+        for k in keys(u) {
+            found_points += usize::from(db.get_pinned_cf(&cf, &k).expect("get").is_some());
+        }
+    }
+    let points = per_person(t);
+    let t = Instant::now();
+    for u in updates {
+        let keys = keys(u);
+        for v in db.batched_multi_get_cf(&cf, &keys, true) {
+            found_multi += usize::from(v.expect("multi_get").is_some());
+        }
+    }
+    let multi = per_person(t);
+    let t = Instant::now();
+    for u in updates {
+        let prefix = prefix(u);
+        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
+        for item in db.iterator_cf(&cf, mode) {
+            let (k, _) = item.expect("scan");
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            found_scan += 1;
+        }
+    }
+    let scan = per_person(t);
+    assert_eq!(
+        found_points, found_multi,
+        "multi_get finds what point reads find"
+    );
+    assert_eq!(
+        found_points, found_scan,
+        "the scan finds what point reads find"
+    );
+    println!(
+        "a person's 20 memberships ({:.1} stored on average): 20 point reads {points:.1} us, \
+         multi_get {multi:.1} us, prefix scan {scan:.1} us",
+        found_points as f64 / updates.len().max(1) as f64
+    );
+}
+
+/// CPU time the calling thread has run (`/proc/thread-self/schedstat`, in ns), if Linux says.
+fn thread_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: u64 = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
 }
 
 fn main() {
@@ -233,13 +316,15 @@ fn main() {
         skipped * 100.0
     );
 
-    let [decode, view, context, programs, native, fingerprints] =
+    let [decode, view, context, programs, native, fingerprints, lean] =
         breakdown(&defs, &records, &updates, now);
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "per update: decode JSON {:.2} us; interpreter: view {:.2} us, CEL context {:.2} us, \
-         20 programs {:.2} us; compiled: 20 cohorts {:.2} us; fingerprints of 20 cohorts {:.2} us",
+        "per update: decode JSON {:.2} us (only what activation reads: {:.2} us); interpreter: \
+         view {:.2} us, CEL context {:.2} us, 20 programs {:.2} us; compiled: 20 cohorts {:.2} us; \
+         fingerprints of 20 cohorts {:.2} us",
         us(decode),
+        us(lean),
         us(view),
         us(context),
         us(programs),
@@ -251,6 +336,7 @@ fn main() {
     let store = MembershipStore::open(dir.path()).expect("rocksdb opens");
     let counters = ActivationCounters::default();
     let mut batches: Vec<Duration> = Vec::new();
+    let cpu_before = thread_cpu();
     let start = Instant::now();
     for chunk in input.chunks(config.batch_size) {
         let t = Instant::now();
@@ -266,6 +352,9 @@ fn main() {
         batches.push(t.elapsed());
     }
     let elapsed = start.elapsed();
+    let cpu = thread_cpu()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     let durable_rate = input.len() as f64 / elapsed.as_secs_f64();
     println!(
         "durable apply (rocksdb, batches of {}): {durable_rate:.0} records/s ({} updates and \
@@ -281,14 +370,29 @@ fn main() {
         counters.evaluations.load(Ordering::Relaxed),
         counters.evaluations_skipped.load(Ordering::Relaxed),
     );
+    println!(
+        "durable apply: {:.2}x naive (all 20 CEL programs, no state, no decoding)",
+        durable_rate / naive_rate
+    );
+    if let Some(cpu) = cpu {
+        // On a shared machine the thread waits for a core: its CPU time is what one core does.
+        println!(
+            "durable apply per CPU second of the applying thread: {:.0} records/s (on CPU {:.0}% \
+             of the wall time)",
+            input.len() as f64 / cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 100.0 / elapsed.as_secs_f64()
+        );
+    }
     // What the durable path reads per update, on the state the run left: the person's applied
-    // inputs, and the membership of each cohort (the stage reads those it re-evaluates).
+    // inputs, memberships and what the destination holds, as the stage reads them.
     let t = Instant::now();
     for chunk in updates.chunks(config.batch_size) {
         let mut txn = store.txn().expect("txn");
         for u in chunk {
             let p = &u.profile;
             std::hint::black_box(txn.applied(&p.tenant, &p.canonical_id).expect("applied"));
+            txn.load_person(&defs.destinations, &p.tenant, &p.canonical_id)
+                .expect("person loads");
             for c in &defs.cohorts.list {
                 let state = txn.state(&p.tenant, &p.canonical_id, c.key());
                 std::hint::black_box(state.expect("state"));
@@ -296,9 +400,12 @@ fn main() {
         }
     }
     println!(
-        "membership reads per update: applied inputs and 20 memberships {:.1} us",
+        "membership reads per update (stage): applied inputs, one scan of the memberships, one \
+         of the destination's, 20 states from it {:.1} us",
         t.elapsed().as_secs_f64() * 1e6 / updates.len().max(1) as f64
     );
+    drop(store);
+    read_strategies(dir.path(), &defs, &updates);
     if let Some(rss) = peak_rss_bytes() {
         println!("peak RSS {:.0} MiB", rss as f64 / (1024.0 * 1024.0));
     }

@@ -1,8 +1,9 @@
 //! Probabilistic matching cost per record against the number of profiles: builds a RocksDB
 //! graph of N synthetic CRM person records (matching on, so the blocking index is filled),
 //! then applies probe records (each in a transaction that is not committed, so the graph stays
-//! at N) with and without matching, and prints the time per record, the pairs compared and the
-//! time per pair. The claim under test: a record costs O(block size), not O(N).
+//! at N) with and without matching, interleaved, each with people of its own, and prints the
+//! time per record, the pairs compared and the time per pair. The claim under test: a record
+//! costs O(block size), not O(N).
 //!
 //! Two populations:
 //! - `census` (the default): vocabularies that grow with the population, as real ones do.
@@ -16,13 +17,19 @@
 //!   linearly with N until `max_block_size` marks them oversized.
 //!
 //! `cargo bench -p cdp-benches --bench matching` (sizes: CDP_BENCH_MATCHING_SIZES, default
-//! `10000,100000`; probes per size: CDP_BENCH_MATCHING_PROBES, default 5000).
+//! `10000,100000`; probes per size: CDP_BENCH_MATCHING_PROBES, default 5000; probes also run
+//! with each `max_block_candidates` in CDP_BENCH_MATCHING_CANDIDATES, e.g. `4,100`). It also
+//! prints the bytes each record's batch writes, and how full each blocking rule's keys are.
 
 use cdp_proto::time::from_millis;
 use cdp_proto::{Identifier, IdentifierKind, Signal, Source};
 use cdp_resolver::graph::Batch;
+use cdp_resolver::matching::blocking::Block;
+use cdp_resolver::store::{Cf, Op};
 use cdp_resolver::txn::Txn;
-use cdp_resolver::{Resolver, ResolverConfig, RocksStore};
+use cdp_resolver::{GraphStore, Resolver, ResolverConfig, RocksStore};
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const SYLLABLES: [&str; 24] = [
@@ -180,6 +187,34 @@ impl Population {
     }
 }
 
+/// The store the graph is built in, counting what each committed batch writes per column
+/// family (puts and bytes of key and value), to show what matching costs the write.
+struct Counted<'s> {
+    store: &'s RocksStore,
+    written: Mutex<BTreeMap<Cf, (u64, u64)>>,
+}
+
+impl GraphStore for Counted<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> cdp_resolver::Result<Option<Vec<u8>>> {
+        self.store.get(cf, key)
+    }
+
+    fn write(&self, ops: Vec<Op>) -> cdp_resolver::Result<()> {
+        let mut written = self.written.lock().expect("counts");
+        for (cf, k, v) in &ops {
+            let c = written.entry(*cf).or_default();
+            c.0 += 1;
+            c.1 += (k.len() + v.as_ref().map_or(0, Vec::len)) as u64;
+        }
+        drop(written);
+        self.store.write(ops)
+    }
+
+    fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> cdp_resolver::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.store.scan_prefix(cf, prefix)
+    }
+}
+
 /// What the probes measured.
 struct Probed {
     mean: Duration,
@@ -191,22 +226,21 @@ struct Probed {
     skipped: f64,
 }
 
-/// Probes with `matching` and with `plain`, interleaved record by record, so that background
-/// work (compaction after the build, other processes) weighs on both alike.
+/// Probes with each resolver of `resolvers`, interleaved record by record, so that background
+/// work (compaction after the build, other processes) weighs on all alike.
 fn probe(
     store: &RocksStore,
-    (matching, plain): (&Resolver, &Resolver),
+    resolvers: &[&Resolver],
     probes: u64,
     population: &Population,
-) -> (Probed, Probed) {
-    let mut times = [
-        Vec::with_capacity(probes as usize),
-        Vec::with_capacity(probes as usize),
-    ];
-    let mut counts = [(0, 0), (0, 0)];
+) -> Vec<Probed> {
+    let mut times = vec![Vec::with_capacity(probes as usize); resolvers.len()];
+    let mut counts = vec![(0, 0); resolvers.len()];
     for p in 0..probes {
-        let s = population.person(99, p);
-        for (i, r) in [matching, plain].into_iter().enumerate() {
+        for (i, r) in resolvers.iter().enumerate() {
+            // Each resolver gets people of its own (drawn alike): with one record for all, the
+            // first to read its blocks would warm RocksDB's cache for the others.
+            let s = population.person(99 + i as u64, p);
             let started = Instant::now();
             let mut txn = Txn::begin(store).expect("txn");
             let mut batch = Batch::default();
@@ -217,18 +251,56 @@ fn probe(
             counts[i].1 += out.blocks_skipped;
         }
     }
-    let summary = |times: &mut Vec<Duration>, (compared, skipped): (u64, u64)| {
-        times.sort();
-        Probed {
-            mean: times.iter().sum::<Duration>() / probes as u32,
-            p50: times[times.len() / 2],
-            p99: times[(times.len() * 99 / 100).min(times.len() - 1)],
-            pairs: compared as f64 / probes as f64,
-            skipped: skipped as f64 / probes as f64,
+    times
+        .iter_mut()
+        .zip(counts)
+        .map(|(times, (compared, skipped))| {
+            times.sort();
+            Probed {
+                mean: times.iter().sum::<Duration>() / probes as u32,
+                p50: times[times.len() / 2],
+                p99: times[(times.len() * 99 / 100).min(times.len() - 1)],
+                pairs: compared as f64 / probes as f64,
+                skipped: skipped as f64 / probes as f64,
+            }
+        })
+        .collect()
+}
+
+/// Per blocking rule (its key tag), the size of the block a record filed under it shares, on
+/// average over records (sum of squared sizes over the sum of sizes), and the keys marked
+/// oversized: which keys grow with the population.
+fn occupancy(store: &RocksStore) -> String {
+    let mut rules: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for (k, v) in store.scan_prefix(Cf::Blocks, b"").expect("blocks") {
+        let tag = k
+            .split(|b| *b == 0)
+            .nth(1)
+            .map(|t| String::from_utf8_lossy(t).into_owned())
+            .unwrap_or_default();
+        let r = rules.entry(tag).or_default();
+        match Block::decode(&v).expect("a block") {
+            Block::Oversized => r.2 += 1,
+            b => {
+                let size = b.entries().len() as u64;
+                r.0 += size * size;
+                r.1 += size;
+            }
         }
-    };
-    let [m, p] = &mut times;
-    (summary(m, counts[0]), summary(p, counts[1]))
+    }
+    let shown: Vec<String> = rules
+        .iter()
+        .map(|(tag, (squares, sizes, oversized))| {
+            format!(
+                "{tag} {:.1} ({oversized} oversized)",
+                *squares as f64 / (*sizes).max(1) as f64
+            )
+        })
+        .collect();
+    format!(
+        "block a record shares, mean size per rule: {}",
+        shown.join(", ")
+    )
 }
 
 fn main() {
@@ -256,6 +328,22 @@ fn main() {
     config.matching.enabled = true;
     println!("max_block_size {}", config.matching.max_block_size);
     let matching = Resolver::from_config(&config).expect("matching config");
+    // The probes also run with other `max_block_candidates` on the same graph (built with the
+    // default), to show what the bound on a crowded key's candidates saves.
+    let mut candidates = vec![config.matching.max_block_candidates];
+    candidates.extend(
+        list("CDP_BENCH_MATCHING_CANDIDATES", "")
+            .into_iter()
+            .map(|k| k as usize),
+    );
+    let matchers: Vec<Resolver> = candidates
+        .iter()
+        .map(|k| {
+            let mut c = config.clone();
+            c.matching.max_block_candidates = *k;
+            Resolver::from_config(&c).expect("matching config")
+        })
+        .collect();
     let plain = Resolver::new(config.policy.clone());
     for n in sizes {
         let population = match small_pools {
@@ -265,10 +353,14 @@ fn main() {
         println!("{n} profiles, {}", population.describe());
         let dir = tempfile::tempdir().expect("tempdir");
         let store = RocksStore::open(dir.path()).expect("store");
+        let counted = Counted {
+            store: &store,
+            written: Mutex::default(),
+        };
         let started = Instant::now();
         let mut next = 0;
         while next < n {
-            let mut txn = Txn::begin(&store).expect("txn");
+            let mut txn = Txn::begin(&counted).expect("txn");
             let mut batch = Batch::default();
             for _ in 0..2000.min(n - next) {
                 matching
@@ -284,26 +376,50 @@ fn main() {
             started.elapsed().as_secs_f64(),
             n as f64 / started.elapsed().as_secs_f64()
         );
-        let (m, p) = probe(&store, (&matching, &plain), probes, &population);
-        let us = |d: Duration| d.as_secs_f64() * 1e6;
-        let per_pair = if m.pairs > 0.0 {
-            format!("{:.2} us", (us(m.p50) - us(p.p50)) / m.pairs)
-        } else {
-            "-".into()
-        };
+        let written = counted.written.into_inner().expect("counts");
+        let (puts, bytes) = written
+            .values()
+            .fold((0, 0), |(p, b), (puts, bytes)| (p + puts, b + bytes));
+        let per_record = |x: u64| x as f64 / n as f64;
+        let of = |cf: Cf| written.get(&cf).copied().unwrap_or_default();
+        let (blocks, records) = (of(Cf::Blocks), of(Cf::MatchRecords));
         println!(
-            "  with matching {:.1} / {:.1} / {:.1} us (median / mean / p99), without {:.1} / {:.1} / {:.1} us",
-            us(m.p50),
-            us(m.mean),
-            us(m.p99),
+            "  written per record: {:.1} keys, {:.0} bytes in all; blocks {:.1} keys, {:.0} bytes; \
+             match_records {:.1} keys, {:.0} bytes",
+            per_record(puts),
+            per_record(bytes),
+            per_record(blocks.0),
+            per_record(blocks.1),
+            per_record(records.0),
+            per_record(records.1),
+        );
+        println!("  {}", occupancy(&store));
+        let resolvers: Vec<&Resolver> = std::iter::once(&plain).chain(&matchers).collect();
+        let probed = probe(&store, &resolvers, probes, &population);
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let p = &probed[0];
+        println!(
+            "  without matching {:.1} / {:.1} / {:.1} us (median / mean / p99)",
             us(p.p50),
             us(p.mean),
             us(p.p99),
         );
-        println!(
-            "  {:.2} pairs compared/record, {per_pair}/pair (median matching time over pairs), \
-             {:.2} oversized keys skipped/record",
-            m.pairs, m.skipped,
-        );
+        for (m, k) in probed[1..].iter().zip(&candidates) {
+            let per_pair = if m.pairs > 0.0 {
+                format!("{:.2} us", (us(m.p50) - us(p.p50)) / m.pairs)
+            } else {
+                "-".into()
+            };
+            println!(
+                "  with matching, max_block_candidates {k}: {:.1} / {:.1} / {:.1} us; \
+                 {:.2} pairs compared/record, {per_pair}/pair (median matching time over pairs), \
+                 {:.2} oversized keys skipped/record",
+                us(m.p50),
+                us(m.mean),
+                us(m.p99),
+                m.pairs,
+                m.skipped,
+            );
+        }
     }
 }

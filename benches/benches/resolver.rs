@@ -4,11 +4,18 @@
 //! On a shared machine wall time says little, so it also prints the rate per second of CPU
 //! the process used (every thread, RocksDB's background work included).
 //!
-//! `cargo bench -p cdp-benches --bench resolver` (people: CDP_BENCH_PROFILES, default 20000).
+//! Rows: `memory` and `rocksdb` read every batch's state from the store; `rocksdb+c` keeps
+//! decoded state between batches as the stage does (`[resolver.storage] state_cache_entries`),
+//! first at the stage's batch size, then at each of CDP_BENCH_BATCH_SIZES (default
+//! 200,500,2000): which batch size keeps p99 batch latency under 5 ms, and at what rate.
+//!
+//! `cargo bench -p cdp-benches --bench resolver` (people: CDP_BENCH_PROFILES, default 20000;
+//! state cache entries per column family: CDP_BENCH_CACHE_ENTRIES, default the configured).
 
 use cdp_benches::{peak_rss_bytes, percentile, raw_records, signals};
 use cdp_bus::Record;
 use cdp_ingest::IngestConfig;
+use cdp_resolver::state_cache::StateCache;
 use cdp_resolver::{stage, GraphStore, MemStore, Resolver, ResolverConfig, RocksStore};
 use std::time::{Duration, Instant};
 
@@ -20,8 +27,16 @@ struct Run {
     dead: u64,
 }
 
-fn apply_all(store: &dyn GraphStore, config: &ResolverConfig, signals: &[Record]) -> Run {
+/// Applies `signals` in batches of `config.batch_size`, with the state cache `entries` long
+/// (0: none).
+fn apply_all(
+    store: &dyn GraphStore,
+    config: &ResolverConfig,
+    entries: usize,
+    signals: &[Record],
+) -> Run {
     let resolver = Resolver::new(config.policy.clone());
+    let mut cache = StateCache::new(entries);
     let mut batches = Vec::new();
     let mut merges = 0;
     let mut dead = 0;
@@ -29,7 +44,8 @@ fn apply_all(store: &dyn GraphStore, config: &ResolverConfig, signals: &[Record]
     let cpu_start = process_cpu();
     for chunk in signals.chunks(config.batch_size) {
         let t = Instant::now();
-        let applied = stage::apply_records(&resolver, store, config, chunk).expect("batch applies");
+        let applied = stage::apply_records_cached(&resolver, store, &mut cache, config, chunk)
+            .expect("batch applies");
         batches.push(t.elapsed());
         merges += applied.merges;
         dead += applied.dead;
@@ -43,7 +59,7 @@ fn apply_all(store: &dyn GraphStore, config: &ResolverConfig, signals: &[Record]
     }
 }
 
-fn report(name: &str, n: usize, run: &mut Run, baseline: Option<f64>) -> f64 {
+fn report(name: &str, batch: usize, n: usize, run: &mut Run, baseline: Option<f64>) -> f64 {
     assert!(
         run.dead * 100 < n as u64,
         "{} of {n} signals dead-lettered: the workload is not what the resolver expects",
@@ -51,7 +67,9 @@ fn report(name: &str, n: usize, run: &mut Run, baseline: Option<f64>) -> f64 {
     );
     let rate = n as f64 / run.elapsed.as_secs_f64();
     let p50 = percentile(&mut run.batches, 50.0);
+    let p90 = percentile(&mut run.batches, 90.0);
     let p99 = percentile(&mut run.batches, 99.0);
+    let max = run.batches.iter().max().copied().unwrap_or_default();
     let ratio = baseline.map_or(String::from("1.00"), |b| format!("{:.2}", rate / b));
     let cpu_rate = run
         .cpu
@@ -59,11 +77,14 @@ fn report(name: &str, n: usize, run: &mut Run, baseline: Option<f64>) -> f64 {
         .map_or(String::from("-"), |c| {
             format!("{:.0}", n as f64 / c.as_secs_f64())
         });
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "{name:<10} {n:>9} {:>8.2}s {rate:>12.0} {cpu_rate:>14} {:>9.2} {:>9.2} {:>8} {ratio:>10}",
+        "{name:<10} {batch:>6} {n:>9} {:>8.2}s {rate:>10.0} {cpu_rate:>13} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8} {ratio:>7}",
         run.elapsed.as_secs_f64(),
-        p50.as_secs_f64() * 1e3,
-        p99.as_secs_f64() * 1e3,
+        ms(p50),
+        ms(p90),
+        ms(p99),
+        ms(max),
         run.merges,
     );
     rate
@@ -88,32 +109,70 @@ fn main() {
         config.batch_size
     );
     drop(raw);
+    let sizes: Vec<usize> = std::env::var("CDP_BENCH_BATCH_SIZES")
+        .unwrap_or_else(|_| String::from("200,500,2000"))
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .filter(|n| *n > 0)
+        .collect();
     println!(
-        "{:<10} {:>9} {:>9} {:>12} {:>14} {:>9} {:>9} {:>8} {:>10}",
+        "{:<10} {:>6} {:>9} {:>9} {:>10} {:>13} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7}",
         "store",
+        "batch",
         "signals",
         "time",
         "signals/s",
-        "signals/cpu-s",
+        "sig/cpu-s",
         "p50 ms",
+        "p90 ms",
         "p99 ms",
+        "max ms",
         "merges",
-        "vs memory"
+        "ratio"
     );
+    let n = signals.len();
+    let batch = config.batch_size;
     let memory = report(
         "memory",
-        signals.len(),
-        &mut apply_all(&MemStore::default(), &config, &signals),
+        batch,
+        n,
+        &mut apply_all(&MemStore::default(), &config, 0, &signals),
         None,
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let rocks = RocksStore::open(dir.path()).expect("rocksdb opens");
+    // Each durable run in a store of its own, removed before the next (the disk is shared).
+    let durable = |config: &ResolverConfig, entries: usize| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rocks = RocksStore::open_with(dir.path(), &config.storage).expect("rocksdb opens");
+        apply_all(&rocks, config, entries, &signals)
+    };
+    let rocks = report("rocksdb", batch, n, &mut durable(&config, 0), Some(memory));
+    let entries = std::env::var("CDP_BENCH_CACHE_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        // The cache is off by default; this size holds the bench's working set.
+        .unwrap_or(1_000_000);
+    println!("state cache: {entries} entries per column family");
     report(
-        "rocksdb",
-        signals.len(),
-        &mut apply_all(&rocks, &config, &signals),
+        "rocksdb+c",
+        batch,
+        n,
+        &mut durable(&config, entries),
         Some(memory),
     );
+    println!("ratio: to memory above; to rocksdb (no cache, batch {batch}) below");
+    for size in sizes {
+        let sized = ResolverConfig {
+            batch_size: size,
+            ..config.clone()
+        };
+        report(
+            "rocksdb+c",
+            size,
+            n,
+            &mut durable(&sized, entries),
+            Some(rocks),
+        );
+    }
     if let Some(rss) = peak_rss_bytes() {
         println!("peak RSS {:.0} MiB", rss as f64 / (1024.0 * 1024.0));
     }

@@ -1,10 +1,12 @@
 //! Inputs and measurements shared by the benchmarks: a generated multi-source workload as raw
-//! bus records, the signals ingest makes of it, latency percentiles and peak memory.
+//! bus records, the signals ingest makes of it, latency percentiles, peak memory and CPU time
+//! per thread.
 
 use cdp_bus::Record;
 use cdp_ingest::workload::{self, WorkloadOptions};
 use cdp_ingest::IngestConfig;
 use cdp_proto::Source;
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::time::Duration;
 
@@ -97,6 +99,33 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// CPU time (user and system) each thread of this process has used so far, summed by thread
+/// name, from `/proc` (in clock ticks of 1/100 s, Linux's fixed `USER_HZ`). Threads that already
+/// ended are not in it; empty where `/proc` cannot tell.
+pub fn thread_cpu() -> BTreeMap<String, Duration> {
+    let mut used = BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return used;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ...`: the name may hold spaces, so split at the last ')'.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        // After the name: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        let ticks = field(14).unwrap_or(0) + field(15).unwrap_or(0);
+        *used
+            .entry(stat[open + 1..close].to_string())
+            .or_insert(Duration::ZERO) += Duration::from_millis(ticks * 10);
+    }
+    used
+}
+
 /// SplitMix64: a reproducible stream of pseudo-random numbers for synthetic data, without a
 /// dependency (the same seed gives the same population on every run and machine).
 pub struct SplitMix64(pub u64);
@@ -148,5 +177,16 @@ mod tests {
         );
         assert!(signals.iter().all(|r| r.topic == config.signals_topic));
         assert!(peak_rss_bytes().unwrap() > 0);
+    }
+
+    #[test]
+    fn thread_cpu_is_by_thread_name() {
+        let used = std::thread::Builder::new()
+            .name("cpu-probe".into())
+            .spawn(thread_cpu)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(used.contains_key("cpu-probe"), "{used:?}");
     }
 }

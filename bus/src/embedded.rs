@@ -360,7 +360,10 @@ struct EmbeddedConsumer {
     commit: bool,
     assignment: Vec<(String, i32)>,
     positions: BTreeMap<(String, i32), i64>,
-    /// Partition to read first on the next poll, so no partition starves the others.
+    /// Partition to read first on the next poll: the one after the last partition a poll read
+    /// from, so a backlog is served round-robin over the partitions that have records. Starting
+    /// one further along each poll instead would hand every empty partition's turn to the next
+    /// busy one, so the first partition of a busy topic beside idle ones would be read most.
     cursor: usize,
 }
 
@@ -372,11 +375,13 @@ impl EmbeddedConsumer {
     ) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         let n = self.assignment.len();
+        let mut last_read = None;
         for i in 0..n {
             if out.len() >= max {
                 break;
             }
-            let (topic, p) = &self.assignment[(self.cursor + i) % n];
+            let index = (self.cursor + i) % n;
+            let (topic, p) = &self.assignment[index];
             let end = ends.get(topic).map(|v| v[*p as usize]).unwrap_or(0);
             let pos = self.positions[&(topic.clone(), *p)];
             if pos >= end {
@@ -399,8 +404,11 @@ impl EmbeddedConsumer {
                 last = offset;
             }
             self.positions.insert((topic.clone(), *p), last + 1);
+            last_read = Some(index);
         }
-        self.cursor = (self.cursor + 1) % n.max(1);
+        if let Some(index) = last_read {
+            self.cursor = (index + 1) % n;
+        }
         Ok(out)
     }
 }
@@ -595,5 +603,34 @@ mod tests {
             .find(|r| r.value.as_deref() == Some(&b"b2"[..]))
             .unwrap();
         assert_eq!((b2.partition, b2.offset), (1, 2));
+    }
+
+    #[test]
+    fn a_backlog_is_read_round_robin_over_the_partitions_that_have_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path()).unwrap();
+        // An idle topic first in the assignment, as when a stage reads several sources and only
+        // one of them is busy.
+        bus.create_topic("idle", 4).unwrap();
+        bus.create_topic("t", 4).unwrap();
+        let mut p = bus.producer().unwrap();
+        for partition in 0..4 {
+            for i in 0..20 {
+                p.send(at(partition, i, &format!("{partition}-{i}")))
+                    .unwrap();
+            }
+        }
+        p.flush().unwrap();
+        let mut c = bus
+            .consumer(ConsumerOptions::group("g", &["idle", "t"]))
+            .unwrap();
+        let mut served = Vec::new();
+        for _ in 0..8 {
+            let records = c.poll(10, Duration::from_millis(10)).unwrap();
+            assert_eq!(records.len(), 10);
+            assert!(records.iter().all(|r| r.partition == records[0].partition));
+            served.push(records[0].partition);
+        }
+        assert_eq!(served, [0, 1, 2, 3, 0, 1, 2, 3]);
     }
 }

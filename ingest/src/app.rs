@@ -22,17 +22,13 @@ use crate::json::{Json, Obj};
 use crate::links::event_rule;
 use crate::normalize::{event, Context, Draft};
 use crate::rejection::{self, missing, wrong_type};
-use crate::segment::{self, Flavor};
 use crate::timestamp::{epoch_field, Epoch};
 use cdp_proto::dlq::Rejection;
 use cdp_proto::{Consent, IdentifierKind, Signal, Timestamp};
 use serde_json::Value;
 
-/// Parses one app record.
+/// Parses an app record that is not a Segment message (those are [`crate::segment`]'s).
 pub(crate) fn parse(obj: &Obj<'_>, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
-    if segment::is_segment(obj) {
-        return segment::parse(obj, cx, Flavor::App);
-    }
     if obj.contains_key("event_name")
         && (obj.contains_key("user_pseudo_id") || obj.contains_key("app_instance_id"))
     {

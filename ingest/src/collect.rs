@@ -12,9 +12,15 @@
 //! `messageId` when the client sent none. Batch-level `context` and `integrations` fill keys the
 //! message lacks, and the batch's `sentAt` fills a missing one; a `writeKey` in a body is taken
 //! out, so no raw record carries it.
+//!
+//! Bodies may come gzip-compressed (`Content-Encoding: gzip`, what Segment's libraries send with
+//! compression on); [`decode`] inflates them within the route's body limit, so a small body that
+//! inflates to gigabytes (a zip bomb) costs no more than the limit. Other encodings are refused.
 
 use cdp_proto::Source;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::io::Read;
 
 /// The routes of the Tracking API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +108,12 @@ pub enum CollectError {
     },
     #[error("the batch is {size} bytes or more, more than the {limit} allowed per batch")]
     BatchTooLarge { size: usize, limit: usize },
+    #[error("the body's Content-Encoding is not accepted: send gzip or plain JSON")]
+    UnsupportedEncoding,
+    #[error("the gzip body could not be inflated: {0}")]
+    InvalidGzip(String),
+    #[error("the gzip body inflates to more than the {limit} bytes allowed for this route")]
+    InflatedTooLarge { limit: usize },
 }
 
 impl CollectError {
@@ -113,6 +125,62 @@ impl CollectError {
             CollectError::InvalidType(_) => "invalid_type",
             CollectError::MessageTooLarge { .. } => "message_too_large",
             CollectError::BatchTooLarge { .. } => "batch_too_large",
+            CollectError::UnsupportedEncoding => "unsupported_encoding",
+            // A body that cannot be read is one that is not JSON, as for a broken plain body.
+            CollectError::InvalidGzip(_) => "invalid_json",
+            CollectError::InflatedTooLarge { .. } => "body_too_large",
+        }
+    }
+}
+
+/// A request body's `Content-Encoding`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+}
+
+impl Encoding {
+    /// The encoding a `Content-Encoding` header value names (`None`: no header). Only one
+    /// coding is accepted: a list (`gzip, br`) is refused like any coding other than gzip.
+    pub fn from_header(value: Option<&[u8]>) -> Result<Encoding, CollectError> {
+        let Some(value) = value else {
+            return Ok(Encoding::Identity);
+        };
+        let value = value.trim_ascii();
+        if value.is_empty() || value.eq_ignore_ascii_case(b"identity") {
+            Ok(Encoding::Identity)
+        } else if value.eq_ignore_ascii_case(b"gzip") || value.eq_ignore_ascii_case(b"x-gzip") {
+            Ok(Encoding::Gzip)
+        } else {
+            Err(CollectError::UnsupportedEncoding)
+        }
+    }
+}
+
+/// The JSON of a body sent with `encoding`: as it is, or inflated to at most `limit` bytes
+/// (the route's body limit, [`Limits::body_limit`]). Inflating stops one byte past the limit, so
+/// an oversize body is refused without ever being held whole.
+pub fn decode(
+    encoding: Encoding,
+    body: &[u8],
+    limit: usize,
+) -> Result<Cow<'_, [u8]>, CollectError> {
+    match encoding {
+        Encoding::Identity => Ok(Cow::Borrowed(body)),
+        Encoding::Gzip => {
+            // Concatenated gzip members are one body (RFC 1952), as `gzip -c a b` writes them.
+            let decoder = flate2::read::MultiGzDecoder::new(body);
+            let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+            let mut out = Vec::with_capacity(body.len().saturating_mul(4).min(limit));
+            decoder
+                .take(cap)
+                .read_to_end(&mut out)
+                .map_err(|e| CollectError::InvalidGzip(e.to_string()))?;
+            if out.len() > limit {
+                return Err(CollectError::InflatedTooLarge { limit });
+            }
+            Ok(Cow::Owned(out))
         }
     }
 }
@@ -563,6 +631,100 @@ mod tests {
             .into_messages(&limits, NOW, &mut || "id".into())
             .unwrap();
         assert!(out[0].value.len() <= limits.max_message_bytes);
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn encodings_are_gzip_or_none() {
+        for (header, want) in [
+            (None, Some(Encoding::Identity)),
+            (Some(&b"identity"[..]), Some(Encoding::Identity)),
+            (Some(b""), Some(Encoding::Identity)),
+            (Some(b"gzip"), Some(Encoding::Gzip)),
+            (Some(b" GZip "), Some(Encoding::Gzip)),
+            (Some(b"x-gzip"), Some(Encoding::Gzip)),
+            (Some(b"br"), None),
+            (Some(b"deflate"), None),
+            (Some(b"gzip, br"), None),
+        ] {
+            let got = Encoding::from_header(header);
+            match want {
+                Some(e) => assert_eq!(got, Ok(e), "{header:?}"),
+                None => assert_eq!(
+                    got.unwrap_err().code(),
+                    "unsupported_encoding",
+                    "{header:?}"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn a_gzip_batch_reads_as_the_plain_one() {
+        let body = json!({"batch": [
+            {"type": "track", "event": "Signed Up", "userId": "u1", "messageId": "m1"},
+            {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "messageId": "m2"},
+        ]})
+        .to_string();
+        let mut members = gzip(&body.as_bytes()[..10]);
+        members.extend(gzip(&body.as_bytes()[10..]));
+        for compressed in [gzip(body.as_bytes()), members] {
+            let plain = decode(Encoding::Gzip, &compressed, body.len()).unwrap();
+            assert_eq!(plain.as_ref(), body.as_bytes());
+            let read = |bytes: &[u8]| {
+                parse(Route::Batch, bytes)
+                    .unwrap()
+                    .into_messages(&LIMITS, NOW, &mut || "id".into())
+                    .unwrap()
+            };
+            assert_eq!(read(&plain), read(body.as_bytes()));
+        }
+        assert!(matches!(
+            decode(Encoding::Identity, body.as_bytes(), 1),
+            Ok(Cow::Borrowed(_))
+        ));
+    }
+
+    #[test]
+    fn a_zip_bomb_is_refused_at_the_limit() {
+        // 16 MB of zeros compress to about 16 KB.
+        let bomb = gzip(&vec![0u8; 16 << 20]);
+        assert!(bomb.len() < LIMITS.max_batch_bytes);
+        let err = decode(Encoding::Gzip, &bomb, LIMITS.max_batch_bytes).unwrap_err();
+        assert_eq!(err.code(), "body_too_large");
+        assert_eq!(
+            err,
+            CollectError::InflatedTooLarge {
+                limit: LIMITS.max_batch_bytes
+            }
+        );
+        // Exactly at the limit is allowed.
+        let at_limit = gzip(&vec![b' '; 1000]);
+        assert_eq!(decode(Encoding::Gzip, &at_limit, 1000).unwrap().len(), 1000);
+        assert_eq!(
+            decode(Encoding::Gzip, &at_limit, 999).unwrap_err().code(),
+            "body_too_large"
+        );
+    }
+
+    #[test]
+    fn a_broken_gzip_body_is_unreadable_json() {
+        let good = gzip(b"{\"batch\": []}");
+        for broken in [
+            &b"{\"batch\": []}"[..],
+            &good[..good.len() - 4],
+            &[0x1f, 0x8b, 0x08],
+        ] {
+            let err = decode(Encoding::Gzip, broken, 1000).unwrap_err();
+            assert!(matches!(err, CollectError::InvalidGzip(_)), "{err:?}");
+            assert_eq!(err.code(), "invalid_json");
+        }
     }
 
     #[test]

@@ -109,15 +109,6 @@ impl<'a> Fields<'a> {
             Some(_) => Err(bad()),
         }
     }
-
-    /// The object at `key` copied into a property map, or empty when absent.
-    pub(crate) fn map(&self, key: &str) -> Result<Object, Rejection> {
-        match self.get(key) {
-            None => Ok(Object::new()),
-            Some(Json::Object(obj)) => Ok(obj.to_object()),
-            Some(_) => Err(wrong_type(&self.name(key), "an object")),
-        }
-    }
 }
 
 /// The accessors of [`Fields`] for a value already looked up (`None` when absent or null), so

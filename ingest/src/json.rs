@@ -95,22 +95,28 @@ impl<'a> Obj<'a> {
         }
         map
     }
-
-    /// The map serde_json would have read, as the `BTreeMap` a signal carries.
-    pub(crate) fn to_object(&self) -> std::collections::BTreeMap<String, Value> {
-        let mut map = std::collections::BTreeMap::new();
-        for (k, v) in &self.0 {
-            map.insert(k.to_string(), v.to_value());
-        }
-        map
-    }
 }
 
-/// Keys of a Segment message's `context` that some parser reads. The others (`library`,
-/// `userAgent`, `ip`, `locale`, `screen`, `network`, `timezone`, ...) are parsed and checked like
-/// everything else, but not kept: most of a mobile or browser context is never used.
-const SEGMENT_CONTEXT_KEYS: [&str; 7] = [
-    "traits", "page", "campaign", "consent", "device", "app", "os",
+/// Keys of a Segment message's `context` that some parser reads, each with the keys of it that
+/// are read (`None`: all of them). The rest (`library`, `userAgent`, `ip`, `locale`, `screen`,
+/// a device's `model` or `token`, a page's `referrer`, ...) is parsed and checked like everything
+/// else, but not kept: most of a mobile or browser context is never used. A parser that reads
+/// another key of the context must add it here.
+const SEGMENT_CONTEXT: [(&str, Option<&[&str]>); 7] = [
+    // Every trait becomes a signal trait; every consent purpose may be stated.
+    ("traits", None),
+    ("consent", None),
+    ("page", Some(&["url"])),
+    (
+        "campaign",
+        Some(&["source", "medium", "name", "term", "content"]),
+    ),
+    (
+        "device",
+        Some(&["adTrackingEnabled", "advertisingId", "id"]),
+    ),
+    ("app", Some(&["name", "version"])),
+    ("os", Some(&["name", "version"])),
 ];
 
 /// Bytes of `v` as compact JSON, counted without building them: the measure of the
@@ -130,16 +136,6 @@ pub(crate) fn compact_len<T: Serialize + ?Sized>(v: &T) -> usize {
     // Writing into a sink that never fails cannot fail.
     let _ = serde_json::to_writer(&mut count, v);
     count.0
-}
-
-/// Parses a Segment message or batch envelope like [`Json`], leaving out of each message's
-/// `context` what no parser reads. It accepts and rejects exactly what parsing into [`Json`] does:
-/// left-out values go through the same parser calls, only nothing is built from them.
-pub(crate) fn parse_segment(text: &str) -> serde_json::Result<Json<'_>> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let value = de::DeserializeSeed::deserialize(Message, &mut de)?;
-    de.end()?;
-    Ok(value)
 }
 
 /// Delegates every visit but `visit_seq` and `visit_map` to [`JsonVisitor`].
@@ -181,43 +177,8 @@ macro_rules! delegate_scalars {
     };
 }
 
-/// A Segment message (or envelope): an object whose `context` and `batch` are read specially.
-struct Message;
-
-impl<'de> de::DeserializeSeed<'de> for Message {
-    type Value = Json<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
-        d.deserialize_any(MessageVisitor)
-    }
-}
-
-struct MessageVisitor;
-
-impl<'de> Visitor<'de> for MessageVisitor {
-    type Value = Json<'de>;
-
-    delegate_scalars!();
-
-    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Json<'de>, A::Error> {
-        JsonVisitor.visit_seq(seq)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
-        let mut entries = Vec::new();
-        while let Some(Key(k)) = map.next_key()? {
-            let value = match k.as_ref() {
-                "context" => map.next_value_seed(Context)?,
-                "batch" => map.next_value_seed(Batch)?,
-                _ => map.next_value()?,
-            };
-            entries.push((k, value));
-        }
-        Ok(Json::Object(Obj(entries)))
-    }
-}
-
-/// A message's `context`: an object keeps only [`SEGMENT_CONTEXT_KEYS`]; anything else is read
-/// as it is (the parser rejects a context that is not an object).
+/// A message's `context`: an object keeps only what [`SEGMENT_CONTEXT`] lists; anything else is
+/// read as it is (the parser rejects a context that is not an object).
 pub(crate) struct Context;
 
 impl<'de> de::DeserializeSeed<'de> for Context {
@@ -241,43 +202,48 @@ impl<'de> Visitor<'de> for ContextVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
         let mut entries = Vec::new();
         while let Some(Key(k)) = map.next_key()? {
-            if SEGMENT_CONTEXT_KEYS.contains(&k.as_ref()) {
-                entries.push((k, map.next_value()?));
-            } else {
-                map.next_value::<Unkept>()?;
+            match SEGMENT_CONTEXT.iter().find(|(key, _)| *key == k.as_ref()) {
+                Some((_, None)) => entries.push((k, map.next_value()?)),
+                Some((_, Some(keys))) => entries.push((k, map.next_value_seed(Only(keys))?)),
+                None => {
+                    map.next_value::<Unkept>()?;
+                }
             }
         }
         Ok(Json::Object(Obj(entries)))
     }
 }
 
-/// A batch envelope's `batch`: an array's elements are messages.
-struct Batch;
+/// A value of which an object keeps only the listed keys (the others are read as [`Unkept`]);
+/// anything else is read as it is.
+struct Only(&'static [&'static str]);
 
-impl<'de> de::DeserializeSeed<'de> for Batch {
+impl<'de> de::DeserializeSeed<'de> for Only {
     type Value = Json<'de>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Json<'de>, D::Error> {
-        d.deserialize_any(BatchVisitor)
+        d.deserialize_any(self)
     }
 }
 
-struct BatchVisitor;
-
-impl<'de> Visitor<'de> for BatchVisitor {
+impl<'de> Visitor<'de> for Only {
     type Value = Json<'de>;
 
     delegate_scalars!();
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Json<'de>, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(Message)? {
-            items.push(item);
-        }
-        Ok(Json::Array(items))
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Json<'de>, A::Error> {
+        JsonVisitor.visit_seq(seq)
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Json<'de>, A::Error> {
-        JsonVisitor.visit_map(map)
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Json<'de>, A::Error> {
+        let mut entries = Vec::new();
+        while let Some(Key(k)) = map.next_key()? {
+            if self.0.contains(&k.as_ref()) {
+                entries.push((k, map.next_value()?));
+            } else {
+                map.next_value::<Unkept>()?;
+            }
+        }
+        Ok(Json::Object(Obj(entries)))
     }
 }
 
@@ -513,55 +479,60 @@ mod tests {
         assert_eq!(obj.get("n").and_then(Json::as_i64), None);
     }
 
-    #[test]
-    fn segment_parse_leaves_out_unread_context_and_nothing_else() {
-        let text = r#"{"type":"track","context":{"library":{"name":"a"},"userAgent":"M",
-            "page":{"url":"u"},"ip":"1.2.3.4","os":{"name":"iOS"}},
-            "batch":[{"context":{"locale":"en","device":{"id":"d"}},"properties":{"context":1}}, 7],
-            "properties":{"context":{"library":"kept"}}}"#;
-        let full: Json = serde_json::from_str(text).unwrap();
-        let lean = parse_segment(text).unwrap();
-        assert_ne!(full, lean);
-        let (Json::Object(obj), Json::Object(full_obj)) = (&lean, &full) else {
-            panic!("objects")
-        };
-        let Some(Json::Object(context)) = obj.get("context") else {
-            panic!("context")
-        };
-        let keys: Vec<&str> = context.entries().iter().map(|(k, _)| *k).collect();
-        assert_eq!(keys, ["os", "page"]);
-        let Some(Json::Array(batch)) = obj.get("batch") else {
-            panic!("batch")
-        };
-        let Json::Object(message) = &batch[0] else {
-            panic!("message")
-        };
-        let Some(Json::Object(context)) = message.get("context") else {
-            panic!("message context")
-        };
-        assert!(context.get("locale").is_none() && context.get("device").is_some());
-        assert_eq!(batch[1], Json::U64(7));
-        // Only a message's own context is trimmed.
-        assert_eq!(obj.get("properties"), full_obj.get("properties"));
-        assert_eq!(obj.get("type"), full_obj.get("type"));
+    /// A message's `context` read through [`Context`], as [`crate::message`] reads it.
+    fn context(text: &str) -> serde_json::Result<Json<'_>> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let value = de::DeserializeSeed::deserialize(Context, &mut de)?;
+        de.end()?;
+        Ok(value)
     }
 
     #[test]
-    fn segment_parse_rejects_what_value_rejects_in_left_out_fields() {
-        let deep = format!(
-            r#"{{"context":{{"library":{}1{}}}}}"#,
-            "[".repeat(200),
-            "]".repeat(200)
+    fn context_leaves_out_only_what_no_parser_reads() {
+        let text = r#"{"library":{"name":"a"},"userAgent":"M","page":{"url":"u","x":[1]},
+            "ip":"1.2.3.4","os":{"name":"iOS","build":"21A"},"traits":{"email":"e","x":{"y":1}},
+            "locale":"en","device":{"id":"d","model":"iPhone","token":"t"},"app":"Shop"}"#;
+        let full: Json = serde_json::from_str(text).unwrap();
+        let (Json::Object(lean), Json::Object(full)) = (context(text).unwrap(), full) else {
+            panic!("objects")
+        };
+        let keys: Vec<&str> = lean.entries().iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, ["app", "device", "os", "page", "traits"]);
+        // Traits are kept whole, as is a value that is not an object; of the others, the keys
+        // some parser reads.
+        for key in ["traits", "app"] {
+            assert_eq!(lean.get(key), full.get(key), "{key}");
+        }
+        let kept = |key: &str| -> Vec<String> {
+            let Some(Json::Object(o)) = lean.get(key) else {
+                panic!("{key} is an object")
+            };
+            o.entries().iter().map(|(k, _)| k.to_string()).collect()
+        };
+        assert_eq!(kept("page"), ["url"]);
+        assert_eq!(kept("device"), ["id"]);
+        assert_eq!(kept("os"), ["name"]);
+        // A context that is not an object is read as it is, for the parser to reject.
+        assert_eq!(
+            context("[1,\"a\"]").unwrap(),
+            serde_json::from_str("[1,\"a\"]").unwrap()
         );
+    }
+
+    #[test]
+    fn context_rejects_what_value_rejects_in_left_out_fields() {
+        let deep = format!(r#"{{"library":{}1{}}}"#, "[".repeat(200), "]".repeat(200));
         for bad in [
-            r#"{"context":{"library":"\ud800"}}"#.to_string(),
-            r#"{"context":{"screen":{"width":1e400}}}"#.to_string(),
-            r#"{"context":{"ip":"a\x"}}"#.to_string(),
-            r#"{"context":{"ip":tru}}"#.to_string(),
-            r#"{"context":{"ip":"a",}}"#.to_string(),
+            r#"{"device":{"model":"\ud800"}}"#.to_string(),
+            r#"{"page":{"referrer":1e400,"url":"u"}}"#.to_string(),
+            r#"{"library":"\ud800"}"#.to_string(),
+            r#"{"screen":{"width":1e400}}"#.to_string(),
+            r#"{"ip":"a\x"}"#.to_string(),
+            r#"{"ip":tru}"#.to_string(),
+            r#"{"ip":"a",}"#.to_string(),
             deep,
         ] {
-            let ours = parse_segment(&bad).map(|_| ()).map_err(|e| e.to_string());
+            let ours = context(&bad).map(|_| ()).map_err(|e| e.to_string());
             let theirs = serde_json::from_str::<Value>(&bad)
                 .map(|_| ())
                 .map_err(|e| e.to_string());

@@ -5,7 +5,7 @@ use crate::consent::IdentityConsent;
 use crate::dropped::DroppedIdentifiers;
 use crate::fields::Object;
 use crate::identifiers::IdentifierSet;
-use crate::json::{self, Json};
+use crate::json::{Json, Obj};
 use crate::links::{star, LinkRule};
 use crate::message::{self, Payload};
 use crate::rejection::{self, invalid_json, not_an_object, oversize};
@@ -68,27 +68,9 @@ pub fn normalize_payload_counted(
     opts: &NormalizeOptions,
     dropped: &mut DroppedIdentifiers,
 ) -> Result<Vec<Signal>, Rejection> {
-    normalize_read(source, tenant, payload, received_at, opts, dropped, true)
-}
-
-/// [`normalize_payload_counted`]; `typed` lets Segment payloads be read into typed messages
-/// ([`crate::message`]) where they can be (tests compare it with the tree it replaces).
-pub(crate) fn normalize_read(
-    source: Source,
-    tenant: &str,
-    payload: &[u8],
-    received_at: Timestamp,
-    opts: &NormalizeOptions,
-    dropped: &mut DroppedIdentifiers,
-    typed: bool,
-) -> Result<Vec<Signal>, Rejection> {
     if payload.len() > opts.max_record_bytes {
         return Err(oversize("record", payload.len(), opts.max_record_bytes));
     }
-    // Small enough payloads skip the per-message size check, and Segment ones may then leave
-    // out what no parser reads (their sizes no longer matter).
-    let messages_fit = messages_fit(payload, opts.max_message_bytes);
-    let lean = messages_fit && matches!(source, Source::Web | Source::App);
     let text = as_text(payload)?;
     let mut local = DroppedIdentifiers::default();
     let mut cx = Context {
@@ -97,43 +79,56 @@ pub(crate) fn normalize_read(
         received_at,
         options: opts,
         payload_len: payload.len(),
-        messages_fit,
         dropped: &mut local,
     };
-    let flavor = match source {
-        Source::App => Flavor::App,
-        _ => Flavor::Web,
-    };
-    let signals = if lean && typed {
-        match message::parse(text).map_err(|e| invalid_json(&e))? {
-            Payload::NotAnObject => return Err(not_an_object("payload")),
-            Payload::Message(m) if m.is_segment() => segment::parse_typed(*m, &mut cx, flavor)?,
-            // Not Segment: a GA4 row (or nothing known), which the tree reads.
-            Payload::Message(_) => parse_tree(text, true, &mut cx)?,
-        }
-    } else {
-        parse_tree(text, lean, &mut cx)?
+    let signals = match source {
+        Source::Web => segment_or_other(text, &mut cx, Flavor::Web)?,
+        Source::App => segment_or_other(text, &mut cx, Flavor::App)?,
+        Source::Crm => crm::parse(&parse_object(text)?, &mut cx)?,
+        Source::Media => media::parse(&parse_object(text)?, &mut cx)?,
     };
     dropped.merge(&local);
     Ok(signals)
 }
 
-/// Parses `text` into a JSON tree (`lean`: a Segment message's unread `context` left out) and
-/// reads it with the parser of the record's source.
-fn parse_tree(text: &str, lean: bool, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
-    let value = if lean {
-        json::parse_segment(text)
+/// A web or app payload: a Segment message or batch envelope, read typed by
+/// [`segment::parse`]; anything else is read as a tree by its source's parser (a GA4 row).
+fn segment_or_other(
+    text: &str,
+    cx: &mut Context<'_>,
+    flavor: Flavor,
+) -> Result<Vec<Signal>, Rejection> {
+    // Small enough payloads cannot hold an oversize message. Others are measured on the whole
+    // tree first: the typed form keeps too little of a message to tell its size.
+    let sizes = if messages_fit(text.as_bytes(), cx.options.max_message_bytes) {
+        None
     } else {
-        serde_json::from_str(text)
+        let obj = parse_object(text)?;
+        if !segment::is_segment(&obj) {
+            return other_shape(&obj, cx);
+        }
+        Some(segment::message_sizes(&obj))
     };
-    let Json::Object(obj) = value.map_err(|e| invalid_json(&e))? else {
-        return Err(not_an_object("payload"));
-    };
+    match message::parse(text).map_err(|e| invalid_json(&e))? {
+        Payload::NotAnObject => Err(not_an_object("payload")),
+        Payload::Message(m) if m.is_segment() => segment::parse(*m, sizes.as_deref(), cx, flavor),
+        Payload::Message(_) => other_shape(&parse_object(text)?, cx),
+    }
+}
+
+/// A web or app payload that is not Segment.
+fn other_shape(obj: &Obj<'_>, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
     match cx.source {
-        Source::Web => web::parse(&obj, cx),
-        Source::App => app::parse(&obj, cx),
-        Source::Crm => crm::parse(&obj, cx),
-        Source::Media => media::parse(&obj, cx),
+        Source::App => app::parse(obj, cx),
+        _ => Err(web::not_segment()),
+    }
+}
+
+/// The payload's JSON tree, which must be an object.
+fn parse_object(text: &str) -> Result<Obj<'_>, Rejection> {
+    match serde_json::from_str(text).map_err(|e| invalid_json(&e))? {
+        Json::Object(obj) => Ok(obj),
+        _ => Err(not_an_object("payload")),
     }
 }
 
@@ -195,8 +190,6 @@ pub(crate) struct Context<'a> {
     pub(crate) options: &'a NormalizeOptions,
     /// Size of the whole record, for the per-message limit of non-batch payloads.
     pub(crate) payload_len: usize,
-    /// No message of the payload can exceed the per-message limit (see `messages_fit`).
-    pub(crate) messages_fit: bool,
     pub(crate) dropped: &'a mut DroppedIdentifiers,
 }
 

@@ -7,24 +7,18 @@
 
 use crate::fields::{insert_absent, Fields, Object};
 use crate::identifiers::IdentifierSet;
-use crate::json::Obj;
-use crate::normalize::Context;
 use crate::query::{self, CLICK_ID_PARAMS, UTM_PARAMS};
 use crate::rejection;
-use crate::segment::{self, Flavor};
 use cdp_proto::dlq::Rejection;
-use cdp_proto::{IdentifierKind, Signal};
+use cdp_proto::IdentifierKind;
 use serde_json::Value;
 
-/// Parses one web record (a Segment message or batch envelope).
-pub(crate) fn parse(obj: &Obj<'_>, cx: &mut Context<'_>) -> Result<Vec<Signal>, Rejection> {
-    if !segment::is_segment(obj) {
-        return Err(Rejection::new(
-            rejection::UNKNOWN_SHAPE,
-            "web payload is neither a Segment message (`type`, `messageId`) nor a `batch` envelope",
-        ));
-    }
-    segment::parse(obj, cx, Flavor::Web)
+/// The rejection of a web payload that is not Segment (read by [`crate::segment`]).
+pub(crate) fn not_segment() -> Rejection {
+    Rejection::new(
+        rejection::UNKNOWN_SHAPE,
+        "web payload is neither a Segment message (`type`, `messageId`) nor a `batch` envelope",
+    )
 }
 
 /// `context.page.url`, the landing page's address when the browser library sent it.

@@ -54,8 +54,10 @@ struct MergeEvent {
 /// Per-batch bookkeeping.
 #[derive(Default)]
 pub struct Batch {
-    /// Profiles touched, with the signal that touched them last.
-    touched: BTreeMap<(String, String), (String, Timestamp)>,
+    /// Profiles touched (tenant -> canonical id), with the signal that touched them last.
+    /// Nested rather than keyed by a pair so that a profile touched again is found by `&str`
+    /// and updated in place, without building a key.
+    touched: BTreeMap<String, BTreeMap<String, (String, Timestamp)>>,
     /// Canonical ids the signal being applied touched: each gets one version bump per signal.
     by_signal: BTreeSet<String>,
     merges: Vec<MergeEvent>,
@@ -461,9 +463,11 @@ impl Resolver {
             ..Default::default()
         };
         let mut finals: BTreeMap<(String, String), (String, Timestamp)> = BTreeMap::new();
-        for ((tenant, id), cause) in batch.touched {
-            if let Some(final_id) = resolve_alias(txn, &tenant, &id)? {
-                finals.insert((tenant, final_id), cause);
+        for (tenant, profiles) in batch.touched {
+            for (id, cause) in profiles {
+                if let Some(final_id) = resolve_alias(txn, &tenant, &id)? {
+                    finals.insert((tenant.clone(), final_id), cause);
+                }
             }
         }
         let mut versions = BTreeMap::new();
@@ -519,10 +523,30 @@ impl Resolver {
 }
 
 fn touch(batch: &mut Batch, signal: &Signal, canonical_id: &str) {
-    batch.touched.insert(
-        (signal.tenant.clone(), canonical_id.to_string()),
-        (signal.event_id.clone(), signal.received_at),
-    );
+    let cause = match batch.touched.get_mut(signal.tenant.as_str()) {
+        Some(profiles) => profiles.get_mut(canonical_id),
+        None => batch
+            .touched
+            .entry(signal.tenant.clone())
+            .or_default()
+            .get_mut(canonical_id),
+    };
+    match cause {
+        Some((event_id, at)) => {
+            event_id.clone_from(&signal.event_id);
+            *at = signal.received_at;
+        }
+        None => {
+            batch
+                .touched
+                .entry(signal.tenant.clone())
+                .or_default()
+                .insert(
+                    canonical_id.to_string(),
+                    (signal.event_id.clone(), signal.received_at),
+                );
+        }
+    }
     if !batch.by_signal.contains(canonical_id) {
         batch.by_signal.insert(canonical_id.to_string());
     }
@@ -532,16 +556,16 @@ fn touch(batch: &mut Batch, signal: &Signal, canonical_id: &str) {
 /// makes a profile's version a function of its input alone: however the stream is cut into
 /// batches (or a crash cuts it), replaying it yields the same versions.
 fn bump_versions(txn: &mut Txn, tenant: &str, batch: &mut Batch) -> Result<()> {
-    let mut live = BTreeSet::new();
+    // A live profile has one canonical id and one root: counting roots counts profiles.
+    let mut live: Vec<NodeId> = Vec::with_capacity(batch.by_signal.len());
     for id in std::mem::take(&mut batch.by_signal) {
-        if let Some(final_id) = resolve_alias(txn, tenant, &id)? {
-            live.insert(final_id);
+        if let Some((root, _)) = live_root(txn, tenant, &id)? {
+            if !live.contains(&root) {
+                live.push(root);
+            }
         }
     }
-    for id in live {
-        let Some(root) = txn.root_of_canonical(tenant, &id)? else {
-            continue;
-        };
+    for root in live {
         if let Some(profile) = txn.profile_mut(root)? {
             profile.version += 1;
         }
@@ -551,11 +575,23 @@ fn bump_versions(txn: &mut Txn, tenant: &str, batch: &mut Batch) -> Result<()> {
 
 /// The live canonical id for `id`: itself if live, its survivor if retired, `None` if unknown.
 pub fn resolve_alias(txn: &mut Txn, tenant: &str, id: &str) -> Result<Option<String>> {
-    let mut current = id.to_string();
+    Ok(live_root(txn, tenant, id)?.map(|(_, live)| live.unwrap_or_else(|| id.to_string())))
+}
+
+/// The root of the live profile `id` names, with its canonical id when that is not `id` (a
+/// live id, the common case, costs no copy).
+fn live_root(txn: &mut Txn, tenant: &str, id: &str) -> Result<Option<(NodeId, Option<String>)>> {
+    if let Some(root) = txn.root_of_canonical(tenant, id)? {
+        return Ok(Some((root, None)));
+    }
+    let mut current = match txn.alias(tenant, id)? {
+        Some(next) => next,
+        None => return Ok(None),
+    };
     // Aliases point at the survivor of their time; a few hops reach today's profile.
-    for _ in 0..64 {
-        if txn.root_of_canonical(tenant, &current)?.is_some() {
-            return Ok(Some(current));
+    for _ in 0..63 {
+        if let Some(root) = txn.root_of_canonical(tenant, &current)? {
+            return Ok(Some((root, Some(current))));
         }
         match txn.alias(tenant, &current)? {
             Some(next) => current = next,

@@ -30,6 +30,7 @@ pub mod partition;
 pub mod policy;
 pub mod rebuild;
 pub mod stage;
+pub mod state_cache;
 pub mod store;
 pub mod tombstone;
 pub mod txn;

@@ -1,8 +1,10 @@
 //! The per-column-family cache of a [`crate::txn::Txn`]: values are decoded once when first
 //! read, read and mutated in place while the transaction runs, and encoded once, at commit,
 //! if they changed. Cloning a profile out and putting it back per signal is what made the
-//! resolver slow; here a signal borrows it.
+//! resolver slow; here a signal borrows it. Keys not read yet are looked up in the state the
+//! last committed transaction carried over ([`crate::state_cache`]) before the store.
 
+use crate::state_cache::{Carried, Generations};
 use crate::store::{Cf, GraphStore, Op};
 use crate::Result;
 use std::collections::hash_map::{Entry, RandomState};
@@ -71,13 +73,22 @@ struct Slot<V> {
 pub struct Overlay<K, V, S = ById> {
     cf: Cf,
     entries: HashMap<K, Slot<V>, S>,
+    /// Committed values carried over from earlier transactions, taken as they are read.
+    carried: Carried<K, V, S>,
 }
 
 impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
+    /// An overlay that reads everything from the store.
     pub fn new(cf: Cf) -> Self {
+        Self::carrying(cf, Generations::new(0))
+    }
+
+    /// An overlay that reads a key from `carried` (committed state) before the store.
+    pub fn carrying(cf: Cf, carried: Carried<K, V, S>) -> Self {
         Self {
             cf,
             entries: HashMap::default(),
+            carried,
         }
     }
 
@@ -90,12 +101,16 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
         match self.entries.entry(key) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
-                let cf = self.cf;
-                let value = e
-                    .key()
-                    .with_bytes(|k| store.get(cf, k))?
-                    .map(|b| decode(&b))
-                    .transpose()?;
+                let value = match self.carried.take(e.key()) {
+                    Some(value) => value,
+                    None => {
+                        let cf = self.cf;
+                        e.key()
+                            .with_bytes(|k| store.get(cf, k))?
+                            .map(|b| decode(&b))
+                            .transpose()?
+                    }
+                };
                 Ok(e.insert(Slot {
                     value,
                     dirty: false,
@@ -163,13 +178,25 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
         self.entries.insert(key, Slot { value, dirty: true });
     }
 
-    /// Appends a write (or delete) for every changed key.
-    pub fn drain_ops(&mut self, ops: &mut Vec<Op>, encode: impl Fn(&V) -> Vec<u8>) {
+    /// Appends a write (or delete) for every changed key, keeping the values for
+    /// [`Self::into_carried`].
+    pub fn push_ops(&self, ops: &mut Vec<Op>, encode: impl Fn(&V) -> Vec<u8>) {
         ops.reserve(self.entries.len());
-        for (k, slot) in self.entries.drain() {
+        for (k, slot) in &self.entries {
             if slot.dirty {
-                ops.push((self.cf, k.into_bytes(), slot.value.as_ref().map(&encode)));
+                let key = k.with_bytes(<[u8]>::to_vec);
+                ops.push((self.cf, key, slot.value.as_ref().map(&encode)));
             }
         }
+    }
+
+    /// The carried state with every value this transaction read or wrote added: call only
+    /// once the writes of [`Self::push_ops`] are committed, as that is what it now holds.
+    pub fn into_carried(self) -> Carried<K, V, S> {
+        let mut carried = self.carried;
+        for (k, slot) in self.entries {
+            carried.insert(k, slot.value);
+        }
+        carried
     }
 }

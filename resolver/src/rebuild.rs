@@ -93,7 +93,17 @@ pub fn rebuild(
         &config.matching,
     ));
     let nodes = TenantNodes::load(store, tenant)?;
-    let old_root = nodes.current_roots(store)?;
+    // The current partition and the links' ends are independent scans: one runs on a thread
+    // of its own.
+    let (old_root, ends) = std::thread::scope(|s| {
+        let roots = s.spawn(|| nodes.current_roots(store));
+        let ends = nodes.link_ends(store);
+        let roots = roots
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (roots, ends)
+    });
+    let (old_root, ends) = (old_root?, ends?);
     let n = nodes.ids.len();
     let mut replay = Replay::new(&policy, nodes.kinds.clone());
     for k in &nodes.kind {
@@ -104,8 +114,7 @@ pub fn rebuild(
     let mut rescored = 0u64;
     // Links whose decision may change or that were re-scored, with what the replay decided.
     let mut pending: Vec<Pending> = Vec::new();
-    let ends = nodes.link_ends(store)?;
-    store.for_each_prefix(Cf::Links, b"", &mut |_, v| {
+    let mut visit = |v: &[u8]| -> Result<()> {
         let head = crate::codec::decode_link_head(v).map_err(|e| ResolverError::Corrupt {
             cf: "links",
             detail: e.to_string(),
@@ -165,7 +174,8 @@ pub fn rebuild(
             });
         }
         Ok(())
-    })?;
+    };
+    scan_links(store, &mut visit)?;
     drop(ends);
 
     let new_root: Vec<u32> = (0..n as u32).map(|i| replay.find(i)).collect();
@@ -578,6 +588,68 @@ impl TenantNodes {
     }
 }
 
+/// Stored links copied per chunk from the reading thread to the replaying one: large enough
+/// that handing one over costs nothing next to the links in it, small enough to stay in cache.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Chunks read ahead of the replay.
+const CHUNKS_AHEAD: usize = 4;
+
+/// Calls `visit` with every stored link, in log order. A thread of its own iterates the column
+/// family (block reads, decompression, key comparisons) while this one replays: the replay
+/// must see links in order, the reading need not wait for it.
+fn scan_links(store: &dyn GraphStore, visit: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
+    struct Chunk {
+        bytes: Vec<u8>,
+        /// Where each link ends in `bytes`.
+        ends: Vec<usize>,
+    }
+    let fresh = || Chunk {
+        bytes: Vec::with_capacity(CHUNK_BYTES + 4096),
+        ends: Vec::new(),
+    };
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(CHUNKS_AHEAD);
+        let reader = s.spawn(move || -> Result<()> {
+            let mut chunk = fresh();
+            store.for_each_prefix(Cf::Links, b"", &mut |_, v| {
+                chunk.bytes.extend_from_slice(v);
+                chunk.ends.push(chunk.bytes.len());
+                if chunk.bytes.len() >= CHUNK_BYTES {
+                    let full = std::mem::replace(&mut chunk, fresh());
+                    // The replay stopped (on an error it returns itself): stop reading.
+                    tx.send(full).map_err(|_| stopped())?;
+                }
+                Ok(())
+            })?;
+            if !chunk.ends.is_empty() {
+                tx.send(chunk).map_err(|_| stopped())?;
+            }
+            Ok(())
+        });
+        let mut replayed = Ok(());
+        'chunks: for chunk in rx {
+            let mut start = 0;
+            for end in chunk.ends {
+                if let Err(e) = visit(&chunk.bytes[start..end]) {
+                    replayed = Err(e);
+                    break 'chunks;
+                }
+                start = end;
+            }
+        }
+        // The receiver is gone here (the loop consumed it), so a reader blocked on a full
+        // channel returns.
+        let read = reader
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        replayed.and(read)
+    })
+}
+
+fn stopped() -> ResolverError {
+    ResolverError::Storage("the link scan stopped: the replay failed".into())
+}
+
 /// How the new partition differs from the current one, per dense index.
 struct Diff {
     profiles_before: u64,
@@ -667,5 +739,66 @@ impl Diff {
             }
         }
         groups
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    /// Links big enough that the log spans several chunks.
+    fn store_of(links: u64) -> MemStore {
+        let store = MemStore::default();
+        let ops = (0..links)
+            .map(|i| {
+                let value = vec![(i % 251) as u8; 1000 + (i % 7) as usize];
+                (Cf::Links, i.to_be_bytes().to_vec(), Some(value))
+            })
+            .collect();
+        store.write(ops).unwrap();
+        store
+    }
+
+    #[test]
+    fn the_link_scan_visits_every_link_once_in_log_order() {
+        let n = 3 * CHUNK_BYTES as u64 / 1000;
+        let store = store_of(n);
+        let mut seen = Vec::new();
+        scan_links(&store, &mut |v| {
+            seen.push(v.to_vec());
+            Ok(())
+        })
+        .unwrap();
+        let want: Vec<Vec<u8>> = store
+            .scan_prefix(Cf::Links, b"")
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(seen.len() as u64, n);
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn a_replay_error_stops_the_scan_and_is_the_one_returned() {
+        let store = store_of(3 * CHUNK_BYTES as u64 / 1000);
+        let mut visited = 0;
+        let err = scan_links(&store, &mut |_| {
+            visited += 1;
+            if visited == 10 {
+                return Err(ResolverError::Corrupt {
+                    cf: "links",
+                    detail: "bad link".into(),
+                });
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(visited, 10);
+        assert!(
+            matches!(err, ResolverError::Corrupt { cf: "links", .. }),
+            "{err}"
+        );
     }
 }

@@ -13,6 +13,7 @@
 use crate::command::{CommandOp, CommandOutcome, GraphCommand};
 use crate::config::ResolverConfig;
 use crate::graph::{Batch, BatchOutput, Resolver};
+use crate::state_cache::StateCache;
 use crate::store::{Cf, GraphStore};
 use crate::txn::{offset_key, Txn};
 use crate::Result;
@@ -57,7 +58,8 @@ pub fn run(
 ) -> Result<()> {
     let resolver = Resolver::from_config(config)?;
     let mut producer = bus.producer()?;
-    publish_outbox(store, producer.as_mut())?;
+    let mut outbox = OutboxCursor::default();
+    publish_outbox(store, producer.as_mut(), &mut outbox)?;
     let topics = [
         config.signals_topic.as_str(),
         config.commands_topic.as_str(),
@@ -69,15 +71,17 @@ pub fn run(
     options.start = cdp_bus::StartFrom::Positions(std::sync::Arc::new(positions));
     let mut consumer = bus.consumer(options)?;
     let timeout = Duration::from_millis(config.poll_timeout_ms);
+    // Empty at start: a restart reads the store, whatever the last run held.
+    let mut cache = StateCache::new(config.storage.state_cache_entries);
     while !shutdown.load(Ordering::Relaxed) {
         let records = consumer.poll(config.batch_size, timeout)?;
         if records.is_empty() {
             continue;
         }
         let started = Instant::now();
-        let out = apply_records(&resolver, store, config, &records)?;
+        let out = apply_records_cached(&resolver, store, &mut cache, config, &records)?;
         let dead = out.dead;
-        let published = publish_outbox(store, producer.as_mut())?;
+        let published = publish_outbox(store, producer.as_mut(), &mut outbox)?;
         let mut positions = Positions::new();
         advance(&mut positions, &records);
         consumer.commit(&positions)?;
@@ -166,6 +170,18 @@ pub fn apply_records(
     config: &ResolverConfig,
     records: &[Record],
 ) -> Result<Applied> {
+    apply_records_cached(resolver, store, &mut StateCache::new(0), config, records)
+}
+
+/// [`apply_records`] reading the state earlier calls committed from `cache` before `store`
+/// (one cache per store, used by every call that writes it).
+pub fn apply_records_cached(
+    resolver: &Resolver,
+    store: &dyn GraphStore,
+    cache: &mut StateCache,
+    config: &ResolverConfig,
+    records: &[Record],
+) -> Result<Applied> {
     let mut applied = Applied::default();
     let mut rest = records;
     while !rest.is_empty() {
@@ -174,12 +190,12 @@ pub fn apply_records(
             .take_while(|r| r.topic != config.commands_topic)
             .count();
         if signals > 0 {
-            let (out, dead) = apply_signals(resolver, store, config, &rest[..signals])?;
+            let (out, dead) = apply_signals(resolver, store, cache, config, &rest[..signals])?;
             applied.add(&out);
             applied.dead += dead;
             rest = &rest[signals..];
         } else {
-            let (out, dead) = apply_command(resolver, store, config, &rest[0])?;
+            let (out, dead) = apply_command(resolver, store, cache, config, &rest[0])?;
             applied.commands += u64::from(out.is_some());
             applied.dead += dead;
             if let Some(out) = out {
@@ -226,10 +242,11 @@ fn dead_letter(config: &ResolverConfig, r: &Record, rejection: &Rejection) -> Ou
 fn apply_signals(
     resolver: &Resolver,
     store: &dyn GraphStore,
+    cache: &mut StateCache,
     config: &ResolverConfig,
     records: &[Record],
 ) -> Result<(BatchOutput, u64)> {
-    let mut txn = Txn::begin(store)?;
+    let mut txn = Txn::begin_cached(store, cache)?;
     let mut batch = Batch::default();
     let mut applied: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut dead = Vec::new();
@@ -273,13 +290,14 @@ fn apply_signals(
 fn apply_command(
     resolver: &Resolver,
     store: &dyn GraphStore,
+    cache: &mut StateCache,
     config: &ResolverConfig,
     r: &Record,
 ) -> Result<(Option<CommandOutcome>, u64)> {
     if !unapplied(store, &BTreeMap::new(), r)? {
         return Ok((None, 0));
     }
-    let mut txn = Txn::begin(store)?;
+    let mut txn = Txn::begin_cached(store, cache)?;
     txn.set_offset(&r.topic, r.partition, r.offset + 1);
     let command = match decode_command(r) {
         Ok(c) => c,
@@ -349,12 +367,29 @@ pub fn command_outcome(store: &dyn GraphStore, id: &str) -> Result<Option<Comman
         .transpose()
 }
 
-/// Publishes everything in the outbox, in order, then removes it. Returns how many records.
-pub fn publish_outbox(store: &dyn GraphStore, producer: &mut dyn Producer) -> Result<u64> {
-    let pending = store.scan_prefix(Cf::Outbox, b"")?;
-    if pending.is_empty() {
+/// Where the next [`publish_outbox`] starts reading: the key after the last record it published.
+/// Outbox keys are sequence numbers that only grow, and published records are deleted, so
+/// nothing live lies below it. Reading from the start instead would step over every deletion
+/// RocksDB has not compacted away yet, more with each batch: at a few thousand signals a second
+/// that walk was most of the resolver's CPU. Starts at the beginning, so a restart publishes
+/// whatever the last run left.
+#[derive(Debug, Default)]
+pub struct OutboxCursor(Vec<u8>);
+
+/// Publishes everything in the outbox from `cursor` on, in order, then removes it. Returns how
+/// many records.
+pub fn publish_outbox(
+    store: &dyn GraphStore,
+    producer: &mut dyn Producer,
+    cursor: &mut OutboxCursor,
+) -> Result<u64> {
+    let pending = store.scan_from(Cf::Outbox, &cursor.0)?;
+    let Some((last, _)) = pending.last() else {
         return Ok(0);
-    }
+    };
+    // The smallest key after `last`.
+    let mut next = last.clone();
+    next.push(0);
     let mut deletes = Vec::with_capacity(pending.len());
     for (key, bytes) in pending {
         let record = OutRecord::from_bytes(&bytes).ok_or(crate::ResolverError::Corrupt {
@@ -367,6 +402,7 @@ pub fn publish_outbox(store: &dyn GraphStore, producer: &mut dyn Producer) -> Re
     producer.flush()?;
     let n = deletes.len() as u64;
     store.write(deletes)?;
+    cursor.0 = next;
     Ok(n)
 }
 
@@ -436,4 +472,82 @@ pub fn decode_signal(r: &Record) -> Result<Signal, Rejection> {
         ));
     }
     Ok(signal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemStore, RocksStore};
+    use cdp_bus::embedded::EmbeddedBus;
+
+    fn queue(store: &dyn GraphStore, seqs: std::ops::Range<u64>) {
+        let ops = seqs
+            .map(|seq| {
+                let record = OutRecord::new("out", Vec::new(), seq.to_string().into_bytes());
+                (
+                    Cf::Outbox,
+                    seq.to_be_bytes().to_vec(),
+                    Some(record.to_bytes()),
+                )
+            })
+            .collect();
+        store.write(ops).unwrap();
+    }
+
+    fn published(bus: &EmbeddedBus) -> Vec<String> {
+        let mut c = bus
+            .consumer(ConsumerOptions::group("check", &["out"]))
+            .unwrap();
+        c.poll(100, Duration::from_millis(10))
+            .unwrap()
+            .into_iter()
+            .map(|r| String::from_utf8(r.value.unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_outbox_is_published_once_in_order_from_where_the_last_publish_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = RocksStore::open(&dir.path().join("graph")).unwrap();
+        let memory = MemStore::default();
+        for (name, store) in [("rocksdb", &rocks as &dyn GraphStore), ("memory", &memory)] {
+            let bus_dir = tempfile::tempdir().unwrap();
+            let bus = EmbeddedBus::open(bus_dir.path()).unwrap();
+            bus.create_topic("out", 1).unwrap();
+            let mut producer = bus.producer().unwrap();
+            let mut cursor = OutboxCursor::default();
+
+            queue(store, 0..3);
+            assert_eq!(
+                publish_outbox(store, producer.as_mut(), &mut cursor).unwrap(),
+                3
+            );
+            assert_eq!(
+                publish_outbox(store, producer.as_mut(), &mut cursor).unwrap(),
+                0
+            );
+            queue(store, 3..5);
+            assert_eq!(
+                publish_outbox(store, producer.as_mut(), &mut cursor).unwrap(),
+                2
+            );
+            assert!(
+                store.scan_prefix(Cf::Outbox, b"").unwrap().is_empty(),
+                "{name}"
+            );
+
+            // What a run queued but did not publish goes out after a restart (a fresh cursor).
+            queue(store, 5..7);
+            let mut restarted = OutboxCursor::default();
+            assert_eq!(
+                publish_outbox(store, producer.as_mut(), &mut restarted).unwrap(),
+                2
+            );
+            assert_eq!(
+                published(&bus),
+                ["0", "1", "2", "3", "4", "5", "6"],
+                "{name}"
+            );
+        }
+    }
 }

@@ -110,6 +110,14 @@ pub trait GraphStore: Send + Sync {
     fn write(&self, ops: Vec<Op>) -> Result<()>;
     /// Every entry of `cf` whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    /// Every entry of `cf` whose key is `from` or after it, in key order. Engines that can seek
+    /// override it: a queue whose head is deleted as it is consumed (the outbox) is read from
+    /// its first live key, not over every deletion before it.
+    fn scan_from(&self, cf: Cf, from: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut all = self.scan_prefix(cf, b"")?;
+        all.retain(|(k, _)| k.as_slice() >= from);
+        Ok(all)
+    }
     /// Calls `f` with every entry of `cf` whose key starts with `prefix`, in key order, one at a
     /// time: a pass over a whole column family (`rebuild`) must not hold it all in memory.
     fn for_each_prefix(&self, cf: Cf, prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
@@ -131,6 +139,11 @@ pub struct StorageConfig {
     pub block_cache_mb: usize,
     /// Memtables of all column families together (MiB); past it the largest are flushed.
     pub write_buffer_mb: usize,
+    /// Decoded entries (identifiers, parents, profiles, links, ...) the stage keeps between
+    /// batches, per column family, so hot identifiers are not read and decoded again; 0 = off.
+    /// Off by default: it pays only when it holds the working set, and one a little smaller
+    /// than that churns and costs more than it saves.
+    pub state_cache_entries: usize,
 }
 
 impl Default for StorageConfig {
@@ -138,6 +151,7 @@ impl Default for StorageConfig {
         Self {
             block_cache_mb: 256,
             write_buffer_mb: 256,
+            state_cache_entries: 0,
         }
     }
 }
@@ -258,13 +272,24 @@ impl GraphStore for RocksStore {
     }
 
     fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan(cf, prefix, prefix)
+    }
+
+    fn scan_from(&self, cf: Cf, from: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan(cf, from, b"")
+    }
+}
+
+impl RocksStore {
+    /// Entries of `cf` from `from` on while their key starts with `prefix`.
+    fn scan(&self, cf: Cf, from: &[u8], prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let Some(handle) = self.cf(cf) else {
             return Ok(Vec::new());
         };
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             handle,
-            rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
+            rocksdb::IteratorMode::From(from, rocksdb::Direction::Forward),
         );
         for item in it {
             let (k, v) = item.map_err(storage)?;
@@ -327,6 +352,17 @@ impl GraphStore for MemStore {
             })
             .unwrap_or_default())
     }
+    fn scan_from(&self, cf: Cf, from: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let cfs = self.cfs.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(cfs
+            .get(&cf)
+            .map(|m| {
+                m.range(from.to_vec()..)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
 }
 
 fn storage(e: rocksdb::Error) -> ResolverError {
@@ -343,6 +379,7 @@ mod tests {
         let memory = StorageConfig {
             block_cache_mb: 3,
             write_buffer_mb: 5,
+            ..StorageConfig::default()
         };
         let store = RocksStore::open_with(dir.path(), &memory).unwrap();
         for cf in Cf::ALL {

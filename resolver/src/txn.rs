@@ -1,10 +1,13 @@
 //! A transaction over the graph store: reads go through a typed cache, writes stay in memory,
 //! and `commit` turns everything (graph, link log, outbox, input offsets) into one atomic write.
+//! Begun with a [`StateCache`], it starts from the state earlier transactions committed and
+//! hands its own back once committed.
 
 use crate::link::Link;
 use crate::matching::blocking::Block;
 use crate::matching::field::Record;
 use crate::overlay::{ByBytes, Overlay};
+use crate::state_cache::{Held, StateCache};
 use crate::store::{Cf, GraphStore, Op};
 use crate::{ResolverError, Result};
 use cdp_proto::{Identifier, Profile};
@@ -36,6 +39,8 @@ pub struct Txn<'s> {
     next_node: NodeId,
     next_link: u64,
     next_outbox: u64,
+    /// Where the state goes back to after commit (empty meanwhile).
+    cache: Option<&'s mut StateCache>,
 }
 
 const META_NEXT_NODE: &[u8] = b"next_node";
@@ -43,7 +48,19 @@ const META_NEXT_LINK: &[u8] = b"next_link";
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
 
 impl<'s> Txn<'s> {
+    /// A transaction that reads everything from the store.
     pub fn begin(store: &'s dyn GraphStore) -> Result<Self> {
+        Self::open(store, None)
+    }
+
+    /// A transaction that reads what `cache` carries before the store, and gives the cache
+    /// its state back on a successful commit only (a failed or dropped one leaves it empty).
+    pub fn begin_cached(store: &'s dyn GraphStore, cache: &'s mut StateCache) -> Result<Self> {
+        Self::open(store, Some(cache))
+    }
+
+    fn open(store: &'s dyn GraphStore, mut cache: Option<&'s mut StateCache>) -> Result<Self> {
+        let held = cache.as_deref_mut().map(StateCache::take);
         let counter = |key: &[u8]| -> Result<u64> {
             Ok(store
                 .get(Cf::Meta, key)?
@@ -51,25 +68,85 @@ impl<'s> Txn<'s> {
                 .transpose()?
                 .unwrap_or(0))
         };
+        let counters = match held.as_ref().and_then(|h| h.counters) {
+            Some(c) => c,
+            None => [
+                counter(META_NEXT_NODE)?,
+                counter(META_NEXT_LINK)?,
+                counter(META_NEXT_OUTBOX)?,
+            ],
+        };
+        let txn = match held {
+            Some(h) => Self::with_overlays(
+                store,
+                Overlay::carrying(Cf::Ids, h.ids),
+                Overlay::carrying(Cf::Nodes, h.nodes),
+                Overlay::carrying(Cf::Parent, h.parent),
+                Overlay::carrying(Cf::Profiles, h.profiles),
+                Overlay::carrying(Cf::Canon, h.canon),
+                Overlay::carrying(Cf::Aliases, h.aliases),
+                Overlay::carrying(Cf::Links, h.links),
+                Overlay::carrying(Cf::Pairs, h.pairs),
+                Overlay::carrying(Cf::Hubs, h.hubs),
+                Overlay::carrying(Cf::MatchRecords, h.match_records),
+            ),
+            None => Self::with_overlays(
+                store,
+                Overlay::new(Cf::Ids),
+                Overlay::new(Cf::Nodes),
+                Overlay::new(Cf::Parent),
+                Overlay::new(Cf::Profiles),
+                Overlay::new(Cf::Canon),
+                Overlay::new(Cf::Aliases),
+                Overlay::new(Cf::Links),
+                Overlay::new(Cf::Pairs),
+                Overlay::new(Cf::Hubs),
+                Overlay::new(Cf::MatchRecords),
+            ),
+        };
         Ok(Self {
-            store,
-            ids: Overlay::new(Cf::Ids),
-            nodes: Overlay::new(Cf::Nodes),
-            parent: Overlay::new(Cf::Parent),
-            profiles: Overlay::new(Cf::Profiles),
-            canon: Overlay::new(Cf::Canon),
-            aliases: Overlay::new(Cf::Aliases),
-            links: Overlay::new(Cf::Links),
-            pairs: Overlay::new(Cf::Pairs),
-            hubs: Overlay::new(Cf::Hubs),
-            blocks: Overlay::new(Cf::Blocks),
-            match_records: Overlay::new(Cf::MatchRecords),
-            extra: Vec::new(),
             // Node 0 is never used, so a zero in a key is never a real node.
-            next_node: counter(META_NEXT_NODE)?.max(1),
-            next_link: counter(META_NEXT_LINK)?.max(1),
-            next_outbox: counter(META_NEXT_OUTBOX)?,
+            next_node: counters[0].max(1),
+            next_link: counters[1].max(1),
+            next_outbox: counters[2],
+            cache,
+            ..txn
         })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with_overlays(
+        store: &'s dyn GraphStore,
+        ids: Overlay<Vec<u8>, NodeId, ByBytes>,
+        nodes: Overlay<NodeId, NodeRecord>,
+        parent: Overlay<NodeId, NodeId>,
+        profiles: Overlay<NodeId, Profile>,
+        canon: Overlay<Vec<u8>, NodeId, ByBytes>,
+        aliases: Overlay<Vec<u8>, String, ByBytes>,
+        links: Overlay<u64, Link>,
+        pairs: Overlay<Vec<u8>, u64, ByBytes>,
+        hubs: Overlay<NodeId, crate::hub::Reaches>,
+        match_records: Overlay<NodeId, Record>,
+    ) -> Self {
+        Self {
+            store,
+            ids,
+            nodes,
+            parent,
+            profiles,
+            canon,
+            aliases,
+            links,
+            pairs,
+            hubs,
+            blocks: Overlay::new(Cf::Blocks),
+            match_records,
+            extra: Vec::new(),
+            next_node: 0,
+            next_link: 0,
+            next_outbox: 0,
+            cache: None,
+        }
     }
 
     pub fn node_of(&mut self, tenant: &str, id: &Identifier) -> Result<Option<NodeId>> {
@@ -344,26 +421,43 @@ impl<'s> Txn<'s> {
     pub fn commit(mut self) -> Result<()> {
         let mut ops = std::mem::take(&mut self.extra);
         let be = |v: &u64| v.to_be_bytes().to_vec();
-        self.ids.drain_ops(&mut ops, be);
-        self.parent.drain_ops(&mut ops, be);
-        self.canon.drain_ops(&mut ops, be);
-        self.pairs.drain_ops(&mut ops, be);
-        self.hubs.drain_ops(&mut ops, |r| r.encode());
-        self.blocks.drain_ops(&mut ops, Block::encode);
-        self.match_records.drain_ops(&mut ops, Record::encode);
-        self.nodes.drain_ops(&mut ops, crate::codec::encode_node);
+        self.ids.push_ops(&mut ops, be);
+        self.parent.push_ops(&mut ops, be);
+        self.canon.push_ops(&mut ops, be);
+        self.pairs.push_ops(&mut ops, be);
+        self.hubs.push_ops(&mut ops, |r| r.encode());
+        self.blocks.push_ops(&mut ops, Block::encode);
+        self.match_records.push_ops(&mut ops, Record::encode);
+        self.nodes.push_ops(&mut ops, crate::codec::encode_node);
         self.profiles
-            .drain_ops(&mut ops, crate::codec::encode_profile);
-        self.links.drain_ops(&mut ops, crate::codec::encode_link);
-        self.aliases.drain_ops(&mut ops, |s| s.as_bytes().to_vec());
-        for (key, value) in [
-            (META_NEXT_NODE, self.next_node),
-            (META_NEXT_LINK, self.next_link),
-            (META_NEXT_OUTBOX, self.next_outbox),
-        ] {
+            .push_ops(&mut ops, crate::codec::encode_profile);
+        self.links.push_ops(&mut ops, crate::codec::encode_link);
+        self.aliases.push_ops(&mut ops, |s| s.as_bytes().to_vec());
+        let counters = [self.next_node, self.next_link, self.next_outbox];
+        for (key, value) in [META_NEXT_NODE, META_NEXT_LINK, META_NEXT_OUTBOX]
+            .into_iter()
+            .zip(counters)
+        {
             ops.push((Cf::Meta, key.to_vec(), Some(value.to_be_bytes().to_vec())));
         }
-        self.store.write(ops)
+        self.store.write(ops)?;
+        // Committed: what the overlays hold is now the store's state.
+        if let Some(cache) = self.cache.take() {
+            cache.put_back(Held {
+                ids: self.ids.into_carried(),
+                nodes: self.nodes.into_carried(),
+                parent: self.parent.into_carried(),
+                profiles: self.profiles.into_carried(),
+                canon: self.canon.into_carried(),
+                aliases: self.aliases.into_carried(),
+                links: self.links.into_carried(),
+                pairs: self.pairs.into_carried(),
+                hubs: self.hubs.into_carried(),
+                match_records: self.match_records.into_carried(),
+                counters: Some(counters),
+            });
+        }
+        Ok(())
     }
 }
 

@@ -17,7 +17,8 @@
 //!
 //! `--work DIR` keeps the store and reuses it on the next run (each run feeds new people);
 //! without it everything lives in a temporary directory (`TMPDIR`). `--cdp PATH` names the
-//! binary to serve (default: `cdp` next to this one); `--workers N` sets its `http.workers`.
+//! binary to serve (default: `cdp` next to this one); `--workers N` sets its `http.workers`,
+//! `--read-tier-mb N` its `http.read_tier_mb` (0: every lookup reads the store).
 //! It also reports the CPU the server, its HTTP listener threads and the load tool itself used
 //! while measuring (the load tool shares the machine, so its share is the server's loss).
 
@@ -44,6 +45,8 @@ struct Options {
     warmup_seconds: u64,
     /// `http.workers` of the server (its default when not given).
     workers: Option<u64>,
+    /// `http.read_tier_mb` of the server (its default when not given).
+    read_tier_mb: Option<u64>,
     /// Where the workloads and the store live; kept, and the resolved store reused, across runs.
     work: Option<PathBuf>,
 }
@@ -62,6 +65,7 @@ impl Options {
             seconds: 20,
             warmup_seconds: 3,
             workers: None,
+            read_tier_mb: None,
             work: None,
         };
         let mut args = std::env::args().skip(1);
@@ -81,6 +85,7 @@ impl Options {
                 "--seconds" => o.seconds = number()?.max(1),
                 "--warmup-seconds" => o.warmup_seconds = number()?,
                 "--workers" => o.workers = Some(number()?.max(1)),
+                "--read-tier-mb" => o.read_tier_mb = Some(number()?),
                 "--work" => o.work = Some(PathBuf::from(&value)),
                 _ => return Err(format!("unknown flag {flag}")),
             }
@@ -114,9 +119,12 @@ fn run(o: &Options) -> Result<(), String> {
     let dir = o.work.as_deref().unwrap_or(temp.path());
     let data = dir.join("data");
     let config = dir.join("cdp.toml");
-    let mut toml = String::new();
+    let mut toml = String::from("[http]\n");
     if let Some(workers) = o.workers {
-        toml.push_str(&format!("[http]\nworkers = {workers}\n"));
+        toml.push_str(&format!("workers = {workers}\n"));
+    }
+    if let Some(mb) = o.read_tier_mb {
+        toml.push_str(&format!("read_tier_mb = {mb}\n"));
     }
     toml.push_str(&format!(
         "[[http.api_keys]]\ntenant = \"default\"\ntoken_sha256 = \"{TOKEN_SHA256}\"\n"

@@ -2,18 +2,18 @@
 //! fields is filed under a few keys (phonetic surname + postal code, birth date + first
 //! initial, surname + first-name prefix, birth date + postal code, postal code + street, and
 //! both names' sounds in either order) in the `blocks` column family, in the same write as
-//! the rest of its signal's effects; its candidates are the other records filed under the same
-//! keys. Each entry of a block carries the node's normalised record, so comparing an arriving
-//! record with a block's candidates takes one read of the block, not a read and decode of each
-//! candidate's profile. A block holds at most `max_block_size` nodes: when one more would not
-//! fit, the key is marked oversized, its entries are dropped and it no longer yields candidates
-//! (a name shared by thousands tells nothing), so a record never costs more than the keys'
-//! capacity.
+//! the rest of its signal's effects; its candidates are the other nodes filed under the same
+//! keys, whose records are read from `match_records` (each node's normalised record, kept
+//! once). A block lists node ids only, a few bytes each: filing a node rewrites that short
+//! list, never the records of the nodes already there (it did when blocks carried them, and the
+//! bytes written per record grew with the blocks). A block holds at most `max_block_size`
+//! nodes: when one more would not fit, the key is marked oversized, its list is dropped and it
+//! no longer yields candidates (a name shared by thousands tells nothing), so a record never
+//! costs more than the keys' capacity.
 //!
 //! Keys are `tenant \0 kind \0 sha256(value)[..16]`: the names and dates they are made of are
-//! not in the keys in clear. They are in the entries, and `forget` erases those: each node's
-//! record is also kept by node (`match_records`), which names every key the node is filed
-//! under.
+//! not in the keys in clear, nor in the blocks. They are in `match_records`, which names every
+//! key the node is filed under, and which `forget` erases.
 
 use super::field::{Field, Record};
 use super::soundex::soundex;
@@ -145,17 +145,19 @@ pub fn tenant_prefix(tenant: &str) -> Vec<u8> {
     k
 }
 
-/// A node filed under a key, with the record it was filed with: what a comparison reads.
+/// A node filed under a key. The newest nodes of a block carry the record they were filed
+/// with (the candidates a record is compared with, read with the block); older ones only their
+/// id, their record being in `match_records`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub node: NodeId,
-    pub record: Record,
+    pub record: Option<Record>,
 }
 
 /// The nodes filed under one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Block {
-    /// Sorted by node id.
+    /// Sorted by node id: node ids grow as identifiers arrive, so the last are the newest.
     Open(Vec<Entry>),
     /// Grew past the cap: yields no candidates and takes no more nodes.
     Oversized,
@@ -165,9 +167,9 @@ pub enum Block {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filed {
     Added,
-    /// The node was filed with this very record before.
+    /// The node was filed here before, as it is now.
     AlreadyThere,
-    /// The node was filed with another record, which this one replaced.
+    /// The node was filed here before with another record, which this one replaced.
     Updated,
     /// This node made the block oversized.
     Overflowed,
@@ -175,9 +177,10 @@ pub enum Filed {
     Oversized,
 }
 
-/// Format byte of an open block. (0 was an open block of bare node ids, before records were
-/// kept in the entries: such a block is reported, not misread.)
-const OPEN: u8 = 2;
+/// Format byte of an open block. Earlier layouts are reported as corrupt state, not misread:
+/// 0 was bare node ids (8 bytes each), 2 carried every node's record (filing one node rewrote
+/// the records of all the others, up to `max_block_size` of them).
+const OPEN: u8 = 4;
 const OVERSIZED: u8 = 1;
 
 impl Block {
@@ -185,7 +188,7 @@ impl Block {
         Block::Open(Vec::new())
     }
 
-    /// The candidates the block yields.
+    /// The nodes the block lists, oldest first (none when oversized).
     pub fn entries(&self) -> &[Entry] {
         match self {
             Block::Open(entries) => entries,
@@ -198,37 +201,57 @@ impl Block {
         self.entries().iter().map(|e| e.node).collect()
     }
 
+    /// The candidates the block yields for `node`: the other nodes it lists, newest first, at
+    /// most `limit` of them.
+    pub fn newest(&self, node: NodeId, limit: usize) -> impl Iterator<Item = &Entry> + '_ {
+        self.entries()
+            .iter()
+            .rev()
+            .filter(move |e| e.node != node)
+            .take(limit)
+    }
+
     /// An open block listing nothing: stored as no block at all.
     pub fn is_empty(&self) -> bool {
         matches!(self, Block::Open(entries) if entries.is_empty())
     }
 
-    /// Files `node` with `record`, keeping at most `cap` nodes.
-    pub fn file(&mut self, node: NodeId, record: &Record, cap: usize) -> Filed {
-        match self {
-            Block::Oversized => Filed::Oversized,
-            Block::Open(entries) => match entries.binary_search_by_key(&node, |e| e.node) {
-                Ok(at) if entries[at].record == *record => Filed::AlreadyThere,
-                Ok(at) => {
-                    entries[at].record = record.clone();
-                    Filed::Updated
+    /// Files `node` with `record`, keeping at most `cap` nodes, and the records of the newest
+    /// `keep` of them only.
+    pub fn file(&mut self, node: NodeId, record: &Record, cap: usize, keep: usize) -> Filed {
+        let Block::Open(entries) = self else {
+            return Filed::Oversized;
+        };
+        let filed = match entries.binary_search_by_key(&node, |e| e.node) {
+            Ok(at) => {
+                let kept = (at + keep >= entries.len()).then_some(record);
+                if entries[at].record.as_ref() == kept {
+                    return Filed::AlreadyThere;
                 }
-                Err(_) if entries.len() >= cap => {
-                    *self = Block::Oversized;
-                    Filed::Overflowed
-                }
-                Err(at) => {
-                    entries.insert(
-                        at,
-                        Entry {
-                            node,
-                            record: record.clone(),
-                        },
-                    );
-                    Filed::Added
-                }
-            },
+                entries[at].record = kept.cloned();
+                Filed::Updated
+            }
+            Err(_) if entries.len() >= cap => {
+                *self = Block::Oversized;
+                return Filed::Overflowed;
+            }
+            Err(at) => {
+                entries.insert(
+                    at,
+                    Entry {
+                        node,
+                        record: Some(record.clone()),
+                    },
+                );
+                Filed::Added
+            }
+        };
+        // A node that is no longer among the newest is compared no more: its record goes.
+        let older = entries.len().saturating_sub(keep);
+        for e in &mut entries[..older] {
+            e.record = None;
         }
+        filed
     }
 
     /// Takes `node` out (its record changed keys, or `forget` erases it); whether it was filed
@@ -246,42 +269,92 @@ impl Block {
         }
     }
 
-    /// A format byte, then per entry the node (8 bytes big-endian), the length of its record
-    /// (4 bytes big-endian) and the record ([`Record::encode`]).
+    /// A format byte, then per entry the node id as a LEB128 varint (the first as it is, each
+    /// next one as its difference from the one before: a few bytes), then 0 for an entry
+    /// without record, or the record's length + 1 (varint) and the record ([`Record::encode`]).
     pub fn encode(&self) -> Vec<u8> {
         match self {
             Block::Oversized => vec![OVERSIZED],
             Block::Open(entries) => {
-                let mut b = Vec::with_capacity(1 + entries.len() * 64);
+                let mut b = Vec::with_capacity(1 + entries.len() * 8);
                 b.push(OPEN);
+                let mut previous = 0;
                 for e in entries {
-                    b.extend_from_slice(&e.node.to_be_bytes());
-                    let at = b.len();
-                    b.extend_from_slice(&[0; 4]);
-                    e.record.encode_into(&mut b);
-                    let len = (b.len() - at - 4) as u32;
-                    b[at..at + 4].copy_from_slice(&len.to_be_bytes());
+                    varint(&mut b, e.node - previous);
+                    previous = e.node;
+                    match &e.record {
+                        None => b.push(0),
+                        Some(r) => {
+                            let encoded = r.encode();
+                            varint(&mut b, encoded.len() as u64 + 1);
+                            b.extend_from_slice(&encoded);
+                        }
+                    }
                 }
                 b
             }
         }
     }
 
+    /// The block [`Self::encode`] wrote; `None` if `b` is not one (an earlier layout included,
+    /// or ids not strictly ascending).
     pub fn decode(b: &[u8]) -> Option<Self> {
         match b.split_first()? {
             (&OVERSIZED, []) => Some(Block::Oversized),
             (&OPEN, mut rest) => {
                 let mut entries = Vec::new();
+                let mut previous: NodeId = 0;
                 while !rest.is_empty() {
-                    let node = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-                    let len = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?) as usize;
-                    let record = Record::decode(rest.get(12..12 + len)?)?;
-                    entries.push(Entry { node, record });
-                    rest = &rest[12 + len..];
+                    let delta = read_varint(&mut rest)?;
+                    // The first id may not be 0 (no node is), the others must ascend.
+                    if delta == 0 {
+                        return None;
+                    }
+                    previous = previous.checked_add(delta)?;
+                    let record = match usize::try_from(read_varint(&mut rest)?).ok()? {
+                        0 => None,
+                        len => {
+                            let r = Record::decode(rest.get(..len - 1)?)?;
+                            rest = &rest[len - 1..];
+                            Some(r)
+                        }
+                    };
+                    entries.push(Entry {
+                        node: previous,
+                        record,
+                    });
                 }
                 Some(Block::Open(entries))
             }
             _ => None,
+        }
+    }
+}
+
+fn varint(b: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        b.push((v as u8 & 0x7f) | 0x80);
+        v >>= 7;
+    }
+    b.push(v as u8);
+}
+
+fn read_varint(rest: &mut &[u8]) -> Option<u64> {
+    let (mut v, mut shift) = (0u64, 0u32);
+    loop {
+        let (&byte, tail) = rest.split_first()?;
+        *rest = tail;
+        // The tenth byte holds the 64th bit only.
+        if shift == 63 && byte & 0x7e != 0 {
+            return None;
+        }
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
         }
     }
 }
@@ -355,32 +428,49 @@ mod tests {
     }
 
     #[test]
-    fn blocks_cap_their_size_keep_records_and_round_trip() {
+    fn blocks_cap_their_size_keep_the_newest_records_and_round_trip() {
         let smith = record(&[(Field::LastName, "smith"), (Field::PostalCode, "94107")]);
         let moved = record(&[(Field::LastName, "smith"), (Field::PostalCode, "10001")]);
         let mut b = Block::empty();
         assert!(b.is_empty());
-        assert_eq!(b.file(5, &smith, 2), Filed::Added);
-        assert_eq!(b.file(3, &moved, 2), Filed::Added);
-        assert_eq!(b.file(5, &smith, 2), Filed::AlreadyThere);
+        assert_eq!(b.file(5, &smith, 3, 2), Filed::Added);
+        assert_eq!(b.file(3, &moved, 3, 2), Filed::Added);
+        assert_eq!(b.file(5, &smith, 3, 2), Filed::AlreadyThere);
         assert_eq!(b.nodes(), [3, 5]);
-        assert_eq!(b.entries()[1].record, smith);
-        assert_eq!(b.file(5, &moved, 2), Filed::Updated);
+        assert_eq!(b.entries()[1].record, Some(smith.clone()));
+        assert_eq!(b.file(5, &moved, 3, 2), Filed::Updated);
         assert_eq!(
             b.entries()[1].record,
-            moved,
-            "the latest record is compared"
+            Some(moved.clone()),
+            "the latest record"
         );
         assert_eq!(Block::decode(&b.encode()), Some(b.clone()));
+        // A third node: only the newest two keep their records.
+        assert_eq!(b.file(9, &smith, 3, 2), Filed::Added);
+        assert_eq!(b.nodes(), [3, 5, 9]);
+        assert_eq!(b.entries()[0].record, None, "no longer among the newest");
+        assert_eq!(
+            b.file(3, &smith, 3, 2),
+            Filed::AlreadyThere,
+            "nor filed again"
+        );
+        assert_eq!(Block::decode(&b.encode()), Some(b.clone()));
+        assert_eq!(
+            b.newest(9, 5).map(|e| e.node).collect::<Vec<_>>(),
+            [5, 3],
+            "newest first, not itself"
+        );
+        assert_eq!(b.newest(1, 1).map(|e| e.node).collect::<Vec<_>>(), [9]);
         let mut taken = b.clone();
         assert!(taken.remove(3));
         assert!(!taken.remove(3), "already out");
-        assert_eq!(taken.nodes(), [5]);
-        assert!(taken.remove(5) && taken.is_empty());
-        assert_eq!(b.file(9, &smith, 2), Filed::Overflowed);
+        assert_eq!(taken.nodes(), [5, 9]);
+        assert!(taken.remove(5) && taken.remove(9) && taken.is_empty());
+        assert_eq!(b.file(10, &smith, 3, 2), Filed::Overflowed);
         assert_eq!(b, Block::Oversized);
         assert!(b.entries().is_empty() && !b.is_empty());
-        assert_eq!(b.file(10, &smith, 2), Filed::Oversized);
+        assert_eq!(b.newest(1, 5).count(), 0);
+        assert_eq!(b.file(11, &smith, 3, 2), Filed::Oversized);
         assert!(!b.remove(9), "an oversized block lists nothing to take out");
         assert_eq!(b, Block::Oversized);
         assert_eq!(Block::decode(&b.encode()), Some(Block::Oversized));
@@ -388,16 +478,53 @@ mod tests {
             Block::decode(&Block::empty().encode()),
             Some(Block::empty())
         );
-        let bytes = Block::Open(vec![Entry {
-            node: 7,
-            record: smith.clone(),
-        }])
-        .encode();
+    }
+
+    #[test]
+    fn old_entries_are_ids_and_earlier_layouts_are_refused() {
+        let smith = record(&[(Field::LastName, "smith"), (Field::PostalCode, "94107")]);
+        let ids = [1, 2, 130, 1 << 20, (1 << 40) + 7, u64::MAX];
+        let b = Block::Open(
+            ids.iter()
+                .map(|node| Entry {
+                    node: *node,
+                    record: None,
+                })
+                .collect(),
+        );
+        let bytes = b.encode();
+        assert_eq!(Block::decode(&bytes), Some(b));
+        // 1 format byte; deltas 1, 1, 128, ~2^20, ~2^40, ~2^64 take 1, 1, 2, 3, 6 and 10
+        // bytes, and each entry one byte saying it has no record.
+        assert_eq!(bytes.len(), 1 + (1 + 1 + 2 + 3 + 6 + 10) + 6);
+        // A full block of 100 nodes, 13 of them with records: the 87 others cost ~3 bytes.
+        let mut full = Block::empty();
+        for i in 1..=100 {
+            full.file(1_000_000 + i * 997, &smith, 100, 13);
+        }
+        let size = full.encode().len();
+        let with_records = 13 * (2 + smith.encode().len());
+        assert!(size <= 1 + 3 + 99 * 3 + with_records, "{size}");
         assert_eq!(Block::decode(&bytes[..bytes.len() - 1]), None, "cut short");
+        assert_eq!(Block::decode(&[OPEN, 5, 0, 0, 0]), None, "not ascending");
+        assert_eq!(Block::decode(&[OPEN, 0, 0]), None, "no node 0");
+        assert_eq!(Block::decode(&[OPEN, 1, 5, 0]), None, "record cut short");
+        assert_eq!(
+            Block::decode(&[
+                OPEN, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 1, 0
+            ]),
+            None,
+            "an id beyond 64 bits"
+        );
         assert_eq!(
             Block::decode(&[0, 0, 0, 0, 0, 0, 0, 0, 7]),
             None,
-            "the earlier layout of bare node ids is not misread"
+            "the first layout, bare 8-byte node ids, is not misread"
+        );
+        assert_eq!(
+            Block::decode(&[2, 0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 2, 1, 0]),
+            None,
+            "nor the second, which carried every node's record"
         );
         assert_eq!(Block::decode(&[]), None);
     }

@@ -51,6 +51,10 @@ pub struct MatchingConfig {
     pub min_fields: usize,
     /// Most nodes a blocking key holds; a fuller one is marked oversized and ignored.
     pub max_block_size: usize,
+    /// Most nodes of one blocking key an arriving record is compared with. A key listing more
+    /// (a common name) is passed over when the record has a key listing fewer, else its newest
+    /// are compared: what a record costs stays bounded as blocks of common names fill up.
+    pub max_block_candidates: usize,
     /// Per-tenant overrides.
     pub tenants: BTreeMap<String, TenantMatching>,
 }
@@ -83,6 +87,7 @@ impl Default for MatchingConfig {
             candidate_threshold: 0.5,
             min_fields: 2,
             max_block_size: 100,
+            max_block_candidates: 12,
             tenants: BTreeMap::new(),
         }
     }
@@ -127,6 +132,11 @@ impl MatchingConfig {
         if self.max_block_size == 0 {
             return Err(ModelError::Invalid(
                 "resolver.matching.max_block_size must be at least 1".into(),
+            ));
+        }
+        if self.max_block_candidates == 0 {
+            return Err(ModelError::Invalid(
+                "resolver.matching.max_block_candidates must be at least 1".into(),
             ));
         }
         Ok(())

@@ -1,8 +1,9 @@
 //! Matching one arriving record: file it under its blocking keys, compare it with the records
-//! filed under the same keys, and score each. The cost is bounded by the blocks' capacity
-//! (`max_block_size` per key, a few keys per record), never by the number of profiles: each
-//! block is one read that carries its candidates' records, and only the few pairs likely
-//! enough to become links look anything else up (their profile roots and identifiers).
+//! of the nodes filed under the same keys, and score each. The cost is bounded by
+//! `max_block_candidates`, never by the number of profiles: each key is one read that carries
+//! the records of its newest nodes, at most that many of them are compared per key, and only
+//! the few pairs likely enough to become links look anything else up (their profile roots and
+//! identifiers).
 
 use super::blocking::{self, Filed};
 use super::compare::compare_records;
@@ -32,6 +33,9 @@ pub struct Stats {
     pub blocks_overflowed: u64,
     /// Keys skipped because they were oversized.
     pub blocks_skipped: u64,
+    /// Keys that listed more nodes than `max_block_candidates`: passed over when the record
+    /// had a more selective key, else only their newest nodes were compared.
+    pub blocks_crowded: u64,
 }
 
 /// Files the record of `node` (with `record`'s fields, in `tenant`) and returns the pairs at or
@@ -40,7 +44,9 @@ pub struct Stats {
 ///
 /// The node's record is the one it was filed with before, updated by `record`'s values and
 /// limited to the `fields` compared now; a node whose record changes leaves the keys of the
-/// old one. Every filed node is compared with that record of each candidate node.
+/// old one. It is compared with the record of each candidate node: every node filed under
+/// its keys that list at most `max_block_candidates` others; of a key that lists more, none
+/// when one of those selective keys exists, else its newest `max_block_candidates`.
 pub fn propose(
     matcher: &Matcher,
     txn: &mut Txn,
@@ -68,35 +74,85 @@ pub fn propose(
         txn.set_match_record(node, Some(current.clone()));
     }
 
-    let thresholds = matcher.thresholds();
-    let mut seen: HashSet<NodeId, ById> = HashSet::default();
-    let mut likely: Vec<(NodeId, Score)> = Vec::new();
+    // File the node under each key; note which keys list more than `limit` other nodes.
+    let limit = matcher.config.max_block_candidates;
+    // The newest `limit` others of a key, and the node itself, keep their records.
+    let keep = limit + 1;
+    let mut crowded: Vec<Option<bool>> = Vec::with_capacity(keys.len());
     for key in &keys {
         let filed = txn.with_block(key, |block| {
-            let filed = block.file(node, &current, cap);
-            // An oversized key yields nothing from now on, this record included, so the
-            // result does not depend on which record came last.
-            if matches!(filed, Filed::Added | Filed::AlreadyThere | Filed::Updated) {
-                for e in block.entries() {
-                    if e.node == node || !seen.insert(e.node) {
-                        continue;
-                    }
-                    stats.compared += 1;
-                    let levels = compare_records(&current, &e.record, thresholds);
-                    if matcher.weights.probability(&levels) >= matcher.config.candidate_threshold {
-                        likely.push((e.node, matcher.model.score(&levels)));
-                    }
-                }
-            }
+            let filed = block.file(node, &current, cap, keep);
             (
                 filed,
                 !matches!(filed, Filed::AlreadyThere | Filed::Oversized),
             )
         })?;
-        match filed {
-            Filed::Overflowed => stats.blocks_overflowed += 1,
-            Filed::Oversized => stats.blocks_skipped += 1,
-            Filed::Added | Filed::AlreadyThere | Filed::Updated => {}
+        let open = match filed {
+            Filed::Overflowed => {
+                stats.blocks_overflowed += 1;
+                false
+            }
+            Filed::Oversized => {
+                stats.blocks_skipped += 1;
+                false
+            }
+            Filed::Added | Filed::AlreadyThere | Filed::Updated => true,
+        };
+        // An oversized key yields nothing from now on, this record included, so the result
+        // does not depend on which record came last.
+        crowded.push(if open {
+            Some(txn.with_block(key, |block| (block.entries().len() - 1 > limit, false))?)
+        } else {
+            None
+        });
+    }
+    // A key listing more than `limit` others (a common name, a common birth date) is passed
+    // over when the record has a more selective key: a duplicate agrees with it on more than
+    // a common name, and a key made of those other fields lists it, so only pairs whose
+    // evidence is mostly that common name are not compared. A record with no selective key
+    // is compared with the newest of each.
+    let selective = crowded.contains(&Some(false));
+    let thresholds = matcher.thresholds();
+    let mut seen: HashSet<NodeId, ById> = HashSet::default();
+    let mut likely: Vec<(NodeId, Score)> = Vec::new();
+    // Candidates filed before the newest were kept: their records are read by node.
+    let mut unkept: Vec<NodeId> = Vec::new();
+    let mut compare = |candidate: NodeId, theirs: &Record, stats: &mut Stats| {
+        stats.compared += 1;
+        let levels = compare_records(&current, theirs, thresholds);
+        if matcher.weights.probability(&levels) >= matcher.config.candidate_threshold {
+            likely.push((candidate, matcher.model.score(&levels)));
+        }
+    };
+    for (key, crowded) in keys.iter().zip(crowded) {
+        match crowded {
+            None => continue,
+            Some(true) => {
+                stats.blocks_crowded += 1;
+                if selective {
+                    continue;
+                }
+            }
+            Some(false) => {}
+        }
+        txn.with_block(key, |block| {
+            for e in block.newest(node, limit) {
+                if !seen.insert(e.node) {
+                    continue;
+                }
+                match &e.record {
+                    Some(theirs) => compare(e.node, theirs, stats),
+                    None => unkept.push(e.node),
+                }
+            }
+            ((), false)
+        })?;
+    }
+    for candidate in unkept {
+        // `forget` unfiles the nodes it erases with their records: a node listed without one
+        // is not compared.
+        if let Some(theirs) = txn.match_record(candidate)? {
+            compare(candidate, theirs, stats);
         }
     }
 
@@ -124,4 +180,71 @@ pub fn propose(
         });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matching::MatchingConfig;
+    use crate::store::MemStore;
+    use cdp_proto::IdentifierKind;
+
+    fn person(first: &str, last: &str, birth: &str, postcode: &str) -> Record {
+        [
+            (Field::FirstName, first),
+            (Field::LastName, last),
+            (Field::BirthDate, birth),
+            (Field::PostalCode, postcode),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn crowded_keys_give_way_to_selective_ones_else_yield_their_newest() {
+        let store = MemStore::default();
+        let config = MatchingConfig {
+            enabled: true,
+            max_block_candidates: 2,
+            ..MatchingConfig::default()
+        };
+        let fields = config.fields.clone();
+        let matcher = Matcher::new(config).unwrap();
+        let mut txn = Txn::begin(&store).unwrap();
+        let mut file = |n: usize, record: &Record| {
+            let id = Identifier::new(IdentifierKind::CrmId, format!("sf:{n}"));
+            let node = txn.create_node("acme", &id);
+            let mut stats = Stats::default();
+            let proposed = propose(
+                &matcher, &mut txn, "acme", node, record, &fields, &mut stats,
+            )
+            .unwrap()
+            .into_iter()
+            .map(|p| p.identifier.value)
+            .collect::<Vec<_>>();
+            (stats.compared, stats.blocks_crowded, proposed)
+        };
+        // Five John Smiths, otherwise apart: they share only the two name keys, which are
+        // crowded (more than 2 others) from the fourth on.
+        let postcodes = ["2000", "3517", "4862", "5193", "6748"];
+        let mut seen = Vec::new();
+        for (n, postcode) in postcodes.iter().enumerate() {
+            let birth = format!("19{}-01-0{}", 50 + n, n + 1);
+            let (compared, crowded, proposed) = file(n, &person("john", "smith", &birth, postcode));
+            assert!(proposed.is_empty(), "strangers with one name");
+            seen.push((compared, crowded));
+        }
+        assert_eq!(seen, [(0, 0), (1, 0), (2, 0), (0, 2), (0, 2)]);
+        // The first John Smith again, under another record id: the crowded name keys are
+        // passed over, and his birth date and postcode find him.
+        let (compared, _, proposed) = file(5, &person("john", "smith", "1950-01-01", "2000"));
+        assert_eq!((compared, proposed), (1, vec!["sf:0".to_string()]));
+        // A John Smith with nothing but his names has no selective key: the newest two of each
+        // name key (the same two nodes) are compared.
+        let names_only: Record = [(Field::FirstName, "john"), (Field::LastName, "smith")]
+            .into_iter()
+            .collect();
+        let (compared, crowded, _) = file(6, &names_only);
+        assert_eq!((compared, crowded), (2, 2));
+    }
 }
