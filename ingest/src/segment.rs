@@ -692,23 +692,31 @@ mod tests {
             .boxed()
     }
 
+    /// A batch's messages (mostly accepted ones, some refused, some not objects) and its
+    /// envelope's `sentAt`.
+    fn batch(noise: u32) -> BoxedStrategy<(Vec<String>, Value)> {
+        (
+            prop::collection::vec(
+                prop_oneof![
+                    8 => accepted(),
+                    2 => message(noise),
+                    1 => Just("7".to_string()),
+                ],
+                0..4,
+            ),
+            times(noise),
+        )
+            .boxed()
+    }
+
+    fn batch_text(messages: &[String], sent_at: &Value) -> String {
+        format!(r#"{{"batch":[{}],"sentAt":{sent_at}}}"#, messages.join(","))
+    }
+
     fn payload(noise: u32) -> BoxedStrategy<String> {
         prop_oneof![
             3 => message(noise),
-            1 => (
-                prop::collection::vec(
-                    prop_oneof![
-                        8 => accepted(),
-                        2 => message(noise),
-                        1 => Just("7".to_string()),
-                    ],
-                    0..4,
-                ),
-                times(noise),
-            )
-                .prop_map(|(messages, sent_at)| {
-                    format!(r#"{{"batch":[{}],"sentAt":{sent_at}}}"#, messages.join(","))
-                }),
+            1 => batch(noise).prop_map(|(messages, sent_at)| batch_text(&messages, &sent_at)),
         ]
         .boxed()
     }
@@ -911,21 +919,11 @@ mod tests {
         /// A batch yields what its messages yield alone, given the envelope's `sentAt`.
         #[test]
         fn batches_read_as_their_messages_alone(
-            (messages, sent_at) in (0u32..2).prop_flat_map(|noise| (
-                prop::collection::vec(
-                    prop_oneof![
-                        8 => accepted(),
-                        2 => message(noise),
-                        1 => Just("7".to_string()),
-                    ],
-                    0..4,
-                ),
-                times(noise),
-            )),
+            (messages, sent_at) in (0u32..2).prop_flat_map(batch),
             app in any::<bool>(),
         ) {
             let opts = NormalizeOptions::default();
-            let text = format!(r#"{{"batch":[{}],"sentAt":{sent_at}}}"#, messages.join(","));
+            let text = batch_text(&messages, &sent_at);
             let got = read(source(app), &text, &opts);
             prop_assert_eq!(got, batch_model(source(app), &messages, &sent_at, &opts), "{}", text);
         }

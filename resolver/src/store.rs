@@ -316,6 +316,19 @@ impl MemStore {
     pub fn dump(&self) -> Dump {
         self.cfs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Entries of `cf` from `from` on while their key starts with `prefix`.
+    fn scan(&self, cf: Cf, from: &[u8], prefix: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let cfs = self.cfs.lock().unwrap_or_else(|e| e.into_inner());
+        cfs.get(&cf)
+            .map(|m| {
+                m.range(from.to_vec()..)
+                    .take_while(|(k, _)| k.starts_with(prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
 
 impl GraphStore for MemStore {
@@ -341,27 +354,11 @@ impl GraphStore for MemStore {
     }
 
     fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let cfs = self.cfs.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(cfs
-            .get(&cf)
-            .map(|m| {
-                m.range(prefix.to_vec()..)
-                    .take_while(|(k, _)| k.starts_with(prefix))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self.scan(cf, prefix, prefix))
     }
+
     fn scan_from(&self, cf: Cf, from: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let cfs = self.cfs.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(cfs
-            .get(&cf)
-            .map(|m| {
-                m.range(from.to_vec()..)
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self.scan(cf, from, b""))
     }
 }
 
