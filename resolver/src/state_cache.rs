@@ -90,7 +90,7 @@ pub(crate) struct Held {
 }
 
 impl Held {
-    fn new(entries: usize) -> Self {
+    pub(crate) fn new(entries: usize) -> Self {
         Self {
             ids: Generations::new(entries),
             nodes: Generations::new(entries),

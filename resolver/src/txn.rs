@@ -76,77 +76,28 @@ impl<'s> Txn<'s> {
                 counter(META_NEXT_OUTBOX)?,
             ],
         };
-        let txn = match held {
-            Some(h) => Self::with_overlays(
-                store,
-                Overlay::carrying(Cf::Ids, h.ids),
-                Overlay::carrying(Cf::Nodes, h.nodes),
-                Overlay::carrying(Cf::Parent, h.parent),
-                Overlay::carrying(Cf::Profiles, h.profiles),
-                Overlay::carrying(Cf::Canon, h.canon),
-                Overlay::carrying(Cf::Aliases, h.aliases),
-                Overlay::carrying(Cf::Links, h.links),
-                Overlay::carrying(Cf::Pairs, h.pairs),
-                Overlay::carrying(Cf::Hubs, h.hubs),
-                Overlay::carrying(Cf::MatchRecords, h.match_records),
-            ),
-            None => Self::with_overlays(
-                store,
-                Overlay::new(Cf::Ids),
-                Overlay::new(Cf::Nodes),
-                Overlay::new(Cf::Parent),
-                Overlay::new(Cf::Profiles),
-                Overlay::new(Cf::Canon),
-                Overlay::new(Cf::Aliases),
-                Overlay::new(Cf::Links),
-                Overlay::new(Cf::Pairs),
-                Overlay::new(Cf::Hubs),
-                Overlay::new(Cf::MatchRecords),
-            ),
-        };
+        // Without a cache: empty carried state that keeps nothing, so every read goes to the store.
+        let h = held.unwrap_or_else(|| Held::new(0));
         Ok(Self {
+            store,
+            ids: Overlay::carrying(Cf::Ids, h.ids),
+            nodes: Overlay::carrying(Cf::Nodes, h.nodes),
+            parent: Overlay::carrying(Cf::Parent, h.parent),
+            profiles: Overlay::carrying(Cf::Profiles, h.profiles),
+            canon: Overlay::carrying(Cf::Canon, h.canon),
+            aliases: Overlay::carrying(Cf::Aliases, h.aliases),
+            links: Overlay::carrying(Cf::Links, h.links),
+            pairs: Overlay::carrying(Cf::Pairs, h.pairs),
+            hubs: Overlay::carrying(Cf::Hubs, h.hubs),
+            blocks: Overlay::new(Cf::Blocks),
+            match_records: Overlay::carrying(Cf::MatchRecords, h.match_records),
+            extra: Vec::new(),
             // Node 0 is never used, so a zero in a key is never a real node.
             next_node: counters[0].max(1),
             next_link: counters[1].max(1),
             next_outbox: counters[2],
             cache,
-            ..txn
         })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn with_overlays(
-        store: &'s dyn GraphStore,
-        ids: Overlay<Vec<u8>, NodeId, ByBytes>,
-        nodes: Overlay<NodeId, NodeRecord>,
-        parent: Overlay<NodeId, NodeId>,
-        profiles: Overlay<NodeId, Profile>,
-        canon: Overlay<Vec<u8>, NodeId, ByBytes>,
-        aliases: Overlay<Vec<u8>, String, ByBytes>,
-        links: Overlay<u64, Link>,
-        pairs: Overlay<Vec<u8>, u64, ByBytes>,
-        hubs: Overlay<NodeId, crate::hub::Reaches>,
-        match_records: Overlay<NodeId, Record>,
-    ) -> Self {
-        Self {
-            store,
-            ids,
-            nodes,
-            parent,
-            profiles,
-            canon,
-            aliases,
-            links,
-            pairs,
-            hubs,
-            blocks: Overlay::new(Cf::Blocks),
-            match_records,
-            extra: Vec::new(),
-            next_node: 0,
-            next_link: 0,
-            next_outbox: 0,
-            cache: None,
-        }
     }
 
     pub fn node_of(&mut self, tenant: &str, id: &Identifier) -> Result<Option<NodeId>> {
