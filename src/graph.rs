@@ -19,13 +19,30 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+/// `KIND:VALUE` as users type it: raw emails and phones are normalised the way ingest does;
+/// `canonical_id:cdp_…` names a profile directly.
+pub fn parse_identifier(text: &str, config: &Config) -> Result<cdp_proto::Identifier> {
+    let (kind, value) = text
+        .split_once(':')
+        .context("identifier must be KIND:VALUE, e.g. email_sha256:person@example.com")?;
+    if kind == "canonical_id" {
+        return Ok(cdp_proto::Identifier::new(
+            cdp_proto::IdentifierKind::Custom("canonical_id".into()),
+            value,
+        ));
+    }
+    let kind: cdp_proto::IdentifierKind = kind.parse()?;
+    let opts = cdp_proto::NormalizeOptions::with_region(&config.ingest.default_phone_region)?;
+    Ok(cdp_proto::normalize(kind, value, &opts)?)
+}
+
 /// `KIND:VALUE` (raw emails and phones normalised as ingest does), `canonical_id:cdp_…`, or a
 /// bare `cdp_…` canonical id.
 pub fn parse_target(text: &str, config: &Config) -> Result<Target> {
     if text.starts_with("cdp_") && !text.contains(':') {
         return Ok(Target::CanonicalId(text.to_string()));
     }
-    let id = crate::parse_identifier(text, config)?;
+    let id = parse_identifier(text, config)?;
     Ok(if id.kind.as_str() == "canonical_id" {
         Target::CanonicalId(id.value)
     } else {

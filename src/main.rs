@@ -1,23 +1,10 @@
 //! The `cdp` command line. Parsing and dispatch only: the work is done by the crates.
 
-mod api;
-mod collect;
-mod config;
-mod console;
-mod demo;
-mod env_override;
-mod eval;
-mod graph;
-mod http;
-mod metrics;
-mod pipeline;
-mod read_tier;
-mod retention;
-mod snapshot;
-mod snapshot_schedule;
-mod topic;
-
 use anyhow::{Context, Result};
+use cdp::{
+    api, collect, config, demo, eval, graph, http, pipeline, read_tier, snapshot,
+    snapshot_schedule, topic,
+};
 use clap::{Parser, Subcommand, ValueEnum};
 use config::Config;
 use pipeline::Stages;
@@ -385,7 +372,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             command: ProfileCommand::Get { identifier, tenant },
         } => {
             let tenant = tenant.unwrap_or_else(|| config.ingest.default_tenant.clone());
-            let id = parse_identifier(&identifier, &config)?;
+            let id = graph::parse_identifier(&identifier, &config)?;
             let dir = pipeline::resolver_dir(&data);
             let store = cdp_resolver::RocksStore::open_with(&dir, &config.resolver.storage)
                 .or_else(|_| cdp_resolver::RocksStore::open_read_only(&dir))
@@ -638,21 +625,4 @@ fn reload_flag() -> Result<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, flag.clone())?;
     Ok(flag)
-}
-
-/// `KIND:VALUE` as users type it: raw emails and phones are normalised the way ingest does;
-/// `canonical_id:cdp_…` names a profile directly.
-fn parse_identifier(text: &str, config: &Config) -> Result<cdp_proto::Identifier> {
-    let (kind, value) = text
-        .split_once(':')
-        .context("identifier must be KIND:VALUE, e.g. email_sha256:person@example.com")?;
-    if kind == "canonical_id" {
-        return Ok(cdp_proto::Identifier::new(
-            cdp_proto::IdentifierKind::Custom("canonical_id".into()),
-            value,
-        ));
-    }
-    let kind: cdp_proto::IdentifierKind = kind.parse()?;
-    let opts = cdp_proto::NormalizeOptions::with_region(&config.ingest.default_phone_region)?;
-    Ok(cdp_proto::normalize(kind, value, &opts)?)
 }

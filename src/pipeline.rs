@@ -291,8 +291,7 @@ pub fn run(
         };
         let (checked, cfg) = (store.clone(), config.resolver.clone());
         state_lags.push(Box::new(move |bus: &dyn Bus| {
-            let topics = [cfg.signals_topic.as_str(), cfg.commands_topic.as_str()];
-            Ok(cdp_bus::state_lag(bus, &topics, |t, p| {
+            Ok(cdp_bus::state_lag(bus, &cfg.input_topics(), |t, p| {
                 cdp_resolver::stage::stored_offset(checked.as_ref(), t, p)
             })?)
         }));
@@ -313,8 +312,7 @@ pub fn run(
         };
         let (checked, cfg) = (store.clone(), config.activation.clone());
         state_lags.push(Box::new(move |bus: &dyn Bus| {
-            let topics = [cfg.profiles_topic.as_str(), cfg.changes_topic.as_str()];
-            Ok(cdp_bus::state_lag(bus, &topics, |t, p| {
+            Ok(cdp_bus::state_lag(bus, &cfg.input_topics(), |t, p| {
                 checked.offset(t, p)
             })?)
         }));
@@ -407,22 +405,14 @@ pub fn stage_groups(config: &Config, stages: Stages) -> Vec<(&'static str, Strin
         groups.push((
             cdp_ingest::stage::STAGE,
             i.group.clone(),
-            vec![
-                i.web_topic.clone(),
-                i.app_topic.clone(),
-                i.crm_topic.clone(),
-                i.media_topic.clone(),
-            ],
+            i.raw_topics().iter().map(|(t, _)| t.to_string()).collect(),
         ));
     }
     if stages.resolve {
         groups.push((
             cdp_resolver::stage::STAGE,
             config.resolver.group.clone(),
-            vec![
-                config.resolver.signals_topic.clone(),
-                config.resolver.commands_topic.clone(),
-            ],
+            to_strings(&config.resolver.input_topics()),
         ));
     }
     if stages.activate {
@@ -430,10 +420,14 @@ pub fn stage_groups(config: &Config, stages: Stages) -> Vec<(&'static str, Strin
         groups.push((
             cdp_activation::stage::STAGE,
             a.group.clone(),
-            vec![a.profiles_topic.clone(), a.changes_topic.clone()],
+            to_strings(&a.input_topics()),
         ));
     }
     groups
+}
+
+fn to_strings(topics: &[&str]) -> Vec<String> {
+    topics.iter().map(|t| t.to_string()).collect()
 }
 
 /// True when every group has committed everything. Checked upstream first: a stage commits only

@@ -27,6 +27,13 @@ pub struct ActivationConfig {
     pub exclusive_groups: Vec<ExclusiveGroupConfig>,
 }
 
+impl ActivationConfig {
+    /// What activation consumes, in one group: profile updates and identity changes.
+    pub fn input_topics(&self) -> [&str; 2] {
+        [self.profiles_topic.as_str(), self.changes_topic.as_str()]
+    }
+}
+
 /// One cohort: who is in it, and what its change events carry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

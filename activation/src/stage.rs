@@ -77,10 +77,7 @@ pub fn run(
     let mut producer = bus.producer()?;
     ensure_topics(bus, config, &activation.current())?;
     publish_outbox(store, producer.as_mut())?;
-    let topics = [
-        config.profiles_topic.as_str(),
-        config.changes_topic.as_str(),
-    ];
+    let topics = config.input_topics();
     let mut options = ConsumerOptions::group(config.group.clone(), &topics);
     // Start where the membership state says, not where the group committed: a fresh or restored
     // volume is behind the group, and what it has not applied must be read again.

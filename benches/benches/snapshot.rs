@@ -1,5 +1,5 @@
 //! `cdp snapshot` at scale: builds a resolver store of N profiles, then in the same run times the
-//! Parquet snapshot (the code `cdp snapshot` runs, included from src/snapshot.rs) against a plain
+//! Parquet snapshot (`cdp::snapshot`, the code `cdp snapshot` runs) against a plain
 //! JSON-lines export of the same profiles (one `Profile` as JSON per line), both read from the
 //! same read-only view. Prints seconds, bytes and profiles/s of each.
 //!
@@ -11,12 +11,7 @@
 //! `cargo bench -p cdp-benches --bench snapshot` (profiles: CDP_BENCH_PROFILES, default
 //! 100000; scratch space: CDP_BENCH_DIR, default the system temp dir, removed at the end).
 
-// The binary's module, compiled here as it is: the bench measures exactly what users run. Its
-// unit tests do not run in a harness-less bench, so their imports go unused here.
-#[allow(dead_code, unused_imports)]
-#[path = "../../src/snapshot.rs"]
-mod snapshot;
-
+use cdp::snapshot;
 use cdp_benches::{peak_rss_bytes, raw_records, signals};
 use cdp_ingest::IngestConfig;
 use cdp_proto::{Identifier, Profile};

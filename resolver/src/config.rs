@@ -41,3 +41,11 @@ impl Default for ResolverConfig {
         }
     }
 }
+
+impl ResolverConfig {
+    /// What the resolver consumes, in one group: signals and the graph commands applied in
+    /// order with them.
+    pub fn input_topics(&self) -> [&str; 2] {
+        [self.signals_topic.as_str(), self.commands_topic.as_str()]
+    }
+}

@@ -60,10 +60,7 @@ pub fn run(
     let mut producer = bus.producer()?;
     let mut outbox = OutboxCursor::default();
     publish_outbox(store, producer.as_mut(), &mut outbox)?;
-    let topics = [
-        config.signals_topic.as_str(),
-        config.commands_topic.as_str(),
-    ];
+    let topics = config.input_topics();
     let mut options = ConsumerOptions::group(config.group.clone(), &topics);
     // Start where the graph's state says, not where the group committed: a fresh or restored
     // volume is behind the group, and what it has not applied must be read again.

@@ -1,15 +1,15 @@
 //! End to end on the embedded bus: raw event -> cohort change, at a fixed offered rate.
 //!
-//! It runs the pipeline `cdp run` runs (src/pipeline.rs, compiled here as it is: ingest, resolver
-//! and activation on their own threads, talking through topics) on a fresh embedded bus, and
-//! produces Segment `identify` calls to `cdp.raw.web` on a fixed schedule of `--rate` events/s for
-//! `--seconds`, round-robin over `--people` people. A person's events set the trait `e2e_phase`
-//! to `in`, `out`, `in`, ... and the `e2e_toggle` cohort (`profile.traits.e2e_phase == "in"`,
-//! whose changes carry the `user_id`) is added to the configured ones, so every event changes
-//! that person's membership: the person's n-th change on `cdp.cohorts` (its `version`) answers
-//! their n-th event. The tool reads `cdp.cohorts` and measures each event's latency from when it
-//! was *due*, not when it was sent (wrk2 style), so a producer or pipeline that falls behind
-//! shows up in the latency instead of lowering the load.
+//! It runs the pipeline `cdp run` runs (`cdp::pipeline`: ingest, resolver and activation on their
+//! own threads, talking through topics) on a fresh embedded bus, and produces Segment `identify`
+//! calls to `cdp.raw.web` on a fixed schedule of `--rate` events/s for `--seconds`, round-robin
+//! over `--people` people. A person's events set the trait `e2e_phase` to `in`, `out`, `in`, ...
+//! and the `e2e_toggle` cohort (`profile.traits.e2e_phase == "in"`, whose changes carry the
+//! `user_id`) is added to the configured ones, so every event changes that person's membership: the
+//! person's n-th change on `cdp.cohorts` (its `version`) answers their n-th event. The tool reads
+//! `cdp.cohorts` and measures each event's latency from when it was *due*, not when it was sent
+//! (wrk2 style), so a producer or pipeline that falls behind shows up in the latency instead of
+//! lowering the load.
 //!
 //! It prints the offered and achieved rates, latency percentiles over the events after
 //! `--warmup-seconds`, events that produced no change (duplicates and changes that answer no
@@ -28,27 +28,14 @@
 //! is the default one; `CDP_…` variables override it as they do for `cdp run`
 //! (`CDP_BUS__PARTITIONS=2`, `CDP_ACTIVATION__BATCH_SIZE=500`, ...).
 
-// The binary's modules, compiled here as they are, so this measures exactly what `cdp run`
-// runs. What the tool does not call of them is unused here.
-#[allow(dead_code, unused_imports)]
-#[path = "../../../src/config.rs"]
-mod config;
-#[allow(dead_code, unused_imports)]
-#[path = "../../../src/env_override.rs"]
-mod env_override;
-#[allow(dead_code, unused_imports)]
-#[path = "../../../src/pipeline.rs"]
-mod pipeline;
-#[allow(dead_code, unused_imports)]
-#[path = "../../../src/retention.rs"]
-mod retention;
-
 use anyhow::{bail, Context, Result};
+use cdp::pipeline::{Counters, Stages};
+use cdp::{config, pipeline};
 use cdp_activation::CohortConfig;
 use cdp_benches::{percentile, thread_cpu};
 use cdp_bus::{Bus, ConsumerOptions, OutRecord, StartFrom};
 use cdp_proto::{CohortChange, CohortChangeKind};
-use pipeline::{Counters, Stages};
+use clap::Parser;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -62,77 +49,40 @@ const TRAIT: &str = "e2e_phase";
 /// Most events written to the bus in one flush when the producer is behind.
 const MAX_FLUSH: u64 = 5_000;
 
+#[derive(Parser)]
+#[command(about = "End to end on the embedded bus: raw event -> cohort change, at a fixed rate")]
 struct Options {
+    /// Events offered per second.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     rate: u64,
+    /// How long events are offered.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
-    /// `None`: 10 s of events.
+    /// People the events go round-robin over (default: 10 s of events).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     people: Option<u64>,
+    /// Events due in the first seconds are left out of the percentiles.
+    #[arg(long, default_value_t = 2)]
     warmup_seconds: u64,
     /// Longest wait without a new change after the last event was due.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     drain_seconds: u64,
+    /// Evaluate `e2e_toggle` alone, without the configured cohorts.
+    #[arg(long = "no-default-cohorts", action = clap::ArgAction::SetFalse)]
     default_cohorts: bool,
+    /// Keep the bus and state here (default: a temporary directory, removed at the end).
+    #[arg(long)]
     data: Option<PathBuf>,
 }
 
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            rate: 10_000,
-            seconds: 20,
-            people: None,
-            warmup_seconds: 2,
-            drain_seconds: 30,
-            default_cohorts: true,
-            data: None,
-        }
-    }
-}
-
 impl Options {
-    fn parse() -> Result<Self, String> {
-        let mut o = Options::default();
-        let mut args = std::env::args().skip(1);
-        while let Some(flag) = args.next() {
-            if flag == "--no-default-cohorts" {
-                o.default_cohorts = false;
-                continue;
-            }
-            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            let number = || {
-                value
-                    .parse::<u64>()
-                    .map_err(|_| format!("{flag} {value:?} is not a number"))
-            };
-            match flag.as_str() {
-                "--rate" => o.rate = number()?.max(1),
-                "--seconds" => o.seconds = number()?.max(1),
-                "--people" => o.people = Some(number()?.max(1)),
-                "--warmup-seconds" => o.warmup_seconds = number()?,
-                "--drain-seconds" => o.drain_seconds = number()?.max(1),
-                "--data" => o.data = Some(PathBuf::from(&value)),
-                _ => return Err(format!("unknown flag {flag}")),
-            }
-        }
-        Ok(o)
-    }
-
     fn people(&self) -> u64 {
         self.people.unwrap_or(self.rate * 10)
     }
 }
 
 fn main() {
-    let options = match Options::parse() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            eprintln!(
-                "usage: e2e_latency [--rate EVENTS_PER_S] [--seconds S] [--people N] \
-                 [--warmup-seconds S] [--drain-seconds S] [--no-default-cohorts] [--data DIR]"
-            );
-            std::process::exit(2);
-        }
-    };
+    let options = Options::parse();
     if let Err(e) = run(&options) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -788,7 +738,7 @@ mod tests {
 
     #[test]
     fn the_configuration_adds_the_cohort_to_the_defaults() {
-        let mut o = Options::default();
+        let mut o = Options::parse_from(["e2e_latency"]);
         let c = configuration(&o).unwrap();
         let keys: Vec<&str> = c
             .activation
