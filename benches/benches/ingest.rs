@@ -25,6 +25,10 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+/// The allocator the `cdp` binary runs with (src/main.rs).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// One corpus: raw records and the source each belongs to.
 struct Corpus {
     name: &'static str,

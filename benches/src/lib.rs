@@ -10,6 +10,11 @@ use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::time::Duration;
 
+/// The allocator the `cdp` binary runs with (src/main.rs), so every bench that links this library
+/// measures what users run. (`benches/ingest.rs` does not link it and names it itself.)
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The raw records of a workload of `profiles` people, as they sit on the four raw topics
 /// (one partition each, offsets from 0), in source order web, app, crm, media.
 pub fn raw_records(
