@@ -4,17 +4,24 @@
 //! On a shared machine wall time says little, so it also prints the rate per second of CPU
 //! the process used (every thread, RocksDB's background work included).
 //!
+//! The signals are applied as the stage applies them: polls of `batch_size` records, each cut
+//! into batches of at most `max_batch_ms` (CDP_BENCH_BATCH_MS overrides it; 0: batches of
+//! `batch_size`), every batch's outputs handed to a producer and the outbox emptied after each
+//! poll. A batch's latency is its apply and commit. Columns: `poll` and mean signals per
+//! `batch`, profile updates per signal and their size.
+//!
 //! Rows: `memory` and `rocksdb` read every batch's state from the store; `rocksdb+c` keeps
-//! decoded state between batches as the stage does (`[resolver.storage] state_cache_entries`),
-//! first at the stage's batch size, then at each of CDP_BENCH_BATCH_SIZES (default
-//! 200,500,2000): which batch size keeps p99 batch latency under 5 ms, and at what rate.
+//! decoded state between batches (`[resolver.storage] state_cache_entries`); then `fixed` rows
+//! apply batches of each of CDP_BENCH_BATCH_SIZES (default 200,2000) without the time cut,
+//! durably and without a cache: what fixed sizes give in rate and latency.
 //!
 //! `cargo bench -p cdp-benches --bench resolver` (people: CDP_BENCH_PROFILES, default 20000;
-//! state cache entries per column family: CDP_BENCH_CACHE_ENTRIES, default the configured).
+//! state cache entries per column family: CDP_BENCH_CACHE_ENTRIES, default 1,000,000).
 
 use cdp_benches::{peak_rss_bytes, percentile, raw_records, signals};
-use cdp_bus::Record;
+use cdp_bus::{OutRecord, Producer, Record};
 use cdp_ingest::IngestConfig;
+use cdp_resolver::pacer::BatchPacer;
 use cdp_resolver::state_cache::StateCache;
 use cdp_resolver::{stage, GraphStore, MemStore, Resolver, ResolverConfig, RocksStore};
 use std::time::{Duration, Instant};
@@ -25,10 +32,36 @@ struct Run {
     batches: Vec<Duration>,
     merges: u64,
     dead: u64,
+    /// Profile updates published, and their bytes.
+    updates: u64,
+    update_bytes: u64,
 }
 
-/// Applies `signals` in batches of `config.batch_size`, with the state cache `entries` long
-/// (0: none).
+/// The producer the outbox is published to: counts what it is given and keeps nothing.
+struct Sink {
+    profiles_topic: String,
+    updates: u64,
+    update_bytes: u64,
+}
+
+impl Producer for Sink {
+    fn send(&mut self, record: OutRecord) -> cdp_bus::Result<()> {
+        if record.topic == self.profiles_topic {
+            self.updates += 1;
+            self.update_bytes += record.value.map_or(0, |v| v.len() as u64);
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> cdp_bus::Result<()> {
+        Ok(())
+    }
+}
+
+/// Applies `signals` as the stage does: polls of `config.batch_size` records, each cut into
+/// batches (`config.max_batch_ms`), every batch's outputs handed to the producer when it is
+/// committed and the outbox emptied after each poll; with the state cache `entries` long
+/// (0: none). A batch's latency is its apply and commit.
 fn apply_all(
     store: &dyn GraphStore,
     config: &ResolverConfig,
@@ -37,25 +70,41 @@ fn apply_all(
 ) -> Run {
     let resolver = Resolver::new(config.policy.clone());
     let mut cache = StateCache::new(entries);
+    let mut pacer = BatchPacer::new(config);
+    let mut sink = Sink {
+        profiles_topic: config.profiles_topic.clone(),
+        updates: 0,
+        update_bytes: 0,
+    };
+    let mut outbox = stage::OutboxCursor::default();
     let mut batches = Vec::new();
     let mut merges = 0;
     let mut dead = 0;
     let start = Instant::now();
     let cpu_start = process_cpu();
-    for chunk in signals.chunks(config.batch_size) {
-        let t = Instant::now();
-        let applied = stage::apply_records_cached(&resolver, store, &mut cache, config, chunk)
-            .expect("batch applies");
-        batches.push(t.elapsed());
-        merges += applied.merges;
-        dead += applied.dead;
+    for mut poll in signals.chunks(config.batch_size) {
+        while !poll.is_empty() {
+            let t = Instant::now();
+            let (applied, used) =
+                stage::apply_next(&resolver, store, &mut cache, &mut pacer, config, poll)
+                    .expect("batch applies");
+            batches.push(t.elapsed());
+            merges += applied.merges;
+            dead += applied.dead;
+            poll = &poll[used..];
+            outbox.send(store, &mut sink).expect("outbox reads");
+        }
+        outbox.confirm(store, &mut sink).expect("outbox empties");
     }
+    let elapsed = start.elapsed();
     Run {
-        elapsed: start.elapsed(),
+        elapsed,
         cpu: process_cpu().zip(cpu_start).map(|(end, start)| end - start),
         batches,
         merges,
         dead,
+        updates: sink.updates,
+        update_bytes: sink.update_bytes,
     }
 }
 
@@ -78,8 +127,11 @@ fn report(name: &str, batch: usize, n: usize, run: &mut Run, baseline: Option<f6
             format!("{:.0}", n as f64 / c.as_secs_f64())
         });
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mean = n as f64 / run.batches.len().max(1) as f64;
+    let update_kib = run.update_bytes as f64 / run.updates.max(1) as f64 / 1024.0;
+    let per_signal = run.updates as f64 / n.max(1) as f64;
     println!(
-        "{name:<10} {batch:>6} {n:>9} {:>8.2}s {rate:>10.0} {cpu_rate:>13} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8} {ratio:>7}",
+        "{name:<10} {batch:>6} {mean:>6.0} {n:>9} {:>8.2}s {rate:>10.0} {cpu_rate:>13} {:>7.2} {:>7.2} {:>7.2} {:>7.2} {:>8} {per_signal:>7.2} {update_kib:>7.1} {ratio:>7}",
         run.elapsed.as_secs_f64(),
         ms(p50),
         ms(p90),
@@ -97,27 +149,35 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
     let ingest = IngestConfig::default();
-    let config = ResolverConfig::default();
+    let mut config = ResolverConfig::default();
+    if let Some(ms) = std::env::var("CDP_BENCH_BATCH_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.max_batch_ms = ms;
+    }
     let t = Instant::now();
     let raw = raw_records(&ingest, profiles, 42).expect("workload");
     let signals = signals(&ingest, &raw);
     println!(
-        "workload: {profiles} people, {} raw records, {} signals (prepared in {:.1}s); batch size {}",
+        "workload: {profiles} people, {} raw records, {} signals (prepared in {:.1}s); poll {}, batches of at most {} ms (0: no limit)",
         raw.len(),
         signals.len(),
         t.elapsed().as_secs_f64(),
-        config.batch_size
+        config.batch_size,
+        config.max_batch_ms
     );
     drop(raw);
     let sizes: Vec<usize> = std::env::var("CDP_BENCH_BATCH_SIZES")
-        .unwrap_or_else(|_| String::from("200,500,2000"))
+        .unwrap_or_else(|_| String::from("200,2000"))
         .split(',')
         .filter_map(|v| v.trim().parse().ok())
         .filter(|n| *n > 0)
         .collect();
     println!(
-        "{:<10} {:>6} {:>9} {:>9} {:>10} {:>13} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7}",
+        "{:<10} {:>6} {:>6} {:>9} {:>9} {:>10} {:>13} {:>7} {:>7} {:>7} {:>7} {:>8} {:>7} {:>7} {:>7}",
         "store",
+        "poll",
         "batch",
         "signals",
         "time",
@@ -128,6 +188,8 @@ fn main() {
         "p99 ms",
         "max ms",
         "merges",
+        "upd/sig",
+        "KiB/upd",
         "ratio"
     );
     let n = signals.len();
@@ -159,19 +221,14 @@ fn main() {
         &mut durable(&config, entries),
         Some(memory),
     );
-    println!("ratio: to memory above; to rocksdb (no cache, batch {batch}) below");
+    println!("ratio: to memory above; to rocksdb (no cache, the configured batches) below");
     for size in sizes {
-        let sized = ResolverConfig {
+        let fixed = ResolverConfig {
             batch_size: size,
+            max_batch_ms: 0,
             ..config.clone()
         };
-        report(
-            "rocksdb+c",
-            size,
-            n,
-            &mut durable(&sized, entries),
-            Some(rocks),
-        );
+        report("fixed", size, n, &mut durable(&fixed, 0), Some(rocks));
     }
     if let Some(rss) = peak_rss_bytes() {
         println!("peak RSS {:.0} MiB", rss as f64 / (1024.0 * 1024.0));

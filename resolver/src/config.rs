@@ -14,8 +14,13 @@ pub struct ResolverConfig {
     pub changes_topic: String,
     pub profiles_topic: String,
     pub dlq_topic: String,
-    /// Signals applied per atomic batch.
+    /// Records read per poll, and at most applied per atomic batch.
     pub batch_size: usize,
+    /// What a batch may take, applying and committing (milliseconds): it stops taking signals
+    /// when the time spent plus the expected cost of committing what it touched reaches this,
+    /// is committed and published, and the rest of the poll goes to the next batch
+    /// ([`crate::pacer`]). 0 = only `batch_size` cuts.
+    pub max_batch_ms: u64,
     pub poll_timeout_ms: u64,
     pub policy: PolicyConfig,
     /// Probabilistic matching of person records (names, birth date, address).
@@ -34,6 +39,7 @@ impl Default for ResolverConfig {
             profiles_topic: cdp_proto::topics::PROFILES.into(),
             dlq_topic: cdp_proto::topics::DLQ.into(),
             batch_size: 2000,
+            max_batch_ms: 4,
             poll_timeout_ms: 100,
             policy: PolicyConfig::default(),
             matching: crate::matching::MatchingConfig::default(),
@@ -43,6 +49,11 @@ impl Default for ResolverConfig {
 }
 
 impl ResolverConfig {
+    /// How long a batch may take ([`Self::max_batch_ms`]).
+    pub fn batch_budget(&self) -> Option<std::time::Duration> {
+        (self.max_batch_ms > 0).then(|| std::time::Duration::from_millis(self.max_batch_ms))
+    }
+
     /// What the resolver consumes, in one group: signals and the graph commands applied in
     /// order with them.
     pub fn input_topics(&self) -> [&str; 2] {

@@ -71,6 +71,13 @@ pub struct Batch {
     blocks_skipped: u64,
 }
 
+impl Batch {
+    /// How many profiles the batch has touched so far (each will get one update).
+    pub fn touched(&self) -> usize {
+        self.touched.values().map(BTreeMap::len).sum()
+    }
+}
+
 /// The resolver's decision logic. State lives in the store behind a [`Txn`].
 #[derive(Debug, Clone)]
 pub struct Resolver {

@@ -26,6 +26,7 @@ pub mod link;
 pub mod lookup;
 pub mod matching;
 pub mod overlay;
+pub mod pacer;
 pub mod partition;
 pub mod policy;
 pub mod rebuild;

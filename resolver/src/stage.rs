@@ -13,6 +13,7 @@
 use crate::command::{CommandOp, CommandOutcome, GraphCommand};
 use crate::config::ResolverConfig;
 use crate::graph::{Batch, BatchOutput, Resolver};
+use crate::pacer::BatchPacer;
 use crate::state_cache::StateCache;
 use crate::store::{Cf, GraphStore};
 use crate::txn::{offset_key, Txn};
@@ -70,15 +71,28 @@ pub fn run(
     let timeout = Duration::from_millis(config.poll_timeout_ms);
     // Empty at start: a restart reads the store, whatever the last run held.
     let mut cache = StateCache::new(config.storage.state_cache_entries);
+    let mut pacer = BatchPacer::new(config);
     while !shutdown.load(Ordering::Relaxed) {
         let records = consumer.poll(config.batch_size, timeout)?;
         if records.is_empty() {
             continue;
         }
         let started = Instant::now();
-        let out = apply_records_cached(&resolver, store, &mut cache, config, &records)?;
+        // Each batch's outputs go to the producer as soon as it is committed, so a signal
+        // waits for its own batch rather than for the whole poll; delivery is awaited (and the
+        // outbox emptied) once per poll.
+        let mut out = Applied::default();
+        let mut published = 0;
+        let mut rest = &records[..];
+        while !rest.is_empty() {
+            let (applied, used) =
+                apply_next(&resolver, store, &mut cache, &mut pacer, config, rest)?;
+            out.add(&applied);
+            published += outbox.send(store, producer.as_mut())?;
+            rest = &rest[used..];
+        }
+        outbox.confirm(store, producer.as_mut())?;
         let dead = out.dead;
-        let published = publish_outbox(store, producer.as_mut(), &mut outbox)?;
         let mut positions = Positions::new();
         advance(&mut positions, &records);
         consumer.commit(&positions)?;
@@ -143,7 +157,24 @@ pub struct Applied {
 }
 
 impl Applied {
-    fn add(&mut self, out: &BatchOutput) {
+    /// Adds what another call applied.
+    pub fn add(&mut self, other: &Applied) {
+        self.merges += other.merges;
+        self.refused += other.refused;
+        self.candidates += other.candidates;
+        self.new_profiles += other.new_profiles;
+        self.tombstoned += other.tombstoned;
+        self.commands += other.commands;
+        self.dead += other.dead;
+        self.changes += other.changes;
+        self.updates += other.updates;
+        self.probabilistic += other.probabilistic;
+        self.compared += other.compared;
+        self.blocks_overflowed += other.blocks_overflowed;
+        self.blocks_skipped += other.blocks_skipped;
+    }
+
+    fn add_batch(&mut self, out: &BatchOutput) {
         self.merges += out.merges;
         self.refused += out.refused;
         self.candidates += out.candidates;
@@ -180,29 +211,48 @@ pub fn apply_records_cached(
     records: &[Record],
 ) -> Result<Applied> {
     let mut applied = Applied::default();
+    let mut pacer = BatchPacer::new(config);
     let mut rest = records;
     while !rest.is_empty() {
-        let signals = rest
-            .iter()
-            .take_while(|r| r.topic != config.commands_topic)
-            .count();
-        if signals > 0 {
-            let (out, dead) = apply_signals(resolver, store, cache, config, &rest[..signals])?;
-            applied.add(&out);
-            applied.dead += dead;
-            rest = &rest[signals..];
-        } else {
-            let (out, dead) = apply_command(resolver, store, cache, config, &rest[0])?;
-            applied.commands += u64::from(out.is_some());
-            applied.dead += dead;
-            if let Some(out) = out {
-                applied.changes += out.changes.len() as u64;
-                applied.updates += out.profiles.len() as u64;
-            }
-            rest = &rest[1..];
-        }
+        let (out, used) = apply_next(resolver, store, cache, &mut pacer, config, rest)?;
+        applied.add(&out);
+        rest = &rest[used..];
     }
     Ok(applied)
+}
+
+/// Applies one transaction from the front of `records` (not empty): the signals before the
+/// first command, cut by `batch_size` and by `pacer` ([`ResolverConfig::max_batch_ms`]), or that
+/// command. Returns what it did and how many records it consumed (at least one).
+pub fn apply_next(
+    resolver: &Resolver,
+    store: &dyn GraphStore,
+    cache: &mut StateCache,
+    pacer: &mut BatchPacer,
+    config: &ResolverConfig,
+    records: &[Record],
+) -> Result<(Applied, usize)> {
+    let mut applied = Applied::default();
+    let signals = records
+        .iter()
+        .take(config.batch_size.max(1))
+        .take_while(|r| r.topic != config.commands_topic)
+        .count();
+    if signals > 0 {
+        let (out, dead, used) =
+            apply_signals(resolver, store, cache, pacer, config, &records[..signals])?;
+        applied.add_batch(&out);
+        applied.dead += dead;
+        return Ok((applied, used));
+    }
+    let (out, dead) = apply_command(resolver, store, cache, config, &records[0])?;
+    applied.commands += u64::from(out.is_some());
+    applied.dead += dead;
+    if let Some(out) = out {
+        applied.changes += out.changes.len() as u64;
+        applied.updates += out.profiles.len() as u64;
+    }
+    Ok((applied, 1))
 }
 
 /// Whether `r` is still to be applied (false when it was applied before a crash), given the
@@ -234,20 +284,25 @@ fn dead_letter(config: &ResolverConfig, r: &Record, rejection: &Rejection) -> Ou
     }
 }
 
-/// Applies `records` (signals) in one atomic transaction, skipping any already applied.
-/// Returns what the batch produced and how many records went to the DLQ.
+/// Applies signals from the front of `records` in one atomic transaction, skipping any already
+/// applied, until they run out or `pacer` finds the batch full. Returns what the batch
+/// produced, how many records went to the DLQ and how many records it consumed.
 fn apply_signals(
     resolver: &Resolver,
     store: &dyn GraphStore,
     cache: &mut StateCache,
+    pacer: &mut BatchPacer,
     config: &ResolverConfig,
     records: &[Record],
-) -> Result<(BatchOutput, u64)> {
+) -> Result<(BatchOutput, u64, usize)> {
+    let started = Instant::now();
     let mut txn = Txn::begin_cached(store, cache)?;
     let mut batch = Batch::default();
     let mut applied: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut dead = Vec::new();
+    let mut used = 0;
     for r in records {
+        used += 1;
         if !unapplied(store, &applied, r)? {
             // Applied before a crash: the state already contains it.
             continue;
@@ -265,7 +320,12 @@ fn apply_signals(
             Ok(signal) => resolver.apply(&mut txn, &signal, &mut batch)?,
             Err(rejection) => dead.push(dead_letter(config, r, &rejection)),
         }
+        if pacer.full(started.elapsed(), batch.touched()) {
+            break;
+        }
     }
+    let closing = Instant::now();
+    let touched = batch.touched();
     let out = resolver.finish(&mut txn, batch)?;
     push_changes(&mut txn, config, &out.changes);
     for update in &out.updates {
@@ -279,7 +339,8 @@ fn apply_signals(
         txn.set_offset(&topic, partition, next);
     }
     txn.commit()?;
-    Ok((out, dead_count))
+    pacer.observe(touched, closing.elapsed());
+    Ok((out, dead_count, used))
 }
 
 /// Applies one command record in its own transaction. Returns the outcome when the command
@@ -364,42 +425,64 @@ pub fn command_outcome(store: &dyn GraphStore, id: &str) -> Result<Option<Comman
         .transpose()
 }
 
-/// Where the next [`publish_outbox`] starts reading: the key after the last record it published.
+/// Where the next [`publish_outbox`] starts reading: the key after the last record it sent.
 /// Outbox keys are sequence numbers that only grow, and published records are deleted, so
 /// nothing live lies below it. Reading from the start instead would step over every deletion
 /// RocksDB has not compacted away yet, more with each batch: at a few thousand signals a second
 /// that walk was most of the resolver's CPU. Starts at the beginning, so a restart publishes
 /// whatever the last run left.
 #[derive(Debug, Default)]
-pub struct OutboxCursor(Vec<u8>);
+pub struct OutboxCursor {
+    next: Vec<u8>,
+    /// Keys sent and not yet known delivered, removed from the outbox by [`Self::confirm`].
+    sent: Vec<Vec<u8>>,
+}
 
-/// Publishes everything in the outbox from `cursor` on, in order, then removes it. Returns how
-/// many records.
+impl OutboxCursor {
+    /// Hands the producer everything in the outbox from the cursor on, in order, without
+    /// waiting for delivery. Returns how many records.
+    pub fn send(&mut self, store: &dyn GraphStore, producer: &mut dyn Producer) -> Result<u64> {
+        let pending = store.scan_from(Cf::Outbox, &self.next)?;
+        let Some((last, _)) = pending.last() else {
+            return Ok(0);
+        };
+        // The smallest key after `last`.
+        let mut next = last.clone();
+        next.push(0);
+        let n = pending.len() as u64;
+        for (key, bytes) in pending {
+            let record = OutRecord::from_bytes(&bytes).ok_or(crate::ResolverError::Corrupt {
+                cf: "outbox",
+                detail: "undecodable record".into(),
+            })?;
+            producer.send(record)?;
+            self.sent.push(key);
+        }
+        self.next = next;
+        Ok(n)
+    }
+
+    /// Waits until every record sent is delivered, then removes them from the outbox. Until
+    /// then they stay, and a restart sends them again.
+    pub fn confirm(&mut self, store: &dyn GraphStore, producer: &mut dyn Producer) -> Result<()> {
+        if self.sent.is_empty() {
+            return Ok(());
+        }
+        producer.flush()?;
+        let deletes = self.sent.drain(..).map(|k| (Cf::Outbox, k, None)).collect();
+        store.write(deletes)
+    }
+}
+
+/// Publishes everything in the outbox from `cursor` on, in order, waits for its delivery, then
+/// removes it. Returns how many records.
 pub fn publish_outbox(
     store: &dyn GraphStore,
     producer: &mut dyn Producer,
     cursor: &mut OutboxCursor,
 ) -> Result<u64> {
-    let pending = store.scan_from(Cf::Outbox, &cursor.0)?;
-    let Some((last, _)) = pending.last() else {
-        return Ok(0);
-    };
-    // The smallest key after `last`.
-    let mut next = last.clone();
-    next.push(0);
-    let mut deletes = Vec::with_capacity(pending.len());
-    for (key, bytes) in pending {
-        let record = OutRecord::from_bytes(&bytes).ok_or(crate::ResolverError::Corrupt {
-            cf: "outbox",
-            detail: "undecodable record".into(),
-        })?;
-        producer.send(record)?;
-        deletes.push((Cf::Outbox, key, None));
-    }
-    producer.flush()?;
-    let n = deletes.len() as u64;
-    store.write(deletes)?;
-    cursor.0 = next;
+    let n = cursor.send(store, producer)?;
+    cursor.confirm(store, producer)?;
     Ok(n)
 }
 
