@@ -556,6 +556,9 @@ fn serve_and_run(
         let auth = (stages.resolve || stages.activate).then(|| api::Auth::new(config));
         if let (Some(store), Some(auth)) = (&resolver_store, &auth) {
             let tier = read_tier::ReadTier::new(config.http.read_tier_mb).map(Arc::new);
+            if let Some(tier) = &tier {
+                probe.metrics.watch_read_tier(tier.clone())?;
+            }
             let read: Arc<dyn cdp_resolver::GraphStore> = match &tier {
                 // The resolver writes through the watched store, so the tier sees its commits.
                 Some(tier) => Arc::new(cdp_resolver::lookup::WatchedStore::new(

@@ -18,6 +18,16 @@ pub struct Metrics {
     resolver: Option<(StageMetrics, ResolverMetrics)>,
     activation: Option<(StageMetrics, ActivationMetrics)>,
     rocksdb: RocksDbMetrics,
+    read_tier: Option<ReadTierMetrics>,
+}
+
+/// The profile API's read tier (`http.read_tier_mb`), where it is on.
+struct ReadTierMetrics {
+    tier: std::sync::Arc<crate::read_tier::ReadTier>,
+    /// Lookups by outcome: `hit`, `miss` (no kept answer), `stale` (a key it read had changed).
+    lookups: IntCounterVec,
+    evictions: IntCounter,
+    bytes: IntGauge,
 }
 
 /// Reads one database's figures; `None` when the store keeps no RocksDB (the Kafka bus).
@@ -264,6 +274,7 @@ impl Metrics {
             resolver,
             activation,
             rocksdb,
+            read_tier: None,
         })
     }
 
@@ -274,6 +285,34 @@ impl Metrics {
         read: impl Fn() -> Option<RocksDbStats> + Send + Sync + 'static,
     ) {
         self.rocksdb.watched.push((store, Box::new(read)));
+    }
+
+    /// Reports the profile API's read tier: lookups by outcome, evictions and bytes kept.
+    pub fn watch_read_tier(
+        &mut self,
+        tier: std::sync::Arc<crate::read_tier::ReadTier>,
+    ) -> Result<()> {
+        let bytes = IntGauge::new(
+            "cdp_http_read_tier_bytes",
+            "Bytes the read tier's kept answers take",
+        )?;
+        self.registry.register(Box::new(bytes.clone()))?;
+        self.read_tier = Some(ReadTierMetrics {
+            tier,
+            lookups: counter_vec(
+                &self.registry,
+                "cdp_http_read_tier_lookups_total",
+                "Profile lookups by read-tier outcome (hit, miss, stale: a key it read had changed)",
+                &["outcome"],
+            )?,
+            evictions: counter(
+                &self.registry,
+                "cdp_http_read_tier_evictions_total",
+                "Answers dropped from the read tier to make room for newer ones",
+            )?,
+            bytes,
+        });
+        Ok(())
     }
 
     /// Copies the stages' counts in; `lag` gives each stage's consumer lag where known.
@@ -339,6 +378,14 @@ impl Metrics {
             }
         }
         self.rocksdb.refresh();
+        if let Some(t) = &self.read_tier {
+            let s = t.tier.stats();
+            sync_to(&t.lookups.with_label_values(&["hit"]), s.hits);
+            sync_to(&t.lookups.with_label_values(&["miss"]), s.misses);
+            sync_to(&t.lookups.with_label_values(&["stale"]), s.stale);
+            sync_to(&t.evictions, s.evictions);
+            t.bytes.set(i64::try_from(s.bytes).unwrap_or(i64::MAX));
+        }
     }
 
     /// The registry, for parts of the process that keep their own metrics (the collector).
@@ -580,6 +627,41 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         assert!(!text.contains("store=\"bus\""), "{text}");
+    }
+
+    #[test]
+    fn the_read_tier_reports_lookups_by_outcome_and_its_size() {
+        use crate::read_tier::{Lookup, ReadTier};
+        let tier = std::sync::Arc::new(ReadTier::new(1).unwrap());
+        let mut metrics = Metrics::new(Stages::ALL).unwrap();
+        metrics.watch_read_tier(tier.clone()).unwrap();
+        let key = b"acme\0user_id\0u1".as_slice();
+        assert!(tier.get(Lookup::Identifier(key)).is_none());
+        tier.put(
+            Lookup::Identifier(key),
+            axum::body::Bytes::from("{}"),
+            Default::default(),
+        );
+        assert!(tier.get(Lookup::Identifier(key)).is_some());
+        assert!(tier.get(Lookup::Identifier(key)).is_some());
+        metrics.refresh(&Counters::default(), |_| None);
+        let text = metrics.encode().unwrap();
+        let bytes = tier.stats().bytes;
+        assert!(bytes > 0);
+        for line in [
+            "cdp_http_read_tier_lookups_total{outcome=\"hit\"} 2".to_string(),
+            "cdp_http_read_tier_lookups_total{outcome=\"miss\"} 1".to_string(),
+            "cdp_http_read_tier_lookups_total{outcome=\"stale\"} 0".to_string(),
+            "cdp_http_read_tier_evictions_total 0".to_string(),
+            format!("cdp_http_read_tier_bytes {bytes}"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        // Counters only grow between scrapes.
+        assert!(tier.get(Lookup::Identifier(key)).is_some());
+        metrics.refresh(&Counters::default(), |_| None);
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("cdp_http_read_tier_lookups_total{outcome=\"hit\"} 3"));
     }
 
     /// deploy/grafana/cdp.json is the dashboard; the chart's dashboards/cdp.json is a symlink to

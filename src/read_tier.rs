@@ -11,6 +11,7 @@ use axum::body::Bytes;
 use cdp_resolver::lookup::{Changes, Stamps, CHANGE_SLOT_BYTES};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Shards of the tier, each behind its own lock, so listener threads rarely wait on each other.
@@ -50,6 +51,31 @@ pub struct ReadTier {
     shards: Box<[Mutex<Shard>]>,
     shard_budget: usize,
     hasher: RandomState,
+    counts: Counts,
+}
+
+/// What the tier has done since it started, for `/metrics`.
+#[derive(Debug, Default)]
+struct Counts {
+    /// Lookups answered from the tier.
+    hits: AtomicU64,
+    /// Lookups with no kept answer.
+    misses: AtomicU64,
+    /// Lookups whose kept answer was dropped because a key it read had changed.
+    stale: AtomicU64,
+    /// Answers dropped to make room for newer ones.
+    evictions: AtomicU64,
+}
+
+/// A reading of the tier's counts and size.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TierStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub stale: u64,
+    pub evictions: u64,
+    /// Bytes the kept answers take, bookkeeping included.
+    pub bytes: u64,
 }
 
 #[derive(Default)]
@@ -90,7 +116,24 @@ impl ReadTier {
             shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             shard_budget: answers / SHARDS,
             hasher: RandomState::new(),
+            counts: Counts::default(),
         })
+    }
+
+    /// Lookups answered and missed, answers evicted, and the bytes kept, so far.
+    pub fn stats(&self) -> TierStats {
+        let c = &self.counts;
+        TierStats {
+            hits: c.hits.load(Ordering::Relaxed),
+            misses: c.misses.load(Ordering::Relaxed),
+            stale: c.stale.load(Ordering::Relaxed),
+            evictions: c.evictions.load(Ordering::Relaxed),
+            bytes: self
+                .shards
+                .iter()
+                .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).bytes as u64)
+                .sum(),
+        }
     }
 
     /// The counters the resolver's writes must go through (see `lookup::WatchedStore`).
@@ -109,11 +152,16 @@ impl ReadTier {
     pub fn get(&self, lookup: Lookup<'_>) -> Option<Bytes> {
         let key = lookup.key();
         let mut shard = self.shard(&key);
-        let answer = shard.answers.get(&key)?;
+        let Some(answer) = shard.answers.get(&key) else {
+            self.counts.misses.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
         if self.changes.unchanged(&answer.stamps) {
+            self.counts.hits.fetch_add(1, Ordering::Relaxed);
             return Some(answer.body.clone());
         }
         shard.remove(&key);
+        self.counts.stale.fetch_add(1, Ordering::Relaxed);
         None
     }
 
@@ -138,6 +186,7 @@ impl ReadTier {
             // A key stored again since, or dropped as changed, is not this queue slot's.
             if shard.answers.get(&oldest).map(|a| a.generation) == Some(generation) {
                 shard.remove(&oldest);
+                self.counts.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
         shard.generation += 1;
@@ -208,9 +257,20 @@ mod tests {
             version: 2,
             ..profile
         };
+        assert!(tier.stats().bytes > 0);
         store.write(put(&changed)).unwrap();
         assert_eq!(tier.get(Lookup::Identifier(&key)), None);
         assert_eq!(shard_bytes(&tier), 0, "the changed answer is dropped");
+        assert_eq!(
+            tier.stats(),
+            TierStats {
+                hits: 1,
+                misses: 2,
+                stale: 1,
+                evictions: 0,
+                bytes: 0
+            }
+        );
     }
 
     #[test]
@@ -249,6 +309,17 @@ mod tests {
             .count();
         // 8 KiB answers in a budget of under 1 MiB: at most ~96 fit, and most of them do.
         assert!((40..=96).contains(&kept), "{kept}");
+        let stats = tier.stats();
+        assert_eq!(
+            stats.evictions,
+            1000 - kept as u64,
+            "every answer not kept was evicted"
+        );
+        assert_eq!(
+            (stats.hits, stats.misses),
+            (kept as u64, 1000 - kept as u64)
+        );
+        assert_eq!(stats.bytes, shard_bytes(&tier) as u64);
         assert!(tier.get(Lookup::Identifier(keys.last().unwrap())).is_some());
         assert!(tier.get(Lookup::Identifier(&keys[0])).is_none());
         // Storing keys again leaves no queue slots behind without bound.
