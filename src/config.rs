@@ -78,6 +78,10 @@ pub struct HttpSection {
     /// Memory of the profile API's read tier (MiB): answers of recent lookups, kept until a
     /// committed change touches what they read. 0 disables it.
     pub read_tier_mb: usize,
+    /// Niceness (0-19) of the pipeline's threads, stages and RocksDB's background work. Above 0
+    /// the kernel runs the HTTP listener first when the cores are busy: lookups keep their
+    /// latency while ingestion takes what is left and catches up when the load drops.
+    pub pipeline_nice: i32,
     /// Keys of the profile API. With none, the API answers unauthenticated requests for
     /// `ingest.default_tenant`, read-only: fine on loopback, not on a network.
     pub api_keys: Vec<ApiKey>,
@@ -90,6 +94,7 @@ impl Default for HttpSection {
             ready_max_lag: 100_000,
             workers: 2,
             read_tier_mb: 64,
+            pipeline_nice: 0,
             api_keys: Vec::new(),
         }
     }
@@ -248,6 +253,9 @@ impl Config {
         }
         if self.http.workers == 0 {
             bail!("http.workers must be at least 1");
+        }
+        if !(0..=19).contains(&self.http.pipeline_nice) {
+            bail!("http.pipeline_nice must be between 0 and 19");
         }
         if self.snapshot.every_secs == 0 {
             bail!("snapshot.every_secs must be at least 1");

@@ -14,6 +14,7 @@ pub mod graph;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod priority;
 pub mod read_tier;
 pub mod retention;
 pub mod snapshot;

@@ -273,6 +273,7 @@ pub fn run(
     // empty volume re-reads input its group already committed, so group lag alone is not enough.
     let mut state_lags: Vec<StateLag> = Vec::new();
     let mut handles: Vec<StageThread> = Vec::new();
+    let nice = config.http.pipeline_nice;
     if stages.ingest {
         let (bus, cfg, c, s) = (
             bus.clone(),
@@ -280,7 +281,7 @@ pub fn run(
             counters.clone(),
             shutdown.clone(),
         );
-        handles.push(spawn_stage("ingest", move || {
+        handles.push(spawn_stage("ingest", nice, move || {
             cdp_ingest::stage::run_with_metrics(bus.as_ref(), &cfg, &c.ingest, &c.ingest_detail, &s)
         })?);
     }
@@ -301,7 +302,7 @@ pub fn run(
             counters.clone(),
             shutdown.clone(),
         );
-        handles.push(spawn_stage("resolver", move || {
+        handles.push(spawn_stage("resolver", nice, move || {
             cdp_resolver::stage::run(bus.as_ref(), store.as_ref(), &cfg, &c.resolver, &s)
         })?);
     }
@@ -327,11 +328,18 @@ pub fn run(
             counters.clone(),
             shutdown.clone(),
         );
-        handles.push(spawn_stage("activation", move || {
+        handles.push(spawn_stage("activation", nice, move || {
             cdp_activation::stage::run(bus.as_ref(), &store, &cfg, &activation, &c.activation, &s)
         })?);
     }
 
+    // RocksDB's background threads (flushes, compactions) exist once the stores are open; the
+    // stages lowered themselves as they started.
+    match crate::priority::lower_threads_named("rocksdb:", nice) {
+        Ok(n) if nice > 0 => tracing::info!(nice, rocksdb_threads = n, "pipeline threads lowered"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "lowering RocksDB's threads failed"),
+    }
     let groups = stage_groups(config, stages);
     let mut failure = None;
     let mut expiry = crate::retention::Expiry::default();
@@ -379,14 +387,20 @@ pub fn run(
 /// A stage running on its own thread, with its name.
 type StageThread = (&'static str, std::thread::JoinHandle<Result<()>>);
 
-/// Runs `stage` on a thread named `name`.
+/// Runs `stage` on a thread named `name`, at niceness `nice` (`http.pipeline_nice`).
 fn spawn_stage<E: Into<anyhow::Error>>(
     name: &'static str,
+    nice: i32,
     stage: impl FnOnce() -> Result<(), E> + Send + 'static,
 ) -> Result<StageThread> {
     let handle = std::thread::Builder::new()
         .name(name.into())
-        .spawn(move || stage().map_err(Into::into))?;
+        .spawn(move || {
+            if let Err(e) = crate::priority::lower_this_thread(nice) {
+                tracing::warn!(stage = name, error = %e, "lowering the stage's priority failed");
+            }
+            stage().map_err(Into::into)
+        })?;
     Ok((name, handle))
 }
 

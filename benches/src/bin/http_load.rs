@@ -18,7 +18,8 @@
 //! `--work DIR` keeps the store and reuses it on the next run (each run feeds new people);
 //! without it everything lives in a temporary directory (`TMPDIR`). `--cdp PATH` names the
 //! binary to serve (default: `cdp` next to this one); `--workers N` sets its `http.workers`,
-//! `--read-tier-mb N` its `http.read_tier_mb` (0: every lookup reads the store).
+//! `--read-tier-mb N` its `http.read_tier_mb` (0: every lookup reads the store),
+//! `--pipeline-nice N` its `http.pipeline_nice` (the stages' and RocksDB's niceness).
 //! It also reports the CPU the server, its HTTP listener threads and the load tool itself used
 //! while measuring (the load tool shares the machine, so its share is the server's loss).
 
@@ -47,6 +48,8 @@ struct Options {
     workers: Option<u64>,
     /// `http.read_tier_mb` of the server (its default when not given).
     read_tier_mb: Option<u64>,
+    /// `http.pipeline_nice` of the server (its default when not given).
+    pipeline_nice: Option<u64>,
     /// Where the workloads and the store live; kept, and the resolved store reused, across runs.
     work: Option<PathBuf>,
 }
@@ -66,6 +69,7 @@ impl Options {
             warmup_seconds: 3,
             workers: None,
             read_tier_mb: None,
+            pipeline_nice: None,
             work: None,
         };
         let mut args = std::env::args().skip(1);
@@ -86,6 +90,7 @@ impl Options {
                 "--warmup-seconds" => o.warmup_seconds = number()?,
                 "--workers" => o.workers = Some(number()?.max(1)),
                 "--read-tier-mb" => o.read_tier_mb = Some(number()?),
+                "--pipeline-nice" => o.pipeline_nice = Some(number()?.min(19)),
                 "--work" => o.work = Some(PathBuf::from(&value)),
                 _ => return Err(format!("unknown flag {flag}")),
             }
@@ -125,6 +130,9 @@ fn run(o: &Options) -> Result<(), String> {
     }
     if let Some(mb) = o.read_tier_mb {
         toml.push_str(&format!("read_tier_mb = {mb}\n"));
+    }
+    if let Some(nice) = o.pipeline_nice {
+        toml.push_str(&format!("pipeline_nice = {nice}\n"));
     }
     toml.push_str(&format!(
         "[[http.api_keys]]\ntenant = \"default\"\ntoken_sha256 = \"{TOKEN_SHA256}\"\n"

@@ -1,0 +1,109 @@
+//! Serving before ingesting (`http.pipeline_nice`): on a machine whose cores the pipeline keeps
+//! busy, the profile API's answers wait behind stage batches and RocksDB's background work.
+//! Lowering the scheduling priority of those threads (a higher niceness) lets the kernel run the
+//! HTTP listener first whenever it has work; ingestion takes what is left and catches up when
+//! the load drops. Threads a lowered thread starts inherit its niceness.
+
+use std::io;
+
+/// Sets the calling thread's niceness to `nice` (0 leaves it as it is).
+pub fn lower_this_thread(nice: i32) -> io::Result<()> {
+    if nice == 0 {
+        return Ok(());
+    }
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    set_nice(tid, nice)
+}
+
+/// Sets the niceness of every thread of this process whose name starts with `prefix` (RocksDB
+/// names its background threads `rocksdb:low`, `rocksdb:high`, ...). Returns how many.
+pub fn lower_threads_named(prefix: &str, nice: i32) -> io::Result<usize> {
+    if nice == 0 {
+        return Ok(0);
+    }
+    let mut lowered = 0;
+    for entry in std::fs::read_dir("/proc/self/task")? {
+        let entry = entry?;
+        let Ok(name) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue; // the thread has ended
+        };
+        if !name.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        set_nice(tid, nice)?;
+        lowered += 1;
+    }
+    Ok(lowered)
+}
+
+fn set_nice(tid: libc::pid_t, nice: i32) -> io::Result<()> {
+    // On Linux a thread id names that one thread for setpriority(PRIO_PROCESS, ...).
+    // SAFETY: plain system call on integers.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread's niceness, from the 19th field of its `stat`.
+    fn nice_of(tid: libc::pid_t) -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    /// The niceness the tests run at, and one lower in priority (the tests may run niced).
+    fn base_and_lower(by: i32) -> (i32, i32) {
+        let base = nice_of(unsafe { libc::gettid() });
+        (base, (base + by).min(19))
+    }
+
+    #[test]
+    fn a_thread_lowers_itself_and_what_it_starts_inherits_it() {
+        let (base, lower) = base_and_lower(5);
+        std::thread::spawn(move || {
+            lower_this_thread(lower).unwrap();
+            let me = unsafe { libc::gettid() };
+            assert_eq!(nice_of(me), lower);
+            let inherited = std::thread::spawn(|| nice_of(unsafe { libc::gettid() }))
+                .join()
+                .unwrap();
+            assert_eq!(inherited, lower);
+        })
+        .join()
+        .unwrap();
+        // The spawning thread is untouched.
+        assert_eq!(nice_of(unsafe { libc::gettid() }), base);
+    }
+
+    #[test]
+    fn threads_are_lowered_by_name() {
+        let (_, lower) = base_and_lower(7);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::Builder::new()
+            .name("cdp-prio-test".into())
+            .spawn(move || {
+                tx.send(unsafe { libc::gettid() }).unwrap();
+                done_rx.recv().unwrap();
+            })
+            .unwrap();
+        let tid = rx.recv().unwrap();
+        assert_eq!(lower_threads_named("cdp-prio-te", lower).unwrap(), 1);
+        assert_eq!(nice_of(tid), lower);
+        assert_eq!(lower_threads_named("no-such-thread", 7).unwrap(), 0);
+        assert_eq!(lower_threads_named("cdp-prio-te", 0).unwrap(), 0);
+        done_tx.send(()).unwrap();
+        worker.join().unwrap();
+    }
+}
