@@ -173,19 +173,25 @@ impl Applied {
         self.blocks_overflowed += other.blocks_overflowed;
         self.blocks_skipped += other.blocks_skipped;
     }
+}
 
-    fn add_batch(&mut self, out: &BatchOutput) {
-        self.merges += out.merges;
-        self.refused += out.refused;
-        self.candidates += out.candidates;
-        self.new_profiles += out.new_profiles;
-        self.tombstoned += out.tombstoned;
-        self.changes += out.changes.len() as u64;
-        self.updates += out.updates.len() as u64;
-        self.probabilistic += out.probabilistic;
-        self.compared += out.compared;
-        self.blocks_overflowed += out.blocks_overflowed;
-        self.blocks_skipped += out.blocks_skipped;
+impl From<&BatchOutput> for Applied {
+    /// What one batch of signals applied (its dead letters are counted by the caller).
+    fn from(out: &BatchOutput) -> Self {
+        Applied {
+            merges: out.merges,
+            refused: out.refused,
+            candidates: out.candidates,
+            new_profiles: out.new_profiles,
+            tombstoned: out.tombstoned,
+            changes: out.changes.len() as u64,
+            updates: out.updates.len() as u64,
+            probabilistic: out.probabilistic,
+            compared: out.compared,
+            blocks_overflowed: out.blocks_overflowed,
+            blocks_skipped: out.blocks_skipped,
+            ..Applied::default()
+        }
     }
 }
 
@@ -232,7 +238,6 @@ pub fn apply_next(
     config: &ResolverConfig,
     records: &[Record],
 ) -> Result<(Applied, usize)> {
-    let mut applied = Applied::default();
     let signals = records
         .iter()
         .take(config.batch_size.max(1))
@@ -241,17 +246,20 @@ pub fn apply_next(
     if signals > 0 {
         let (out, dead, used) =
             apply_signals(resolver, store, cache, pacer, config, &records[..signals])?;
-        applied.add_batch(&out);
-        applied.dead += dead;
+        let applied = Applied {
+            dead,
+            ..Applied::from(&out)
+        };
         return Ok((applied, used));
     }
     let (out, dead) = apply_command(resolver, store, cache, config, &records[0])?;
-    applied.commands += u64::from(out.is_some());
-    applied.dead += dead;
-    if let Some(out) = out {
-        applied.changes += out.changes.len() as u64;
-        applied.updates += out.profiles.len() as u64;
-    }
+    let applied = Applied {
+        commands: u64::from(out.is_some()),
+        dead,
+        changes: out.as_ref().map_or(0, |o| o.changes.len() as u64),
+        updates: out.as_ref().map_or(0, |o| o.profiles.len() as u64),
+        ..Applied::default()
+    };
     Ok((applied, 1))
 }
 
