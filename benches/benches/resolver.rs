@@ -21,7 +21,6 @@
 use cdp_benches::{peak_rss_bytes, percentile, raw_records, signals};
 use cdp_bus::{OutRecord, Producer, Record};
 use cdp_ingest::IngestConfig;
-use cdp_resolver::pacer::BatchPacer;
 use cdp_resolver::state_cache::StateCache;
 use cdp_resolver::{stage, GraphStore, MemStore, Resolver, ResolverConfig, RocksStore};
 use std::time::{Duration, Instant};
@@ -69,32 +68,35 @@ fn apply_all(
     signals: &[Record],
 ) -> Run {
     let resolver = Resolver::new(config.policy.clone());
-    let mut cache = StateCache::new(entries);
-    let mut pacer = BatchPacer::new(config);
+    let mut state = stage::StageState {
+        cache: StateCache::new(entries),
+        ..stage::StageState::new(config)
+    };
     let mut sink = Sink {
         profiles_topic: config.profiles_topic.clone(),
         updates: 0,
         update_bytes: 0,
     };
-    let mut outbox = stage::OutboxCursor::default();
     let mut batches = Vec::new();
     let mut merges = 0;
     let mut dead = 0;
     let start = Instant::now();
     let cpu_start = process_cpu();
-    for mut poll in signals.chunks(config.batch_size) {
-        while !poll.is_empty() {
-            let t = Instant::now();
-            let (applied, used) =
-                stage::apply_next(&resolver, store, &mut cache, &mut pacer, config, poll)
-                    .expect("batch applies");
-            batches.push(t.elapsed());
-            merges += applied.merges;
-            dead += applied.dead;
-            poll = &poll[used..];
-            outbox.send(store, &mut sink).expect("outbox reads");
-        }
-        outbox.confirm(store, &mut sink).expect("outbox empties");
+    for poll in signals.chunks(config.batch_size) {
+        stage::apply_poll(
+            &resolver,
+            store,
+            &mut state,
+            &mut sink,
+            config,
+            poll,
+            |applied, took| {
+                batches.push(took);
+                merges += applied.merges;
+                dead += applied.dead;
+            },
+        )
+        .expect("poll applies");
     }
     let elapsed = start.elapsed();
     Run {

@@ -59,8 +59,9 @@ pub fn run(
 ) -> Result<()> {
     let resolver = Resolver::from_config(config)?;
     let mut producer = bus.producer()?;
-    let mut outbox = OutboxCursor::default();
-    publish_outbox(store, producer.as_mut(), &mut outbox)?;
+    // Empty at start: a restart reads the store, whatever the last run held.
+    let mut state = StageState::new(config);
+    publish_outbox(store, producer.as_mut(), &mut state.outbox)?;
     let topics = config.input_topics();
     let mut options = ConsumerOptions::group(config.group.clone(), &topics);
     // Start where the graph's state says, not where the group committed: a fresh or restored
@@ -69,29 +70,21 @@ pub fn run(
     options.start = cdp_bus::StartFrom::Positions(std::sync::Arc::new(positions));
     let mut consumer = bus.consumer(options)?;
     let timeout = Duration::from_millis(config.poll_timeout_ms);
-    // Empty at start: a restart reads the store, whatever the last run held.
-    let mut cache = StateCache::new(config.storage.state_cache_entries);
-    let mut pacer = BatchPacer::new(config);
     while !shutdown.load(Ordering::Relaxed) {
         let records = consumer.poll(config.batch_size, timeout)?;
         if records.is_empty() {
             continue;
         }
         let started = Instant::now();
-        // Each batch's outputs go to the producer as soon as it is committed, so a signal
-        // waits for its own batch rather than for the whole poll; delivery is awaited (and the
-        // outbox emptied) once per poll.
-        let mut out = Applied::default();
-        let mut published = 0;
-        let mut rest = &records[..];
-        while !rest.is_empty() {
-            let (applied, used) =
-                apply_next(&resolver, store, &mut cache, &mut pacer, config, rest)?;
-            out.add(&applied);
-            published += outbox.send(store, producer.as_mut())?;
-            rest = &rest[used..];
-        }
-        outbox.confirm(store, producer.as_mut())?;
+        let (out, published) = apply_poll(
+            &resolver,
+            store,
+            &mut state,
+            producer.as_mut(),
+            config,
+            &records,
+            |_, _| {},
+        )?;
         let dead = out.dead;
         let mut positions = Positions::new();
         advance(&mut positions, &records);
@@ -193,6 +186,61 @@ impl From<&BatchOutput> for Applied {
             ..Applied::default()
         }
     }
+}
+
+/// What the stage keeps from one poll to the next.
+pub struct StageState {
+    /// Decoded state committed by earlier batches (`[resolver.storage] state_cache_entries`).
+    pub cache: StateCache,
+    pub pacer: BatchPacer,
+    pub outbox: OutboxCursor,
+}
+
+impl StageState {
+    /// Empty: nothing cached, nothing learnt, the outbox read from its start.
+    pub fn new(config: &ResolverConfig) -> Self {
+        Self {
+            cache: StateCache::new(config.storage.state_cache_entries),
+            pacer: BatchPacer::new(config),
+            outbox: OutboxCursor::default(),
+        }
+    }
+}
+
+/// Applies one poll's `records` as the stage does: in batches ([`apply_next`]), each batch's
+/// outputs handed to `producer` as soon as it is committed, so a signal waits for its own batch
+/// rather than for the whole poll, and delivery awaited (the outbox emptied) once at the end.
+/// `on_batch` is told what each batch applied and how long it took to apply and commit.
+/// Returns the poll's sum and how many records were published.
+pub fn apply_poll(
+    resolver: &Resolver,
+    store: &dyn GraphStore,
+    state: &mut StageState,
+    producer: &mut dyn Producer,
+    config: &ResolverConfig,
+    records: &[Record],
+    mut on_batch: impl FnMut(&Applied, Duration),
+) -> Result<(Applied, u64)> {
+    let mut sum = Applied::default();
+    let mut published = 0;
+    let mut rest = records;
+    while !rest.is_empty() {
+        let started = Instant::now();
+        let (applied, used) = apply_next(
+            resolver,
+            store,
+            &mut state.cache,
+            &mut state.pacer,
+            config,
+            rest,
+        )?;
+        on_batch(&applied, started.elapsed());
+        sum.add(&applied);
+        published += state.outbox.send(store, producer)?;
+        rest = &rest[used..];
+    }
+    state.outbox.confirm(store, producer)?;
+    Ok((sum, published))
 }
 
 /// Applies `records` (signals and graph commands) skipping any already applied. Consecutive
@@ -433,7 +481,7 @@ pub fn command_outcome(store: &dyn GraphStore, id: &str) -> Result<Option<Comman
         .transpose()
 }
 
-/// Where the next [`publish_outbox`] starts reading: the key after the last record it sent.
+/// Where the next [`OutboxCursor::send`] starts reading: the key after the last record sent.
 /// Outbox keys are sequence numbers that only grow, and published records are deleted, so
 /// nothing live lies below it. Reading from the start instead would step over every deletion
 /// RocksDB has not compacted away yet, more with each batch: at a few thousand signals a second
