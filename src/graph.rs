@@ -143,8 +143,8 @@ pub fn rebuild(
         let bus = pipeline::open_bus(config, data)?;
         pipeline::create_topics(bus.as_ref(), config)?;
         let mut producer = bus.producer()?;
-        let mut outbox = cdp_resolver::stage::OutboxCursor::default();
-        cdp_resolver::stage::publish_outbox(&store, producer.as_mut(), &mut outbox)?;
+        let mut outbox = cdp_resolver::outbox::OutboxCursor::default();
+        cdp_resolver::outbox::publish_outbox(&store, producer.as_mut(), &mut outbox)?;
     }
     print_json(&report)
 }

@@ -8,6 +8,7 @@
 //! and are kept as JSON text.
 
 use crate::link::{EndRef, Link, LinkDecision, LinkHead};
+use crate::outbox::UpdateRef;
 use crate::txn::NodeRecord;
 use cdp_proto::profile::{Attributes, EventCounter, MergeRecord};
 use cdp_proto::{Consent, Identifier, IdentifierKind, Profile, Source, Timestamp};
@@ -111,6 +112,46 @@ pub fn decode_node(b: &[u8]) -> Result<NodeRecord> {
     };
     r.end()?;
     Ok(n)
+}
+
+/// The format byte of an outbox entry that names a profile update instead of holding it (an
+/// outbox entry that holds a record starts with the bus's record form, whose first byte is 1).
+pub const UPDATE_REF: u8 = 2;
+
+pub fn encode_update_ref(u: &UpdateRef) -> Vec<u8> {
+    let UpdateRef {
+        topic,
+        tenant,
+        canonical_id,
+        cause,
+        received_at,
+    } = u;
+    let mut w = Writer(Vec::with_capacity(
+        8 + topic.len() + tenant.len() + canonical_id.len() + cause.as_ref().map_or(0, String::len),
+    ));
+    w.0.push(UPDATE_REF);
+    w.str(topic);
+    w.str(tenant);
+    w.str(canonical_id);
+    w.opt_str(cause);
+    w.opt_time(received_at);
+    w.0
+}
+
+pub fn decode_update_ref(b: &[u8]) -> Result<UpdateRef> {
+    let mut r = match b.split_first() {
+        Some((&UPDATE_REF, rest)) => Reader { b: rest },
+        _ => return Err(DecodeError("not an update reference")),
+    };
+    let u = UpdateRef {
+        topic: r.string()?,
+        tenant: r.string()?,
+        canonical_id: r.string()?,
+        cause: r.opt(Reader::string)?,
+        received_at: r.opt(Reader::time)?,
+    };
+    r.end()?;
+    Ok(u)
 }
 
 pub fn encode_link(l: &Link) -> Vec<u8> {

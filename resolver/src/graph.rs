@@ -317,8 +317,7 @@ impl Resolver {
             vec![id.clone()],
             signal.received_at,
         );
-        txn.set_canonical(tenant, &canonical_id, Some(node));
-        txn.put_profile(node, Some(profile));
+        txn.found_profile(node, profile);
         touch(batch, signal, &canonical_id);
         fresh.insert(node);
         batch.new_profiles += 1;

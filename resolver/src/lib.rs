@@ -25,6 +25,7 @@ pub mod hub;
 pub mod link;
 pub mod lookup;
 pub mod matching;
+pub mod outbox;
 pub mod overlay;
 pub mod pacer;
 pub mod partition;

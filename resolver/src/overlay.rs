@@ -63,10 +63,13 @@ impl Hasher for IdHasher {
 pub type ById = BuildHasherDefault<IdHasher>;
 pub type ByBytes = RandomState;
 
-/// A value as the transaction sees it: `None` is absent (or deleted); `dirty` if written.
+/// A value as the transaction sees it: `None` is absent (or deleted); `dirty` if written;
+/// `stored` unless the store is known to hold nothing under the key (read as absent, or a key
+/// the transaction created), so deleting it again needs no write.
 struct Slot<V> {
     value: Option<V>,
     dirty: bool,
+    stored: bool,
 }
 
 /// Cached reads and pending writes of one column family.
@@ -112,6 +115,7 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
                     }
                 };
                 Ok(e.insert(Slot {
+                    stored: value.is_some(),
                     value,
                     dirty: false,
                 }))
@@ -175,15 +179,42 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
     }
 
     pub fn put(&mut self, key: K, value: Option<V>) {
-        self.entries.insert(key, Slot { value, dirty: true });
+        match self.entries.entry(key) {
+            Entry::Occupied(mut e) => {
+                let slot = e.get_mut();
+                slot.value = value;
+                slot.dirty = true;
+            }
+            // Not read: the store may hold a value under it.
+            Entry::Vacant(e) => {
+                e.insert(Slot {
+                    value,
+                    dirty: true,
+                    stored: true,
+                });
+            }
+        }
+    }
+
+    /// Puts a value under a key the store holds nothing under (one this transaction minted):
+    /// if it is deleted again before commit, nothing is written for it.
+    pub fn put_new(&mut self, key: K, value: V) {
+        self.entries.insert(
+            key,
+            Slot {
+                value: Some(value),
+                dirty: true,
+                stored: false,
+            },
+        );
     }
 
     /// Appends a write (or delete) for every changed key, keeping the values for
-    /// [`Self::into_carried`].
+    /// [`Self::into_carried`]. A key deleted that the store never held is not written.
     pub fn push_ops(&self, ops: &mut Vec<Op>, encode: impl Fn(&V) -> Vec<u8>) {
         ops.reserve(self.entries.len());
         for (k, slot) in &self.entries {
-            if slot.dirty {
+            if slot.dirty && (slot.stored || slot.value.is_some()) {
                 let key = k.with_bytes(<[u8]>::to_vec);
                 ops.push((self.cf, key, slot.value.as_ref().map(&encode)));
             }
@@ -198,5 +229,58 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
             carried.insert(k, slot.value);
         }
         carried
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    fn decode(b: &[u8]) -> Result<u64> {
+        Ok(u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn ops(overlay: &Overlay<u64, u64>) -> Vec<Op> {
+        let mut ops = Vec::new();
+        overlay.push_ops(&mut ops, |v| v.to_be_bytes().to_vec());
+        ops.sort();
+        ops
+    }
+
+    #[test]
+    fn deleting_what_the_store_never_held_writes_nothing() {
+        let store = MemStore::default();
+        store
+            .write(vec![(
+                Cf::Parent,
+                1u64.to_be_bytes().to_vec(),
+                Some(vec![0; 8]),
+            )])
+            .unwrap();
+        let mut overlay: Overlay<u64, u64> = Overlay::new(Cf::Parent);
+        // Minted here, then deleted: no write.
+        overlay.put_new(10, 5);
+        overlay.put(10, None);
+        // Read as absent, written, deleted: no write.
+        assert_eq!(overlay.get(&store, 11, decode).unwrap(), None);
+        overlay.put(11, Some(5));
+        overlay.put(11, None);
+        // Read as present, then deleted: a delete.
+        assert!(overlay.get(&store, 1, decode).unwrap().is_some());
+        overlay.put(1, None);
+        // Not read: the store may hold it, so a delete.
+        overlay.put(12, None);
+        // Minted and kept: a write.
+        overlay.put_new(13, 7);
+        let be = |k: u64| k.to_be_bytes().to_vec();
+        assert_eq!(
+            ops(&overlay),
+            vec![
+                (Cf::Parent, be(1), None),
+                (Cf::Parent, be(12), None),
+                (Cf::Parent, be(13), Some(be(7))),
+            ]
+        );
     }
 }

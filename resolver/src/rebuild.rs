@@ -25,7 +25,6 @@ use crate::store::{Cf, GraphStore};
 use crate::txn::{decode_link, decode_u64, NodeId, Txn};
 use crate::unmerge::materialize;
 use crate::{ResolverConfig, ResolverError, Result};
-use cdp_bus::OutRecord;
 use cdp_proto::{
     Identifier, IdentifierKind, IdentityChange, IdentityChangeKind, MergeRecord, ProfileUpdate,
     Timestamp,
@@ -389,10 +388,7 @@ pub fn rebuild(
         txn.put_profile(root, Some(survivor));
     }
     for change in &changes {
-        let value = serde_json::to_vec(change).expect("IdentityChange serialises");
-        txn.push_outbox(
-            OutRecord::new(&config.changes_topic, change.canonical_id.as_bytes(), value).to_bytes(),
-        );
+        crate::outbox::push_change(&mut txn, &config.changes_topic, change);
     }
     for id in &republish {
         let Some(root) = txn.root_of_canonical(tenant, id)? else {
@@ -407,8 +403,8 @@ pub fn rebuild(
             cause: Some(REBUILD_RULE.into()),
             received_at: Some(options.at),
         };
-        let value = serde_json::to_vec(&update).expect("ProfileUpdate serialises");
-        txn.push_outbox(OutRecord::new(&config.profiles_topic, id.as_bytes(), value).to_bytes());
+        // Published from the outbox by whoever publishes it next, rendered from the store.
+        crate::outbox::push_update(&mut txn, &config.profiles_topic, &update);
     }
     txn.commit()?;
     report.applied = true;

@@ -13,6 +13,7 @@
 use crate::command::{CommandOp, CommandOutcome, GraphCommand};
 use crate::config::ResolverConfig;
 use crate::graph::{Batch, BatchOutput, Resolver};
+use crate::outbox::{self, publish_outbox, OutboxCursor};
 use crate::pacer::BatchPacer;
 use crate::state_cache::StateCache;
 use crate::store::{Cf, GraphStore};
@@ -226,14 +227,7 @@ pub fn apply_poll(
     let mut rest = records;
     while !rest.is_empty() {
         let started = Instant::now();
-        let (applied, used) = apply_next(
-            resolver,
-            store,
-            &mut state.cache,
-            &mut state.pacer,
-            config,
-            rest,
-        )?;
+        let (applied, used) = apply_next(resolver, store, state, config, rest)?;
         on_batch(&applied, started.elapsed());
         sum.add(&applied);
         published += state.outbox.send(store, producer)?;
@@ -256,7 +250,8 @@ pub fn apply_records(
 }
 
 /// [`apply_records`] reading the state earlier calls committed from `cache` before `store`
-/// (one cache per store, used by every call that writes it).
+/// (one cache per store, used by every call that writes it). What the calls queue stays in
+/// the outbox.
 pub fn apply_records_cached(
     resolver: &Resolver,
     store: &dyn GraphStore,
@@ -264,15 +259,26 @@ pub fn apply_records_cached(
     config: &ResolverConfig,
     records: &[Record],
 ) -> Result<Applied> {
+    let mut state = StageState {
+        cache: std::mem::replace(cache, StateCache::new(0)),
+        ..StageState::new(config)
+    };
     let mut applied = Applied::default();
-    let mut pacer = BatchPacer::new(config);
     let mut rest = records;
-    while !rest.is_empty() {
-        let (out, used) = apply_next(resolver, store, cache, &mut pacer, config, rest)?;
-        applied.add(&out);
-        rest = &rest[used..];
-    }
-    Ok(applied)
+    let result = loop {
+        if rest.is_empty() {
+            break Ok(applied);
+        }
+        match apply_next(resolver, store, &mut state, config, rest) {
+            Ok((out, used)) => {
+                applied.add(&out);
+                rest = &rest[used..];
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    *cache = state.cache;
+    result
 }
 
 /// Applies one transaction from the front of `records` (not empty): the signals before the
@@ -281,8 +287,7 @@ pub fn apply_records_cached(
 pub fn apply_next(
     resolver: &Resolver,
     store: &dyn GraphStore,
-    cache: &mut StateCache,
-    pacer: &mut BatchPacer,
+    state: &mut StageState,
     config: &ResolverConfig,
     records: &[Record],
 ) -> Result<(Applied, usize)> {
@@ -292,15 +297,14 @@ pub fn apply_next(
         .take_while(|r| r.topic != config.commands_topic)
         .count();
     if signals > 0 {
-        let (out, dead, used) =
-            apply_signals(resolver, store, cache, pacer, config, &records[..signals])?;
+        let (out, dead, used) = apply_signals(resolver, store, state, config, &records[..signals])?;
         let applied = Applied {
             dead,
             ..Applied::from(&out)
         };
         return Ok((applied, used));
     }
-    let (out, dead) = apply_command(resolver, store, cache, config, &records[0])?;
+    let (out, dead) = apply_command(resolver, store, state, config, &records[0])?;
     let applied = Applied {
         commands: u64::from(out.is_some()),
         dead,
@@ -346,12 +350,16 @@ fn dead_letter(config: &ResolverConfig, r: &Record, rejection: &Rejection) -> Ou
 fn apply_signals(
     resolver: &Resolver,
     store: &dyn GraphStore,
-    cache: &mut StateCache,
-    pacer: &mut BatchPacer,
+    state: &mut StageState,
     config: &ResolverConfig,
     records: &[Record],
 ) -> Result<(BatchOutput, u64, usize)> {
     let started = Instant::now();
+    let StageState {
+        cache,
+        pacer,
+        outbox,
+    } = state;
     let mut txn = Txn::begin_cached(store, cache)?;
     let mut batch = Batch::default();
     let mut applied: BTreeMap<(String, i32), i64> = BTreeMap::new();
@@ -384,9 +392,11 @@ fn apply_signals(
     let touched = batch.touched();
     let out = resolver.finish(&mut txn, batch)?;
     push_changes(&mut txn, config, &out.changes);
-    for update in &out.updates {
-        push_update(&mut txn, config, update);
-    }
+    let rendered: Vec<_> = out
+        .updates
+        .iter()
+        .map(|u| outbox::push_update(&mut txn, &config.profiles_topic, u))
+        .collect();
     let dead_count = dead.len() as u64;
     for d in dead {
         txn.push_outbox(d.to_bytes());
@@ -395,6 +405,9 @@ fn apply_signals(
         txn.set_offset(&topic, partition, next);
     }
     txn.commit()?;
+    for (key, record) in rendered {
+        outbox.rendered(key, record);
+    }
     pacer.observe(touched, closing.elapsed());
     Ok((out, dead_count, used))
 }
@@ -404,14 +417,14 @@ fn apply_signals(
 fn apply_command(
     resolver: &Resolver,
     store: &dyn GraphStore,
-    cache: &mut StateCache,
+    state: &mut StageState,
     config: &ResolverConfig,
     r: &Record,
 ) -> Result<(Option<CommandOutcome>, u64)> {
     if !unapplied(store, &BTreeMap::new(), r)? {
         return Ok((None, 0));
     }
-    let mut txn = Txn::begin_cached(store, cache)?;
+    let mut txn = Txn::begin_cached(store, &mut state.cache)?;
     txn.set_offset(&r.topic, r.partition, r.offset + 1);
     let command = match decode_command(r) {
         Ok(c) => c,
@@ -433,6 +446,7 @@ fn apply_command(
         }
     };
     push_changes(&mut txn, config, &outcome.changes);
+    let mut rendered = Vec::new();
     for canonical_id in &outcome.profiles {
         let Some(root) = txn.root_of_canonical(&command.tenant, canonical_id)? else {
             continue;
@@ -444,11 +458,18 @@ fn apply_command(
                 cause: Some(command.id.clone()),
                 received_at: Some(command.requested_at),
             };
-            push_update(&mut txn, config, &update);
+            rendered.push(outbox::push_update(
+                &mut txn,
+                &config.profiles_topic,
+                &update,
+            ));
         }
     }
     txn.put_command_outcome(&outcome);
     txn.commit()?;
+    for (key, record) in rendered {
+        state.outbox.rendered(key, record);
+    }
     tracing::info!(
         op = command.op.name(),
         status = ?outcome.status,
@@ -460,17 +481,8 @@ fn apply_command(
 
 fn push_changes(txn: &mut Txn, config: &ResolverConfig, changes: &[IdentityChange]) {
     for change in changes {
-        let value = serde_json::to_vec(change).expect("IdentityChange serialises");
-        txn.push_outbox(
-            OutRecord::new(&config.changes_topic, change.canonical_id.as_bytes(), value).to_bytes(),
-        );
+        outbox::push_change(txn, &config.changes_topic, change);
     }
-}
-
-fn push_update(txn: &mut Txn, config: &ResolverConfig, update: &ProfileUpdate) {
-    let value = serde_json::to_vec(update).expect("ProfileUpdate serialises");
-    let key = update.profile.canonical_id.as_bytes();
-    txn.push_outbox(OutRecord::new(&config.profiles_topic, key, value).to_bytes());
 }
 
 /// The outcome of the command `id`, once the resolver has applied it.
@@ -479,67 +491,6 @@ pub fn command_outcome(store: &dyn GraphStore, id: &str) -> Result<Option<Comman
         .get(Cf::Commands, id.as_bytes())?
         .map(|b| crate::txn::decode_json(Cf::Commands, &b))
         .transpose()
-}
-
-/// Where the next [`OutboxCursor::send`] starts reading: the key after the last record sent.
-/// Outbox keys are sequence numbers that only grow, and published records are deleted, so
-/// nothing live lies below it. Reading from the start instead would step over every deletion
-/// RocksDB has not compacted away yet, more with each batch: at a few thousand signals a second
-/// that walk was most of the resolver's CPU. Starts at the beginning, so a restart publishes
-/// whatever the last run left.
-#[derive(Debug, Default)]
-pub struct OutboxCursor {
-    next: Vec<u8>,
-    /// Keys sent and not yet known delivered, removed from the outbox by [`Self::confirm`].
-    sent: Vec<Vec<u8>>,
-}
-
-impl OutboxCursor {
-    /// Hands the producer everything in the outbox from the cursor on, in order, without
-    /// waiting for delivery. Returns how many records.
-    pub fn send(&mut self, store: &dyn GraphStore, producer: &mut dyn Producer) -> Result<u64> {
-        let pending = store.scan_from(Cf::Outbox, &self.next)?;
-        let Some((last, _)) = pending.last() else {
-            return Ok(0);
-        };
-        // The smallest key after `last`.
-        let mut next = last.clone();
-        next.push(0);
-        let n = pending.len() as u64;
-        for (key, bytes) in pending {
-            let record = OutRecord::from_bytes(&bytes).ok_or(crate::ResolverError::Corrupt {
-                cf: "outbox",
-                detail: "undecodable record".into(),
-            })?;
-            producer.send(record)?;
-            self.sent.push(key);
-        }
-        self.next = next;
-        Ok(n)
-    }
-
-    /// Waits until every record sent is delivered, then removes them from the outbox. Until
-    /// then they stay, and a restart sends them again.
-    pub fn confirm(&mut self, store: &dyn GraphStore, producer: &mut dyn Producer) -> Result<()> {
-        if self.sent.is_empty() {
-            return Ok(());
-        }
-        producer.flush()?;
-        let deletes = self.sent.drain(..).map(|k| (Cf::Outbox, k, None)).collect();
-        store.write(deletes)
-    }
-}
-
-/// Publishes everything in the outbox from `cursor` on, in order, waits for its delivery, then
-/// removes it. Returns how many records.
-pub fn publish_outbox(
-    store: &dyn GraphStore,
-    producer: &mut dyn Producer,
-    cursor: &mut OutboxCursor,
-) -> Result<u64> {
-    let n = cursor.send(store, producer)?;
-    cursor.confirm(store, producer)?;
-    Ok(n)
 }
 
 /// The next offset the resolver will apply for an input partition.
@@ -608,82 +559,4 @@ pub fn decode_signal(r: &Record) -> Result<Signal, Rejection> {
         ));
     }
     Ok(signal)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::{MemStore, RocksStore};
-    use cdp_bus::embedded::EmbeddedBus;
-
-    fn queue(store: &dyn GraphStore, seqs: std::ops::Range<u64>) {
-        let ops = seqs
-            .map(|seq| {
-                let record = OutRecord::new("out", Vec::new(), seq.to_string().into_bytes());
-                (
-                    Cf::Outbox,
-                    seq.to_be_bytes().to_vec(),
-                    Some(record.to_bytes()),
-                )
-            })
-            .collect();
-        store.write(ops).unwrap();
-    }
-
-    fn published(bus: &EmbeddedBus) -> Vec<String> {
-        let mut c = bus
-            .consumer(ConsumerOptions::group("check", &["out"]))
-            .unwrap();
-        c.poll(100, Duration::from_millis(10))
-            .unwrap()
-            .into_iter()
-            .map(|r| String::from_utf8(r.value.unwrap()).unwrap())
-            .collect()
-    }
-
-    #[test]
-    fn the_outbox_is_published_once_in_order_from_where_the_last_publish_ended() {
-        let dir = tempfile::tempdir().unwrap();
-        let rocks = RocksStore::open(&dir.path().join("graph")).unwrap();
-        let memory = MemStore::default();
-        for (name, store) in [("rocksdb", &rocks as &dyn GraphStore), ("memory", &memory)] {
-            let bus_dir = tempfile::tempdir().unwrap();
-            let bus = EmbeddedBus::open(bus_dir.path()).unwrap();
-            bus.create_topic("out", 1).unwrap();
-            let mut producer = bus.producer().unwrap();
-            let mut cursor = OutboxCursor::default();
-
-            queue(store, 0..3);
-            assert_eq!(
-                publish_outbox(store, producer.as_mut(), &mut cursor).unwrap(),
-                3
-            );
-            assert_eq!(
-                publish_outbox(store, producer.as_mut(), &mut cursor).unwrap(),
-                0
-            );
-            queue(store, 3..5);
-            assert_eq!(
-                publish_outbox(store, producer.as_mut(), &mut cursor).unwrap(),
-                2
-            );
-            assert!(
-                store.scan_prefix(Cf::Outbox, b"").unwrap().is_empty(),
-                "{name}"
-            );
-
-            // What a run queued but did not publish goes out after a restart (a fresh cursor).
-            queue(store, 5..7);
-            let mut restarted = OutboxCursor::default();
-            assert_eq!(
-                publish_outbox(store, producer.as_mut(), &mut restarted).unwrap(),
-                2
-            );
-            assert_eq!(
-                published(&bus),
-                ["0", "1", "2", "3", "4", "5", "6"],
-                "{name}"
-            );
-        }
-    }
 }

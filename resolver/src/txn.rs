@@ -111,14 +111,23 @@ impl<'s> Txn<'s> {
         let node = self.next_node;
         self.next_node += 1;
         self.ids.put(id_key(tenant, id), Some(node));
-        self.nodes.put(
+        self.nodes.put_new(
             node,
-            Some(NodeRecord {
+            NodeRecord {
                 tenant: tenant.to_string(),
                 identifier: id.clone(),
-            }),
+            },
         );
         node
+    }
+
+    /// Founds the profile of a node created in this transaction under its new canonical id.
+    /// Neither key holds anything in the store, so if a merge retires the profile before
+    /// commit (the usual fate of a new identifier's profile), nothing is written for it.
+    pub fn found_profile(&mut self, node: NodeId, profile: Profile) {
+        let canon = tenant_key(&profile.tenant, &profile.canonical_id);
+        self.canon.put_new(canon, node);
+        self.profiles.put_new(node, profile);
     }
 
     pub fn node(&mut self, node: NodeId) -> Result<Option<NodeRecord>> {
@@ -351,12 +360,13 @@ impl<'s> Txn<'s> {
         self.match_records.put(node, record);
     }
 
-    /// Queues an encoded output record in the outbox, in order.
-    pub fn push_outbox(&mut self, encoded: Vec<u8>) {
+    /// Queues an encoded outbox entry ([`crate::outbox`]), in order. Returns its key.
+    pub fn push_outbox(&mut self, encoded: Vec<u8>) -> Vec<u8> {
         let seq = self.next_outbox;
         self.next_outbox += 1;
-        self.extra
-            .push((Cf::Outbox, seq.to_be_bytes().to_vec(), Some(encoded)));
+        let key = seq.to_be_bytes().to_vec();
+        self.extra.push((Cf::Outbox, key.clone(), Some(encoded)));
+        key
     }
 
     /// Stores the next offset to apply for an input partition.

@@ -6,9 +6,7 @@ mod support;
 
 use cdp_bus::Record;
 use cdp_proto::{Identifier, IdentifierKind, Source};
-use cdp_resolver::pacer::BatchPacer;
-use cdp_resolver::stage::{apply_next, apply_records, stored_offset};
-use cdp_resolver::state_cache::StateCache;
+use cdp_resolver::stage::{apply_next, apply_records, stored_offset, StageState};
 use cdp_resolver::store::Cf;
 use cdp_resolver::{MemStore, Resolver, ResolverConfig};
 use support::signal;
@@ -62,13 +60,11 @@ fn a_poll_cut_by_the_budget_leaves_the_state_of_one_batch() {
     apply_records(&resolver, &reference, &whole, &records).unwrap();
 
     let cut = MemStore::default();
-    let mut cache = StateCache::new(0);
-    let mut pacer = BatchPacer::new(&budgeted);
+    let mut state = StageState::new(&budgeted);
     let mut rest = &records[..];
     let mut batches = Vec::new();
     while !rest.is_empty() {
-        let (applied, used) =
-            apply_next(&resolver, &cut, &mut cache, &mut pacer, &budgeted, rest).unwrap();
+        let (applied, used) = apply_next(&resolver, &cut, &mut state, &budgeted, rest).unwrap();
         assert!(used >= 1 && used <= rest.len());
         assert_eq!(applied.dead, 0);
         rest = &rest[used..];

@@ -108,12 +108,7 @@ fn profile(store: &dyn GraphStore, i: &Identifier) -> Profile {
 }
 
 fn outbox(store: &dyn GraphStore) -> Vec<OutRecord> {
-    store
-        .scan_prefix(Cf::Outbox, b"")
-        .unwrap()
-        .into_iter()
-        .map(|(_, v)| OutRecord::from_bytes(&v).unwrap())
-        .collect()
+    cdp_resolver::outbox::records(store).unwrap()
 }
 
 fn changes(store: &dyn GraphStore) -> Vec<IdentityChange> {

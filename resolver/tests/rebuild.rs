@@ -66,11 +66,9 @@ fn run(store: &dyn GraphStore, policy: PolicyConfig, apply: bool) -> RebuildRepo
 }
 
 fn changes(store: &dyn GraphStore) -> Vec<IdentityChange> {
-    store
-        .scan_prefix(Cf::Outbox, b"")
+    cdp_resolver::outbox::records(store)
         .unwrap()
         .into_iter()
-        .map(|(_, v)| cdp_bus::OutRecord::from_bytes(&v).unwrap())
         .filter(|r| r.topic == "cdp.identity.changes")
         .map(|r| serde_json::from_slice(r.value.as_deref().unwrap()).unwrap())
         .collect()

@@ -1,0 +1,383 @@
+//! The resolver's outbox: the records a batch must publish, committed in the same atomic write
+//! as the state that produced them and published after it ([`crate::stage`]).
+//!
+//! Identity changes and dead letters are kept whole. A profile update is kept as a reference
+//! ([`UpdateRef`]: topic, tenant, canonical id, cause, arrival time) because its body is the
+//! profile as committed, which the store holds anyway: copied into the outbox, update bodies
+//! were most of the bytes a batch wrote (1.8 KiB each, written once and deleted once). The stage
+//! publishes the body it rendered when it committed the batch ([`OutboxCursor::rendered`]);
+//! a reference still in the outbox after a restart is rendered from the store's current profile,
+//! at that version or a newer one, which consumers keeping the newest version treat alike.
+
+use crate::codec::{decode_update_ref, encode_update_ref, UPDATE_REF};
+use crate::store::{Cf, GraphStore};
+use crate::txn::Txn;
+use crate::{ResolverError, Result};
+use cdp_bus::{OutRecord, Producer};
+use cdp_proto::{IdentityChange, ProfileUpdate, Timestamp};
+use std::collections::HashMap;
+
+/// A profile update named in the outbox: the profile is read when it is published.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdateRef {
+    pub topic: String,
+    pub tenant: String,
+    pub canonical_id: String,
+    pub cause: Option<String>,
+    pub received_at: Option<Timestamp>,
+}
+
+/// Queues `change` for `topic` in `txn`'s outbox.
+pub fn push_change(txn: &mut Txn, topic: &str, change: &IdentityChange) {
+    let value = serde_json::to_vec(change).expect("IdentityChange serialises");
+    txn.push_outbox(OutRecord::new(topic, change.canonical_id.as_bytes(), value).to_bytes());
+}
+
+/// Queues `update` for `topic` in `txn`'s outbox as a reference. Returns its outbox key and the
+/// record to publish once the transaction is committed.
+pub fn push_update(txn: &mut Txn, topic: &str, update: &ProfileUpdate) -> (Vec<u8>, OutRecord) {
+    let reference = UpdateRef {
+        topic: topic.to_string(),
+        tenant: update.profile.tenant.clone(),
+        canonical_id: update.profile.canonical_id.clone(),
+        cause: update.cause.clone(),
+        received_at: update.received_at,
+    };
+    let key = txn.push_outbox(encode_update_ref(&reference));
+    (key, update_record(topic, update))
+}
+
+/// The record a profile update is published as.
+pub fn update_record(topic: &str, update: &ProfileUpdate) -> OutRecord {
+    let value = serde_json::to_vec(update).expect("ProfileUpdate serialises");
+    OutRecord::new(topic, update.profile.canonical_id.as_bytes(), value)
+}
+
+/// The update `reference` names, rendered from the profile the store holds now (following a
+/// retired id to its survivor); `None` when the profile is gone (forgotten: its deletion is
+/// in the outbox after it).
+pub fn render(store: &dyn GraphStore, reference: &UpdateRef) -> Result<Option<OutRecord>> {
+    let profile =
+        crate::lookup::profile_by_canonical(store, &reference.tenant, &reference.canonical_id)?;
+    Ok(profile.map(|profile| {
+        let update = ProfileUpdate {
+            version: profile.version,
+            profile,
+            cause: reference.cause.clone(),
+            received_at: reference.received_at,
+        };
+        update_record(&reference.topic, &update)
+    }))
+}
+
+/// An outbox entry as stored: a whole record, or a reference to a profile update.
+enum Entry {
+    Record(OutRecord),
+    Update(UpdateRef),
+}
+
+fn decode(bytes: &[u8]) -> Result<Entry> {
+    let corrupt = |detail: String| ResolverError::Corrupt {
+        cf: "outbox",
+        detail,
+    };
+    if bytes.first() == Some(&UPDATE_REF) {
+        return decode_update_ref(bytes)
+            .map(Entry::Update)
+            .map_err(|e| corrupt(e.to_string()));
+    }
+    OutRecord::from_bytes(bytes)
+        .map(Entry::Record)
+        .ok_or_else(|| corrupt("undecodable record".into()))
+}
+
+/// Everything the outbox holds, in order, as it would be published now (references rendered
+/// from the store).
+pub fn records(store: &dyn GraphStore) -> Result<Vec<OutRecord>> {
+    let mut out = Vec::new();
+    for (_, bytes) in store.scan_prefix(Cf::Outbox, b"")? {
+        match decode(&bytes)? {
+            Entry::Record(r) => out.push(r),
+            Entry::Update(u) => out.extend(render(store, &u)?),
+        }
+    }
+    Ok(out)
+}
+
+/// Where the next [`OutboxCursor::send`] starts reading: the key after the last record sent.
+/// Outbox keys are sequence numbers that only grow, and published records are deleted, so
+/// nothing live lies below it. Reading from the start instead would step over every deletion
+/// RocksDB has not compacted away yet, more with each batch: at a few thousand signals a second
+/// that walk was most of the resolver's CPU. Starts at the beginning, so a restart publishes
+/// whatever the last run left.
+#[derive(Debug, Default)]
+pub struct OutboxCursor {
+    next: Vec<u8>,
+    /// Keys sent and not yet known delivered, removed from the outbox by [`Self::confirm`].
+    sent: Vec<Vec<u8>>,
+    /// Bodies of the update references committed since the last send, by outbox key.
+    rendered: HashMap<Vec<u8>, OutRecord>,
+}
+
+impl OutboxCursor {
+    /// Keeps the body of the update queued under `key` for the next [`Self::send`], once the
+    /// transaction that queued it is committed; without it the body is rendered from the store.
+    pub fn rendered(&mut self, key: Vec<u8>, record: OutRecord) {
+        self.rendered.insert(key, record);
+    }
+
+    /// Hands the producer everything in the outbox from the cursor on, in order, without
+    /// waiting for delivery. Returns how many records.
+    pub fn send(&mut self, store: &dyn GraphStore, producer: &mut dyn Producer) -> Result<u64> {
+        let pending = store.scan_from(Cf::Outbox, &self.next)?;
+        let mut n = 0;
+        if let Some((last, _)) = pending.last() {
+            // The smallest key after `last`.
+            let mut next = last.clone();
+            next.push(0);
+            for (key, bytes) in pending {
+                let record = match decode(&bytes)? {
+                    Entry::Record(r) => Some(r),
+                    Entry::Update(u) => match self.rendered.remove(&key) {
+                        Some(r) => Some(r),
+                        None => render(store, &u)?,
+                    },
+                };
+                if let Some(record) = record {
+                    producer.send(record)?;
+                    n += 1;
+                }
+                self.sent.push(key);
+            }
+            self.next = next;
+        }
+        // Anything left was never committed.
+        self.rendered.clear();
+        Ok(n)
+    }
+
+    /// Waits until every record sent is delivered, then removes them from the outbox. Until
+    /// then they stay, and a restart sends them again.
+    pub fn confirm(&mut self, store: &dyn GraphStore, producer: &mut dyn Producer) -> Result<()> {
+        if self.sent.is_empty() {
+            return Ok(());
+        }
+        producer.flush()?;
+        let deletes = self.sent.drain(..).map(|k| (Cf::Outbox, k, None)).collect();
+        store.write(deletes)
+    }
+}
+
+/// Publishes everything in the outbox from `cursor` on, in order, waits for its delivery, then
+/// removes it. Returns how many records.
+pub fn publish_outbox(
+    store: &dyn GraphStore,
+    producer: &mut dyn Producer,
+    cursor: &mut OutboxCursor,
+) -> Result<u64> {
+    let n = cursor.send(store, producer)?;
+    cursor.confirm(store, producer)?;
+    Ok(n)
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{MemStore, RocksStore};
+    use cdp_bus::embedded::EmbeddedBus;
+    use cdp_bus::{Bus, ConsumerOptions};
+    use std::time::Duration;
+
+    fn queue(store: &dyn GraphStore, seqs: std::ops::Range<u64>) {
+        let ops = seqs
+            .map(|seq| {
+                let record = OutRecord::new("out", Vec::new(), seq.to_string().into_bytes());
+                (
+                    Cf::Outbox,
+                    seq.to_be_bytes().to_vec(),
+                    Some(record.to_bytes()),
+                )
+            })
+            .collect();
+        store.write(ops).unwrap();
+    }
+
+    fn published(bus: &EmbeddedBus) -> Vec<String> {
+        let mut c = bus
+            .consumer(ConsumerOptions::group("check", &["out"]))
+            .unwrap();
+        c.poll(100, Duration::from_millis(10))
+            .unwrap()
+            .into_iter()
+            .map(|r| String::from_utf8(r.value.unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn the_outbox_is_published_once_in_order_from_where_the_last_publish_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = RocksStore::open(&dir.path().join("graph")).unwrap();
+        let memory = MemStore::default();
+        for (name, store) in [("rocksdb", &rocks as &dyn GraphStore), ("memory", &memory)] {
+            let bus_dir = tempfile::tempdir().unwrap();
+            let bus = EmbeddedBus::open(bus_dir.path()).unwrap();
+            bus.create_topic("out", 1).unwrap();
+            let mut producer = bus.producer().unwrap();
+            let mut cursor = OutboxCursor::default();
+
+            queue(store, 0..3);
+            assert_eq!(
+                publish_outbox(store, producer.as_mut(), &mut cursor).unwrap(),
+                3
+            );
+            assert_eq!(
+                publish_outbox(store, producer.as_mut(), &mut cursor).unwrap(),
+                0
+            );
+            queue(store, 3..5);
+            assert_eq!(
+                publish_outbox(store, producer.as_mut(), &mut cursor).unwrap(),
+                2
+            );
+            assert!(
+                store.scan_prefix(Cf::Outbox, b"").unwrap().is_empty(),
+                "{name}"
+            );
+
+            // What a run queued but did not publish goes out after a restart (a fresh cursor).
+            queue(store, 5..7);
+            let mut restarted = OutboxCursor::default();
+            assert_eq!(
+                publish_outbox(store, producer.as_mut(), &mut restarted).unwrap(),
+                2
+            );
+            assert_eq!(
+                published(&bus),
+                ["0", "1", "2", "3", "4", "5", "6"],
+                "{name}"
+            );
+        }
+    }
+
+    fn profile(canonical_id: &str, version: u64) -> cdp_proto::Profile {
+        let at = cdp_proto::time::from_millis(1_700_000_000_000);
+        let id = cdp_proto::Identifier::new(cdp_proto::IdentifierKind::UserId, canonical_id);
+        let mut p = cdp_proto::Profile::new("acme", canonical_id, vec![id], at);
+        p.version = version;
+        p
+    }
+
+    fn update(p: &cdp_proto::Profile, cause: &str) -> ProfileUpdate {
+        ProfileUpdate {
+            version: p.version,
+            profile: p.clone(),
+            cause: Some(cause.into()),
+            received_at: Some(p.created_at),
+        }
+    }
+
+    /// Commits `p` at node `root` with an update referring to it; returns the reference's key
+    /// and the body the stage would publish.
+    fn commit_update(
+        store: &dyn GraphStore,
+        root: u64,
+        p: &cdp_proto::Profile,
+    ) -> (Vec<u8>, OutRecord) {
+        let mut txn = Txn::begin(store).unwrap();
+        txn.set_canonical(&p.tenant, &p.canonical_id, Some(root));
+        txn.put_profile(root, Some(p.clone()));
+        let queued = push_update(&mut txn, "cdp.profiles", &update(p, "e1"));
+        txn.commit().unwrap();
+        queued
+    }
+
+    fn versions(records: &[OutRecord]) -> Vec<(String, u64)> {
+        records
+            .iter()
+            .map(|r| {
+                let u: ProfileUpdate = serde_json::from_slice(r.value.as_deref().unwrap()).unwrap();
+                (u.profile.canonical_id, u.version)
+            })
+            .collect()
+    }
+
+    /// Collects what is sent; `flush` does nothing.
+    #[derive(Default)]
+    struct Sent(Vec<OutRecord>);
+
+    impl Producer for Sent {
+        fn send(&mut self, record: OutRecord) -> cdp_bus::Result<()> {
+            self.0.push(record);
+            Ok(())
+        }
+        fn flush(&mut self) -> cdp_bus::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_update_is_kept_as_a_reference_and_published_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = RocksStore::open(&dir.path().join("graph")).unwrap();
+        let memory = MemStore::default();
+        for (name, store) in [("rocksdb", &rocks as &dyn GraphStore), ("memory", &memory)] {
+            let ann = profile("cdp_ann", 1);
+            let (key, body) = commit_update(store, 1, &ann);
+            let stored = store.get(Cf::Outbox, &key).unwrap().unwrap();
+            assert!(
+                stored.len() < 64,
+                "{name}: the outbox holds a reference, not the body"
+            );
+            // The body is the update as the stage built it, whichever way it is published.
+            assert_eq!(body, update_record("cdp.profiles", &update(&ann, "e1")));
+            assert_eq!(records(store).unwrap(), vec![body.clone()], "{name}");
+
+            // The stage publishes the body it kept, not a rendering from the store.
+            let mut cursor = OutboxCursor::default();
+            let kept = OutRecord::new("cdp.profiles", b"cdp_ann".to_vec(), b"kept".to_vec());
+            cursor.rendered(key, kept.clone());
+            let mut sent = Sent::default();
+            assert_eq!(publish_outbox(store, &mut sent, &mut cursor).unwrap(), 1);
+            assert_eq!(sent.0, vec![kept], "{name}");
+            assert!(records(store).unwrap().is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn after_a_restart_references_are_rendered_from_the_current_profile() {
+        let store = MemStore::default();
+        // Two batches updated Ann (versions 1 and 2) and one updated Ben, who was then
+        // erased: nothing was published before the restart.
+        commit_update(&store, 1, &profile("cdp_ann", 1));
+        commit_update(&store, 1, &profile("cdp_ann", 2));
+        let ben = profile("cdp_ben", 1);
+        commit_update(&store, 2, &ben);
+        let mut txn = Txn::begin(&store).unwrap();
+        txn.set_canonical("acme", "cdp_ben", None);
+        txn.put_profile(2, None);
+        txn.commit().unwrap();
+
+        let mut sent = Sent::default();
+        let n = publish_outbox(&store, &mut sent, &mut OutboxCursor::default()).unwrap();
+        // Ann at her current version for both references (consumers keep the newest and drop
+        // the repeat); nothing for Ben, whose profile is gone.
+        assert_eq!(n, 2);
+        let ann = ("cdp_ann".to_string(), 2);
+        assert_eq!(versions(&sent.0), vec![ann.clone(), ann]);
+        assert!(store.scan_prefix(Cf::Outbox, b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_reference_is_an_error_not_a_panic() {
+        let store = MemStore::default();
+        let ops = vec![(
+            Cf::Outbox,
+            0u64.to_be_bytes().to_vec(),
+            Some(vec![UPDATE_REF, 9]),
+        )];
+        store.write(ops).unwrap();
+        assert!(matches!(
+            records(&store),
+            Err(ResolverError::Corrupt { cf: "outbox", .. })
+        ));
+    }
+}
