@@ -22,6 +22,7 @@ use cdp_activation::Activation;
 use cdp_bus::{Bus, OutRecord, Producer};
 use cdp_proto::{Identifier, IdentifierKind, NormalizeOptions, Profile};
 use cdp_resolver::command::{CommandOp, Target};
+use cdp_resolver::lookup::{Changes, Stamps};
 use cdp_resolver::GraphStore;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -373,29 +374,44 @@ pub async fn profile_by_canonical(
 ) -> ApiResult {
     let caller = api.auth.caller(&credentials, &[Scope::Read])?;
     canonical(&id)?;
-    let Some(tier) = &api.tier else {
-        // Point reads, on this worker (see `blocking`).
-        let profile =
-            cdp_resolver::lookup::profile_by_canonical(api.store.as_ref(), &caller.tenant, &id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| ApiError::profile_not_found(&id))?;
-        return canonical_answer(&id, &profile).map(|(r, _)| r);
+    let (store, tenant) = (api.store.as_ref(), caller.tenant.as_str());
+    let key = cdp_resolver::txn::tenant_key(tenant, &id);
+    tiered_lookup(
+        api.tier.as_deref(),
+        Lookup::Canonical(&key),
+        || cdp_resolver::lookup::profile_by_canonical(store, tenant, &id),
+        |changes| cdp_resolver::lookup::watched::profile_by_canonical(store, changes, tenant, &id),
+        || ApiError::profile_not_found(&id),
+        |profile| canonical_answer(&id, profile),
+    )
+}
+
+/// A profile lookup, answered on this worker (point reads, see `blocking`). With a read tier
+/// (`http.read_tier_mb`) a current answer it holds is returned as it is; otherwise the store is
+/// read (`watched`: noting what was read, so the tier can tell when the answer goes stale) and
+/// `answer` makes the response, and the body the tier may keep (none for a redirect).
+fn tiered_lookup(
+    tier: Option<&ReadTier>,
+    lookup: Lookup<'_>,
+    unwatched: impl FnOnce() -> cdp_resolver::Result<Option<Profile>>,
+    watched: impl FnOnce(&Changes) -> cdp_resolver::Result<(Option<Profile>, Stamps)>,
+    not_found: impl FnOnce() -> ApiError,
+    answer: impl FnOnce(&Profile) -> Result<(Response, Option<Bytes>), ApiError>,
+) -> ApiResult {
+    let Some(tier) = tier else {
+        let profile = unwatched()
+            .map_err(ApiError::internal)?
+            .ok_or_else(not_found)?;
+        return answer(&profile).map(|(response, _)| response);
     };
-    let key = cdp_resolver::txn::tenant_key(&caller.tenant, &id);
-    if let Some(body) = tier.get(Lookup::Canonical(&key)) {
+    if let Some(body) = tier.get(lookup) {
         return Ok(json_body(body));
     }
-    let (profile, stamps) = cdp_resolver::lookup::watched::profile_by_canonical(
-        api.store.as_ref(),
-        tier.changes(),
-        &caller.tenant,
-        &id,
-    )
-    .map_err(ApiError::internal)?;
-    let profile = profile.ok_or_else(|| ApiError::profile_not_found(&id))?;
-    let (response, body) = canonical_answer(&id, &profile)?;
+    let (profile, stamps) = watched(tier.changes()).map_err(ApiError::internal)?;
+    let profile = profile.ok_or_else(not_found)?;
+    let (response, body) = answer(&profile)?;
     if let Some(body) = body {
-        tier.put(Lookup::Canonical(&key), body, stamps);
+        tier.put(lookup, body, stamps);
     }
     Ok(response)
 }
@@ -481,29 +497,19 @@ async fn identifier_lookup(
 ) -> ApiResult {
     let caller = api.auth.caller(&credentials, &[Scope::Read])?;
     let id = identifier(&api, &kind, &value)?;
-    let Some(tier) = &api.tier else {
-        // Point reads, on this worker (see `blocking`).
-        let profile =
-            cdp_resolver::lookup::profile_by_identifier(api.store.as_ref(), &caller.tenant, &id)
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| ApiError::profile_not_found(&id))?;
-        return Ok(json_body(json_bytes(&profile)?));
-    };
-    let key = cdp_resolver::txn::id_key(&caller.tenant, &id);
-    if let Some(body) = tier.get(Lookup::Identifier(&key)) {
-        return Ok(json_body(body));
-    }
-    let (profile, stamps) = cdp_resolver::lookup::watched::profile_by_identifier(
-        api.store.as_ref(),
-        tier.changes(),
-        &caller.tenant,
-        &id,
+    let (store, tenant) = (api.store.as_ref(), caller.tenant.as_str());
+    let key = cdp_resolver::txn::id_key(tenant, &id);
+    tiered_lookup(
+        api.tier.as_deref(),
+        Lookup::Identifier(&key),
+        || cdp_resolver::lookup::profile_by_identifier(store, tenant, &id),
+        |changes| cdp_resolver::lookup::watched::profile_by_identifier(store, changes, tenant, &id),
+        || ApiError::profile_not_found(&id),
+        |profile| {
+            let body = json_bytes(profile)?;
+            Ok((json_body(body.clone()), Some(body)))
+        },
     )
-    .map_err(ApiError::internal)?;
-    let profile = profile.ok_or_else(|| ApiError::profile_not_found(&id))?;
-    let body = json_bytes(&profile)?;
-    tier.put(Lookup::Identifier(&key), body.clone(), stamps);
-    Ok(json_body(body))
 }
 
 /// `value` as JSON, written into a buffer the size of a typical profile (axum's `Json` starts

@@ -6,7 +6,8 @@
 
 use std::io;
 
-/// Sets the calling thread's niceness to `nice` (0 leaves it as it is).
+/// Raises the calling thread's niceness to `nice` (0, or a thread already at `nice` or above,
+/// is left as it is: a process started niced stays as niced as its operator made it).
 pub fn lower_this_thread(nice: i32) -> io::Result<()> {
     if nice == 0 {
         return Ok(());
@@ -16,8 +17,9 @@ pub fn lower_this_thread(nice: i32) -> io::Result<()> {
     set_nice(tid, nice)
 }
 
-/// Sets the niceness of every thread of this process whose name starts with `prefix` (RocksDB
-/// names its background threads `rocksdb:low`, `rocksdb:high`, ...). Returns how many.
+/// Raises the niceness of every thread of this process whose name starts with `prefix` to
+/// `nice`, as [`lower_this_thread`] does (RocksDB names its background threads `rocksdb:low`,
+/// `rocksdb:high`, ...). Returns how many threads matched.
 pub fn lower_threads_named(prefix: &str, nice: i32) -> io::Result<usize> {
     if nice == 0 {
         return Ok(0);
@@ -41,8 +43,21 @@ pub fn lower_threads_named(prefix: &str, nice: i32) -> io::Result<usize> {
 }
 
 fn set_nice(tid: libc::pid_t, nice: i32) -> io::Result<()> {
-    // On Linux a thread id names that one thread for setpriority(PRIO_PROCESS, ...).
-    // SAFETY: plain system call on integers.
+    // On Linux a thread id names that one thread for {get,set}priority(PRIO_PROCESS, ...).
+    // getpriority may return -1 as a niceness, so errno tells an error apart.
+    // SAFETY: plain system calls on integers; errno is this thread's.
+    let current = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t)
+    };
+    if current == -1 && io::Error::last_os_error().raw_os_error() != Some(0) {
+        return Err(io::Error::last_os_error());
+    }
+    if current >= nice {
+        // Lowering the niceness would raise the priority (and needs privileges): never.
+        return Ok(());
+    }
+    // SAFETY: as above.
     let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
     if rc == 0 {
         Ok(())
@@ -84,6 +99,20 @@ mod tests {
         .unwrap();
         // The spawning thread is untouched.
         assert_eq!(nice_of(unsafe { libc::gettid() }), base);
+    }
+
+    #[test]
+    fn a_thread_already_lower_stays_where_it_is() {
+        let (_, lower) = base_and_lower(8);
+        let (_, less) = base_and_lower(3);
+        std::thread::spawn(move || {
+            lower_this_thread(lower).unwrap();
+            // Asked for less than it has: no error, and no change.
+            lower_this_thread(less).unwrap();
+            assert_eq!(nice_of(unsafe { libc::gettid() }), lower);
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

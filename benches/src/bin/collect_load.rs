@@ -12,59 +12,38 @@
 
 use base64::Engine;
 use cdp_benches::{peak_rss_bytes, percentile};
+use clap::Parser;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[derive(Parser)]
+#[command(about = "Load on the collector: Segment batches posted to /v1/batch")]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["cdp", "url"])))]
 struct Options {
-    url: Option<String>,
+    /// Start `cdp collect` from this binary on a fresh embedded data directory.
+    #[arg(long)]
     cdp: Option<String>,
+    /// Load a collector already running at http://HOST:PORT.
+    #[arg(long, requires = "write_key")]
+    url: Option<String>,
+    /// The write key batches are posted with.
+    #[arg(long, default_value = "wk_load_test")]
     write_key: String,
+    /// The running collector's process id, for its peak RSS (with --url).
+    #[arg(long, requires = "url")]
     pid: Option<u32>,
-    connections: usize,
-    batch: usize,
+    /// Keep-alive connections, each posting as fast as its answers come.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: u64,
+    /// Messages per batch.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: u64,
+    /// How long the load runs.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
-}
-
-fn usage() -> ! {
-    eprintln!(
-        "usage: collect_load (--cdp PATH | --url http://HOST:PORT --write-key KEY [--pid PID])\n\
-         \x20      [--connections N] [--batch MESSAGES] [--seconds S]"
-    );
-    std::process::exit(2)
-}
-
-fn options() -> Options {
-    let mut o = Options {
-        url: None,
-        cdp: None,
-        write_key: "wk_load_test".into(),
-        pid: None,
-        connections: 16,
-        batch: 20,
-        seconds: 10,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().unwrap_or_else(|| usage());
-        let number = || value.parse::<u64>().unwrap_or_else(|_| usage());
-        match flag.as_str() {
-            "--url" => o.url = Some(value.clone()),
-            "--cdp" => o.cdp = Some(value.clone()),
-            "--write-key" => o.write_key = value.clone(),
-            "--pid" => o.pid = Some(number() as u32),
-            "--connections" => o.connections = number().max(1) as usize,
-            "--batch" => o.batch = number().max(1) as usize,
-            "--seconds" => o.seconds = number().max(1),
-            _ => usage(),
-        }
-    }
-    if o.url.is_some() == o.cdp.is_some() {
-        usage();
-    }
-    o
 }
 
 /// `cdp collect` on a temporary data directory; killed when dropped.
@@ -234,7 +213,7 @@ fn mib(bytes: Option<u64>) -> String {
 }
 
 fn main() {
-    let o = options();
+    let o = Options::parse();
     let spawned = o
         .cdp
         .as_deref()
@@ -243,30 +222,30 @@ fn main() {
         (Some(c), _) => (c.addr, Some(c.child.id())),
         (None, Some(url)) => {
             let host = url.trim_start_matches("http://").trim_end_matches('/');
-            let addr = host
-                .to_socket_addrs()
-                .ok()
-                .and_then(|mut a| a.next())
-                .unwrap_or_else(|| usage());
+            let Some(addr) = host.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+                eprintln!("error: --url {url}: not an http://HOST:PORT address");
+                std::process::exit(2);
+            };
             (addr, o.pid)
         }
-        (None, None) => usage(),
+        (None, None) => unreachable!("clap requires --cdp or --url"),
     };
+    let batch = o.batch as usize;
     let auth = format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(format!("{}:", o.write_key))
     );
-    let sample_bytes = batch_body(0, 0, o.batch).len();
+    let sample_bytes = batch_body(0, 0, batch).len();
     println!(
         "collect_load: {} connections, {} messages per batch (~{} bytes), {} s against {addr}",
         o.connections, o.batch, sample_bytes, o.seconds
     );
     let started = Instant::now();
     let until = started + Duration::from_secs(o.seconds);
-    let threads: Vec<_> = (0..o.connections)
+    let threads: Vec<_> = (0..o.connections as usize)
         .map(|c| {
             let auth = auth.clone();
-            std::thread::spawn(move || drive(addr, &auth, c, o.batch, until))
+            std::thread::spawn(move || drive(addr, &auth, c, batch, until))
         })
         .collect();
     let mut latencies = Vec::new();

@@ -24,6 +24,7 @@
 //! while measuring (the load tool shares the machine, so its share is the server's loss).
 
 use cdp_benches::percentile;
+use clap::Parser;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,83 +37,60 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "bench-token";
 const TOKEN_SHA256: &str = "7137e16f75a1d75b6fd65930672814806cdc1a0d6e0aa38611afc996a402258b";
 
+#[derive(Parser)]
+#[command(about = "Profile lookups over HTTP on loopback while cdp ingests")]
 struct Options {
+    /// The cdp binary to serve.
+    #[arg(long, default_value_os_t = sibling_cdp())]
     cdp: PathBuf,
+    /// People resolved before the load starts.
+    #[arg(long, default_value_t = 20_000)]
     profiles: usize,
+    /// People ingested while the load runs (0: none).
+    #[arg(long, default_value_t = 20_000)]
     ingest_profiles: usize,
+    /// Requests offered per second.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     rate: u64,
-    connections: usize,
+    /// Keep-alive connections sharing the schedule.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    connections: u64,
+    /// How long the load runs.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
+    /// Requests due in the first seconds are left out of the percentiles.
+    #[arg(long, default_value_t = 3)]
     warmup_seconds: u64,
     /// `http.workers` of the server (its default when not given).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     workers: Option<u64>,
     /// `http.read_tier_mb` of the server (its default when not given).
+    #[arg(long)]
     read_tier_mb: Option<u64>,
     /// `http.pipeline_nice` of the server (its default when not given).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=19))]
     pipeline_nice: Option<u64>,
     /// Where the workloads and the store live; kept, and the resolved store reused, across runs.
+    #[arg(long)]
     work: Option<PathBuf>,
 }
 
-impl Options {
-    fn parse() -> Result<Self, String> {
-        let sibling = std::env::current_exe()
-            .map_err(|e| e.to_string())?
-            .with_file_name("cdp");
-        let mut o = Options {
-            cdp: sibling,
-            profiles: 20_000,
-            ingest_profiles: 20_000,
-            rate: 20_000,
-            connections: 32,
-            seconds: 20,
-            warmup_seconds: 3,
-            workers: None,
-            read_tier_mb: None,
-            pipeline_nice: None,
-            work: None,
-        };
-        let mut args = std::env::args().skip(1);
-        while let Some(flag) = args.next() {
-            let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
-            let number = || {
-                value
-                    .parse::<u64>()
-                    .map_err(|_| format!("{flag} {value:?} is not a number"))
-            };
-            match flag.as_str() {
-                "--cdp" => o.cdp = PathBuf::from(&value),
-                "--profiles" => o.profiles = number()? as usize,
-                "--ingest-profiles" => o.ingest_profiles = number()? as usize,
-                "--rate" => o.rate = number()?.max(1),
-                "--connections" => o.connections = number()?.max(1) as usize,
-                "--seconds" => o.seconds = number()?.max(1),
-                "--warmup-seconds" => o.warmup_seconds = number()?,
-                "--workers" => o.workers = Some(number()?.max(1)),
-                "--read-tier-mb" => o.read_tier_mb = Some(number()?),
-                "--pipeline-nice" => o.pipeline_nice = Some(number()?.min(19)),
-                "--work" => o.work = Some(PathBuf::from(&value)),
-                _ => return Err(format!("unknown flag {flag}")),
-            }
-        }
-        if !o.cdp.exists() {
-            return Err(format!(
-                "no cdp binary at {} (build it, or pass --cdp PATH)",
-                o.cdp.display()
-            ));
-        }
-        Ok(o)
-    }
+/// `cdp` next to this binary (both are built into the same target directory).
+fn sibling_cdp() -> PathBuf {
+    std::env::current_exe()
+        .map(|exe| exe.with_file_name("cdp"))
+        .unwrap_or_else(|_| PathBuf::from("cdp"))
 }
 
 fn main() {
-    let options = match Options::parse() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("error: {e}");
-            std::process::exit(2);
-        }
-    };
+    let options = Options::parse();
+    if !options.cdp.exists() {
+        eprintln!(
+            "error: no cdp binary at {} (build it, or pass --cdp PATH)",
+            options.cdp.display()
+        );
+        std::process::exit(2);
+    }
     if let Err(e) = run(&options) {
         eprintln!("error: {e}");
         std::process::exit(1);
@@ -175,7 +153,13 @@ fn run(o: &Options) -> Result<(), String> {
         o.warmup_seconds
     );
     if o.warmup_seconds > 0 {
-        load(addr, &requests, o.rate, o.connections, o.warmup_seconds);
+        load(
+            addr,
+            &requests,
+            o.rate,
+            o.connections as usize,
+            o.warmup_seconds,
+        );
     }
     let measured_from = Instant::now();
     let cpu_before = (
@@ -183,7 +167,7 @@ fn run(o: &Options) -> Result<(), String> {
         cpu_seconds(None, |_| true),
     );
     let listener_before = cpu_seconds(Some(server.pid()), is_listener);
-    let result = load(addr, &requests, o.rate, o.connections, o.seconds);
+    let result = load(addr, &requests, o.rate, o.connections as usize, o.seconds);
     let elapsed = measured_from.elapsed().as_secs_f64();
     let cpu = (
         cpu_seconds(Some(server.pid()), |_| true) - cpu_before.0,
