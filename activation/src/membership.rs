@@ -470,6 +470,7 @@ impl MembershipStore {
             next_outbox,
             kv: BTreeMap::new(),
             deliveries: BTreeMap::new(),
+            iters: Vec::new(),
         })
     }
 }
@@ -496,9 +497,39 @@ pub struct MembershipTxn<'s> {
     kv: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
     /// Per destination: next sequence number and the entries queued in this batch.
     deliveries: BTreeMap<String, (u64, Vec<Vec<u8>>)>,
+    /// One iterator per column family scanned, made at its first scan and sought again for
+    /// the next: making an iterator costs more than the scan of a person's few keys. Nothing
+    /// writes the store while a transaction is open (the stage is its only writer and commits
+    /// its transactions one at a time), so the view it was made at is the committed state.
+    iters: Vec<(&'static str, rocksdb::DBRawIteratorWithThreadMode<'s, DB>)>,
 }
 
-impl MembershipTxn<'_> {
+impl<'s> MembershipTxn<'s> {
+    /// The committed entries of `cf` under `prefix`, in key order.
+    fn scan(&mut self, cf: &'static str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let store = self.store;
+        let at = match self.iters.iter().position(|(name, _)| *name == cf) {
+            Some(at) => at,
+            None => {
+                self.iters
+                    .push((cf, store.db.raw_iterator_cf(store.cf(cf))));
+                self.iters.len() - 1
+            }
+        };
+        let it = &mut self.iters[at].1;
+        it.seek(prefix);
+        let mut out = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+            it.next();
+        }
+        it.status().map_err(storage)?;
+        Ok(out)
+    }
+
     pub fn state(
         &mut self,
         tenant: &str,
@@ -542,7 +573,7 @@ impl MembershipTxn<'_> {
         let mut prefix = pair_key(tenant, canonical_id);
         prefix.push(0);
         if self.loaded.insert((CF_MEMBERS, prefix.clone())) {
-            for (k, v) in self.store.scan(CF_MEMBERS, &prefix)? {
+            for (k, v) in self.scan(CF_MEMBERS, &prefix)? {
                 let state = decode(&v)?;
                 self.member_reads.insert(k, Some(state));
             }
@@ -551,7 +582,7 @@ impl MembershipTxn<'_> {
             let mut under = dest_prefix(dest.key());
             under.extend_from_slice(&prefix);
             if self.loaded.insert((CF_DEST_MEMBERS, under.clone())) {
-                for (k, v) in self.store.scan(CF_DEST_MEMBERS, &under)? {
+                for (k, v) in self.scan(CF_DEST_MEMBERS, &under)? {
                     self.kv_reads.insert((CF_DEST_MEMBERS, k), Some(v));
                 }
             }
@@ -577,7 +608,6 @@ impl MembershipTxn<'_> {
         prefix.extend_from_slice(canonical_id.as_bytes());
         prefix.push(0);
         let mut keys: Vec<Vec<u8>> = self
-            .store
             .scan(CF_MEMBERS, &prefix)?
             .into_iter()
             .map(|(k, _)| k)
@@ -713,7 +743,6 @@ impl MembershipTxn<'_> {
         prefix.extend_from_slice(&pair_key(tenant, canonical_id));
         prefix.push(0);
         let mut keys: Vec<Vec<u8>> = self
-            .store
             .scan(CF_DEST_MEMBERS, &prefix)?
             .into_iter()
             .map(|(k, _)| k)

@@ -28,11 +28,25 @@ use cdp_benches::{peak_rss_bytes, percentile, raw_records, signals};
 use cdp_bus::{OutRecord, Record};
 use cdp_ingest::IngestConfig;
 use cdp_proto::{ProfileUpdate, Timestamp};
-use cdp_resolver::store::Cf;
-use cdp_resolver::{GraphStore, MemStore, Resolver, ResolverConfig};
+use cdp_resolver::{MemStore, Resolver, ResolverConfig};
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+
+/// Keeps what the resolver publishes.
+#[derive(Default)]
+struct Published(Vec<OutRecord>);
+
+impl cdp_bus::Producer for Published {
+    fn send(&mut self, record: OutRecord) -> cdp_bus::Result<()> {
+        self.0.push(record);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> cdp_bus::Result<()> {
+        Ok(())
+    }
+}
 
 /// What the resolver publishes for `signals`, as records of the profiles and identity changes
 /// topics (one partition each, in publication order).
@@ -40,33 +54,34 @@ fn resolver_output(signals: &[Record]) -> Vec<Record> {
     let config = ResolverConfig::default();
     let resolver = Resolver::new(config.policy.clone());
     let store = MemStore::default();
-    let mut out = Vec::new();
-    let mut offsets: HashMap<String, i64> = HashMap::new();
+    let mut published = Published::default();
+    let mut cursor = cdp_resolver::outbox::OutboxCursor::default();
     for chunk in signals.chunks(config.batch_size) {
         cdp_resolver::stage::apply_records(&resolver, &store, &config, chunk)
             .expect("batch applies");
-        let outbox = store.scan_prefix(Cf::Outbox, b"").expect("outbox");
-        let mut done = Vec::with_capacity(outbox.len());
-        for (key, bytes) in outbox {
-            let r = OutRecord::from_bytes(&bytes).expect("outbox record");
-            if r.topic == config.profiles_topic || r.topic == config.changes_topic {
-                let offset = offsets.entry(r.topic.clone()).or_insert(0);
-                out.push(Record {
-                    topic: r.topic,
-                    partition: 0,
-                    offset: *offset,
-                    timestamp_ms: 0,
-                    key: r.key,
-                    value: r.value,
-                    headers: r.headers,
-                });
-                *offset += 1;
-            }
-            done.push((Cf::Outbox, key, None));
-        }
-        store.write(done).expect("outbox emptied");
+        cdp_resolver::outbox::publish_outbox(&store, &mut published, &mut cursor)
+            .expect("outbox published");
     }
-    out
+    let mut offsets: HashMap<String, i64> = HashMap::new();
+    published
+        .0
+        .into_iter()
+        .filter(|r| r.topic == config.profiles_topic || r.topic == config.changes_topic)
+        .map(|r| {
+            let offset = offsets.entry(r.topic.clone()).or_insert(0);
+            let record = Record {
+                topic: r.topic,
+                partition: 0,
+                offset: *offset,
+                timestamp_ms: 0,
+                key: r.key,
+                value: r.value,
+                headers: r.headers,
+            };
+            *offset += 1;
+            record
+        })
+        .collect()
 }
 
 /// Updates/s of evaluating every cohort on every update.
