@@ -297,12 +297,23 @@ impl MembershipStore {
         Ok(out)
     }
 
+    /// Deletes published outbox records: `keys` are the first records [`Self::outbox`]
+    /// returned (all of them or the ones before some that stay), so the next `outbox` starts
+    /// after the last of them and does not step over their deletions again.
     pub fn delete_outbox(&self, keys: Vec<Vec<u8>>) -> Result<()> {
         let mut batch = WriteBatch::default();
+        let mut past = None;
         for k in keys {
+            if let Ok(seq) = <[u8; 8]>::try_from(k.as_slice()) {
+                past = past.max(Some(u64::from_be_bytes(seq) + 1));
+            }
             batch.delete_cf(self.cf(CF_OUTBOX), k);
         }
-        self.db.write(batch).map_err(storage)
+        self.db.write(batch).map_err(storage)?;
+        if let Some(past) = past {
+            self.outbox_floor.fetch_max(past, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     /// Up to `max` queued deliveries of `dest` in order, with their sequence numbers.
