@@ -201,9 +201,12 @@ enum MatchCommand {
     /// Estimate u from random pairs of profiles and m by EM over blocking candidates, and write
     /// the model (next version) as JSON; point `resolver.matching.model_path` at it.
     Train {
-        /// Profiles sampled, random pairs for u, and most candidate pairs for m.
+        /// Profiles sampled, and most candidate pairs for m.
         #[arg(long, default_value_t = 10_000)]
         sample: usize,
+        /// Random pairs of sampled profiles for u.
+        #[arg(long, default_value_t = 100_000)]
+        random_pairs: usize,
         #[arg(long)]
         out: PathBuf,
         #[arg(long, default_value_t = 42)]
@@ -452,6 +455,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             command:
                 MatchCommand::Train {
                     sample,
+                    random_pairs,
                     out,
                     seed,
                     tenant,
@@ -460,6 +464,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             let options = cdp_resolver::matching::train::TrainOptions {
                 tenant: tenant.unwrap_or_else(|| config.ingest.default_tenant.clone()),
                 sample,
+                random_pairs,
                 seed,
                 max_iterations: 200,
             };

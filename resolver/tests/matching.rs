@@ -625,6 +625,7 @@ fn training_on_a_resolved_state_writes_the_next_model_version() {
     let options = cdp_resolver::matching::train::TrainOptions {
         tenant: TENANT.into(),
         sample: 1000,
+        random_pairs: 1000,
         seed: 7,
         max_iterations: 200,
     };
@@ -633,6 +634,22 @@ fn training_on_a_resolved_state_writes_the_next_model_version() {
     assert_eq!((model.version, report.version), (2, 2));
     assert_eq!(report.profiles, 15);
     assert!(report.candidate_pairs > 0 && report.random_pairs > 0);
+    // At most one draw per pair of the 15 profiles (a draw of a profile with itself is dropped).
+    assert!(
+        report.random_pairs <= 15 * 14 / 2,
+        "{}",
+        report.random_pairs
+    );
+    let fewer = cdp_resolver::matching::train::TrainOptions {
+        random_pairs: 10,
+        ..options.clone()
+    };
+    let (_, few) = cdp_resolver::matching::train::train(&store, &c.matching, &fewer).unwrap();
+    assert!(
+        few.random_pairs > 0 && few.random_pairs <= 10,
+        "{}",
+        few.random_pairs
+    );
     // The prior is the chance that two random records match (it goes with u, which comes from
     // random pairs): at most the share of all pairs that are candidates.
     let all_pairs = (report.sampled * (report.sampled - 1) / 2) as f64;

@@ -21,8 +21,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 #[derive(Debug, Clone)]
 pub struct TrainOptions {
     pub tenant: String,
-    /// Profiles sampled, random pairs drawn for `u`, and most candidate pairs used for `m`.
+    /// Profiles sampled, and most candidate pairs used for `m`.
     pub sample: usize,
+    /// Random pairs of sampled profiles drawn for `u` (no more than there are pairs): rare
+    /// agreement levels (the same uncommon surname, the same birth date) need many to be seen
+    /// at all (`cdp match train` draws 100,000 by default; Splink's FEBRL recipe a million).
+    pub random_pairs: usize,
     pub seed: u64,
     pub max_iterations: usize,
 }
@@ -101,7 +105,8 @@ pub fn train(
             .collect()
     };
     let n = sampled.len() as u64;
-    let random: Vec<Pattern> = (0..options.sample)
+    let draws = (options.random_pairs as u64).min(n * (n - 1) / 2);
+    let random: Vec<Pattern> = (0..draws)
         .filter_map(|_| {
             let (i, j) = (rng.below(n) as usize, rng.below(n) as usize);
             (i != j).then(|| pattern(&sampled[i], &sampled[j]))
