@@ -508,10 +508,11 @@ pub struct MembershipTxn<'s> {
     kv: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
     /// Per destination: next sequence number and the entries queued in this batch.
     deliveries: BTreeMap<String, (u64, Vec<Vec<u8>>)>,
-    /// One iterator per column family scanned, made at its first scan and sought again for
-    /// the next: making an iterator costs more than the scan of a person's few keys. Nothing
-    /// writes the store while a transaction is open (the stage is its only writer and commits
-    /// its transactions one at a time), so the view it was made at is the committed state.
+    /// One iterator per column family scanned (memberships, what destinations hold), made at
+    /// its first scan and sought again for the next: making an iterator costs more than the
+    /// scan of a person's few keys. Only transactions write those column families, and the
+    /// stage commits them one at a time (delivery workers write their queues only), so the view
+    /// an iterator was made at stays the committed state while the transaction is open.
     iters: Vec<(&'static str, rocksdb::DBRawIteratorWithThreadMode<'s, DB>)>,
 }
 

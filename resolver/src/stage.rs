@@ -263,22 +263,27 @@ pub fn apply_records_cached(
         cache: std::mem::replace(cache, StateCache::new(0)),
         ..StageState::new(config)
     };
-    let mut applied = Applied::default();
-    let mut rest = records;
-    let result = loop {
-        if rest.is_empty() {
-            break Ok(applied);
-        }
-        match apply_next(resolver, store, &mut state, config, rest) {
-            Ok((out, used)) => {
-                applied.add(&out);
-                rest = &rest[used..];
-            }
-            Err(e) => break Err(e),
-        }
-    };
+    let result = apply_all(resolver, store, &mut state, config, records);
+    // Also after an error: the failed transaction left the cache empty, not stale.
     *cache = state.cache;
     result
+}
+
+fn apply_all(
+    resolver: &Resolver,
+    store: &dyn GraphStore,
+    state: &mut StageState,
+    config: &ResolverConfig,
+    records: &[Record],
+) -> Result<Applied> {
+    let mut applied = Applied::default();
+    let mut rest = records;
+    while !rest.is_empty() {
+        let (out, used) = apply_next(resolver, store, state, config, rest)?;
+        applied.add(&out);
+        rest = &rest[used..];
+    }
+    Ok(applied)
 }
 
 /// Applies one transaction from the front of `records` (not empty): the signals before the
