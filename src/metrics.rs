@@ -292,11 +292,11 @@ impl Metrics {
         &mut self,
         tier: std::sync::Arc<crate::read_tier::ReadTier>,
     ) -> Result<()> {
-        let bytes = IntGauge::new(
+        let bytes = gauge(
+            &self.registry,
             "cdp_http_read_tier_bytes",
             "Bytes the read tier's kept answers take",
         )?;
-        self.registry.register(Box::new(bytes.clone()))?;
         self.read_tier = Some(ReadTierMetrics {
             tier,
             lookups: counter_vec(
@@ -433,11 +433,11 @@ impl StageMetrics {
             "Time spent processing batches, not waiting for input",
         )?;
         registry.register(Box::new(busy.clone()))?;
-        let lag = IntGauge::new(
-            format!("cdp_{stage}_consumer_lag_records"),
+        let lag = gauge(
+            registry,
+            &format!("cdp_{stage}_consumer_lag_records"),
             "Records in the input topics not yet committed by this stage's group",
         )?;
-        registry.register(Box::new(lag.clone()))?;
         Ok(Self {
             records_in: counter(
                 registry,
@@ -480,6 +480,12 @@ fn counter(registry: &Registry, name: &str, help: &str) -> Result<IntCounter> {
     let c = IntCounter::new(name, help)?;
     registry.register(Box::new(c.clone()))?;
     Ok(c)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> Result<IntGauge> {
+    let g = IntGauge::new(name, help)?;
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 /// A histogram in the Prometheus text format: cumulative buckets, `+Inf`, sum and count.

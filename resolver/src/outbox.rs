@@ -33,9 +33,9 @@ pub fn push_change(txn: &mut Txn, topic: &str, change: &IdentityChange) {
     txn.push_outbox(OutRecord::new(topic, change.canonical_id.as_bytes(), value).to_bytes());
 }
 
-/// Queues `update` for `topic` in `txn`'s outbox as a reference. Returns its outbox key and the
-/// record to publish once the transaction is committed.
-pub fn push_update(txn: &mut Txn, topic: &str, update: &ProfileUpdate) -> (Vec<u8>, OutRecord) {
+/// Queues `update` for `topic` in `txn`'s outbox as a reference. Returns its outbox key, under
+/// which a publisher that keeps the body ([`OutboxCursor::rendered`]) hands it over.
+pub fn push_update(txn: &mut Txn, topic: &str, update: &ProfileUpdate) -> Vec<u8> {
     let reference = UpdateRef {
         topic: topic.to_string(),
         tenant: update.profile.tenant.clone(),
@@ -43,8 +43,7 @@ pub fn push_update(txn: &mut Txn, topic: &str, update: &ProfileUpdate) -> (Vec<u
         cause: update.cause.clone(),
         received_at: update.received_at,
     };
-    let key = txn.push_outbox(encode_update_ref(&reference));
-    (key, update_record(topic, update))
+    txn.push_outbox(encode_update_ref(&reference))
 }
 
 /// The record a profile update is published as.
@@ -179,6 +178,7 @@ pub fn publish_outbox(
     cursor.confirm(store, producer)?;
     Ok(n)
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,9 +285,10 @@ mod tests {
         let mut txn = Txn::begin(store).unwrap();
         txn.set_canonical(&p.tenant, &p.canonical_id, Some(root));
         txn.put_profile(root, Some(p.clone()));
-        let queued = push_update(&mut txn, "cdp.profiles", &update(p, "e1"));
+        let u = update(p, "e1");
+        let key = push_update(&mut txn, "cdp.profiles", &u);
         txn.commit().unwrap();
-        queued
+        (key, update_record("cdp.profiles", &u))
     }
 
     fn versions(records: &[OutRecord]) -> Vec<(String, u64)> {

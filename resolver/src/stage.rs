@@ -397,7 +397,7 @@ fn apply_signals(
     let touched = batch.touched();
     let out = resolver.finish(&mut txn, batch)?;
     push_changes(&mut txn, config, &out.changes);
-    let rendered: Vec<_> = out
+    let keys: Vec<_> = out
         .updates
         .iter()
         .map(|u| outbox::push_update(&mut txn, &config.profiles_topic, u))
@@ -410,7 +410,8 @@ fn apply_signals(
         txn.set_offset(&topic, partition, next);
     }
     txn.commit()?;
-    for (key, record) in rendered {
+    for (key, update) in keys.into_iter().zip(&out.updates) {
+        let record = outbox::update_record(&config.profiles_topic, update);
         outbox.rendered(key, record);
     }
     pacer.observe(touched, closing.elapsed());
@@ -451,7 +452,7 @@ fn apply_command(
         }
     };
     push_changes(&mut txn, config, &outcome.changes);
-    let mut rendered = Vec::new();
+    let mut updates = Vec::new();
     for canonical_id in &outcome.profiles {
         let Some(root) = txn.root_of_canonical(&command.tenant, canonical_id)? else {
             continue;
@@ -463,16 +464,14 @@ fn apply_command(
                 cause: Some(command.id.clone()),
                 received_at: Some(command.requested_at),
             };
-            rendered.push(outbox::push_update(
-                &mut txn,
-                &config.profiles_topic,
-                &update,
-            ));
+            let key = outbox::push_update(&mut txn, &config.profiles_topic, &update);
+            updates.push((key, update));
         }
     }
     txn.put_command_outcome(&outcome);
     txn.commit()?;
-    for (key, record) in rendered {
+    for (key, update) in updates {
+        let record = outbox::update_record(&config.profiles_topic, &update);
         state.outbox.rendered(key, record);
     }
     tracing::info!(
