@@ -175,16 +175,17 @@ const MEMTABLE_BUCKETS: usize = 100_000;
 /// Most of a batch's reads and writes are point operations on keys spread at random (hashed
 /// identifiers, node ids, blocking keys), and a skip-list memtable pays a search of a few
 /// cache misses for each insert and each read. A hash-indexed memtable (keyed by the whole
-/// key: the "prefix" is the key) finds the key's bucket directly; its Bloom filter would only
-/// repeat that lookup. Iterating such a memtable in key order sorts a copy of it, so the column
-/// families the stage scans as it writes keep the skip list, and every iterator asks for total
-/// order (a prefix seek would otherwise only see keys equal to the seek key).
+/// key: the "prefix" is the key) finds the key's bucket directly. Iterating such a memtable in
+/// key order sorts a copy of it, so the column families the stage scans as it writes keep the
+/// skip list, and every iterator asks for total order (a prefix seek would otherwise only see
+/// keys equal to the seek key).
 fn hash_indexed_memtable(opts: &mut Options) {
     opts.set_prefix_extractor(rocksdb::SliceTransform::create_noop());
     opts.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList {
         bucket_count: MEMTABLE_BUCKETS,
     });
-    opts.set_memtable_prefix_bloom_ratio(0.0);
+    // The memtable's Bloom filter stays (on the prefix, which is the key): a bucket holds a few
+    // entries, and a key that is not there is answered without walking them.
     opts.set_memtable_whole_key_filtering(false);
 }
 
