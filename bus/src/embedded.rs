@@ -5,6 +5,11 @@
 //! Layout: column family `log` maps `topic \0 partition(be32) offset(be64)` to an encoded record;
 //! `meta` holds topic partition counts and group positions. Every flush is one atomic
 //! `WriteBatch` written through the WAL, so a killed process loses no acknowledged record.
+//!
+//! The stages of one process read what the others have just written, so each partition also
+//! keeps its newest records in memory (at most [`TAIL_BYTES`]): a consumer at or near the end
+//! of a partition is served from there, and only one that has fallen further behind (or reads
+//! a bus opened again) reads RocksDB. A flush wakes only the consumers waiting on its topics.
 
 use crate::record::codec;
 use crate::{
@@ -12,7 +17,7 @@ use crate::{
     ConsumerOptions, OutRecord, Positions, Producer, Record, Result, StartFrom, TopicInfo,
 };
 use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -29,9 +34,90 @@ pub struct EmbeddedBus {
 struct Inner {
     db: DB,
     read_only: bool,
-    /// End offset (next offset to assign) per partition, per topic.
-    ends: Mutex<BTreeMap<String, Vec<i64>>>,
-    appended: Condvar,
+    /// Held by a producer from choosing its offsets to making its records readable, so producers
+    /// append in turn; `state` is only locked around the reads and updates in between, so
+    /// consumers are not held up while a flush is written.
+    append: Mutex<()>,
+    state: Mutex<State>,
+}
+
+/// Bytes of the newest records each partition keeps in memory (keys, values and headers).
+pub const TAIL_BYTES: usize = 1 << 20;
+
+/// What the bus holds in memory, under one lock.
+#[derive(Default)]
+struct State {
+    /// The partitions of each topic.
+    topics: BTreeMap<String, Vec<Partition>>,
+    /// Consumers blocked in `poll` until a record arrives on one of their topics.
+    waiting: Vec<Waiter>,
+}
+
+#[derive(Default)]
+struct Partition {
+    /// The next offset to assign.
+    end: i64,
+    /// The newest records, the last at offset `end - 1`, in order and without gaps.
+    tail: VecDeque<Arc<Record>>,
+    tail_bytes: usize,
+}
+
+impl Partition {
+    fn new(end: i64) -> Self {
+        Self {
+            end,
+            ..Self::default()
+        }
+    }
+
+    /// Appends the record at offset `end`, then drops the oldest kept records past the budget.
+    fn append(&mut self, record: Record) {
+        debug_assert_eq!(record.offset, self.end);
+        self.end += 1;
+        self.tail_bytes += size_of(&record);
+        self.tail.push_back(Arc::new(record));
+        while self.tail_bytes > TAIL_BYTES && self.tail.len() > 1 {
+            let oldest = self.tail.pop_front().expect("more than one record kept");
+            self.tail_bytes -= size_of(&oldest);
+        }
+    }
+
+    /// Up to `max` records from offset `from`, if the tail still holds it.
+    fn kept_from(&self, from: i64, max: usize) -> Option<Vec<Arc<Record>>> {
+        let first = self.end - self.tail.len() as i64;
+        if from < first || from >= self.end {
+            return None;
+        }
+        let skip = (from - first) as usize;
+        Some(self.tail.iter().skip(skip).take(max).cloned().collect())
+    }
+
+    /// Forgets kept records below `offset` (expired from the log).
+    fn drop_below(&mut self, offset: i64) {
+        while let Some(oldest) = self.tail.front() {
+            if oldest.offset >= offset {
+                break;
+            }
+            self.tail_bytes -= size_of(oldest);
+            self.tail.pop_front();
+        }
+    }
+}
+
+/// What a kept record counts against [`TAIL_BYTES`].
+fn size_of(r: &Record) -> usize {
+    64 + r.key.as_ref().map_or(0, Vec::len)
+        + r.value.as_ref().map_or(0, Vec::len)
+        + r.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+/// A consumer blocked in `poll`: woken (and taken off the list) by a flush to one of `topics`.
+struct Waiter {
+    topics: Arc<[String]>,
+    wake: Arc<Condvar>,
 }
 
 impl EmbeddedBus {
@@ -55,7 +141,7 @@ impl EmbeddedBus {
     }
 
     fn from_db(db: DB, read_only: bool) -> Result<Self> {
-        let mut ends = BTreeMap::new();
+        let mut topics = BTreeMap::new();
         {
             let meta = db.cf_handle(CF_META).expect("meta cf opened above");
             let log = db.cf_handle(CF_LOG).expect("log cf opened above");
@@ -66,7 +152,7 @@ impl EmbeddedBus {
                 }
                 let topic = String::from_utf8_lossy(&k[2..]).into_owned();
                 let partitions = u32::from_le_bytes(v[..4].try_into().map_err(|_| corrupt_meta())?);
-                let mut offsets = Vec::with_capacity(partitions as usize);
+                let mut parts = Vec::with_capacity(partitions as usize);
                 for p in 0..partitions as i32 {
                     let last = log_key(&topic, p, i64::MAX);
                     let mut it = db.iterator_cf(log, IteratorMode::From(&last, Direction::Reverse));
@@ -77,17 +163,20 @@ impl EmbeddedBus {
                         Some(Err(e)) => return Err(storage(e)),
                         _ => 0,
                     };
-                    offsets.push(end);
+                    parts.push(Partition::new(end));
                 }
-                ends.insert(topic, offsets);
+                topics.insert(topic, parts);
             }
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 db,
                 read_only,
-                ends: Mutex::new(ends),
-                appended: Condvar::new(),
+                append: Mutex::new(()),
+                state: Mutex::new(State {
+                    topics,
+                    waiting: Vec::new(),
+                }),
             }),
         })
     }
@@ -112,9 +201,19 @@ impl Inner {
         self.db.cf_handle(CF_LOG).expect("log cf exists")
     }
 
-    fn ends(&self) -> MutexGuard<'_, BTreeMap<String, Vec<i64>>> {
-        // A panic while holding this lock cannot leave the map half-updated: recover it.
-        self.ends.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every change under this lock is made after the write it reflects succeeded, in steps
+        // that leave it consistent: a panic while holding it cannot leave it half-updated.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// End offset of each partition of `topic`.
+    fn ends(&self, topic: &str) -> Result<Vec<i64>> {
+        self.state()
+            .topics
+            .get(topic)
+            .map(|parts| parts.iter().map(|p| p.end).collect())
+            .ok_or_else(|| BusError::UnknownTopic(topic.to_string()))
     }
 
     fn writable(&self) -> Result<()> {
@@ -139,8 +238,8 @@ impl Bus for EmbeddedBus {
                 "topic {name:?} needs at least one partition"
             )));
         }
-        let mut ends = self.inner.ends();
-        if ends.contains_key(name) {
+        let mut state = self.inner.state();
+        if state.topics.contains_key(name) {
             return Ok(());
         }
         let mut key = b"t\0".to_vec();
@@ -149,14 +248,18 @@ impl Bus for EmbeddedBus {
             .db
             .put_cf(self.inner.meta(), key, (partitions as u32).to_le_bytes())
             .map_err(storage)?;
-        ends.insert(name.to_string(), vec![0; partitions as usize]);
+        state.topics.insert(
+            name.to_string(),
+            (0..partitions).map(|_| Partition::new(0)).collect(),
+        );
         Ok(())
     }
 
     fn topics(&self) -> Result<Vec<TopicInfo>> {
         Ok(self
             .inner
-            .ends()
+            .state()
+            .topics
             .iter()
             .map(|(name, p)| TopicInfo {
                 name: name.clone(),
@@ -177,13 +280,10 @@ impl Bus for EmbeddedBus {
         if options.commit {
             self.inner.writable()?;
         }
-        let ends = self.inner.ends().clone();
-        let mut positions = BTreeMap::new();
+        let mut assignment = Vec::new();
+        let mut positions = Vec::new();
         for topic in &options.topics {
-            let parts = ends
-                .get(topic)
-                .ok_or_else(|| BusError::UnknownTopic(topic.clone()))?;
-            for (p, end) in parts.iter().enumerate() {
+            for (p, end) in self.inner.ends(topic)?.iter().enumerate() {
                 let p = p as i32;
                 // A throw-away reader never starts at the group's position.
                 let committed = || {
@@ -205,27 +305,27 @@ impl Bus for EmbeddedBus {
                         }
                     }
                 };
-                positions.insert((topic.clone(), p), start);
+                assignment.push((topic.clone(), p));
+                positions.push(start);
             }
         }
+        let topics: BTreeSet<String> = options.topics.iter().cloned().collect();
         Ok(Box::new(EmbeddedConsumer {
             inner: self.inner.clone(),
             group: options.group,
             commit: options.commit,
-            assignment: positions.keys().cloned().collect(),
+            topics: topics.into_iter().collect(),
+            assignment,
             positions,
             cursor: 0,
+            wake: Arc::new(Condvar::new()),
         }))
     }
 
     fn lag(&self, group: &str, topics: &[String]) -> Result<u64> {
-        let ends = self.inner.ends().clone();
         let mut lag = 0u64;
         for topic in topics {
-            let parts = ends
-                .get(topic)
-                .ok_or_else(|| BusError::UnknownTopic(topic.clone()))?;
-            for (p, end) in parts.iter().enumerate() {
+            for (p, end) in self.inner.ends(topic)?.iter().enumerate() {
                 let pos = self.committed(group, topic, p as i32)?.unwrap_or(0);
                 lag += (*end - pos).max(0) as u64;
             }
@@ -237,7 +337,7 @@ impl Bus for EmbeddedBus {
     /// back from it when the bus is opened again, and offsets must never be reused.
     fn expire(&self, topic: &str, cutoff_ms: i64) -> Result<u64> {
         self.inner.writable()?;
-        let Some(ends) = self.inner.ends().get(topic).cloned() else {
+        let Ok(ends) = self.inner.ends(topic) else {
             return Ok(0);
         };
         let log = self.inner.log();
@@ -278,6 +378,15 @@ impl Bus for EmbeddedBus {
                             log_key(topic, p as i32, keep_from),
                         )
                         .map_err(storage)?;
+                    if let Some(part) = self
+                        .inner
+                        .state()
+                        .topics
+                        .get_mut(topic)
+                        .and_then(|parts| parts.get_mut(p))
+                    {
+                        part.drop_below(keep_from);
+                    }
                 }
             }
         }
@@ -285,11 +394,7 @@ impl Bus for EmbeddedBus {
     }
 
     fn end_offsets(&self, topic: &str) -> Result<Vec<i64>> {
-        self.inner
-            .ends()
-            .get(topic)
-            .cloned()
-            .ok_or_else(|| BusError::UnknownTopic(topic.to_string()))
+        self.inner.ends(topic)
     }
 }
 
@@ -319,11 +424,15 @@ impl Producer for EmbeddedProducer {
         let pending = std::mem::take(&mut self.pending);
         let now = now_ms();
         let mut batch = WriteBatch::default();
-        let mut ends = self.inner.ends();
-        let mut next = ends.clone();
+        // The partitions take the records only once they are written.
+        let _turn = self.inner.append.lock().unwrap_or_else(|e| e.into_inner());
+        let state = self.inner.state();
+        let mut placed: Vec<(i32, i64)> = Vec::with_capacity(pending.len());
+        let mut taken: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in &pending {
-            let parts = next
-                .get_mut(&r.topic)
+            let parts = state
+                .topics
+                .get(&r.topic)
                 .ok_or_else(|| BusError::UnknownTopic(r.topic.clone()))?;
             let n = parts.len() as i32;
             let p = match (r.partition, &r.key) {
@@ -337,19 +446,56 @@ impl Producer for EmbeddedProducer {
                 (None, Some(k)) => partition_for_key(k, n),
                 (None, None) => 0,
             };
-            let offset = parts[p as usize];
-            parts[p as usize] += 1;
+            let next = taken
+                .entry((r.topic.as_str(), p))
+                .or_insert(parts[p as usize].end);
+            let offset = *next;
+            *next += 1;
+            let timestamp_ms = r.timestamp_ms.unwrap_or(now);
             batch.put_cf(
                 self.inner.log(),
                 log_key(&r.topic, p, offset),
-                encode(r, r.timestamp_ms.unwrap_or(now)),
+                encode(r, timestamp_ms),
             );
+            placed.push((p, timestamp_ms));
         }
+        drop(state);
         self.inner.db.write(batch).map_err(storage)?;
-        *ends = next;
-        drop(ends);
-        self.pending.clear();
-        self.inner.appended.notify_all();
+        let mut state = self.inner.state();
+        let mut touched: Vec<String> = Vec::new();
+        for (r, (partition, timestamp_ms)) in pending.into_iter().zip(placed) {
+            let OutRecord {
+                topic,
+                key,
+                value,
+                headers,
+                ..
+            } = r;
+            let parts = state
+                .topics
+                .get_mut(&topic)
+                .expect("every topic was looked up above");
+            let part = &mut parts[partition as usize];
+            if !touched.contains(&topic) {
+                touched.push(topic.clone());
+            }
+            part.append(Record {
+                topic,
+                partition,
+                offset: part.end,
+                timestamp_ms,
+                key,
+                value,
+                headers,
+            });
+        }
+        state.waiting.retain(|w| {
+            let woken = w.topics.iter().any(|t| touched.contains(t));
+            if woken {
+                w.wake.notify_one();
+            }
+            !woken
+        });
         Ok(())
     }
 }
@@ -358,21 +504,22 @@ struct EmbeddedConsumer {
     inner: Arc<Inner>,
     group: String,
     commit: bool,
+    /// The topics read, each once.
+    topics: Arc<[String]>,
     assignment: Vec<(String, i32)>,
-    positions: BTreeMap<(String, i32), i64>,
+    /// The next offset to read of each partition of `assignment`.
+    positions: Vec<i64>,
     /// Partition to read first on the next poll: the one after the last partition a poll read
     /// from, so a backlog is served round-robin over the partitions that have records. Starting
     /// one further along each poll instead would hand every empty partition's turn to the next
     /// busy one, so the first partition of a busy topic beside idle ones would be read most.
     cursor: usize,
+    /// What a flush to one of `topics` signals while this consumer waits in `poll`.
+    wake: Arc<Condvar>,
 }
 
 impl EmbeddedConsumer {
-    fn read_available(
-        &mut self,
-        max: usize,
-        ends: &BTreeMap<String, Vec<i64>>,
-    ) -> Result<Vec<Record>> {
+    fn read_available(&mut self, max: usize) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         let n = self.assignment.len();
         let mut last_read = None;
@@ -382,28 +529,46 @@ impl EmbeddedConsumer {
             }
             let index = (self.cursor + i) % n;
             let (topic, p) = &self.assignment[index];
-            let end = ends.get(topic).map(|v| v[*p as usize]).unwrap_or(0);
-            let pos = self.positions[&(topic.clone(), *p)];
-            if pos >= end {
-                continue;
-            }
-            let want = ((end - pos) as usize).min(max - out.len());
-            let start = log_key(topic, *p, pos);
-            let it = self.inner.db.iterator_cf(
-                self.inner.log(),
-                IteratorMode::From(&start, Direction::Forward),
-            );
-            let mut last = pos - 1;
-            for item in it.take(want) {
-                let (k, v) = item.map_err(storage)?;
-                let offset = decode_offset(&k);
-                if !k.starts_with(&partition_prefix(topic, *p)) || offset >= end {
-                    break;
+            let pos = self.positions[index];
+            let (end, kept) = {
+                let state = self.inner.state();
+                let Some(part) = state.topics.get(topic).and_then(|v| v.get(*p as usize)) else {
+                    continue;
+                };
+                if pos >= part.end {
+                    continue;
                 }
-                out.push(decode(topic, *p, offset, &v)?);
-                last = offset;
+                let want = ((part.end - pos) as usize).min(max - out.len());
+                (part.end, part.kept_from(pos, want))
+            };
+            let mut last = pos - 1;
+            match kept {
+                Some(kept) => {
+                    for r in kept {
+                        last = r.offset;
+                        out.push(Record::clone(&r));
+                    }
+                }
+                None => {
+                    let want = ((end - pos) as usize).min(max - out.len());
+                    let start = log_key(topic, *p, pos);
+                    let prefix = partition_prefix(topic, *p);
+                    let it = self.inner.db.iterator_cf(
+                        self.inner.log(),
+                        IteratorMode::From(&start, Direction::Forward),
+                    );
+                    for item in it.take(want) {
+                        let (k, v) = item.map_err(storage)?;
+                        let offset = decode_offset(&k);
+                        if !k.starts_with(&prefix) || offset >= end {
+                            break;
+                        }
+                        out.push(decode(topic, *p, offset, &v)?);
+                        last = offset;
+                    }
+                }
             }
-            self.positions.insert((topic.clone(), *p), last + 1);
+            self.positions[index] = last + 1;
             last_read = Some(index);
         }
         if let Some(index) = last_read {
@@ -411,14 +576,27 @@ impl EmbeddedConsumer {
         }
         Ok(out)
     }
+
+    /// Whether a partition it reads has records past its position.
+    fn behind(&self, state: &State) -> bool {
+        self.assignment
+            .iter()
+            .zip(&self.positions)
+            .any(|((topic, p), pos)| {
+                state
+                    .topics
+                    .get(topic)
+                    .and_then(|v| v.get(*p as usize))
+                    .is_some_and(|part| *pos < part.end)
+            })
+    }
 }
 
 impl Consumer for EmbeddedConsumer {
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let ends = self.inner.ends().clone();
-            let records = self.read_available(max.max(1), &ends)?;
+            let records = self.read_available(max.max(1))?;
             if !records.is_empty() {
                 return Ok(records);
             }
@@ -426,15 +604,21 @@ impl Consumer for EmbeddedConsumer {
             if now >= deadline {
                 return Ok(records);
             }
-            let guard = self.inner.ends();
-            if *guard != ends {
+            let mut state = self.inner.state();
+            // Records may have come between the read and the lock.
+            if self.behind(&state) {
                 continue;
             }
-            let _ = self
-                .inner
-                .appended
-                .wait_timeout(guard, deadline - now)
+            state.waiting.push(Waiter {
+                topics: self.topics.clone(),
+                wake: self.wake.clone(),
+            });
+            let (mut state, _) = self
+                .wake
+                .wait_timeout(state, deadline - now)
                 .unwrap_or_else(|e| e.into_inner());
+            // Still listed when it timed out (or woke spuriously).
+            state.waiting.retain(|w| !Arc::ptr_eq(&w.wake, &self.wake));
         }
     }
 
@@ -603,6 +787,82 @@ mod tests {
             .find(|r| r.value.as_deref() == Some(&b"b2"[..]))
             .unwrap();
         assert_eq!((b2.partition, b2.offset), (1, 2));
+    }
+
+    #[test]
+    fn a_consumer_behind_the_kept_records_reads_the_log_then_the_kept_ones_without_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path()).unwrap();
+        bus.create_topic("t", 1).unwrap();
+        let mut p = bus.producer().unwrap();
+        // Three times what a partition keeps in memory, in several flushes.
+        let body = "x".repeat(1_000);
+        let n = 3 * TAIL_BYTES / 1_000;
+        for i in 0..n {
+            p.send(at(0, i as i64, &format!("{i:06}{body}"))).unwrap();
+            if i % 700 == 0 {
+                p.flush().unwrap();
+            }
+        }
+        p.flush().unwrap();
+        {
+            let state = bus.inner.state();
+            let part = &state.topics["t"][0];
+            assert!(part.tail.len() < n / 2, "the oldest records were let go");
+            assert!(part.kept_from(0, 10).is_none());
+            assert_eq!(part.kept_from(n as i64 - 1, 10).unwrap().len(), 1);
+        }
+        let mut c = bus.consumer(ConsumerOptions::group("g", &["t"])).unwrap();
+        let mut read = Vec::new();
+        while read.len() < n {
+            let records = c.poll(333, Duration::from_secs(60)).unwrap();
+            assert!(!records.is_empty(), "{} of {n} read", read.len());
+            read.extend(records);
+        }
+        let offsets: Vec<i64> = read.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (0..n as i64).collect::<Vec<_>>());
+        for r in &read {
+            let value = r.value.as_deref().unwrap();
+            assert_eq!(&value[..6], format!("{:06}", r.offset).as_bytes());
+            assert_eq!(r.timestamp_ms, r.offset);
+        }
+        assert!(c.poll(10, Duration::from_millis(10)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_waiting_consumer_is_woken_by_a_write_to_any_of_its_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path()).unwrap();
+        for t in ["a", "b", "other"] {
+            bus.create_topic(t, 2).unwrap();
+        }
+        let mut c = bus
+            .consumer(ConsumerOptions::group("g", &["a", "b"]))
+            .unwrap();
+        let writer = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                let mut p = bus.producer().unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                // A write elsewhere first: the consumer goes on waiting.
+                p.send(OutRecord::new("other", b"k".to_vec(), b"o".to_vec()))
+                    .unwrap();
+                p.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                p.send(OutRecord::new("b", b"k".to_vec(), b"v".to_vec()))
+                    .unwrap();
+                p.flush().unwrap();
+            })
+        };
+        // The timeout is far longer than the test: only the write to `b` ends this poll.
+        let records = c.poll(10, Duration::from_secs(600)).unwrap();
+        writer.join().unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            (records[0].topic.as_str(), records[0].value.as_deref()),
+            ("b", Some(&b"v"[..]))
+        );
+        assert!(bus.inner.state().waiting.is_empty());
     }
 
     #[test]
