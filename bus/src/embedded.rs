@@ -518,29 +518,59 @@ struct EmbeddedConsumer {
     wake: Arc<Condvar>,
 }
 
+/// What one poll reads from one partition of the assignment: `want` records from `pos` (the
+/// partition ended at `end`), the kept ones if the partition still holds them.
+struct Read {
+    index: usize,
+    pos: i64,
+    end: i64,
+    want: usize,
+    kept: Option<Vec<Arc<Record>>>,
+}
+
 impl EmbeddedConsumer {
     fn read_available(&mut self, max: usize) -> Result<Vec<Record>> {
-        let mut out = Vec::new();
-        let n = self.assignment.len();
-        let mut last_read = None;
-        for i in 0..n {
-            if out.len() >= max {
-                break;
-            }
-            let index = (self.cursor + i) % n;
-            let (topic, p) = &self.assignment[index];
-            let pos = self.positions[index];
-            let (end, kept) = {
-                let state = self.inner.state();
+        // What to read from each partition, decided under one lock: the kept records are taken
+        // there (references only), the log is read after it is released.
+        let mut plan: Vec<Read> = Vec::new();
+        {
+            let state = self.inner.state();
+            let n = self.assignment.len();
+            let mut budget = max;
+            for i in 0..n {
+                if budget == 0 {
+                    break;
+                }
+                let index = (self.cursor + i) % n;
+                let (topic, p) = &self.assignment[index];
                 let Some(part) = state.topics.get(topic).and_then(|v| v.get(*p as usize)) else {
                     continue;
                 };
+                let pos = self.positions[index];
                 if pos >= part.end {
                     continue;
                 }
-                let want = ((part.end - pos) as usize).min(max - out.len());
-                (part.end, part.kept_from(pos, want))
-            };
+                let want = ((part.end - pos) as usize).min(budget);
+                budget -= want;
+                plan.push(Read {
+                    index,
+                    pos,
+                    end: part.end,
+                    want,
+                    kept: part.kept_from(pos, want),
+                });
+            }
+        }
+        let mut out = Vec::new();
+        let mut last_read = None;
+        for Read {
+            index,
+            pos,
+            end,
+            want,
+            kept,
+        } in plan
+        {
             let mut last = pos - 1;
             match kept {
                 Some(kept) => {
@@ -550,7 +580,8 @@ impl EmbeddedConsumer {
                     }
                 }
                 None => {
-                    let want = ((end - pos) as usize).min(max - out.len());
+                    let (topic, p) = &self.assignment[index];
+                    // Expiry may have deleted offsets from `pos` on: read on to the end.
                     let start = log_key(topic, *p, pos);
                     let prefix = partition_prefix(topic, *p);
                     let it = self.inner.db.iterator_cf(
@@ -572,7 +603,7 @@ impl EmbeddedConsumer {
             last_read = Some(index);
         }
         if let Some(index) = last_read {
-            self.cursor = (index + 1) % n;
+            self.cursor = (index + 1) % self.assignment.len();
         }
         Ok(out)
     }
@@ -827,6 +858,25 @@ mod tests {
             assert_eq!(r.timestamp_ms, r.offset);
         }
         assert!(c.poll(10, Duration::from_millis(10)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_consumer_before_expired_offsets_skips_to_the_first_kept_one_whatever_it_asks_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path()).unwrap();
+        bus.create_topic("t", 1).unwrap();
+        let mut p = bus.producer().unwrap();
+        for i in 0..10 {
+            p.send(at(0, if i < 8 { 100 } else { 900 }, &i.to_string()))
+                .unwrap();
+        }
+        p.flush().unwrap();
+        assert_eq!(bus.expire("t", 500).unwrap(), 8);
+        // From offset 0, two at a time: the eight deleted offsets are more than it asks for.
+        let mut c = bus.consumer(ConsumerOptions::group("g", &["t"])).unwrap();
+        let records = c.poll(2, Duration::from_secs(60)).unwrap();
+        let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [8, 9]);
     }
 
     #[test]
