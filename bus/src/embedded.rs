@@ -765,6 +765,14 @@ mod tests {
         r
     }
 
+    /// A bus in a directory of its own (kept as long as the first value) with topic `t`.
+    fn bus_with_t(partitions: i32) -> (tempfile::TempDir, EmbeddedBus) {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path()).unwrap();
+        bus.create_topic("t", partitions).unwrap();
+        (dir, bus)
+    }
+
     fn values(bus: &EmbeddedBus, group: &str) -> Vec<String> {
         let mut c = bus.consumer(ConsumerOptions::group(group, &["t"])).unwrap();
         let mut out: Vec<String> = c
@@ -779,9 +787,7 @@ mod tests {
 
     #[test]
     fn expiry_deletes_old_records_keeps_each_partitions_last_and_never_reuses_offsets() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = EmbeddedBus::open(dir.path()).unwrap();
-        bus.create_topic("t", 2).unwrap();
+        let (dir, bus) = bus_with_t(2);
         let mut p = bus.producer().unwrap();
         for r in [
             at(0, 100, "a0"),
@@ -822,9 +828,7 @@ mod tests {
 
     #[test]
     fn a_consumer_behind_the_kept_records_reads_the_log_then_the_kept_ones_without_gap() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = EmbeddedBus::open(dir.path()).unwrap();
-        bus.create_topic("t", 1).unwrap();
+        let (_dir, bus) = bus_with_t(1);
         let mut p = bus.producer().unwrap();
         // Three times what a partition keeps in memory, in several flushes.
         let body = "x".repeat(1_000);
@@ -862,9 +866,7 @@ mod tests {
 
     #[test]
     fn a_consumer_before_expired_offsets_skips_to_the_first_kept_one_whatever_it_asks_for() {
-        let dir = tempfile::tempdir().unwrap();
-        let bus = EmbeddedBus::open(dir.path()).unwrap();
-        bus.create_topic("t", 1).unwrap();
+        let (_dir, bus) = bus_with_t(1);
         let mut p = bus.producer().unwrap();
         for i in 0..10 {
             p.send(at(0, if i < 8 { 100 } else { 900 }, &i.to_string()))
