@@ -45,6 +45,24 @@ const ALL_CFS: [&str; 11] = [
 ];
 /// The column families of the membership state.
 pub const COLUMN_FAMILIES: [&str; 11] = ALL_CFS;
+/// The column families the stage reads by key only: the others are scanned in key order (a
+/// person's memberships, a destination's queue, the outbox, due times).
+const READ_BY_KEY: [&str; 5] = [CF_VERSIONS, CF_PROFILES, CF_DUE_OF, CF_OFFSETS, CF_META];
+
+/// Buckets of a hash-indexed memtable: a few hundred thousand entries before a flush, a few
+/// per bucket.
+const MEMTABLE_BUCKETS: usize = 100_000;
+
+/// A memtable that finds a key's bucket by hashing the whole key (the "prefix" is the key),
+/// instead of searching a skip list: each update writes and reads a person's applied state,
+/// profile and due time at keys spread at random. Iterating it in key order (whole-state
+/// comparisons, tools) sorts a copy, which those rare passes and the flush pay.
+fn hash_indexed_memtable(opts: &mut Options) {
+    opts.set_prefix_extractor(rocksdb::SliceTransform::create_noop());
+    opts.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList {
+        bucket_count: MEMTABLE_BUCKETS,
+    });
+}
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
 const META_NEXT_DELIVERY: &[u8] = b"next_delivery\0";
 const META_INFLIGHT: &[u8] = b"inflight\0";
@@ -130,7 +148,15 @@ impl MembershipStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = ALL_CFS.map(|n| ColumnFamilyDescriptor::new(n, opts.clone()));
+        // One writer: the stage's batch. Memtables other than skip lists require it.
+        opts.set_allow_concurrent_memtable_write(false);
+        let cfs = ALL_CFS.map(|n| {
+            let mut cf_opts = opts.clone();
+            if READ_BY_KEY.contains(&n) {
+                hash_indexed_memtable(&mut cf_opts);
+            }
+            ColumnFamilyDescriptor::new(n, cf_opts)
+        });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(storage)?;
         Ok(Self {
             db,
@@ -162,8 +188,12 @@ impl MembershipStore {
 
     fn scan(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
-        let it = self.db.iterator_cf(
+        // Total order: a column family with a hash-indexed memtable is read in key order too.
+        let mut read = rocksdb::ReadOptions::default();
+        read.set_total_order_seek(true);
+        let it = self.db.iterator_cf_opt(
             self.cf(cf),
+            read,
             rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
         );
         for item in it {
@@ -1026,6 +1056,57 @@ mod tests {
             seq,
             since: chrono::DateTime::from_timestamp(1_700_000_000 + seq as i64, 0).unwrap(),
         }
+    }
+
+    #[test]
+    fn column_families_read_by_key_still_list_in_key_order_before_and_after_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<String> = (0..200)
+            .map(|n| format!("cdp_{}", (n * 7919) % 1000))
+            .collect();
+        let mut expected: Vec<Vec<u8>> = ids.iter().map(|id| pair_key("acme", id)).collect();
+        expected.sort();
+        let keys = |store: &MembershipStore| -> Vec<Vec<u8>> {
+            store
+                .entries(CF_VERSIONS)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        {
+            let store = MembershipStore::open(dir.path()).unwrap();
+            // Half in one batch, half in the next, each in a scattered order.
+            for half in ids.chunks(100) {
+                let mut txn = store.txn().unwrap();
+                for id in half {
+                    txn.set_version("acme", id, 1);
+                }
+                for p in [3, 0, 2, 1] {
+                    txn.set_offset("cdp.profiles", p, 10);
+                }
+                txn.commit().unwrap();
+            }
+            assert_eq!(keys(&store), expected);
+            let offsets: Vec<Vec<u8>> = store
+                .entries(CF_OFFSETS)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            assert_eq!(
+                offsets,
+                (0..4)
+                    .map(|p| offset_key("cdp.profiles", p))
+                    .collect::<Vec<_>>()
+            );
+        }
+        // Reopened: the log is recovered into table files, read in the same order.
+        let store = MembershipStore::open(dir.path()).unwrap();
+        assert_eq!(keys(&store), expected);
+        let mut txn = store.txn().unwrap();
+        assert_eq!(txn.version("acme", &ids[17]).unwrap(), 1);
+        assert_eq!(txn.version("acme", "cdp_unknown").unwrap(), 0);
     }
 
     #[test]
