@@ -148,7 +148,8 @@ impl MembershipStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        // One writer: the stage's batch. Memtables other than skip lists require it.
+        // Memtables other than skip lists take no concurrent inserts: writers (the stage's
+        // batches, the delivery workers' queue updates) insert in turn.
         opts.set_allow_concurrent_memtable_write(false);
         let cfs = ALL_CFS.map(|n| {
             let mut cf_opts = opts.clone();
