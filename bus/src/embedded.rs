@@ -70,9 +70,10 @@ impl Partition {
         }
     }
 
-    /// Appends the record at offset `end`, then drops the oldest kept records past the budget.
+    /// Appends the record at offset `end` (producers append in turn, so the offset a flush
+    /// chose is that one), then drops the oldest kept records past the budget.
     fn append(&mut self, record: Record) {
-        debug_assert_eq!(record.offset, self.end);
+        debug_assert_eq!(record.offset, self.end, "offsets are appended without gaps");
         self.end += 1;
         self.tail_bytes += size_of(&record);
         self.tail.push_back(Arc::new(record));
@@ -280,9 +281,11 @@ impl Bus for EmbeddedBus {
         if options.commit {
             self.inner.writable()?;
         }
+        // Each topic once, in name order, then its partitions in order.
+        let topics: BTreeSet<String> = options.topics.iter().cloned().collect();
         let mut assignment = Vec::new();
         let mut positions = Vec::new();
-        for topic in &options.topics {
+        for topic in &topics {
             for (p, end) in self.inner.ends(topic)?.iter().enumerate() {
                 let p = p as i32;
                 // A throw-away reader never starts at the group's position.
@@ -309,7 +312,6 @@ impl Bus for EmbeddedBus {
                 positions.push(start);
             }
         }
-        let topics: BTreeSet<String> = options.topics.iter().cloned().collect();
         Ok(Box::new(EmbeddedConsumer {
             inner: self.inner.clone(),
             group: options.group,
@@ -427,7 +429,7 @@ impl Producer for EmbeddedProducer {
         // The partitions take the records only once they are written.
         let _turn = self.inner.append.lock().unwrap_or_else(|e| e.into_inner());
         let state = self.inner.state();
-        let mut placed: Vec<(i32, i64)> = Vec::with_capacity(pending.len());
+        let mut placed: Vec<(i32, i64, i64)> = Vec::with_capacity(pending.len());
         let mut taken: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in &pending {
             let parts = state
@@ -457,13 +459,13 @@ impl Producer for EmbeddedProducer {
                 log_key(&r.topic, p, offset),
                 encode(r, timestamp_ms),
             );
-            placed.push((p, timestamp_ms));
+            placed.push((p, offset, timestamp_ms));
         }
         drop(state);
         self.inner.db.write(batch).map_err(storage)?;
         let mut state = self.inner.state();
         let mut touched: Vec<String> = Vec::new();
-        for (r, (partition, timestamp_ms)) in pending.into_iter().zip(placed) {
+        for (r, (partition, offset, timestamp_ms)) in pending.into_iter().zip(placed) {
             let OutRecord {
                 topic,
                 key,
@@ -482,7 +484,7 @@ impl Producer for EmbeddedProducer {
             part.append(Record {
                 topic,
                 partition,
-                offset: part.end,
+                offset,
                 timestamp_ms,
                 key,
                 value,
@@ -879,6 +881,28 @@ mod tests {
         let records = c.poll(2, Duration::from_secs(60)).unwrap();
         let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
         assert_eq!(offsets, [8, 9]);
+    }
+
+    #[test]
+    fn a_topic_named_twice_is_read_once_in_partition_order() {
+        let (_dir, bus) = bus_with_t(2);
+        let mut p = bus.producer().unwrap();
+        for (partition, value) in [(1, "b0"), (0, "a0"), (1, "b1")] {
+            p.send(at(partition, 1, value)).unwrap();
+        }
+        p.flush().unwrap();
+        let mut c = bus
+            .consumer(ConsumerOptions::group("g", &["t", "t"]))
+            .unwrap();
+        let mut read = Vec::new();
+        loop {
+            let records = c.poll(100, Duration::from_millis(10)).unwrap();
+            if records.is_empty() {
+                break;
+            }
+            read.extend(records.into_iter().map(|r| (r.partition, r.offset)));
+        }
+        assert_eq!(read, [(0, 0), (1, 0), (1, 1)]);
     }
 
     #[test]
