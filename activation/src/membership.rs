@@ -49,20 +49,6 @@ pub const COLUMN_FAMILIES: [&str; 11] = ALL_CFS;
 /// person's memberships, a destination's queue, the outbox, due times).
 const READ_BY_KEY: [&str; 5] = [CF_VERSIONS, CF_PROFILES, CF_DUE_OF, CF_OFFSETS, CF_META];
 
-/// Buckets of a hash-indexed memtable: a few hundred thousand entries before a flush, a few
-/// per bucket.
-const MEMTABLE_BUCKETS: usize = 100_000;
-
-/// A memtable that finds a key's bucket by hashing the whole key (the "prefix" is the key),
-/// instead of searching a skip list: each update writes and reads a person's applied state,
-/// profile and due time at keys spread at random. Iterating it in key order (whole-state
-/// comparisons, tools) sorts a copy, which those rare passes and the flush pay.
-fn hash_indexed_memtable(opts: &mut Options) {
-    opts.set_prefix_extractor(rocksdb::SliceTransform::create_noop());
-    opts.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList {
-        bucket_count: MEMTABLE_BUCKETS,
-    });
-}
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
 const META_NEXT_DELIVERY: &[u8] = b"next_delivery\0";
 const META_INFLIGHT: &[u8] = b"inflight\0";
@@ -154,7 +140,9 @@ impl MembershipStore {
         let cfs = ALL_CFS.map(|n| {
             let mut cf_opts = opts.clone();
             if READ_BY_KEY.contains(&n) {
-                hash_indexed_memtable(&mut cf_opts);
+                // Each update writes and reads a person's applied state, profile and due time
+                // at keys spread at random.
+                cdp_bus::hash_indexed_memtable(&mut cf_opts);
             }
             ColumnFamilyDescriptor::new(n, cf_opts)
         });

@@ -12,11 +12,13 @@ pub mod embedded;
 pub mod kafka;
 mod partitioner;
 mod record;
+pub mod rocksdb_memtable;
 pub mod rocksdb_stats;
 pub mod stats;
 
 pub use partitioner::partition_for_key;
 pub use record::{OutRecord, Record};
+pub use rocksdb_memtable::hash_indexed_memtable;
 pub use rocksdb_stats::RocksDbStats;
 pub use stats::StageCounters;
 

@@ -152,9 +152,9 @@ pub struct StorageConfig {
     /// than that churns and costs more than it saves.
     pub state_cache_entries: usize,
     /// Hash-indexed memtables for the column families read by key only (see
-    /// `hash_indexed_memtable`): cheaper inserts and point reads for the stage, paid for by
-    /// sorting each memtable when it is flushed, on RocksDB's background threads. Off: skip
-    /// lists everywhere, for a host whose cores the stages already keep busy.
+    /// `cdp_bus::hash_indexed_memtable`): cheaper inserts and point reads for the stage, paid
+    /// for by sorting each memtable when it is flushed, on RocksDB's background threads. Off:
+    /// skip lists everywhere, for a host whose cores the stages already keep busy.
     pub hash_memtables: bool,
 }
 
@@ -172,27 +172,6 @@ impl Default for StorageConfig {
 /// RocksDB-backed store: one database, one column family per [`Cf`].
 pub struct RocksStore {
     db: DB,
-}
-
-/// Buckets of a hash-indexed memtable: a memtable flushed at 64 MiB holds a few hundred
-/// thousand entries, a few per bucket.
-const MEMTABLE_BUCKETS: usize = 100_000;
-
-/// Most of a batch's reads and writes are point operations on keys spread at random (hashed
-/// identifiers, node ids, blocking keys), and a skip-list memtable pays a search of a few
-/// cache misses for each insert and each read. A hash-indexed memtable (keyed by the whole
-/// key: the "prefix" is the key) finds the key's bucket directly. Iterating such a memtable in
-/// key order sorts a copy of it, so the column families the stage scans as it writes keep the
-/// skip list, and every iterator asks for total order (a prefix seek would otherwise only see
-/// keys equal to the seek key).
-fn hash_indexed_memtable(opts: &mut Options) {
-    opts.set_prefix_extractor(rocksdb::SliceTransform::create_noop());
-    opts.set_memtable_factory(rocksdb::MemtableFactory::HashLinkList {
-        bucket_count: MEMTABLE_BUCKETS,
-    });
-    // The memtable's Bloom filter stays (on the prefix, which is the key): a bucket holds a few
-    // entries, and a key that is not there is answered without walking them.
-    opts.set_memtable_whole_key_filtering(false);
 }
 
 impl RocksStore {
@@ -232,7 +211,10 @@ impl RocksStore {
         let cfs = Cf::ALL.map(|cf| {
             let mut cf_opts = opts.clone();
             if memory.hash_memtables && !cf.scanned_while_writing() {
-                hash_indexed_memtable(&mut cf_opts);
+                cdp_bus::hash_indexed_memtable(&mut cf_opts);
+                // The memtable's Bloom filter stays, on the prefix (which is the key): a
+                // bucket holds a few entries, and an absent key is answered without walking them.
+                cf_opts.set_memtable_whole_key_filtering(false);
             }
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
