@@ -113,6 +113,7 @@ pub struct DestinationEvent {
     /// Per (destination, audience, profile): strictly increasing. For a deletion, the identity
     /// change's version.
     pub version: u64,
+    #[serde(with = "cdp_proto::rfc3339")]
     pub at: Timestamp,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub identifiers: Vec<Identifier>,

@@ -59,6 +59,7 @@ pub struct MemberState {
     pub member: bool,
     /// Version of the last change emitted for this (cohort, profile); strictly increasing.
     pub seq: u64,
+    #[serde(with = "cdp_proto::rfc3339")]
     pub since: Timestamp,
 }
 

@@ -63,7 +63,7 @@ pub fn decode(raw: &[u8]) -> Result<ProfileUpdate, serde_json::Error> {
 struct Update {
     profile: LeanProfile,
     version: u64,
-    #[serde(default)]
+    #[serde(default, with = "cdp_proto::rfc3339::option")]
     received_at: Option<Timestamp>,
 }
 
@@ -76,7 +76,9 @@ struct LeanProfile {
     #[serde(default)]
     consent: Consent,
     version: u64,
+    #[serde(with = "cdp_proto::rfc3339")]
     created_at: Timestamp,
+    #[serde(with = "cdp_proto::rfc3339")]
     updated_at: Timestamp,
 }
 
@@ -86,7 +88,7 @@ struct LeanAttributes {
     lifecycle_stage: Option<String>,
     #[serde(default)]
     segment: Option<String>,
-    #[serde(default)]
+    #[serde(default, with = "cdp_proto::rfc3339::option")]
     last_engagement: Option<Timestamp>,
     #[serde(default)]
     total_touchpoints: u64,

@@ -32,6 +32,7 @@ pub struct IdentityChange {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confidence: Option<f64>,
     pub version: u64,
+    #[serde(with = "crate::rfc3339")]
     pub at: Timestamp,
 }
 
@@ -45,7 +46,11 @@ pub struct ProfileUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cause: Option<String>,
     /// When the causing signal entered cdp, for end-to-end latency.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::rfc3339::option"
+    )]
     pub received_at: Option<Timestamp>,
 }
 
@@ -68,6 +73,7 @@ pub struct CohortChange {
     pub canonical_id: String,
     /// Per (cohort, profile): strictly increasing.
     pub version: u64,
+    #[serde(with = "crate::rfc3339")]
     pub at: Timestamp,
     /// The identifiers this output may carry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

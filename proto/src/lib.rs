@@ -6,6 +6,7 @@ pub mod dlq;
 pub mod identifier;
 pub mod normalize;
 pub mod profile;
+pub mod rfc3339;
 pub mod signal;
 pub mod time;
 pub mod topics;

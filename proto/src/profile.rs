@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 /// One merge: profile `from` was folded into `into` because of a link accepted under `rule`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MergeRecord {
+    #[serde(with = "crate::rfc3339")]
     pub merged_at: Timestamp,
     pub rule: String,
     pub confidence: f64,
@@ -21,7 +22,11 @@ pub struct MergeRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct EventCounter {
     pub total: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::rfc3339::option"
+    )]
     pub last_at: Option<Timestamp>,
     /// Count per day (days since the Unix epoch). Buckets older than [`Self::WINDOW_DAYS`] are pruned.
     #[serde(default)]
@@ -67,9 +72,17 @@ pub struct Attributes {
     pub lifecycle_stage: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segment: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::rfc3339::option"
+    )]
     pub first_seen: Option<Timestamp>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::rfc3339::option"
+    )]
     pub last_engagement: Option<Timestamp>,
     #[serde(default)]
     pub total_touchpoints: u64,
@@ -79,7 +92,11 @@ pub struct Attributes {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub traits: BTreeMap<String, serde_json::Value>,
     /// Event time of the write that set each trait, so late events do not overwrite newer values.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        with = "crate::rfc3339::map"
+    )]
     pub trait_times: BTreeMap<String, Timestamp>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub counts: BTreeMap<String, EventCounter>,
@@ -102,7 +119,9 @@ pub struct Profile {
     pub consent: Consent,
     /// Grows by at least one with every change; consumers drop anything not newer than what they hold.
     pub version: u64,
+    #[serde(with = "crate::rfc3339")]
     pub created_at: Timestamp,
+    #[serde(with = "crate::rfc3339")]
     pub updated_at: Timestamp,
 }
 

@@ -94,7 +94,9 @@ pub struct Signal {
     pub source: Source,
     /// The source's record id (Segment `messageId`, CRM record id, postback id): unique per source.
     pub event_id: String,
+    #[serde(with = "crate::rfc3339")]
     pub event_time: Timestamp,
+    #[serde(with = "crate::rfc3339")]
     pub received_at: Timestamp,
     pub identifiers: Vec<Identifier>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
