@@ -8,7 +8,7 @@ use crate::{ActivationError, Result};
 use cdp_proto::Timestamp;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,6 +50,11 @@ pub const COLUMN_FAMILIES: [&str; 11] = ALL_CFS;
 const READ_BY_KEY: [&str; 5] = [CF_VERSIONS, CF_PROFILES, CF_DUE_OF, CF_OFFSETS, CF_META];
 
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
+/// The most outbox records [`MembershipStore`] keeps in memory: many batches' worth.
+const OUTBOX_KEPT: usize = 100_000;
+
+/// Outbox records by sequence number, in order.
+type KeptOutbox = VecDeque<(u64, Vec<u8>)>;
 const META_NEXT_DELIVERY: &[u8] = b"next_delivery\0";
 const META_INFLIGHT: &[u8] = b"inflight\0";
 
@@ -125,6 +130,12 @@ pub struct MembershipStore {
     /// not yet compacted away, more with each batch. Outbox keys only grow, so nothing is ever
     /// added below it.
     outbox_floor: AtomicU64,
+    /// The outbox, in key order, while this process knows all of it: `None` until a read of
+    /// RocksDB finds nothing left from before; from then on commits add to it and deletions
+    /// take from it, and [`Self::outbox`] hands out the records the last batch committed
+    /// without reading them back. Past [`OUTBOX_KEPT`] records (nobody publishing) it is
+    /// dropped, and the outbox is read from RocksDB again.
+    outbox_kept: std::sync::Mutex<Option<KeptOutbox>>,
     /// Per destination, the same for its delivery queue (whose sequence numbers only grow).
     delivery_floors: std::sync::Mutex<HashMap<String, u64>>,
 }
@@ -151,6 +162,7 @@ impl MembershipStore {
         Ok(Self {
             db,
             outbox_floor: AtomicU64::new(0),
+            outbox_kept: Default::default(),
             delivery_floors: Default::default(),
         })
     }
@@ -161,6 +173,7 @@ impl MembershipStore {
         Ok(Self {
             db,
             outbox_floor: AtomicU64::new(0),
+            outbox_kept: Default::default(),
             delivery_floors: Default::default(),
         })
     }
@@ -300,6 +313,13 @@ impl MembershipStore {
 
     /// Outbox records in order, with their keys for deletion.
     pub fn outbox(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut kept = self.outbox_kept();
+        if let Some(records) = kept.as_ref() {
+            return Ok(records
+                .iter()
+                .map(|(seq, record)| (seq.to_be_bytes().to_vec(), record.clone()))
+                .collect());
+        }
         let floor = self.outbox_floor.load(Ordering::Relaxed).to_be_bytes();
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
@@ -314,7 +334,14 @@ impl MembershipStore {
             self.outbox_floor
                 .fetch_max(u64::from_be_bytes(first), Ordering::Relaxed);
         }
+        if out.is_empty() {
+            *kept = Some(VecDeque::new());
+        }
         Ok(out)
+    }
+
+    fn outbox_kept(&self) -> std::sync::MutexGuard<'_, Option<KeptOutbox>> {
+        self.outbox_kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Deletes published outbox records: `keys` are the first records [`Self::outbox`]
@@ -323,13 +350,20 @@ impl MembershipStore {
     pub fn delete_outbox(&self, keys: Vec<Vec<u8>>) -> Result<()> {
         let mut batch = WriteBatch::default();
         let mut past = None;
+        let mut deleted = Vec::with_capacity(keys.len());
         for k in keys {
             if let Ok(seq) = <[u8; 8]>::try_from(k.as_slice()) {
-                past = past.max(Some(u64::from_be_bytes(seq) + 1));
+                let seq = u64::from_be_bytes(seq);
+                past = past.max(Some(seq + 1));
+                deleted.push(seq);
             }
             batch.delete_cf(self.cf(CF_OUTBOX), k);
         }
         self.db.write(batch).map_err(storage)?;
+        if let Some(records) = self.outbox_kept().as_mut() {
+            deleted.sort_unstable();
+            records.retain(|(seq, _)| deleted.binary_search(seq).is_err());
+        }
         if let Some(past) = past {
             self.outbox_floor.fetch_max(past, Ordering::Relaxed);
         }
@@ -952,13 +986,21 @@ impl<'s> MembershipTxn<'s> {
         for (k, v) in self.offsets {
             batch.put_cf(s.cf(CF_OFFSETS), k, v.to_be_bytes());
         }
-        let mut seq = self.next_outbox;
-        for record in self.outbox {
+        let first = self.next_outbox;
+        for (seq, record) in (first..).zip(&self.outbox) {
             batch.put_cf(s.cf(CF_OUTBOX), seq.to_be_bytes(), record);
-            seq += 1;
         }
-        batch.put_cf(s.cf(CF_META), META_NEXT_OUTBOX, seq.to_be_bytes());
-        s.db.write(batch).map_err(storage)
+        let next = first + self.outbox.len() as u64;
+        batch.put_cf(s.cf(CF_META), META_NEXT_OUTBOX, next.to_be_bytes());
+        s.db.write(batch).map_err(storage)?;
+        let mut kept = s.outbox_kept();
+        if let Some(records) = kept.as_mut() {
+            records.extend((first..).zip(self.outbox));
+            if records.len() > OUTBOX_KEPT {
+                *kept = None;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1208,6 +1250,8 @@ mod tests {
                 }
                 txn.commit().unwrap();
                 let pending = store.outbox().unwrap();
+                // Read from memory once the store knows the whole outbox; the same either way.
+                assert_eq!(pending, store.entries(CF_OUTBOX).unwrap());
                 let values: Vec<Vec<u8>> = pending.iter().map(|(_, v)| v.clone()).collect();
                 let expected: Vec<Vec<u8>> = (published..batch * 3 + 3).map(|i| vec![i]).collect();
                 assert_eq!(values, expected);
@@ -1216,11 +1260,47 @@ mod tests {
                     pending[..pending.len() - 1].iter().cloned().unzip();
                 published = batch * 3 + 2;
                 store.delete_outbox(keys).unwrap();
+                assert_eq!(store.outbox().unwrap(), store.entries(CF_OUTBOX).unwrap());
             }
             assert_eq!(seqs(&store), [vec![11]]);
         }
         let store = MembershipStore::open(dir.path()).unwrap();
         assert_eq!(seqs(&store), [vec![11]]);
+        // What the last run left is read from RocksDB, and new records queue behind it.
+        let mut txn = store.txn().unwrap();
+        txn.push_outbox(vec![12]);
+        txn.commit().unwrap();
+        assert_eq!(seqs(&store), [vec![11], vec![12]]);
+        let (keys, _): (Vec<_>, Vec<_>) = store.outbox().unwrap().into_iter().unzip();
+        store.delete_outbox(keys).unwrap();
+        assert!(store.outbox().unwrap().is_empty());
+        let mut txn = store.txn().unwrap();
+        txn.push_outbox(vec![13]);
+        txn.commit().unwrap();
+        assert_eq!(seqs(&store), [vec![13]]);
+        assert_eq!(store.outbox().unwrap(), store.entries(CF_OUTBOX).unwrap());
+    }
+
+    #[test]
+    fn an_outbox_nobody_publishes_is_read_back_from_rocksdb_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MembershipStore::open(dir.path()).unwrap();
+        assert!(store.outbox().unwrap().is_empty());
+        assert!(
+            store.outbox_kept().is_some(),
+            "kept from the first empty read on"
+        );
+        for batch in 0..2u32 {
+            let mut txn = store.txn().unwrap();
+            for i in 0..OUTBOX_KEPT as u32 / 2 + 1 {
+                txn.push_outbox((batch << 24 | i).to_be_bytes().to_vec());
+            }
+            txn.commit().unwrap();
+        }
+        assert!(store.outbox_kept().is_none(), "not kept past OUTBOX_KEPT");
+        let pending = store.outbox().unwrap();
+        assert_eq!(pending.len(), OUTBOX_KEPT + 2);
+        assert_eq!(pending, store.entries(CF_OUTBOX).unwrap());
     }
 
     #[test]
