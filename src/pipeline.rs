@@ -51,6 +51,16 @@ pub fn rate(n: u64, d: std::time::Duration) -> String {
 }
 
 impl Counters {
+    /// The loop counters of the stage named `stage`.
+    pub fn stage(&self, stage: &str) -> Option<&cdp_bus::StageCounters> {
+        match stage {
+            cdp_ingest::stage::STAGE => Some(&self.ingest),
+            cdp_resolver::stage::STAGE => Some(&self.resolver.stage),
+            cdp_activation::stage::STAGE => Some(&self.activation.stage),
+            _ => None,
+        }
+    }
+
     /// Records in, out and dead-lettered, and the busy-time rate, of each of `stages`: the table
     /// `cdp demo` prints, and `cdp run --until-drained` prints when it stops.
     pub fn table(&self, stages: Stages) -> String {
@@ -271,7 +281,7 @@ pub fn run(
     let mut activation_defs: Option<Arc<cdp_activation::Activation>> = None;
     // How far each stateful stage's own state is behind its input: a stage that restarts on an
     // empty volume re-reads input its group already committed, so group lag alone is not enough.
-    let mut state_lags: Vec<StateLag> = Vec::new();
+    let mut state_lags: Vec<(&str, StateLag)> = Vec::new();
     let mut handles: Vec<StageThread> = Vec::new();
     let nice = config.http.pipeline_nice;
     if stages.ingest {
@@ -291,11 +301,14 @@ pub fn run(
             None => open_resolver_store(data, config)?,
         };
         let (checked, cfg) = (store.clone(), config.resolver.clone());
-        state_lags.push(Box::new(move |bus: &dyn Bus| {
-            Ok(cdp_bus::state_lag(bus, &cfg.input_topics(), |t, p| {
-                cdp_resolver::stage::stored_offset(checked.as_ref(), t, p)
-            })?)
-        }));
+        state_lags.push((
+            cdp_resolver::stage::STAGE,
+            Box::new(move |bus: &dyn Bus| {
+                Ok(cdp_bus::state_lag(bus, &cfg.input_topics(), |t, p| {
+                    cdp_resolver::stage::stored_offset(checked.as_ref(), t, p)
+                })?)
+            }),
+        ));
         let (bus, cfg, c, s) = (
             bus.clone(),
             config.resolver.clone(),
@@ -312,11 +325,14 @@ pub fn run(
             None => open_activation_store(data)?,
         };
         let (checked, cfg) = (store.clone(), config.activation.clone());
-        state_lags.push(Box::new(move |bus: &dyn Bus| {
-            Ok(cdp_bus::state_lag(bus, &cfg.input_topics(), |t, p| {
-                checked.offset(t, p)
-            })?)
-        }));
+        state_lags.push((
+            cdp_activation::stage::STAGE,
+            Box::new(move |bus: &dyn Bus| {
+                Ok(cdp_bus::state_lag(bus, &cfg.input_topics(), |t, p| {
+                    checked.offset(t, p)
+                })?)
+            }),
+        ));
         let activation = match activation {
             Some(activation) => activation,
             None => Arc::new(cdp_activation::Activation::new(&config.activation)?),
@@ -368,7 +384,7 @@ pub fn run(
                 reload_activation(reload, activation);
             }
         }
-        if until_drained && drained(bus.as_ref(), &groups, &state_lags)? {
+        if until_drained && drained(bus.as_ref(), &groups, &state_lags, &counters)? {
             shutdown.store(true, Ordering::Relaxed);
             break;
         }
@@ -444,20 +460,30 @@ fn to_strings(topics: &[&str]) -> Vec<String> {
     topics.iter().map(|t| t.to_string()).collect()
 }
 
-/// True when every group has committed everything. Checked upstream first: a stage commits only
-/// after its outputs are flushed, so once ingest is at zero, all signals exist, and so on down.
+/// Whether every stage has caught up: nothing left of its input by its group's commits and,
+/// for a stateful stage, by its own state. Checked upstream first: a stage commits only after
+/// its outputs are flushed, so once ingest is at zero, all signals exist, and so on down.
+///
+/// A stateful stage whose state is at the end of its input and whose last poll found nothing
+/// (read after the state, so no batch can have come between) has published everything: it
+/// publishes a batch's output before it polls again. Its group's commit alone may then be
+/// behind for good, when the process was killed between committing a batch to its state and to
+/// its group, with nothing left to read to move the group on.
 fn drained(
     bus: &dyn Bus,
     groups: &[(&str, String, Vec<String>)],
-    state_lags: &[StateLag],
+    state_lags: &[(&str, StateLag)],
+    counters: &Counters,
 ) -> Result<bool> {
-    for (_, group, topics) in groups {
-        if bus.lag(group, topics)? > 0 {
-            return Ok(false);
+    for (stage, group, topics) in groups {
+        let mut idle_at_end = false;
+        if let Some((_, lag)) = state_lags.iter().find(|(s, _)| s == stage) {
+            if lag(bus)? > 0 {
+                return Ok(false);
+            }
+            idle_at_end = counters.stage(stage).is_some_and(|c| c.idle());
         }
-    }
-    for lag in state_lags {
-        if lag(bus)? > 0 {
+        if !idle_at_end && bus.lag(group, topics)? > 0 {
             return Ok(false);
         }
     }

@@ -270,3 +270,61 @@ fn a_fresh_resolver_volume_replays_the_signals_its_group_already_committed() {
         "restored state differs in {differing:?}"
     );
 }
+
+/// A resolver killed after committing its last batch to its state but before committing it to
+/// its group starts again with nothing to read, and nothing moves its group's commit on:
+/// `--until-drained` still ends, once its state is at the end of its input and it is idle.
+#[test]
+fn until_drained_ends_when_the_group_commit_is_behind_the_state() {
+    use cdp_bus::{Bus, ConsumerOptions, Positions};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("workload");
+    let data = dir.path().join("data");
+    support::generate_seeded(&input, 50, 3);
+    support::run_until_drained(&data, &input);
+    // What such a kill leaves behind: the group's commit behind the state.
+    {
+        let resolver = cdp_resolver::ResolverConfig::default();
+        let topics = resolver.input_topics();
+        let bus = cdp_bus::embedded::EmbeddedBus::open(&data.join("bus")).unwrap();
+        let mut positions = Positions::new();
+        for info in bus.topics().unwrap() {
+            if topics.contains(&info.name.as_str()) {
+                for partition in 0..info.partitions {
+                    positions.insert((info.name.clone(), partition), 0);
+                }
+            }
+        }
+        assert!(!positions.is_empty());
+        let mut group = bus
+            .consumer(ConsumerOptions::group(resolver.group.clone(), &topics))
+            .unwrap();
+        group.commit(&positions).unwrap();
+        group.close().unwrap();
+        assert!(
+            bus.lag(
+                &resolver.group,
+                &positions.keys().map(|(t, _)| t.clone()).collect::<Vec<_>>()
+            )
+            .unwrap()
+                > 0
+        );
+    }
+    let mut child = cdp(&data, &["resolve", "--until-drained"], false)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("`cdp resolve --until-drained` did not end with its group behind its state");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status:?}");
+}

@@ -94,6 +94,7 @@ pub fn run(
             let mut last_timer: Option<Instant> = None;
             while !shutdown.load(Ordering::Relaxed) {
                 let records = consumer.poll(config.batch_size, timeout)?;
+                counters.stage.polled(records.len());
                 // Checked after the poll: records that arrived after a reload use its definitions.
                 if generation != Some(activation.generation()) {
                     generation = Some(activation.generation());

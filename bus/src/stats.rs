@@ -1,7 +1,7 @@
 //! Counters every stage keeps about its own loop, read by `cdp demo`'s report and by the
 //! Prometheus exporter. Plain atomics: the stage thread writes, anyone reads.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 #[derive(Debug, Default)]
@@ -16,6 +16,9 @@ pub struct StageCounters {
     pub busy_nanos: AtomicU64,
     /// Batches processed.
     pub batches: AtomicU64,
+    /// Whether the stage's last poll found nothing to read. A stage publishes what a batch
+    /// produced before it polls again, so an idle stage has published everything it read.
+    idle: AtomicBool,
 }
 
 impl StageCounters {
@@ -27,6 +30,17 @@ impl StageCounters {
         self.busy_nanos
             .fetch_add(busy.as_nanos() as u64, Ordering::Relaxed);
         self.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes what a poll returned (see [`Self::idle`]).
+    pub fn polled(&self, records: usize) {
+        self.idle.store(records == 0, Ordering::SeqCst);
+    }
+
+    /// Whether the last poll found nothing: everything the stage read before it is applied
+    /// and published.
+    pub fn idle(&self) -> bool {
+        self.idle.load(Ordering::SeqCst)
     }
 
     pub fn consumed(&self) -> u64 {

@@ -73,6 +73,7 @@ pub fn run(
     let timeout = Duration::from_millis(config.poll_timeout_ms);
     while !shutdown.load(Ordering::Relaxed) {
         let records = consumer.poll(config.batch_size, timeout)?;
+        counters.stage.polled(records.len());
         if records.is_empty() {
             continue;
         }
