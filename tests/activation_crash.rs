@@ -101,18 +101,11 @@ fn subject(cf: &str, key: &[u8]) -> String {
 /// went through the outbox depends on where batches and crashes cut the input, and what they
 /// said is compared on the topics. In `members`, `since` is the wall-clock time of the change
 /// and is left out; membership and its version are compared.
-/// `held` is each person's `members` entries again, in one record (see `cdp_activation::held`);
-/// which people have one depends on where batches were cut, so it is checked against `members`
-/// and left out of the comparison.
 fn state(dir: &Path) -> State {
     let store = MembershipStore::open_read_only(dir).expect("activation state opens");
-    check_held(
-        &store.entries("members").expect("scan"),
-        &store.entries("held").expect("scan"),
-    );
     COLUMN_FAMILIES
         .iter()
-        .filter(|cf| **cf != "outbox" && **cf != "held")
+        .filter(|cf| **cf != "outbox")
         .map(|cf| {
             let mut entries = store.entries(cf).expect("scan");
             entries.retain(|(k, _)| !(*cf == "meta" && k.as_slice() == b"next_outbox"));
@@ -125,37 +118,6 @@ fn state(dir: &Path) -> State {
             (*cf, entries)
         })
         .collect()
-}
-
-/// Every `held` record lists exactly the person's `members` entries.
-fn check_held(members: &[(Vec<u8>, Vec<u8>)], held: &[(Vec<u8>, Vec<u8>)]) {
-    let members: BTreeMap<&[u8], MemberState> = members
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_slice(),
-                serde_json::from_slice(v).expect("member state"),
-            )
-        })
-        .collect();
-    for (person, record) in held {
-        let listed: Vec<(Vec<u8>, MemberState)> = cdp_activation::held::decode(record)
-            .expect("held record")
-            .into_iter()
-            .map(|(audience, state)| ([person.as_slice(), audience].concat(), state))
-            .collect();
-        let stored: Vec<(Vec<u8>, MemberState)> = members
-            .range(person.as_slice()..)
-            .take_while(|(k, _)| k.starts_with(person))
-            .map(|(k, state)| (k.to_vec(), state.clone()))
-            .collect();
-        assert_eq!(
-            listed,
-            stored,
-            "held record of {}",
-            String::from_utf8_lossy(person)
-        );
-    }
 }
 
 /// Input records the state in `dir` has applied (the sum of its stored offsets); none when the

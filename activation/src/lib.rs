@@ -21,7 +21,6 @@ pub mod definitions;
 pub mod delivery;
 pub mod destination;
 pub mod frequency;
-pub mod held;
 pub mod inputs;
 pub mod membership;
 pub mod predicate;

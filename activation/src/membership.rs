@@ -8,7 +8,7 @@ use crate::{ActivationError, Result};
 use cdp_proto::Timestamp;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -30,10 +30,7 @@ pub(crate) const CF_DUE_OF: &str = "due_of";
 /// `tenant \0 canonical_id \0 channel` -> when its last `Audience Entered` deliveries on the
 /// channel were sent (ms, 8 bytes big endian each, oldest first), for frequency caps.
 pub(crate) const CF_CAPS: &str = "caps";
-/// `tenant \0 canonical_id \0` -> every membership state of the person in one record (see
-/// [`crate::held`]), read instead of scanning their prefix in [`CF_MEMBERS`].
-const CF_HELD: &str = "held";
-const ALL_CFS: [&str; 12] = [
+const ALL_CFS: [&str; 11] = [
     CF_MEMBERS,
     CF_VERSIONS,
     CF_OFFSETS,
@@ -45,20 +42,12 @@ const ALL_CFS: [&str; 12] = [
     CF_DUE,
     CF_DUE_OF,
     CF_CAPS,
-    CF_HELD,
 ];
 /// The column families of the membership state.
-pub const COLUMN_FAMILIES: [&str; 12] = ALL_CFS;
+pub const COLUMN_FAMILIES: [&str; 11] = ALL_CFS;
 /// The column families the stage reads by key only: the others are scanned in key order (a
 /// person's memberships, a destination's queue, the outbox, due times).
-const READ_BY_KEY: [&str; 6] = [
-    CF_VERSIONS,
-    CF_PROFILES,
-    CF_DUE_OF,
-    CF_OFFSETS,
-    CF_META,
-    CF_HELD,
-];
+const READ_BY_KEY: [&str; 5] = [CF_VERSIONS, CF_PROFILES, CF_DUE_OF, CF_OFFSETS, CF_META];
 
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
 /// The most outbox records [`MembershipStore`] keeps in memory: many batches' worth.
@@ -179,14 +168,8 @@ impl MembershipStore {
     }
 
     pub fn open_read_only(dir: &Path) -> Result<Self> {
-        // A state written by an older version may lack column families added since; the first
-        // writable open adds them.
-        let existing = DB::list_cf(&Options::default(), dir).map_err(storage)?;
-        let cfs = ALL_CFS
-            .iter()
-            .filter(|cf| existing.iter().any(|e| e == *cf));
         let db =
-            DB::open_cf_for_read_only(&Options::default(), dir, cfs, false).map_err(storage)?;
+            DB::open_cf_for_read_only(&Options::default(), dir, ALL_CFS, false).map_err(storage)?;
         Ok(Self {
             db,
             outbox_floor: AtomicU64::new(0),
@@ -546,7 +529,6 @@ impl MembershipStore {
             versions: BTreeMap::new(),
             version_reads: HashMap::new(),
             loaded: HashSet::new(),
-            scanned: Vec::new(),
             kv_reads: HashMap::new(),
             offsets: BTreeMap::new(),
             outbox: Vec::new(),
@@ -571,9 +553,6 @@ pub struct MembershipTxn<'s> {
     /// `(column family, prefix)` read whole into the read caches ([`MembershipTxn::load_person`]):
     /// a key under one of them that is not cached is absent from the store.
     loaded: HashSet<(&'static str, Vec<u8>)>,
-    /// People whose memberships were loaded by scanning [`CF_MEMBERS`] (they had no [`CF_HELD`]
-    /// record): the commit writes them one.
-    scanned: Vec<Vec<u8>>,
     /// Reads of the other column families (`None`: absent).
     kv_reads: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
     offsets: BTreeMap<Vec<u8>, i64>,
@@ -647,12 +626,10 @@ impl<'s> MembershipTxn<'s> {
         Ok(v)
     }
 
-    /// Reads every membership of the person, and what each destination holds of them: the
-    /// memberships from the person's [`CF_HELD`] record, or when there is none by a prefix scan
-    /// of [`CF_MEMBERS`]; what destinations hold by a prefix scan per destination. Their keys
-    /// sit side by side, and a scan finds them all for the price of about one point read each
-    /// would cost (see `benches/benches/activation.rs`). Later reads of the person are served
-    /// from the cache.
+    /// Reads every membership of the person, and what each destination holds of them, in one
+    /// prefix scan per column family: their keys sit side by side, and a scan finds them all for
+    /// the price of about one point read each would cost (see `benches/benches/activation.rs`).
+    /// Later reads of the person are served from the cache.
     pub fn load_person(
         &mut self,
         dests: &[crate::destination::Destination],
@@ -662,25 +639,9 @@ impl<'s> MembershipTxn<'s> {
         let mut prefix = pair_key(tenant, canonical_id);
         prefix.push(0);
         if self.loaded.insert((CF_MEMBERS, prefix.clone())) {
-            let store = self.store;
-            match store
-                .db
-                .get_pinned_cf(store.cf(CF_HELD), &prefix)
-                .map_err(storage)?
-            {
-                Some(held) => {
-                    for (audience, state) in crate::held::decode(&held)? {
-                        let key = [prefix.as_slice(), audience].concat();
-                        self.member_reads.insert(key, Some(state));
-                    }
-                }
-                None => {
-                    for (k, v) in self.scan(CF_MEMBERS, &prefix)? {
-                        let state = decode(&v)?;
-                        self.member_reads.insert(k, Some(state));
-                    }
-                    self.scanned.push(prefix.clone());
-                }
+            for (k, v) in self.scan(CF_MEMBERS, &prefix)? {
+                let state = decode(&v)?;
+                self.member_reads.insert(k, Some(state));
             }
         }
         for dest in dests {
@@ -992,45 +953,9 @@ impl<'s> MembershipTxn<'s> {
         Ok(())
     }
 
-    /// The [`CF_HELD`] record of each person whose memberships this transaction wrote or
-    /// scanned: all their states when it loaded them, else none (the next load scans).
-    fn write_held(&self, batch: &mut WriteBatch) {
-        let mut people: BTreeSet<&[u8]> = self.members.keys().map(|k| person_prefix(k)).collect();
-        people.extend(self.scanned.iter().map(Vec::as_slice));
-        if people.is_empty() {
-            return;
-        }
-        let mut read: HashMap<&[u8], BTreeMap<&[u8], &MemberState>> = HashMap::new();
-        for (k, state) in &self.member_reads {
-            let person = person_prefix(k);
-            if let (Some(state), true) = (state, people.contains(person)) {
-                read.entry(person)
-                    .or_default()
-                    .insert(&k[person.len()..], state);
-            }
-        }
-        let cf = self.store.cf(CF_HELD);
-        for person in people {
-            if !self.loaded.contains(&(CF_MEMBERS, person.to_vec())) {
-                batch.delete_cf(cf, person);
-                continue;
-            }
-            let mut states = read.remove(person).unwrap_or_default();
-            let written = self
-                .members
-                .range(person.to_vec()..)
-                .take_while(|(k, _)| k.starts_with(person));
-            for (k, state) in written {
-                states.insert(&k[person.len()..], state);
-            }
-            batch.put_cf(cf, person, crate::held::encode(states));
-        }
-    }
-
     pub fn commit(self) -> Result<()> {
         let s = self.store;
         let mut batch = WriteBatch::default();
-        self.write_held(&mut batch);
         for ((cf, k), v) in self.kv {
             match v {
                 Some(v) => batch.put_cf(s.cf(cf), k, v),
@@ -1048,11 +973,11 @@ impl<'s> MembershipTxn<'s> {
                 seq.to_be_bytes(),
             );
         }
-        for (k, v) in &self.members {
+        for (k, v) in self.members {
             batch.put_cf(
                 s.cf(CF_MEMBERS),
                 k,
-                serde_json::to_vec(v).expect("MemberState serialises"),
+                serde_json::to_vec(&v).expect("MemberState serialises"),
             );
         }
         for (k, v) in self.versions {
@@ -1301,104 +1226,6 @@ mod tests {
                 ("lapsed".to_string(), state(true, 3)),
                 ("leads".to_string(), state(true, 1))
             ]
-        );
-    }
-
-    #[derive(Debug, Clone)]
-    enum Step {
-        Load(u8),
-        Read(u8, u8),
-        Set(u8, u8, bool),
-    }
-
-    fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Vec<Step>>> {
-        use proptest::prelude::*;
-        let step = prop_oneof![
-            (0u8..3).prop_map(Step::Load),
-            (0u8..3, 0u8..4).prop_map(|(p, a)| Step::Read(p, a)),
-            (0u8..3, 0u8..4, any::<bool>()).prop_map(|(p, a, m)| Step::Set(p, a, m)),
-        ];
-        prop::collection::vec(prop::collection::vec(step, 0..8), 1..8)
-    }
-
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
-
-        /// Whatever each transaction loaded, read and wrote, a person's `held` record lists
-        /// their `members` entries, and loading them (from it or by a scan) finds every state.
-        #[test]
-        fn a_persons_held_record_is_their_memberships(txns in steps()) {
-            let dir = tempfile::tempdir().unwrap();
-            let store = MembershipStore::open(dir.path()).unwrap();
-            let person = |p: u8| format!("cdp_{p}");
-            let audience = |a: u8| format!("c{a}");
-            let mut model: BTreeMap<(u8, u8), MemberState> = BTreeMap::new();
-            let mut seq = 0;
-            for txn_steps in txns {
-                let mut txn = store.txn().unwrap();
-                for step in txn_steps {
-                    match step {
-                        Step::Load(p) => txn.load_person(&[], "acme", &person(p)).unwrap(),
-                        Step::Read(p, a) => {
-                            txn.state("acme", &person(p), &audience(a)).unwrap();
-                        }
-                        Step::Set(p, a, member) => {
-                            seq += 1;
-                            txn.set_state("acme", &person(p), &audience(a), state(member, seq));
-                            model.insert((p, a), state(member, seq));
-                        }
-                    }
-                }
-                txn.commit().unwrap();
-                let members = store.entries(CF_MEMBERS).unwrap();
-                for (prefix, record) in store.entries(CF_HELD).unwrap() {
-                    let listed: Vec<(Vec<u8>, MemberState)> = crate::held::decode(&record)
-                        .unwrap()
-                        .into_iter()
-                        .map(|(a, s)| ([prefix.as_slice(), a].concat(), s))
-                        .collect();
-                    let stored: Vec<(Vec<u8>, MemberState)> = members
-                        .iter()
-                        .filter(|(k, _)| k.starts_with(&prefix))
-                        .map(|(k, v)| (k.clone(), decode(v).unwrap()))
-                        .collect();
-                    proptest::prop_assert_eq!(listed, stored);
-                }
-                let mut fresh = store.txn().unwrap();
-                for p in 0..3 {
-                    fresh.load_person(&[], "acme", &person(p)).unwrap();
-                    for a in 0..4 {
-                        proptest::prop_assert_eq!(
-                            fresh.state("acme", &person(p), &audience(a)).unwrap(),
-                            model.get(&(p, a)).cloned()
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn loading_a_person_reads_their_held_record_and_writes_one_when_missing() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = MembershipStore::open(dir.path()).unwrap();
-        let mut txn = store.txn().unwrap();
-        txn.set_state("acme", "cdp_1", "leads", state(true, 1));
-        txn.commit().unwrap();
-        // Written without loading the person: no record yet.
-        assert!(store.entries(CF_HELD).unwrap().is_empty());
-        let mut txn = store.txn().unwrap();
-        txn.load_person(&[], "acme", "cdp_1").unwrap();
-        txn.load_person(&[], "acme", "cdp_2").unwrap();
-        txn.commit().unwrap();
-        let held = store.entries(CF_HELD).unwrap();
-        assert_eq!(held.len(), 2, "one each, the person with no cohort too");
-        let mut txn = store.txn().unwrap();
-        txn.load_person(&[], "acme", "cdp_1").unwrap();
-        assert!(txn.scanned.is_empty(), "read from the record");
-        assert_eq!(
-            txn.state("acme", "cdp_1", "leads").unwrap(),
-            Some(state(true, 1))
         );
     }
 
