@@ -51,14 +51,22 @@ pub fn rate(n: u64, d: std::time::Duration) -> String {
 }
 
 impl Counters {
+    /// Each stage's name and loop counters, in pipeline order.
+    fn by_stage(&self) -> [(&'static str, &cdp_bus::StageCounters); 3] {
+        [
+            (cdp_ingest::stage::STAGE, &self.ingest),
+            (cdp_resolver::stage::STAGE, &self.resolver.stage),
+            (cdp_activation::stage::STAGE, &self.activation.stage),
+        ]
+    }
+
     /// The loop counters of the stage named `stage`.
     pub fn stage(&self, stage: &str) -> Option<&cdp_bus::StageCounters> {
-        match stage {
-            cdp_ingest::stage::STAGE => Some(&self.ingest),
-            cdp_resolver::stage::STAGE => Some(&self.resolver.stage),
-            cdp_activation::stage::STAGE => Some(&self.activation.stage),
-            _ => None,
-        }
+        let (_, counters) = self
+            .by_stage()
+            .into_iter()
+            .find(|(name, _)| *name == stage)?;
+        Some(counters)
     }
 
     /// Records in, out and dead-lettered, and the busy-time rate, of each of `stages`: the table
@@ -68,11 +76,8 @@ impl Counters {
             "{:<18} {:>10} {:>10} {:>8} {:>14}\n",
             "stage", "in", "out", "dlq", "rate (busy)"
         );
-        for (name, ran, s) in [
-            ("ingest", stages.ingest, &self.ingest),
-            ("resolver", stages.resolve, &self.resolver.stage),
-            ("activation", stages.activate, &self.activation.stage),
-        ] {
+        let ran = [stages.ingest, stages.resolve, stages.activate];
+        for ((name, s), ran) in self.by_stage().into_iter().zip(ran) {
             if !ran {
                 continue;
             }

@@ -276,7 +276,7 @@ fn a_fresh_resolver_volume_replays_the_signals_its_group_already_committed() {
 /// `--until-drained` still ends, once its state is at the end of its input and it is idle.
 #[test]
 fn until_drained_ends_when_the_group_commit_is_behind_the_state() {
-    use cdp_bus::{Bus, ConsumerOptions, Positions};
+    use cdp_bus::{Bus, BusError, ConsumerOptions};
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("workload");
     let data = dir.path().join("data");
@@ -287,14 +287,8 @@ fn until_drained_ends_when_the_group_commit_is_behind_the_state() {
         let resolver = cdp_resolver::ResolverConfig::default();
         let topics = resolver.input_topics();
         let bus = cdp_bus::embedded::EmbeddedBus::open(&data.join("bus")).unwrap();
-        let mut positions = Positions::new();
-        for info in bus.topics().unwrap() {
-            if topics.contains(&info.name.as_str()) {
-                for partition in 0..info.partitions {
-                    positions.insert((info.name.clone(), partition), 0);
-                }
-            }
-        }
+        let positions =
+            cdp_bus::stored_positions::<BusError>(&bus, &topics, |_, _| Ok(Some(0))).unwrap();
         assert!(!positions.is_empty());
         let mut group = bus
             .consumer(ConsumerOptions::group(resolver.group.clone(), &topics))
