@@ -425,7 +425,11 @@ impl Producer for EmbeddedProducer {
         // failed: keeping it would fail every later flush and wedge the producer for good.
         let pending = std::mem::take(&mut self.pending);
         let now = now_ms();
-        let mut batch = WriteBatch::default();
+        let bytes = pending
+            .iter()
+            .map(|r| LOG_KEY_LEN + r.topic.len() + encoded_len(r))
+            .sum();
+        let mut batch = crate::sized_write_batch(pending.len(), bytes);
         // The partitions take the records only once they are written.
         let _turn = self.inner.append.lock().unwrap_or_else(|e| e.into_inner());
         let state = self.inner.state();
@@ -698,6 +702,8 @@ fn partition_prefix(topic: &str, partition: i32) -> Vec<u8> {
     k
 }
 
+/// A log key's bytes besides its topic: a separator, the partition and the offset.
+const LOG_KEY_LEN: usize = 1 + 4 + 8;
 fn log_key(topic: &str, partition: i32, offset: i64) -> Vec<u8> {
     let mut k = partition_prefix(topic, partition);
     k.extend_from_slice(&(offset as u64).to_be_bytes());
@@ -719,9 +725,13 @@ fn group_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
     k
 }
 
+/// About the length of `encode(r)`: the headers' bytes are not counted.
+fn encoded_len(r: &OutRecord) -> usize {
+    32 + r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len)
+}
+
 fn encode(r: &OutRecord, ts: i64) -> Vec<u8> {
-    let size = 32 + r.key.as_ref().map_or(0, Vec::len) + r.value.as_ref().map_or(0, Vec::len);
-    let mut out = Vec::with_capacity(size);
+    let mut out = Vec::with_capacity(encoded_len(r));
     out.extend_from_slice(&ts.to_le_bytes());
     codec::put_bytes(&mut out, r.key.as_deref());
     codec::put_bytes(&mut out, r.value.as_deref());

@@ -15,12 +15,14 @@ mod record;
 pub mod rocksdb_memtable;
 pub mod rocksdb_stats;
 pub mod stats;
+pub mod write_batch;
 
 pub use partitioner::partition_for_key;
 pub use record::{OutRecord, Record};
 pub use rocksdb_memtable::hash_indexed_memtable;
 pub use rocksdb_stats::RocksDbStats;
 pub use stats::StageCounters;
+pub use write_batch::sized_write_batch;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -3,7 +3,7 @@
 //! names are defined here and nowhere else.
 
 use crate::{ResolverError, Result};
-use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
+use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -262,12 +262,25 @@ impl GraphStore for RocksStore {
     }
 
     fn write(&self, ops: Vec<Op>) -> Result<()> {
-        let mut batch = WriteBatch::default();
+        let bytes = ops
+            .iter()
+            .map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let mut batch = cdp_bus::sized_write_batch(ops.len(), bytes);
+        // Ops come grouped by column family: look each handle up once per run.
+        let mut current: Option<(Cf, &rocksdb::ColumnFamily)> = None;
         for (cf, k, v) in ops {
-            // Only a read-only view lacks column families, and it cannot write anyway.
-            let handle = self.cf(cf).ok_or_else(|| {
-                ResolverError::Storage(format!("column family {} is not open", cf.name()))
-            })?;
+            let handle = match current {
+                Some((c, handle)) if c == cf => handle,
+                _ => {
+                    // Only a read-only view lacks column families, and it cannot write anyway.
+                    let handle = self.cf(cf).ok_or_else(|| {
+                        ResolverError::Storage(format!("column family {} is not open", cf.name()))
+                    })?;
+                    current = Some((cf, handle));
+                    handle
+                }
+            };
             match v {
                 Some(v) => batch.put_cf(handle, k, v),
                 None => batch.delete_cf(handle, k),
