@@ -704,6 +704,7 @@ fn partition_prefix(topic: &str, partition: i32) -> Vec<u8> {
 
 /// A log key's bytes besides its topic: a separator, the partition and the offset.
 const LOG_KEY_LEN: usize = 1 + 4 + 8;
+
 fn log_key(topic: &str, partition: i32, offset: i64) -> Vec<u8> {
     let mut k = partition_prefix(topic, partition);
     k.extend_from_slice(&(offset as u64).to_be_bytes());

@@ -187,8 +187,9 @@ impl RocksStore {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         // Most reads of a batch ask for keys that do not exist yet (a new identifier, a pair
-        // never linked, a tombstone nobody wrote): bloom filters, in the memtable and in every
-        // table file, answer those without searching.
+        // never linked, a tombstone nobody wrote): bloom filters in every table file (and in
+        // the skip-list memtables; a hash-indexed one's bucket does as well) answer those
+        // without searching.
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
         table.set_whole_key_filtering(true);
