@@ -295,14 +295,7 @@ fn until_drained_ends_when_the_group_commit_is_behind_the_state() {
             .unwrap();
         group.commit(&positions).unwrap();
         group.close().unwrap();
-        assert!(
-            bus.lag(
-                &resolver.group,
-                &positions.keys().map(|(t, _)| t.clone()).collect::<Vec<_>>()
-            )
-            .unwrap()
-                > 0
-        );
+        assert!(bus.lag(&resolver.group, &topics.map(String::from)).unwrap() > 0);
     }
     let mut child = cdp(&data, &["resolve", "--until-drained"], false)
         .stdout(Stdio::null())
