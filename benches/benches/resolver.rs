@@ -82,6 +82,8 @@ fn apply_all(
     let mut dead = 0;
     let start = Instant::now();
     let cpu_start = process_cpu();
+    // Written in place: a batch's time is its durable apply, write included.
+    let store = &cdp_resolver::pipelined::PipelinedStore::inline(store);
     for poll in signals.chunks(config.batch_size) {
         stage::apply_poll(
             &resolver,

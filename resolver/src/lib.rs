@@ -29,6 +29,7 @@ pub mod outbox;
 pub mod overlay;
 pub mod pacer;
 pub mod partition;
+pub mod pipelined;
 pub mod policy;
 pub mod rebuild;
 pub mod stage;

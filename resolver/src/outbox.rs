@@ -150,8 +150,10 @@ impl OutboxCursor {
             }
             self.next = next;
         }
-        // Anything left was never committed.
-        self.rendered.clear();
+        // Bodies of updates not read yet are of a write still landing (a pipelined store's):
+        // the next send reads them. Nothing below the cursor is read again.
+        let next = &self.next;
+        self.rendered.retain(|key, _| key >= next);
         Ok(n)
     }
 

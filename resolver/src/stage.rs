@@ -3,7 +3,8 @@
 //! Per batch: signals are applied in one [`Txn`]; the resulting change records go into the
 //! outbox and the next input offsets into the offsets column family, and all of it is committed
 //! in one atomic write. Only then is the outbox published and emptied, and the consumer's
-//! position committed. After a crash the resolver republishes what is left in the outbox
+//! position committed. The write lands on a thread of its own ([`PipelinedStore`]) while the
+//! next batch is applied; its outbox is published once it has landed. After a crash the resolver republishes what is left in the outbox
 //! (consumers drop duplicates by `version`) and skips input below its stored offsets, so its
 //! state equals that of a run that never crashed; the bus's committed position is advisory.
 //!
@@ -15,6 +16,7 @@ use crate::config::ResolverConfig;
 use crate::graph::{Batch, BatchOutput, Resolver};
 use crate::outbox::{self, publish_outbox, OutboxCursor};
 use crate::pacer::BatchPacer;
+use crate::pipelined::PipelinedStore;
 use crate::state_cache::StateCache;
 use crate::store::{Cf, GraphStore};
 use crate::txn::{offset_key, Txn};
@@ -58,11 +60,28 @@ pub fn run(
     counters: &ResolverCounters,
     shutdown: &AtomicBool,
 ) -> Result<()> {
+    // The stage's writes land on a thread of their own while it applies the next batch.
+    std::thread::scope(|scope| {
+        let store = PipelinedStore::spawn(scope, store, "resolver-write")?;
+        let ran = run_on(bus, &store, config, counters, shutdown);
+        // Whatever stopped the loop, the last write lands (or its error is told) before return.
+        let synced = store.sync();
+        ran.and(synced)
+    })
+}
+
+fn run_on(
+    bus: &dyn Bus,
+    store: &PipelinedStore,
+    config: &ResolverConfig,
+    counters: &ResolverCounters,
+    shutdown: &AtomicBool,
+) -> Result<()> {
     let resolver = Resolver::from_config(config)?;
     let mut producer = bus.producer()?;
     // Empty at start: a restart reads the store, whatever the last run held.
     let mut state = StageState::new(config);
-    publish_outbox(store, producer.as_mut(), &mut state.outbox)?;
+    publish_outbox(store.durable(), producer.as_mut(), &mut state.outbox)?;
     let topics = config.input_topics();
     let mut options = ConsumerOptions::group(config.group.clone(), &topics);
     // Start where the graph's state says, not where the group committed: a fresh or restored
@@ -210,13 +229,15 @@ impl StageState {
 }
 
 /// Applies one poll's `records` as the stage does: in batches ([`apply_next`]), each batch's
-/// outputs handed to `producer` as soon as it is committed, so a signal waits for its own batch
+/// outputs handed to `producer` as soon as its write has landed (with a writer thread, after
+/// the next batch is applied; the poll's last at the end), so a signal waits for its own batch
 /// rather than for the whole poll, and delivery awaited (the outbox emptied) once at the end.
-/// `on_batch` is told what each batch applied and how long it took to apply and commit.
+/// `on_batch` is told what each batch applied and how long it took to apply and commit (with a
+/// writer thread, to hand its write over).
 /// Returns the poll's sum and how many records were published.
 pub fn apply_poll(
     resolver: &Resolver,
-    store: &dyn GraphStore,
+    store: &PipelinedStore,
     state: &mut StageState,
     producer: &mut dyn Producer,
     config: &ResolverConfig,
@@ -231,9 +252,11 @@ pub fn apply_poll(
         let (applied, used) = apply_next(resolver, store, state, config, rest)?;
         on_batch(&applied, started.elapsed());
         sum.add(&applied);
-        published += state.outbox.send(store, producer)?;
+        published += state.outbox.send(store.durable(), producer)?;
         rest = &rest[used..];
     }
+    store.sync()?;
+    published += state.outbox.send(store.durable(), producer)?;
     state.outbox.confirm(store, producer)?;
     Ok((sum, published))
 }

@@ -115,6 +115,11 @@ pub trait GraphStore: Send + Sync {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>>;
     /// Applies all `ops` atomically.
     fn write(&self, ops: Vec<Op>) -> Result<()>;
+    /// Applies all `ops` atomically, leaving them to the caller (a [`crate::pipelined`] store
+    /// reads them while they are written). Engines that can write from borrowed bytes override it.
+    fn write_ops(&self, ops: &[Op]) -> Result<()> {
+        self.write(ops.to_vec())
+    }
     /// Every entry of `cf` whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
     /// Every entry of `cf` whose key is `from` or after it, in key order. Engines that can seek
@@ -263,6 +268,10 @@ impl GraphStore for RocksStore {
     }
 
     fn write(&self, ops: Vec<Op>) -> Result<()> {
+        self.write_ops(&ops)
+    }
+
+    fn write_ops(&self, ops: &[Op]) -> Result<()> {
         let bytes = ops
             .iter()
             .map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
@@ -272,13 +281,13 @@ impl GraphStore for RocksStore {
         let mut current: Option<(Cf, &rocksdb::ColumnFamily)> = None;
         for (cf, k, v) in ops {
             let handle = match current {
-                Some((c, handle)) if c == cf => handle,
+                Some((c, handle)) if c == *cf => handle,
                 _ => {
                     // Only a read-only view lacks column families, and it cannot write anyway.
-                    let handle = self.cf(cf).ok_or_else(|| {
+                    let handle = self.cf(*cf).ok_or_else(|| {
                         ResolverError::Storage(format!("column family {} is not open", cf.name()))
                     })?;
-                    current = Some((cf, handle));
+                    current = Some((*cf, handle));
                     handle
                 }
             };
