@@ -26,7 +26,7 @@ pub struct PipelinedStore<'s> {
     inner: &'s dyn GraphStore,
     writer: Option<Writer>,
     inflight: Mutex<Option<Inflight>>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: crate::overlay::ByBytes,
 }
 
 struct Writer {
