@@ -364,8 +364,10 @@ pub fn run(
     let groups = stage_groups(config, stages);
     let mut failure = None;
     let mut expiry = crate::retention::Expiry::default();
+    // A run until drained stops as soon as it is: its wall time is what a backfill waits for.
+    let tick = Duration::from_millis(if until_drained { 5 } else { 50 });
     loop {
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(tick);
         if config.bus.backend == Backend::Embedded {
             let now_ms = chrono::Utc::now().timestamp_millis();
             if let Err(e) = expiry.tick(bus.as_ref(), &config.bus.embedded, now_ms) {

@@ -560,7 +560,7 @@ impl Default for ActivationConfig {
             membership_topic: cdp_proto::topics::COHORT_MEMBERSHIP.into(),
             dlq_topic: cdp_proto::topics::DLQ.into(),
             batch_size: 2000,
-            poll_timeout_ms: 100,
+            poll_timeout_ms: 20,
             timer_interval_ms: 1000,
             cohorts: vec![
                 cohort(

@@ -57,7 +57,7 @@ impl Default for IngestConfig {
             signals_topic: topics::SIGNALS.into(),
             dlq_topic: topics::DLQ.into(),
             batch_size: 1000,
-            poll_timeout_ms: 100,
+            poll_timeout_ms: 20,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             // Segment de-duplicates over 24 hours; libraries retry within minutes.

@@ -40,7 +40,7 @@ impl Default for ResolverConfig {
             dlq_topic: cdp_proto::topics::DLQ.into(),
             batch_size: 2000,
             max_batch_ms: 4,
-            poll_timeout_ms: 100,
+            poll_timeout_ms: 20,
             policy: PolicyConfig::default(),
             matching: crate::matching::MatchingConfig::default(),
             storage: crate::store::StorageConfig::default(),
