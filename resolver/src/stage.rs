@@ -4,9 +4,10 @@
 //! outbox and the next input offsets into the offsets column family, and all of it is committed
 //! in one atomic write. Only then is the outbox published and emptied, and the consumer's
 //! position committed. The write lands on a thread of its own ([`PipelinedStore`]) while the
-//! next batch is applied; its outbox is published once it has landed. After a crash the resolver republishes what is left in the outbox
-//! (consumers drop duplicates by `version`) and skips input below its stored offsets, so its
-//! state equals that of a run that never crashed; the bus's committed position is advisory.
+//! next batch is applied; its outbox is published once it has landed. After a crash the
+//! resolver republishes what is left in the outbox (consumers drop duplicates by `version`)
+//! and skips input below its stored offsets, so its state equals that of a run that never
+//! crashed; the bus's committed position is advisory.
 //!
 //! Graph commands (`forget`, `unmerge`) arrive on their own topic in the same consumer and are
 //! applied in poll order with the signals, each in a transaction of its own with its offset.
