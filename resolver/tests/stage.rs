@@ -4,7 +4,7 @@
 mod support;
 
 use cdp_bus::embedded::EmbeddedBus;
-use cdp_bus::{Bus, ConsumerOptions, OutRecord};
+use cdp_bus::{Bus, ConsumerOptions, OutRecord, Producer};
 use cdp_proto::{Identifier, IdentifierKind, Source};
 use cdp_resolver::stage::{self, stored_offset, ResolverCounters};
 use cdp_resolver::store::{Cf, GraphStore, Op};
@@ -61,6 +61,23 @@ impl Drop for Stop<'_> {
     }
 }
 
+/// Sends person `n`'s signal (one hashed email) to the resolver's input.
+fn send_signal(producer: &mut dyn Producer, config: &ResolverConfig, n: i64) {
+    let ids = [Identifier::new(
+        IdentifierKind::EmailSha256,
+        format!("{n:064x}"),
+    )];
+    let s = signal(n, Source::Web, &ids, "deterministic_login", 1.0);
+    producer
+        .send(OutRecord::new(
+            &config.signals_topic,
+            Vec::new(),
+            serde_json::to_vec(&s).unwrap(),
+        ))
+        .unwrap();
+    producer.flush().unwrap();
+}
+
 fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -84,21 +101,7 @@ fn a_batch_is_published_only_once_its_write_has_landed() {
         bus.create_topic(topic, 1).unwrap();
     }
     let mut producer = bus.producer().unwrap();
-    let mut send = |n: i64| {
-        let ids = [Identifier::new(
-            IdentifierKind::EmailSha256,
-            format!("{n:064x}"),
-        )];
-        let s = signal(n, Source::Web, &ids, "deterministic_login", 1.0);
-        producer
-            .send(OutRecord::new(
-                &config.signals_topic,
-                Vec::new(),
-                serde_json::to_vec(&s).unwrap(),
-            ))
-            .unwrap();
-        producer.flush().unwrap();
-    };
+    let mut send = |n: i64| send_signal(producer.as_mut(), &config, n);
     let mut profiles = bus
         .consumer(ConsumerOptions::group("check", &[&config.profiles_topic]))
         .unwrap();
@@ -190,20 +193,7 @@ fn a_write_failing_on_the_writer_thread_stops_the_stage_with_its_error() {
     for topic in config.input_topics() {
         bus.create_topic(topic, 1).unwrap();
     }
-    let mut producer = bus.producer().unwrap();
-    let ids = [Identifier::new(
-        IdentifierKind::EmailSha256,
-        "ab".repeat(32),
-    )];
-    let s = signal(0, Source::Web, &ids, "deterministic_login", 1.0);
-    producer
-        .send(OutRecord::new(
-            &config.signals_topic,
-            Vec::new(),
-            serde_json::to_vec(&s).unwrap(),
-        ))
-        .unwrap();
-    producer.flush().unwrap();
+    send_signal(bus.producer().unwrap().as_mut(), &config, 0);
 
     let store = Failing {
         failing: AtomicBool::new(true),
