@@ -1,5 +1,5 @@
 //! Batch writes on a thread of their own, so the stage applies its next batch while RocksDB
-//! inserts the last one (memtable inserts and the write-ahead log were about a quarter of the
+//! inserts the last one (memtable inserts and the write-ahead log were about a fifth of the
 //! resolver's thread with matching on).
 //!
 //! One write is in flight at a time. Until it is applied, reads of the keys it writes are
