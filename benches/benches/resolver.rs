@@ -10,8 +10,11 @@
 //! poll. A batch's latency is its apply and commit. Columns: `poll` and mean signals per
 //! `batch`, profile updates per signal and their size.
 //!
-//! Rows: `memory` and `rocksdb` read every batch's state from the store; `rocksdb+c` keeps
-//! decoded state between batches (`[resolver.storage] state_cache_entries`); then `fixed` rows
+//! Rows: `memory` and `rocksdb` read every batch's state from the store; `rocksdb+w` writes
+//! each batch on a thread of its own while the next is applied, as the stage does (its batch
+//! latency is the apply and the hand-over; with a core to spare its rate is the stage's);
+//! `rocksdb+c` keeps decoded state between batches (`[resolver.storage]
+//! state_cache_entries`); then `fixed` rows
 //! apply batches of each of CDP_BENCH_BATCH_SIZES (default 200,2000) without the time cut,
 //! durably and without a cache: what fixed sizes give in rate and latency.
 //!
@@ -21,6 +24,7 @@
 use cdp_benches::{peak_rss_bytes, percentile, raw_records, signals};
 use cdp_bus::{OutRecord, Producer, Record};
 use cdp_ingest::IngestConfig;
+use cdp_resolver::pipelined::PipelinedStore;
 use cdp_resolver::state_cache::StateCache;
 use cdp_resolver::{stage, GraphStore, MemStore, Resolver, ResolverConfig, RocksStore};
 use std::time::{Duration, Instant};
@@ -67,6 +71,26 @@ fn apply_all(
     entries: usize,
     signals: &[Record],
 ) -> Run {
+    // Written in place: a batch's time is its durable apply, write included.
+    apply_on(&PipelinedStore::inline(store), config, entries, signals)
+}
+
+/// [`apply_all`] with each batch's write on a thread of its own, as the stage writes.
+fn apply_all_pipelined(store: &dyn GraphStore, config: &ResolverConfig, signals: &[Record]) -> Run {
+    std::thread::scope(|scope| {
+        let store = PipelinedStore::spawn(scope, store, "bench-write").expect("writer starts");
+        let run = apply_on(&store, config, 0, signals);
+        store.sync().expect("the last write lands");
+        run
+    })
+}
+
+fn apply_on(
+    store: &PipelinedStore,
+    config: &ResolverConfig,
+    entries: usize,
+    signals: &[Record],
+) -> Run {
     let resolver = Resolver::new(config.policy.clone());
     let mut state = stage::StageState {
         cache: StateCache::new(entries),
@@ -82,8 +106,6 @@ fn apply_all(
     let mut dead = 0;
     let start = Instant::now();
     let cpu_start = process_cpu();
-    // Written in place: a batch's time is its durable apply, write included.
-    let store = &cdp_resolver::pipelined::PipelinedStore::inline(store);
     for poll in signals.chunks(config.batch_size) {
         stage::apply_poll(
             &resolver,
@@ -212,6 +234,12 @@ fn main() {
         apply_all(&rocks, config, entries, &signals)
     };
     let rocks = report("rocksdb", batch, n, &mut durable(&config, 0), Some(memory));
+    {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RocksStore::open_with(dir.path(), &config.storage).expect("rocksdb opens");
+        let mut run = apply_all_pipelined(&store, &config, &signals);
+        report("rocksdb+w", batch, n, &mut run, Some(memory));
+    }
     let entries = std::env::var("CDP_BENCH_CACHE_ENTRIES")
         .ok()
         .and_then(|v| v.parse().ok())
