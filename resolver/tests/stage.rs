@@ -12,7 +12,7 @@ use cdp_resolver::{MemStore, ResolverConfig, Result};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
-use support::signal;
+use support::{signal, FailingStore};
 
 /// A store whose writes wait while it is held.
 #[derive(Default)]
@@ -161,30 +161,6 @@ fn a_batch_is_published_only_once_its_write_has_landed() {
     );
 }
 
-/// A store whose writes fail once it is told to.
-#[derive(Default)]
-struct Failing {
-    inner: MemStore,
-    failing: AtomicBool,
-}
-
-impl GraphStore for Failing {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.inner.get(cf, key)
-    }
-
-    fn write(&self, ops: Vec<Op>) -> Result<()> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(cdp_resolver::ResolverError::Storage("disk full".into()));
-        }
-        self.inner.write(ops)
-    }
-
-    fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_prefix(cf, prefix)
-    }
-}
-
 #[test]
 fn a_write_failing_on_the_writer_thread_stops_the_stage_with_its_error() {
     let config = ResolverConfig::default();
@@ -195,10 +171,7 @@ fn a_write_failing_on_the_writer_thread_stops_the_stage_with_its_error() {
     }
     send_signal(bus.producer().unwrap().as_mut(), &config, 0);
 
-    let store = Failing {
-        failing: AtomicBool::new(true),
-        ..Failing::default()
-    };
+    let store = FailingStore::new(Some(0));
     let (counters, shutdown) = (ResolverCounters::default(), AtomicBool::new(false));
     let err = std::thread::scope(|scope| {
         let stage = scope.spawn(|| stage::run(&bus, &store, &config, &counters, &shutdown));
@@ -212,7 +185,7 @@ fn a_write_failing_on_the_writer_thread_stops_the_stage_with_its_error() {
         }
         stage.join().unwrap().unwrap_err()
     });
-    assert!(err.to_string().contains("disk full"), "{err}");
+    assert!(err.to_string().contains("injected write failure"), "{err}");
     assert_eq!(
         stored_offset(&store.inner, &config.signals_topic, 0).unwrap(),
         None

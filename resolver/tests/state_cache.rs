@@ -9,36 +9,11 @@ use cdp_proto::{time::from_millis, Identifier, IdentifierKind, Source};
 use cdp_resolver::command::{CommandOp, GraphCommand, Target, UnmergePart};
 use cdp_resolver::stage::{apply_records, apply_records_cached};
 use cdp_resolver::state_cache::StateCache;
-use cdp_resolver::store::{Cf, Op};
+use cdp_resolver::store::Cf;
 use cdp_resolver::txn::Txn;
-use cdp_resolver::{lookup, GraphStore, MemStore, Resolver, ResolverConfig, ResolverError};
+use cdp_resolver::{lookup, MemStore, Resolver, ResolverConfig};
 use proptest::prelude::*;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use support::{signal, TENANT};
-
-/// A store whose `n`th write fails (as a full disk or a killed write would), once.
-struct FailingStore {
-    inner: MemStore,
-    writes: AtomicUsize,
-    fail_at: usize,
-}
-
-impl GraphStore for FailingStore {
-    fn get(&self, cf: Cf, key: &[u8]) -> cdp_resolver::Result<Option<Vec<u8>>> {
-        self.inner.get(cf, key)
-    }
-
-    fn write(&self, ops: Vec<Op>) -> cdp_resolver::Result<()> {
-        if self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_at {
-            return Err(ResolverError::Storage("injected write failure".into()));
-        }
-        self.inner.write(ops)
-    }
-
-    fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> cdp_resolver::Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.inner.scan_prefix(cf, prefix)
-    }
-}
+use support::{signal, FailingStore, TENANT};
 
 const KINDS: [IdentifierKind; 4] = [
     IdentifierKind::UserId,
@@ -171,11 +146,7 @@ proptest! {
             apply_records(&resolver, &plain, &config, batch).unwrap();
         }
 
-        let cached = FailingStore {
-            inner: MemStore::default(),
-            writes: AtomicUsize::new(0),
-            fail_at: fail_at.unwrap_or(usize::MAX),
-        };
+        let cached = FailingStore::new(fail_at);
         let mut cache = StateCache::new(entries);
         for batch in &input {
             if apply_records_cached(&resolver, &cached, &mut cache, &config, batch).is_err() {

@@ -4,9 +4,11 @@
 use cdp_proto::time::from_millis;
 use cdp_proto::{Identifier, IdentityLink, Signal, Source};
 use cdp_resolver::graph::Batch;
+use cdp_resolver::store::{Cf, Op};
 use cdp_resolver::txn::Txn;
-use cdp_resolver::{lookup, GraphStore, Resolver};
+use cdp_resolver::{lookup, GraphStore, MemStore, Resolver, ResolverError};
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The tenant every test writes to.
 pub const TENANT: &str = "acme";
@@ -61,4 +63,39 @@ pub fn apply(
     let out = resolver.finish(&mut txn, batch).unwrap();
     txn.commit().unwrap();
     out
+}
+
+/// A store whose `n`th write fails (as a full disk or a killed write would), once.
+pub struct FailingStore {
+    pub inner: MemStore,
+    writes: AtomicUsize,
+    fail_at: usize,
+}
+
+impl FailingStore {
+    /// Fails write `fail_at` (0: the first); `None`, none.
+    pub fn new(fail_at: Option<usize>) -> Self {
+        Self {
+            inner: MemStore::default(),
+            writes: AtomicUsize::new(0),
+            fail_at: fail_at.unwrap_or(usize::MAX),
+        }
+    }
+}
+
+impl GraphStore for FailingStore {
+    fn get(&self, cf: Cf, key: &[u8]) -> cdp_resolver::Result<Option<Vec<u8>>> {
+        self.inner.get(cf, key)
+    }
+
+    fn write(&self, ops: Vec<Op>) -> cdp_resolver::Result<()> {
+        if self.writes.fetch_add(1, Ordering::SeqCst) == self.fail_at {
+            return Err(ResolverError::Storage("injected write failure".into()));
+        }
+        self.inner.write(ops)
+    }
+
+    fn scan_prefix(&self, cf: Cf, prefix: &[u8]) -> cdp_resolver::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.inner.scan_prefix(cf, prefix)
+    }
 }
