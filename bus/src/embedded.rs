@@ -429,11 +429,11 @@ impl Producer for EmbeddedProducer {
             .iter()
             .map(|r| LOG_KEY_LEN + r.topic.len() + encoded_len(r))
             .sum();
-        let mut batch = crate::sized_write_batch(pending.len(), bytes);
         // The partitions take the records only once they are written.
         let _turn = self.inner.append.lock().unwrap_or_else(|e| e.into_inner());
         let state = self.inner.state();
         let mut placed: Vec<(i32, i64, i64)> = Vec::with_capacity(pending.len());
+        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(pending.len());
         let mut taken: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in &pending {
             let parts = state
@@ -458,14 +458,19 @@ impl Producer for EmbeddedProducer {
             let offset = *next;
             *next += 1;
             let timestamp_ms = r.timestamp_ms.unwrap_or(now);
-            batch.put_cf(
-                self.inner.log(),
-                log_key(&r.topic, p, offset),
-                encode(r, timestamp_ms),
-            );
+            entries.push((log_key(&r.topic, p, offset), encode(r, timestamp_ms)));
             placed.push((p, offset, timestamp_ms));
         }
         drop(state);
+        // In key order, each partition's records follow one another: the memtable's skip list
+        // inserts each right after the last from where that one landed, where records taken in
+        // send order (topics and partitions interleaved) each need a search from the top.
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut batch = crate::sized_write_batch(entries.len(), bytes);
+        let log = self.inner.log();
+        for (key, value) in &entries {
+            batch.put_cf(log, key, value);
+        }
         self.inner.db.write(batch).map_err(storage)?;
         let mut state = self.inner.state();
         let mut touched: Vec<String> = Vec::new();
@@ -875,6 +880,55 @@ mod tests {
             assert_eq!(r.timestamp_ms, r.offset);
         }
         assert!(c.poll(10, Duration::from_millis(10)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn one_flush_over_interleaved_topics_and_partitions_keeps_each_partitions_send_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let sent: Vec<(&str, i32, String)> = (0..30)
+            .map(|i| (["t", "u"][i % 2], (i % 3) as i32, format!("v{i}")))
+            .collect();
+        let read_all = |bus: &EmbeddedBus| {
+            let mut c = bus
+                .consumer(ConsumerOptions::group("g", &["t", "u"]))
+                .unwrap();
+            let mut read = c.poll(100, Duration::from_secs(60)).unwrap();
+            read.sort_by(|a, b| {
+                (&a.topic, a.partition, a.offset).cmp(&(&b.topic, b.partition, b.offset))
+            });
+            read.into_iter()
+                .map(|r| {
+                    let value = String::from_utf8(r.value.unwrap()).unwrap();
+                    (r.topic, r.partition, r.offset, value)
+                })
+                .collect::<Vec<_>>()
+        };
+        // Each partition's records at offsets from 0, in the order they were sent.
+        let mut expected: Vec<(String, i32, i64, String)> = Vec::new();
+        for (topic, partition, value) in &sent {
+            let offset = expected
+                .iter()
+                .filter(|(t, p, _, _)| t == topic && p == partition)
+                .count() as i64;
+            expected.push((topic.to_string(), *partition, offset, value.clone()));
+        }
+        expected.sort();
+        {
+            let bus = EmbeddedBus::open(dir.path()).unwrap();
+            bus.create_topic("t", 3).unwrap();
+            bus.create_topic("u", 3).unwrap();
+            let mut p = bus.producer().unwrap();
+            for (topic, partition, value) in &sent {
+                let mut r = OutRecord::new(*topic, Vec::new(), value.as_bytes().to_vec());
+                r.partition = Some(*partition);
+                p.send(r).unwrap();
+            }
+            p.flush().unwrap();
+            assert_eq!(read_all(&bus), expected, "read from the kept records");
+        }
+        // Opened again, the bus reads the log in RocksDB.
+        let bus = EmbeddedBus::open(dir.path()).unwrap();
+        assert_eq!(read_all(&bus), expected, "read from the log");
     }
 
     #[test]
