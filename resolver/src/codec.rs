@@ -363,7 +363,10 @@ impl Writer {
         self.seq(channels_active, |w, s| w.str(s.as_str()));
         self.seq(traits, |w, (k, v)| {
             w.str(k);
-            w.str(&v.to_string());
+            // The compact JSON `Display` writes, without going through `fmt`.
+            let json = serde_json::to_vec(v).expect("a JSON value serialises");
+            w.uint(json.len() as u64);
+            w.0.extend_from_slice(&json);
         });
         self.seq(trait_times, |w, (k, t)| {
             w.str(k);

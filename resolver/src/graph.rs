@@ -9,16 +9,29 @@ use crate::policy::{MergePolicy, PolicyConfig};
 use crate::txn::{NodeId, Txn};
 use crate::Result;
 use cdp_proto::{
-    normalize::sha256_hex, Identifier, IdentityChange, IdentityChangeKind, IdentityLink,
-    MergeRecord, Profile, ProfileUpdate, Signal, Timestamp,
+    Identifier, IdentityChange, IdentityChangeKind, IdentityLink, MergeRecord, Profile,
+    ProfileUpdate, Signal, Timestamp,
 };
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 /// Canonical id of a profile founded by `id`: stable across replays and rebuilds.
 pub fn canonical_id_for(tenant: &str, id: &Identifier) -> String {
-    let digest = sha256_hex(&format!("{tenant}\0{}\0{}", id.kind, id.value));
-    format!("cdp_{}", &digest[..20])
+    // `cdp_` and the first 20 hex digits of sha256("{tenant}\0{kind}\0{value}").
+    let digest = Sha256::new()
+        .chain_update(tenant)
+        .chain_update([0])
+        .chain_update(id.kind.as_str())
+        .chain_update([0])
+        .chain_update(&id.value)
+        .finalize();
+    let mut hex = [0u8; 20];
+    hex::encode_to_slice(&digest[..10], &mut hex).expect("10 bytes are 20 hex digits");
+    let mut canonical = String::with_capacity(24);
+    canonical.push_str("cdp_");
+    canonical.push_str(std::str::from_utf8(&hex).expect("hex is ASCII"));
+    canonical
 }
 
 /// What a batch produced: the records to publish and counts for the report.
@@ -605,4 +618,28 @@ fn live_root(txn: &mut Txn, tenant: &str, id: &str) -> Result<Option<(NodeId, Op
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cdp_proto::{normalize::sha256_hex, IdentifierKind};
+
+    /// Canonical ids are keys downstream (cohort members, snapshots, webhooks): they must stay
+    /// what they were for the same founding identifier.
+    #[test]
+    fn canonical_ids_stay_the_digest_of_tenant_kind_and_value() {
+        for (tenant, kind, value) in [
+            ("acme", IdentifierKind::UserId, "u-1"),
+            ("default", IdentifierKind::EmailSha256, "ab12"),
+            ("tenant ö", IdentifierKind::CrmId, "lead/00Q5e00000ñ"),
+        ] {
+            let digest = sha256_hex(&format!("{tenant}\0{}\0{value}", kind.as_str()));
+            let id = Identifier::new(kind, value);
+            assert_eq!(
+                canonical_id_for(tenant, &id),
+                format!("cdp_{}", &digest[..20])
+            );
+        }
+    }
 }
