@@ -54,8 +54,11 @@ fn profile(i: u64, now: Timestamp) -> Profile {
             format!("{:016x}{:016x}", d.next_u64(), d.next_u64()),
         ));
     }
+    // The id the resolver mints for the person's first identifier: ids spread over the key
+    // space as real ones do, not in insertion order.
+    let canonical_id = cdp_resolver::graph::canonical_id_for("acme", &ids[0]);
     ids.sort();
-    let mut p = Profile::new("acme", format!("cdp_{i:08}"), ids, now);
+    let mut p = Profile::new("acme", canonical_id, ids, now);
     p.version = 1;
     let a = &mut p.attributes;
     a.lifecycle_stage = Some(STAGES[d.below(4) as usize].to_string());
