@@ -372,17 +372,32 @@ impl MembershipStore {
     /// Deletes published outbox records: `keys` are the first records [`Self::outbox`]
     /// returned (all of them or the ones before some that stay), so the next `outbox` starts
     /// after the last of them and does not step over their deletions again.
+    ///
+    /// Records published in order are a run of consecutive sequence numbers, deleted with one
+    /// range deletion: a point deletion per record is an insert into the outbox's skip list
+    /// below everything written since, each a search from the top. Nothing reads the outbox
+    /// by key, and a scan of it steps over a range deletion at once.
     pub fn delete_outbox(&self, keys: Vec<Vec<u8>>) -> Result<()> {
         let mut batch = WriteBatch::default();
         let mut past = None;
         let mut deleted = Vec::with_capacity(keys.len());
-        for k in keys {
+        for k in &keys {
             if let Ok(seq) = <[u8; 8]>::try_from(k.as_slice()) {
                 let seq = u64::from_be_bytes(seq);
                 past = past.max(Some(seq + 1));
                 deleted.push(seq);
             }
-            batch.delete_cf(self.cf(CF_OUTBOX), k);
+        }
+        let run = deleted.len() == keys.len()
+            && deleted.windows(2).all(|w| w[1] == w[0] + 1)
+            && !deleted.is_empty();
+        if run {
+            let (first, end) = (deleted[0], deleted[deleted.len() - 1] + 1);
+            batch.delete_range_cf(self.cf(CF_OUTBOX), first.to_be_bytes(), end.to_be_bytes());
+        } else {
+            for k in keys {
+                batch.delete_cf(self.cf(CF_OUTBOX), k);
+            }
         }
         self.db.write(batch).map_err(storage)?;
         if let Some(records) = self.outbox_kept().as_mut() {
