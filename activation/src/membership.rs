@@ -568,7 +568,8 @@ impl MembershipStore {
             member_reads: HashMap::new(),
             versions: BTreeMap::new(),
             version_reads: HashMap::new(),
-            loaded: HashSet::new(),
+            loaded: Vec::new(),
+            key: Vec::new(),
             kv_reads: HashMap::new(),
             offsets: BTreeMap::new(),
             outbox: Vec::new(),
@@ -590,9 +591,13 @@ pub struct MembershipTxn<'s> {
     member_reads: HashMap<Vec<u8>, Option<MemberState>>,
     versions: BTreeMap<Vec<u8>, Applied>,
     version_reads: HashMap<Vec<u8>, Applied>,
-    /// `(column family, prefix)` read whole into the read caches ([`MembershipTxn::load_person`]):
-    /// a key under one of them that is not cached is absent from the store.
-    loaded: HashSet<(&'static str, Vec<u8>)>,
+    /// Per column family, the prefixes read whole into the read caches
+    /// ([`MembershipTxn::load_person`]): a key under one of them that is not cached is absent
+    /// from the store.
+    loaded: Vec<(&'static str, HashSet<Vec<u8>>)>,
+    /// Where [`MembershipTxn::state`] builds the key it looks up, so a cached answer costs no
+    /// allocation.
+    key: Vec<u8>,
     /// Reads of the other column families (`None`: absent).
     kv_reads: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
     offsets: BTreeMap<Vec<u8>, i64>,
@@ -645,18 +650,21 @@ impl<'s> MembershipTxn<'s> {
         canonical_id: &str,
         audience: &str,
     ) -> Result<Option<MemberState>> {
-        let key = member_key(tenant, canonical_id, audience);
-        if let Some(v) = self.members.get(&key) {
-            return Ok(Some(v.clone()));
-        }
-        if let Some(v) = self.member_reads.get(&key) {
-            return Ok(v.clone());
-        }
-        if self
-            .loaded
-            .contains(&(CF_MEMBERS, person_prefix(&key).to_vec()))
-        {
-            return Ok(None);
+        let mut key = std::mem::take(&mut self.key);
+        key.clear();
+        push_member_key(&mut key, tenant, canonical_id, audience);
+        let cached = match self.members.get(&key) {
+            Some(v) => Some(Some(v.clone())),
+            None => match self.member_reads.get(&key) {
+                Some(v) => Some(v.clone()),
+                None => self
+                    .is_loaded(CF_MEMBERS, person_prefix(&key))
+                    .then_some(None),
+            },
+        };
+        if let Some(v) = cached {
+            self.key = key;
+            return Ok(v);
         }
         let v = self
             .store
@@ -681,7 +689,7 @@ impl<'s> MembershipTxn<'s> {
     ) -> Result<()> {
         let mut prefix = pair_key(tenant, canonical_id);
         prefix.push(0);
-        if self.loaded.insert((CF_MEMBERS, prefix.clone())) {
+        if self.mark_loaded(CF_MEMBERS, &prefix) {
             for (k, v) in self.scan(CF_MEMBERS, &prefix)? {
                 let state = decode(&v)?;
                 self.member_reads.insert(k, Some(state));
@@ -690,7 +698,7 @@ impl<'s> MembershipTxn<'s> {
         for dest in dests {
             let mut under = dest_prefix(dest.key());
             under.extend_from_slice(&prefix);
-            if self.loaded.insert((CF_DEST_MEMBERS, under.clone())) {
+            if self.mark_loaded(CF_DEST_MEMBERS, &under) {
                 for (k, v) in self.scan(CF_DEST_MEMBERS, &under)? {
                     self.kv_reads.insert((CF_DEST_MEMBERS, k), Some(v));
                 }
@@ -792,13 +800,32 @@ impl<'s> MembershipTxn<'s> {
         self.outbox.push(encoded);
     }
 
+    fn is_loaded(&self, cf: &str, prefix: &[u8]) -> bool {
+        self.loaded
+            .iter()
+            .any(|(c, prefixes)| *c == cf && prefixes.contains(prefix))
+    }
+
+    /// Notes `prefix` of `cf` as read whole; `false` if it already was.
+    fn mark_loaded(&mut self, cf: &'static str, prefix: &[u8]) -> bool {
+        let at = match self.loaded.iter().position(|(c, _)| *c == cf) {
+            Some(at) => at,
+            None => {
+                self.loaded.push((cf, HashSet::new()));
+                self.loaded.len() - 1
+            }
+        };
+        let prefixes = &mut self.loaded[at].1;
+        !prefixes.contains(prefix) && prefixes.insert(prefix.to_vec())
+    }
+
     fn get(&mut self, cf: &'static str, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
         let entry = (cf, key);
         if let Some(v) = self.kv.get(&entry).or_else(|| self.kv_reads.get(&entry)) {
             return Ok(v.clone());
         }
         let (cf, key) = entry;
-        if self.loaded.contains(&(cf, person_prefix(&key).to_vec())) {
+        if self.is_loaded(cf, person_prefix(&key)) {
             return Ok(None);
         }
         let v = self
@@ -1048,10 +1075,18 @@ impl<'s> MembershipTxn<'s> {
 }
 
 fn member_key(tenant: &str, canonical_id: &str, audience: &str) -> Vec<u8> {
-    let mut k = pair_key(tenant, canonical_id);
-    k.push(0);
-    k.extend_from_slice(audience.as_bytes());
+    let mut k = Vec::with_capacity(tenant.len() + canonical_id.len() + audience.len() + 2);
+    push_member_key(&mut k, tenant, canonical_id, audience);
     k
+}
+
+fn push_member_key(k: &mut Vec<u8>, tenant: &str, canonical_id: &str, audience: &str) {
+    for (part, end) in [(tenant, true), (canonical_id, true), (audience, false)] {
+        k.extend_from_slice(part.as_bytes());
+        if end {
+            k.push(0);
+        }
+    }
 }
 
 /// The `members` column family's memtable and table files, keyed by person.
