@@ -136,11 +136,17 @@ pub fn run(
                 let started = Instant::now();
                 let dead =
                     apply_records(store, config, &defs, &records, chrono::Utc::now(), counters)?;
-                let published = publish_outbox(store, producer.as_mut())?;
-                nudge(&workers);
                 let mut positions = Positions::new();
                 advance(&mut positions, &records);
-                consumer.commit(&positions)?;
+                let (published, committed) = publish_outbox_with_positions(
+                    store,
+                    producer.as_mut(),
+                    Some((&config.group, &positions)),
+                )?;
+                nudge(&workers);
+                if !committed {
+                    consumer.commit(&positions)?;
+                }
                 counters.stage.record_batch(
                     records.len() as u64,
                     published.saturating_sub(dead),
@@ -630,9 +636,20 @@ fn emit(
 
 /// Publishes the outbox in order, then empties it. Returns how many records.
 pub fn publish_outbox(store: &MembershipStore, producer: &mut dyn Producer) -> Result<u64> {
+    Ok(publish_outbox_with_positions(store, producer, None)?.0)
+}
+
+/// [`publish_outbox`], storing `positions` as `group`'s with the records where the bus can
+/// (see [`Producer::flush_with_positions`]). Returns how many records, and whether it stored
+/// the positions.
+pub fn publish_outbox_with_positions(
+    store: &MembershipStore,
+    producer: &mut dyn Producer,
+    positions: Option<(&str, &Positions)>,
+) -> Result<(u64, bool)> {
     let pending = store.outbox()?;
-    if pending.is_empty() {
-        return Ok(0);
+    if pending.is_empty() && positions.is_none() {
+        return Ok((0, false));
     }
     let mut keys = Vec::with_capacity(pending.len());
     for (k, bytes) in pending {
@@ -641,10 +658,18 @@ pub fn publish_outbox(store: &MembershipStore, producer: &mut dyn Producer) -> R
         producer.send(record)?;
         keys.push(k);
     }
-    producer.flush()?;
+    let committed = match positions {
+        Some((group, positions)) => producer.flush_with_positions(group, positions)?,
+        None => {
+            producer.flush()?;
+            false
+        }
+    };
     let n = keys.len() as u64;
-    store.delete_outbox(keys)?;
-    Ok(n)
+    if !keys.is_empty() {
+        store.delete_outbox(keys)?;
+    }
+    Ok((n, committed))
 }
 
 /// The profile a cohort change is about, for tests and tools.

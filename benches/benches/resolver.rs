@@ -114,6 +114,7 @@ fn apply_on(
             &mut sink,
             config,
             poll,
+            None,
             |applied, took| {
                 batches.push(took);
                 merges += applied.merges;

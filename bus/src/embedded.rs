@@ -418,7 +418,26 @@ impl Producer for EmbeddedProducer {
     }
 
     fn flush(&mut self) -> Result<()> {
+        self.write(None)
+    }
+
+    /// The records and the group's positions in one write batch.
+    fn flush_with_positions(&mut self, group: &str, positions: &Positions) -> Result<bool> {
+        self.write(Some((group, positions)))?;
+        Ok(true)
+    }
+}
+
+impl EmbeddedProducer {
+    /// Writes the pending records (and `positions` for a group, if given) in one batch.
+    fn write(&mut self, commit: Option<(&str, &Positions)>) -> Result<()> {
+        let commit = commit.filter(|(_, positions)| !positions.is_empty());
         if self.pending.is_empty() {
+            if let Some((group, positions)) = commit {
+                let mut batch = WriteBatch::default();
+                put_positions(&mut batch, self.inner.meta(), group, positions);
+                self.inner.db.write(batch).map_err(storage)?;
+            }
             return Ok(());
         }
         // A failed batch is reported once and dropped, as Kafka drops records whose delivery
@@ -470,6 +489,9 @@ impl Producer for EmbeddedProducer {
         let log = self.inner.log();
         for (key, value) in &entries {
             batch.put_cf(log, key, value);
+        }
+        if let Some((group, positions)) = commit {
+            put_positions(&mut batch, self.inner.meta(), group, positions);
         }
         self.inner.db.write(batch).map_err(storage)?;
         let mut state = self.inner.state();
@@ -669,18 +691,24 @@ impl Consumer for EmbeddedConsumer {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
-        for ((topic, p), pos) in positions {
-            batch.put_cf(
-                self.inner.meta(),
-                group_key(&self.group, topic, *p),
-                pos.to_le_bytes(),
-            );
-        }
+        put_positions(&mut batch, self.inner.meta(), &self.group, positions);
         self.inner.db.write(batch).map_err(storage)
     }
 
     fn close(self: Box<Self>) -> Result<()> {
         Ok(())
+    }
+}
+
+/// `group`'s committed positions, as a consumer of the group reads them back.
+fn put_positions(
+    batch: &mut WriteBatch,
+    meta: &rocksdb::ColumnFamily,
+    group: &str,
+    positions: &Positions,
+) {
+    for ((topic, p), pos) in positions {
+        batch.put_cf(meta, group_key(group, topic, *p), pos.to_le_bytes());
     }
 }
 
@@ -929,6 +957,48 @@ mod tests {
         // Opened again, the bus reads the log in RocksDB.
         let bus = EmbeddedBus::open(dir.path()).unwrap();
         assert_eq!(read_all(&bus), expected, "read from the log");
+    }
+
+    #[test]
+    fn flush_with_positions_stores_the_records_and_the_groups_positions_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let offsets = |bus: &EmbeddedBus, group: &str, topic: &str| -> Vec<i64> {
+            let mut c = bus
+                .consumer(ConsumerOptions::group(group, &[topic]))
+                .unwrap();
+            c.poll(100, Duration::from_millis(10))
+                .unwrap()
+                .iter()
+                .map(|r| r.offset)
+                .collect()
+        };
+        {
+            let bus = EmbeddedBus::open(dir.path()).unwrap();
+            bus.create_topic("t", 1).unwrap();
+            bus.create_topic("out", 1).unwrap();
+            let mut p = bus.producer().unwrap();
+            for i in 0..4 {
+                p.send(at(0, i, &i.to_string())).unwrap();
+            }
+            p.flush().unwrap();
+            // Two inputs read, one output: written together with the positions after them.
+            p.send(OutRecord::new("out", Vec::new(), b"o".to_vec()))
+                .unwrap();
+            let positions = Positions::from([(("t".to_string(), 0), 2)]);
+            assert!(p.flush_with_positions("g", &positions).unwrap());
+        }
+        let bus = EmbeddedBus::open(dir.path()).unwrap();
+        assert_eq!(
+            offsets(&bus, "g", "t"),
+            [2, 3],
+            "the group resumes after its positions"
+        );
+        assert_eq!(offsets(&bus, "other", "out"), [0]);
+        // Nothing to write but positions: they are stored all the same.
+        let mut p = bus.producer().unwrap();
+        let positions = Positions::from([(("t".to_string(), 0), 4)]);
+        assert!(p.flush_with_positions("g", &positions).unwrap());
+        assert!(offsets(&bus, "g", "t").is_empty());
     }
 
     #[test]

@@ -248,6 +248,15 @@ pub trait Producer: Send {
     fn send(&mut self, record: OutRecord) -> Result<()>;
     /// Blocks until every record sent so far is acknowledged; fails if any was not.
     fn flush(&mut self) -> Result<()>;
+    /// Flushes, and stores `positions` as `group`'s in the same atomic write where the bus can:
+    /// then a crash keeps both the records and the positions, or neither. Returns whether it
+    /// did; if not (the default: flush only), the caller commits them through its consumer once
+    /// this returns.
+    fn flush_with_positions(&mut self, group: &str, positions: &Positions) -> Result<bool> {
+        let _ = (group, positions);
+        self.flush()?;
+        Ok(false)
+    }
 }
 
 /// Reads records of a group's topics.

@@ -2,7 +2,8 @@
 //! signals on `cdp.signals` (keyed by tenant, so one tenant's signals stay in order on one
 //! partition) or into one DLQ record (original key, bytes and headers, plus `cdp.error.*`
 //! headers), flushes, and only then commits the input positions. A crash therefore replays a
-//! batch, never loses one; the resolver drops the duplicates by event id.
+//! batch, never loses one; the resolver drops the duplicates by event id. (On the embedded bus
+//! the outputs and the positions are one write, and a crash replays nothing.)
 //!
 //! Each input record yields either its signals or exactly one DLQ record, and no input record
 //! can stop the loop: only the bus failing does. The one exception is a retry: an event whose id
@@ -163,9 +164,11 @@ pub fn run_with_metrics(
             producer.send(out)?;
         }
         // Outputs first, positions second: committing before the flush could lose the batch.
-        producer.flush()?;
+        // The embedded bus writes both at once, so a crash there replays nothing.
         advance(&mut positions, &records);
-        consumer.commit(&positions)?;
+        if !producer.flush_with_positions(&config.group, &positions)? {
+            consumer.commit(&positions)?;
+        }
 
         counters.record_batch(
             records.len() as u64,

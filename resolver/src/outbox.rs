@@ -13,7 +13,7 @@ use crate::codec::{decode_update_ref, encode_update_ref, UPDATE_REF};
 use crate::store::{Cf, GraphStore};
 use crate::txn::Txn;
 use crate::{ResolverError, Result};
-use cdp_bus::{OutRecord, Producer};
+use cdp_bus::{OutRecord, Positions, Producer};
 use cdp_proto::{IdentityChange, ProfileUpdate, Timestamp};
 use std::collections::HashMap;
 
@@ -160,12 +160,31 @@ impl OutboxCursor {
     /// Waits until every record sent is delivered, then removes them from the outbox. Until
     /// then they stay, and a restart sends them again.
     pub fn confirm(&mut self, store: &dyn GraphStore, producer: &mut dyn Producer) -> Result<()> {
-        if self.sent.is_empty() {
-            return Ok(());
+        self.confirm_with_positions(store, producer, None)?;
+        Ok(())
+    }
+
+    /// [`Self::confirm`], storing `positions` as `group`'s with the records where the bus can
+    /// (see [`Producer::flush_with_positions`]). Returns whether it did.
+    pub fn confirm_with_positions(
+        &mut self,
+        store: &dyn GraphStore,
+        producer: &mut dyn Producer,
+        positions: Option<(&str, &Positions)>,
+    ) -> Result<bool> {
+        let committed = match positions {
+            Some((group, positions)) => producer.flush_with_positions(group, positions)?,
+            None if self.sent.is_empty() => return Ok(false),
+            None => {
+                producer.flush()?;
+                false
+            }
+        };
+        if !self.sent.is_empty() {
+            let deletes = self.sent.drain(..).map(|k| (Cf::Outbox, k, None)).collect();
+            store.write(deletes)?;
         }
-        producer.flush()?;
-        let deletes = self.sent.drain(..).map(|k| (Cf::Outbox, k, None)).collect();
-        store.write(deletes)
+        Ok(committed)
     }
 }
 

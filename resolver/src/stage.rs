@@ -98,19 +98,26 @@ fn run_on(
             continue;
         }
         let started = Instant::now();
-        let (out, published) = apply_poll(
+        let mut positions = Positions::new();
+        advance(&mut positions, &records);
+        let Polled {
+            applied: out,
+            published,
+            committed,
+        } = apply_poll(
             &resolver,
             store,
             &mut state,
             producer.as_mut(),
             config,
             &records,
+            Some((&config.group, &positions)),
             |_, _| {},
         )?;
         let dead = out.dead;
-        let mut positions = Positions::new();
-        advance(&mut positions, &records);
-        consumer.commit(&positions)?;
+        if !committed {
+            consumer.commit(&positions)?;
+        }
 
         counters.merges.fetch_add(out.merges, Ordering::Relaxed);
         counters.refused.fetch_add(out.refused, Ordering::Relaxed);
@@ -235,7 +242,9 @@ impl StageState {
 /// rather than for the whole poll, and delivery awaited (the outbox emptied) once at the end.
 /// `on_batch` is told what each batch applied and how long it took to apply and commit (with a
 /// writer thread, to hand its write over).
-/// Returns the poll's sum and how many records were published.
+/// `positions`, the group's positions after `records`, are stored with the last outputs where
+/// the bus can.
+#[allow(clippy::too_many_arguments)]
 pub fn apply_poll(
     resolver: &Resolver,
     store: &PipelinedStore,
@@ -243,8 +252,9 @@ pub fn apply_poll(
     producer: &mut dyn Producer,
     config: &ResolverConfig,
     records: &[Record],
+    positions: Option<(&str, &Positions)>,
     mut on_batch: impl FnMut(&Applied, Duration),
-) -> Result<(Applied, u64)> {
+) -> Result<Polled> {
     let mut sum = Applied::default();
     let mut published = 0;
     let mut rest = records;
@@ -258,8 +268,26 @@ pub fn apply_poll(
     }
     store.sync()?;
     published += state.outbox.send(store.durable(), producer)?;
-    state.outbox.confirm(store, producer)?;
-    Ok((sum, published))
+    let committed = state
+        .outbox
+        .confirm_with_positions(store, producer, positions)?;
+    Ok(Polled {
+        applied: sum,
+        published,
+        committed,
+    })
+}
+
+/// What [`apply_poll`] did.
+#[derive(Debug, Default)]
+pub struct Polled {
+    /// The poll's sum.
+    pub applied: Applied,
+    /// Records published.
+    pub published: u64,
+    /// Whether the group's positions were stored with the outputs; if not, the caller commits
+    /// them through its consumer.
+    pub committed: bool,
 }
 
 /// Applies `records` (signals and graph commands) skipping any already applied. Consecutive
