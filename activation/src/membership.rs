@@ -203,9 +203,7 @@ impl MembershipStore {
     /// hash of that prefix rather than sorting the whole memtable, which a total-order read of
     /// the column family does.
     fn scan_person(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let mut read = rocksdb::ReadOptions::default();
-        read.set_prefix_same_as_start(true);
-        self.scan_with(CF_MEMBERS, prefix, read)
+        self.scan_with(CF_MEMBERS, prefix, person_reads())
     }
 
     fn scan_with(
@@ -623,8 +621,11 @@ impl<'s> MembershipTxn<'s> {
             Some(at) => at,
             None => {
                 // Memberships are scanned a person at a time, through their prefix's hash.
-                let mut read = rocksdb::ReadOptions::default();
-                read.set_prefix_same_as_start(cf == CF_MEMBERS);
+                let read = if cf == CF_MEMBERS {
+                    person_reads()
+                } else {
+                    rocksdb::ReadOptions::default()
+                };
                 self.iters
                     .push((cf, store.db.raw_iterator_cf_opt(store.cf(cf), read)));
                 self.iters.len() - 1
@@ -1081,12 +1082,18 @@ fn member_key(tenant: &str, canonical_id: &str, audience: &str) -> Vec<u8> {
 }
 
 fn push_member_key(k: &mut Vec<u8>, tenant: &str, canonical_id: &str, audience: &str) {
-    for (part, end) in [(tenant, true), (canonical_id, true), (audience, false)] {
-        k.extend_from_slice(part.as_bytes());
-        if end {
-            k.push(0);
-        }
-    }
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(canonical_id.as_bytes());
+    k.push(0);
+    k.extend_from_slice(audience.as_bytes());
+}
+
+/// Reads of `members` within one person's prefix (see [`person_hashed`]).
+fn person_reads() -> rocksdb::ReadOptions {
+    let mut read = rocksdb::ReadOptions::default();
+    read.set_prefix_same_as_start(true);
+    read
 }
 
 /// The `members` column family's memtable and table files, keyed by person.

@@ -296,9 +296,13 @@ impl Writer {
         self.uint(((v << 1) ^ (v >> 63)) as u64);
     }
 
+    fn bytes(&mut self, b: &[u8]) {
+        self.uint(b.len() as u64);
+        self.0.extend_from_slice(b);
+    }
+
     fn str(&mut self, s: &str) {
-        self.uint(s.len() as u64);
-        self.0.extend_from_slice(s.as_bytes());
+        self.bytes(s.as_bytes());
     }
 
     fn seq<I>(&mut self, items: I, mut f: impl FnMut(&mut Self, I::Item))
@@ -364,9 +368,7 @@ impl Writer {
         self.seq(traits, |w, (k, v)| {
             w.str(k);
             // The compact JSON `Display` writes, without going through `fmt`.
-            let json = serde_json::to_vec(v).expect("a JSON value serialises");
-            w.uint(json.len() as u64);
-            w.0.extend_from_slice(&json);
+            w.bytes(&serde_json::to_vec(v).expect("a JSON value serialises"));
         });
         self.seq(trait_times, |w, (k, t)| {
             w.str(k);
