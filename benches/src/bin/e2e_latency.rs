@@ -455,6 +455,7 @@ fn run(o: &Options) -> Result<()> {
     }
     println!();
     print!("{}", counters.table(Stages::ALL));
+    print_batches(&counters);
     println!();
     print_cpu(&cpu_before, &cpu_after, wall, matcher.matched);
     println!("load average (1 min) {load_before} before, {load_after} after");
@@ -462,6 +463,25 @@ fn run(o: &Options) -> Result<()> {
         println!("bus and state kept in {}", data.display());
     }
     Ok(())
+}
+
+/// How many batches each stage applied, and their mean size: what each batch's fixed costs
+/// (its writes, its wake-ups of the next stage) were shared by.
+fn print_batches(counters: &Counters) {
+    let stages = [
+        ("ingest", &counters.ingest),
+        ("resolver", &counters.resolver.stage),
+        ("activation", &counters.activation.stage),
+    ];
+    let each: Vec<String> = stages
+        .iter()
+        .map(|(name, s)| {
+            let batches = s.batches.load(std::sync::atomic::Ordering::Relaxed);
+            let mean = s.consumed() as f64 / batches.max(1) as f64;
+            format!("{name} {batches} ({mean:.1} records each)")
+        })
+        .collect();
+    println!("batches    {}", each.join(", "));
 }
 
 /// What the producer did.
