@@ -562,10 +562,10 @@ impl MembershipStore {
             .unwrap_or(0);
         Ok(MembershipTxn {
             store: self,
-            members: BTreeMap::new(),
-            member_reads: HashMap::new(),
-            versions: BTreeMap::new(),
-            version_reads: HashMap::new(),
+            members: Keyed::default(),
+            member_reads: Keyed::default(),
+            versions: Keyed::default(),
+            version_reads: Keyed::default(),
             loaded: Vec::new(),
             key: Vec::new(),
             kv_reads: HashMap::new(),
@@ -579,16 +579,21 @@ impl MembershipStore {
     }
 }
 
+/// A transaction's reads and writes by key. Keys hold tenant-supplied bytes, so the hasher is
+/// seeded; a batch of a few hundred people looks up thousands of them, where a search of an
+/// ordered map cost a memcmp per level. The order writes reach the write batch does not matter.
+type Keyed<V> = HashMap<Vec<u8>, V, foldhash::quality::RandomState>;
+
 /// Writes of one batch, read-your-writes, committed atomically. What it read is cached apart
 /// from what it wrote, so that a commit writes only what changed.
 pub struct MembershipTxn<'s> {
     store: &'s MembershipStore,
     /// Memberships written.
-    members: BTreeMap<Vec<u8>, MemberState>,
+    members: Keyed<MemberState>,
     /// Memberships read from the store (`None`: absent).
-    member_reads: HashMap<Vec<u8>, Option<MemberState>>,
-    versions: BTreeMap<Vec<u8>, Applied>,
-    version_reads: HashMap<Vec<u8>, Applied>,
+    member_reads: Keyed<Option<MemberState>>,
+    versions: Keyed<Applied>,
+    version_reads: Keyed<Applied>,
     /// Per column family, the prefixes read whole into the read caches
     /// ([`MembershipTxn::load_person`]): a key under one of them that is not cached is absent
     /// from the store.

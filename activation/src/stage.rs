@@ -616,7 +616,9 @@ fn emit(
         identifiers,
     };
     let key = change.key();
-    let value = serde_json::to_vec(&change).expect("CohortChange serialises");
+    // A change with its identifiers is a few hundred bytes: one allocation, not several.
+    let mut value = Vec::with_capacity(512);
+    serde_json::to_writer(&mut value, &change).expect("CohortChange serialises");
     txn.push_outbox(
         OutRecord::new(&config.cohorts_topic, key.as_bytes(), value.clone()).to_bytes(),
     );

@@ -76,7 +76,21 @@ impl OutRecord {
 /// bus acknowledges them.
 impl OutRecord {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
+        // Sized up front: a record is encoded once per send, and growing the buffer field by
+        // field copied a cohort change's bytes several times.
+        let field = |b: Option<usize>| 1 + b.map_or(0, |n| 4 + n);
+        let len = field(Some(self.topic.len()))
+            + field(self.partition.map(|_| 4))
+            + field(self.timestamp_ms.map(|_| 8))
+            + field(self.key.as_ref().map(Vec::len))
+            + field(self.value.as_ref().map(Vec::len))
+            + 4
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| field(Some(k.len())) + field(Some(v.len())))
+                .sum::<usize>();
+        let mut out = Vec::with_capacity(len);
         codec::put_bytes(&mut out, Some(self.topic.as_bytes()));
         codec::put_bytes(
             &mut out,
@@ -95,6 +109,7 @@ impl OutRecord {
         codec::put_bytes(&mut out, self.key.as_deref());
         codec::put_bytes(&mut out, self.value.as_deref());
         codec::put_headers(&mut out, &self.headers);
+        debug_assert_eq!(out.len(), len, "the encoded length was sized exactly");
         out
     }
 
