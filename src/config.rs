@@ -49,6 +49,12 @@ pub struct EmbeddedSection {
     pub retention_hours: u64,
     /// Per-topic retention in hours, overriding `retention_hours` (0 keeps every record).
     pub topic_retention_hours: std::collections::BTreeMap<String, u64>,
+    /// A stage's poll that finds fewer records than this waits `fetch_max_wait_ms` once for
+    /// more (Kafka's `fetch.min.bytes`, in records): each batch's writes and wake-ups are then
+    /// shared by more records. 1 returns every record as soon as it lands.
+    pub fetch_min_records: usize,
+    /// The longest such a poll waits, in milliseconds (Kafka's `fetch.wait.max.ms`); 0 never waits.
+    pub fetch_max_wait_ms: u64,
 }
 
 impl Default for EmbeddedSection {
@@ -58,6 +64,8 @@ impl Default for EmbeddedSection {
             // The DLQ keeps rejected records' original bytes, raw e-mails and phone numbers
             // included: two weeks to inspect and replay them, as the Kafka topic has.
             topic_retention_hours: [(cdp_proto::topics::DLQ.to_string(), 14 * 24)].into(),
+            fetch_min_records: 64,
+            fetch_max_wait_ms: 2,
         }
     }
 }

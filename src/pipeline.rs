@@ -99,9 +99,15 @@ pub fn open_bus(config: &Config, data: &Path) -> Result<Arc<dyn Bus>> {
         Backend::Embedded => {
             let dir = data.join("bus");
             std::fs::create_dir_all(&dir)?;
+            let embedded = &config.bus.embedded;
+            let fetch = cdp_bus::embedded::Fetch {
+                min_records: embedded.fetch_min_records.max(1),
+                max_wait: Duration::from_millis(embedded.fetch_max_wait_ms),
+            };
             Arc::new(
                 EmbeddedBus::open(&dir)
-                    .with_context(|| format!("opening bus in {}", dir.display()))?,
+                    .with_context(|| format!("opening bus in {}", dir.display()))?
+                    .with_fetch(fetch),
             )
         }
         Backend::Kafka => Arc::new(KafkaBus::new(config.bus.kafka.clone())?),

@@ -77,6 +77,7 @@ mod tests {
         let retention = EmbeddedSection {
             retention_hours: 30,
             topic_retention_hours: [("cdp.dlq".to_string(), 10)].into(),
+            ..EmbeddedSection::default()
         };
         assert_eq!(hours_for(&retention, "cdp.dlq"), 10);
         assert_eq!(hours_for(&retention, "cdp.signals"), 30);
@@ -88,6 +89,7 @@ mod tests {
         let kept = EmbeddedSection {
             retention_hours: 0,
             topic_retention_hours: Default::default(),
+            ..EmbeddedSection::default()
         };
         assert_eq!(
             Expiry::default()

@@ -29,6 +29,31 @@ const CF_META: &str = "meta";
 #[derive(Clone)]
 pub struct EmbeddedBus {
     inner: Arc<Inner>,
+    fetch: Fetch,
+}
+
+/// How long a consumer group's poll waits for records to gather, as Kafka's `fetch.min.bytes`
+/// and `fetch.wait.max.ms` do: a poll that finds fewer than `min_records` waits `max_wait` (at
+/// most its own timeout) once, then returns what has arrived by then, up to its maximum.
+///
+/// Each batch a stage applies has costs its records share: a write to its state, one to the
+/// bus, the wake-up of the next stage. At a few thousand records a second per stage, polls
+/// that return each flush as it lands apply batches of a handful of records. Throw-away
+/// readers (`commit: false`, such as `cdp topic read`) never wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetch {
+    pub min_records: usize,
+    pub max_wait: Duration,
+}
+
+impl Default for Fetch {
+    /// Return at once: what a poll has always done.
+    fn default() -> Self {
+        Self {
+            min_records: 1,
+            max_wait: Duration::ZERO,
+        }
+    }
 }
 
 struct Inner {
@@ -141,6 +166,12 @@ impl EmbeddedBus {
         Self::from_db(db, true)
     }
 
+    /// Sets how consumer groups made from now on wait for records to gather.
+    pub fn with_fetch(mut self, fetch: Fetch) -> Self {
+        self.fetch = fetch;
+        self
+    }
+
     fn from_db(db: DB, read_only: bool) -> Result<Self> {
         let mut topics = BTreeMap::new();
         {
@@ -170,6 +201,7 @@ impl EmbeddedBus {
             }
         }
         Ok(Self {
+            fetch: Fetch::default(),
             inner: Arc::new(Inner {
                 db,
                 read_only,
@@ -321,6 +353,11 @@ impl Bus for EmbeddedBus {
             positions,
             cursor: 0,
             wake: Arc::new(Condvar::new()),
+            fetch: if options.commit {
+                self.fetch
+            } else {
+                Fetch::default()
+            },
         }))
     }
 
@@ -549,6 +586,7 @@ struct EmbeddedConsumer {
     cursor: usize,
     /// What a flush to one of `topics` signals while this consumer waits in `poll`.
     wake: Arc<Condvar>,
+    fetch: Fetch,
 }
 
 /// What one poll reads from one partition of the assignment: `want` records from `pos` (the
@@ -660,8 +698,19 @@ impl Consumer for EmbeddedConsumer {
     fn poll(&mut self, max: usize, timeout: Duration) -> Result<Vec<Record>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let records = self.read_available(max.max(1))?;
+            let mut records = self.read_available(max.max(1))?;
             if !records.is_empty() {
+                if records.len() < self.fetch.min_records.min(max) {
+                    let now = Instant::now();
+                    let until = (now + self.fetch.max_wait).min(deadline);
+                    if until > now {
+                        // A sleep, not a wait to be woken: flushes landing meanwhile wake
+                        // nobody, and the records they bring are read once, below.
+                        std::thread::sleep(until - now);
+                        let more = self.read_available(max - records.len())?;
+                        records.extend(more);
+                    }
+                }
                 return Ok(records);
             }
             let now = Instant::now();
@@ -1103,5 +1152,77 @@ mod tests {
             served.push(records[0].partition);
         }
         assert_eq!(served, [0, 1, 2, 3, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn a_group_poll_with_too_few_records_waits_for_more_and_returns_them_together() {
+        let (_dir, bus) = bus_with_t(1);
+        let wait = Duration::from_millis(500);
+        let bus = bus.with_fetch(Fetch {
+            min_records: 10,
+            max_wait: wait,
+        });
+        let mut group = bus.consumer(ConsumerOptions::group("g", &["t"])).unwrap();
+        let mut p = bus.producer().unwrap();
+        p.send(at(0, 0, "first")).unwrap();
+        p.flush().unwrap();
+        // Four more land while the group's poll is waiting (or just before its first read:
+        // five are still fewer than ten, so it waits all the same).
+        let writer = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                let mut p = bus.producer().unwrap();
+                for i in 1..5 {
+                    p.send(at(0, i, &format!("late{i}"))).unwrap();
+                    p.flush().unwrap();
+                }
+            })
+        };
+        let started = Instant::now();
+        let records = group.poll(100, Duration::from_secs(60)).unwrap();
+        assert!(started.elapsed() >= wait, "it waited for more records");
+        writer.join().unwrap();
+        let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, [0, 1, 2, 3, 4]);
+        // Nothing new: a poll waits for its first record until its own timeout, no longer.
+        let started = Instant::now();
+        assert!(group
+            .poll(100, Duration::from_millis(50))
+            .unwrap()
+            .is_empty());
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_group_poll_with_enough_records_and_a_throw_away_reader_never_wait() {
+        let (_dir, bus) = bus_with_t(1);
+        // A wait far longer than the test could take: polls that waited would show.
+        let bus = bus.with_fetch(Fetch {
+            min_records: 3,
+            max_wait: Duration::from_secs(600),
+        });
+        let mut p = bus.producer().unwrap();
+        p.send(at(0, 0, "only")).unwrap();
+        p.flush().unwrap();
+        let started = Instant::now();
+        let mut reader = bus
+            .consumer(ConsumerOptions {
+                commit: false,
+                ..ConsumerOptions::group("reader", &["t"])
+            })
+            .unwrap();
+        assert_eq!(reader.poll(100, Duration::from_secs(600)).unwrap().len(), 1);
+        for i in 1..4 {
+            p.send(at(0, i, "more")).unwrap();
+        }
+        p.flush().unwrap();
+        let mut group = bus.consumer(ConsumerOptions::group("g", &["t"])).unwrap();
+        assert_eq!(group.poll(100, Duration::from_secs(600)).unwrap().len(), 4);
+        // A poll asking for fewer than the minimum has all it asked for.
+        p.send(at(0, 4, "last")).unwrap();
+        p.flush().unwrap();
+        let mut small = bus.consumer(ConsumerOptions::group("h", &["t"])).unwrap();
+        assert_eq!(small.poll(2, Duration::from_secs(600)).unwrap().len(), 2);
+        assert!(started.elapsed() < Duration::from_secs(300));
     }
 }
