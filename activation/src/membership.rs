@@ -146,7 +146,6 @@ impl MembershipStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        cdp_bus::compress_below_top_levels(&mut opts);
         // Memtables other than skip lists take no concurrent inserts: writers (the stage's
         // batches, the delivery workers' queue updates) insert in turn.
         opts.set_allow_concurrent_memtable_write(false);

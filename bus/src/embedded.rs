@@ -153,7 +153,6 @@ impl EmbeddedBus {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        crate::compress_below_top_levels(&mut opts);
         let cfs = [CF_LOG, CF_META].map(|n| ColumnFamilyDescriptor::new(n, opts.clone()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(storage)?;
         Self::from_db(db, false)

@@ -12,7 +12,6 @@ pub mod embedded;
 pub mod kafka;
 mod partitioner;
 mod record;
-pub mod rocksdb_compression;
 pub mod rocksdb_memtable;
 pub mod rocksdb_stats;
 pub mod stats;
@@ -20,7 +19,6 @@ pub mod write_batch;
 
 pub use partitioner::partition_for_key;
 pub use record::{OutRecord, Record};
-pub use rocksdb_compression::compress_below_top_levels;
 pub use rocksdb_memtable::hash_indexed_memtable;
 pub use rocksdb_stats::RocksDbStats;
 pub use stats::StageCounters;

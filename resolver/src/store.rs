@@ -191,7 +191,6 @@ impl RocksStore {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        cdp_bus::compress_below_top_levels(&mut opts);
         // Most reads of a batch ask for keys that do not exist yet (a new identifier, a pair
         // never linked, a tombstone nobody wrote): bloom filters in every table file (and in
         // the skip-list memtables; a hash-indexed one's bucket does as well) answer those
