@@ -660,13 +660,7 @@ pub fn publish_outbox_with_positions(
         producer.send(record)?;
         keys.push(k);
     }
-    let committed = match positions {
-        Some((group, positions)) => producer.flush_with_positions(group, positions)?,
-        None => {
-            producer.flush()?;
-            false
-        }
-    };
+    let committed = producer.flush_with_positions(positions)?;
     let n = keys.len() as u64;
     if !keys.is_empty() {
         store.delete_outbox(keys)?;

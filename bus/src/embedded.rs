@@ -459,9 +459,9 @@ impl Producer for EmbeddedProducer {
     }
 
     /// The records and the group's positions in one write batch.
-    fn flush_with_positions(&mut self, group: &str, positions: &Positions) -> Result<bool> {
-        self.write(Some((group, positions)))?;
-        Ok(true)
+    fn flush_with_positions(&mut self, positions: Option<(&str, &Positions)>) -> Result<bool> {
+        self.write(positions)?;
+        Ok(positions.is_some())
     }
 }
 
@@ -1034,7 +1034,7 @@ mod tests {
             p.send(OutRecord::new("out", Vec::new(), b"o".to_vec()))
                 .unwrap();
             let positions = Positions::from([(("t".to_string(), 0), 2)]);
-            assert!(p.flush_with_positions("g", &positions).unwrap());
+            assert!(p.flush_with_positions(Some(("g", &positions))).unwrap());
         }
         let bus = EmbeddedBus::open(dir.path()).unwrap();
         assert_eq!(
@@ -1046,7 +1046,7 @@ mod tests {
         // Nothing to write but positions: they are stored all the same.
         let mut p = bus.producer().unwrap();
         let positions = Positions::from([(("t".to_string(), 0), 4)]);
-        assert!(p.flush_with_positions("g", &positions).unwrap());
+        assert!(p.flush_with_positions(Some(("g", &positions))).unwrap());
         assert!(offsets(&bus, "g", "t").is_empty());
     }
 

@@ -248,12 +248,12 @@ pub trait Producer: Send {
     fn send(&mut self, record: OutRecord) -> Result<()>;
     /// Blocks until every record sent so far is acknowledged; fails if any was not.
     fn flush(&mut self) -> Result<()>;
-    /// Flushes, and stores `positions` as `group`'s in the same atomic write where the bus can:
-    /// then a crash keeps both the records and the positions, or neither. Returns whether it
-    /// did; if not (the default: flush only), the caller commits them through its consumer once
-    /// this returns.
-    fn flush_with_positions(&mut self, group: &str, positions: &Positions) -> Result<bool> {
-        let _ = (group, positions);
+    /// Flushes, and with `Some((group, positions))` stores the positions as the group's in the
+    /// same atomic write where the bus can: then a crash keeps both the records and the
+    /// positions, or neither. Returns whether it stored them; if not (the default: flush only),
+    /// the caller commits them through its consumer once this returns.
+    fn flush_with_positions(&mut self, positions: Option<(&str, &Positions)>) -> Result<bool> {
+        let _ = positions;
         self.flush()?;
         Ok(false)
     }

@@ -166,7 +166,7 @@ pub fn run_with_metrics(
         // Outputs first, positions second: committing before the flush could lose the batch.
         // The embedded bus writes both at once, so a crash there replays nothing.
         advance(&mut positions, &records);
-        if !producer.flush_with_positions(&config.group, &positions)? {
+        if !producer.flush_with_positions(Some((&config.group, &positions)))? {
             consumer.commit(&positions)?;
         }
 

@@ -172,14 +172,10 @@ impl OutboxCursor {
         producer: &mut dyn Producer,
         positions: Option<(&str, &Positions)>,
     ) -> Result<bool> {
-        let committed = match positions {
-            Some((group, positions)) => producer.flush_with_positions(group, positions)?,
-            None if self.sent.is_empty() => return Ok(false),
-            None => {
-                producer.flush()?;
-                false
-            }
-        };
+        if positions.is_none() && self.sent.is_empty() {
+            return Ok(false);
+        }
+        let committed = producer.flush_with_positions(positions)?;
         if !self.sent.is_empty() {
             let deletes = self.sent.drain(..).map(|k| (Cf::Outbox, k, None)).collect();
             store.write(deletes)?;
