@@ -193,10 +193,7 @@ impl MembershipStore {
     }
 
     fn scan(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        // Total order: a column family with a hash-indexed memtable is read in key order too.
-        let mut read = rocksdb::ReadOptions::default();
-        read.set_total_order_seek(true);
-        self.scan_with(cf, prefix, read)
+        self.scan_with(cf, prefix, total_order_reads())
     }
 
     /// One person's memberships (`prefix` is `tenant \0 canonical_id \0`), found through the
@@ -284,11 +281,9 @@ impl MembershipStore {
         }
         let mut out = Vec::new();
         // Across people: in key order, not within one person's prefix.
-        let mut read = rocksdb::ReadOptions::default();
-        read.set_total_order_seek(true);
         let it = self.db.iterator_cf_opt(
             self.cf(CF_MEMBERS),
-            read,
+            total_order_reads(),
             rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
         for item in it {
@@ -1092,6 +1087,14 @@ fn push_member_key(k: &mut Vec<u8>, tenant: &str, canonical_id: &str, audience: 
     k.extend_from_slice(canonical_id.as_bytes());
     k.push(0);
     k.extend_from_slice(audience.as_bytes());
+}
+
+/// Reads in key order across a column family: one with a hash-indexed memtable, or hashed by
+/// person (see [`person_hashed`]), is otherwise read within the seek key's bucket only.
+fn total_order_reads() -> rocksdb::ReadOptions {
+    let mut read = rocksdb::ReadOptions::default();
+    read.set_total_order_seek(true);
+    read
 }
 
 /// Reads of `members` within one person's prefix (see [`person_hashed`]).
