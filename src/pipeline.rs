@@ -52,7 +52,7 @@ pub fn rate(n: u64, d: std::time::Duration) -> String {
 
 impl Counters {
     /// Each stage's name and loop counters, in pipeline order.
-    fn by_stage(&self) -> [(&'static str, &cdp_bus::StageCounters); 3] {
+    pub fn by_stage(&self) -> [(&'static str, &cdp_bus::StageCounters); 3] {
         [
             (cdp_ingest::stage::STAGE, &self.ingest),
             (cdp_resolver::stage::STAGE, &self.resolver.stage),

@@ -468,13 +468,9 @@ fn run(o: &Options) -> Result<()> {
 /// How many batches each stage applied, and their mean size: what each batch's fixed costs
 /// (its writes, its wake-ups of the next stage) were shared by.
 fn print_batches(counters: &Counters) {
-    let stages = [
-        ("ingest", &counters.ingest),
-        ("resolver", &counters.resolver.stage),
-        ("activation", &counters.activation.stage),
-    ];
-    let each: Vec<String> = stages
-        .iter()
+    let each: Vec<String> = counters
+        .by_stage()
+        .into_iter()
         .map(|(name, s)| {
             let batches = s.batches.load(std::sync::atomic::Ordering::Relaxed);
             let mean = s.consumed() as f64 / batches.max(1) as f64;
