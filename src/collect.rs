@@ -571,7 +571,6 @@ pub fn serve(config: &Config, bus: Arc<dyn Bus>, shutdown: Arc<AtomicBool>) -> R
 /// Runs `cdp collect` until `shutdown` is set.
 pub fn run(config: &Config, data: &Path, shutdown: Arc<AtomicBool>) -> Result<()> {
     let bus = pipeline::open_bus(config, data)?;
-    pipeline::create_topics(bus.as_ref(), config)?;
     let serving = serve(config, bus, shutdown.clone())?;
     while !shutdown.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(100));

@@ -45,7 +45,6 @@ pub fn run(config: &Config, opts: &DemoOptions, shutdown: Arc<AtomicBool>) -> Re
     );
 
     let bus = pipeline::open_bus(config, &state)?;
-    pipeline::create_topics(bus.as_ref(), config)?;
     let fed = pipeline::feed_inputs(bus.as_ref(), config, &workload)?;
     let raw_total: u64 = fed.iter().map(|(_, n)| n).sum();
 

@@ -141,7 +141,6 @@ pub fn rebuild(
     if apply {
         // The changes wait in the resolver's outbox; publish them now rather than at its next start.
         let bus = pipeline::open_bus(config, data)?;
-        pipeline::create_topics(bus.as_ref(), config)?;
         let mut producer = bus.producer()?;
         let mut outbox = cdp_resolver::outbox::OutboxCursor::default();
         cdp_resolver::outbox::publish_outbox(&store, producer.as_mut(), &mut outbox)?;
@@ -202,7 +201,6 @@ fn submit(
         })?,
         Backend::Kafka => pipeline::open_bus(config, data)?,
     };
-    pipeline::create_topics(bus.as_ref(), config)?;
     let mut producer = bus.producer()?;
     let value = serde_json::to_vec(&command)?;
     producer.send(OutRecord::new(

@@ -316,7 +316,6 @@ fn dispatch(cli: Cli) -> Result<()> {
             collect,
         } => {
             let bus = pipeline::open_bus(&config, &data)?;
-            pipeline::create_topics(bus.as_ref(), &config)?;
             // Stopped (its requests answered) when the stages have stopped.
             let _collector = if collect {
                 Some(collect::serve(&config, bus.clone(), shutdown_flag()?)?)
@@ -346,7 +345,6 @@ fn dispatch(cli: Cli) -> Result<()> {
                 activate: matches!(cli.command, Command::Activate { .. }),
             };
             let bus = pipeline::open_bus(&config, &data)?;
-            pipeline::create_topics(bus.as_ref(), &config)?;
             serve_and_run(
                 &config,
                 cli.config.as_deref(),

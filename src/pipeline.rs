@@ -94,7 +94,9 @@ impl Counters {
     }
 }
 
+/// The configured bus, with every topic the stages use created (`[bus] partitions` each).
 pub fn open_bus(config: &Config, data: &Path) -> Result<Arc<dyn Bus>> {
+    let names = topic_names(config);
     Ok(match config.bus.backend {
         Backend::Embedded => {
             let dir = data.join("bus");
@@ -104,13 +106,24 @@ pub fn open_bus(config: &Config, data: &Path) -> Result<Arc<dyn Bus>> {
                 min_records: embedded.fetch_min_records.max(1),
                 max_wait: Duration::from_millis(embedded.fetch_max_wait_ms),
             };
+            let topics: Vec<(&str, i32)> = names
+                .iter()
+                .map(|n| (n.as_str(), config.bus.partitions))
+                .collect();
             Arc::new(
-                EmbeddedBus::open(&dir)
+                EmbeddedBus::open_with_topics(&dir, &topics)
                     .with_context(|| format!("opening bus in {}", dir.display()))?
                     .with_fetch(fetch),
             )
         }
-        Backend::Kafka => Arc::new(KafkaBus::new(config.bus.kafka.clone())?),
+        Backend::Kafka => {
+            let bus = KafkaBus::new(config.bus.kafka.clone())?;
+            for name in &names {
+                bus.create_topic(name, config.bus.partitions)
+                    .with_context(|| format!("creating topic {name}"))?;
+            }
+            Arc::new(bus)
+        }
     })
 }
 
@@ -155,14 +168,6 @@ pub fn topic_names(config: &Config) -> Vec<String> {
     names.sort();
     names.dedup();
     names
-}
-
-pub fn create_topics(bus: &dyn Bus, config: &Config) -> Result<()> {
-    for name in topic_names(config) {
-        bus.create_topic(&name, config.bus.partitions)
-            .with_context(|| format!("creating topic {name}"))?;
-    }
-    Ok(())
 }
 
 /// Produces every line of `DIR/{web,app,crm,media}.jsonl` to its raw topic. Returns lines per file.

@@ -2,9 +2,17 @@
 //! database inside the process. It is what `cdp run` and `cdp demo` use by default, so a laptop
 //! runs the same stage code that runs against Kafka, with nothing else installed.
 //!
-//! Layout: column family `log` maps `topic \0 partition(be32) offset(be64)` to an encoded record;
-//! `meta` holds topic partition counts and group positions. Every flush is one atomic
-//! `WriteBatch` written through the WAL, so a killed process loses no acknowledged record.
+//! Layout: each partition of each topic is a column family of its own, `log/<topic>/<partition>`,
+//! mapping the offset (be64) to an encoded record; `meta` holds topic partition counts and group
+//! positions. Every flush is one atomic `WriteBatch` written through the WAL, so a killed process
+//! loses no acknowledged record.
+//!
+//! A partition is appended to only, so each file RocksDB flushes from a partition's column family
+//! lies after everything already in it, and compaction moves it down the levels without
+//! rewriting it. In one column family for the whole log, every flush held new offsets of every
+//! partition, each file's key range spanned the whole log, and each compaction rewrote all of it:
+//! the cost of writing grew with the log. A bus written that way (a `log` column family) is
+//! moved to this layout when it is opened for writing.
 //!
 //! The stages of one process read what the others have just written, so each partition also
 //! keeps its newest records in memory (at most [`TAIL_BYTES`]): a consumer at or near the end
@@ -16,14 +24,31 @@ use crate::{
     partition_for_key, stored_position, validate_topic_name, Bus, BusError, Consumer,
     ConsumerOptions, OutRecord, Positions, Producer, Record, Result, StartFrom, TopicInfo,
 };
-use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, DB};
+use rocksdb::{
+    BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode,
+    Options, WriteBatch, DB,
+};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const CF_LOG: &str = "log";
 const CF_META: &str = "meta";
+/// The whole log in one column family, keyed `topic \0 partition(be32) offset(be64)`: the layout
+/// before each partition had a column family of its own.
+const CF_LEGACY_LOG: &str = "log";
+
+/// Memtable bytes of one column family before it is flushed.
+const WRITE_BUFFER: usize = 16 << 20;
+/// Memtable bytes of all column families together; past it the oldest memtable is flushed.
+const DB_WRITE_BUFFER: usize = 128 << 20;
+/// WAL bytes kept before the column families holding the oldest WAL file are flushed: a
+/// partition written rarely would otherwise keep every WAL file written since.
+const MAX_WAL: u64 = 256 << 20;
+/// One block cache for all column families (each would otherwise get its own).
+const BLOCK_CACHE: usize = 32 << 20;
+/// Bytes of records per write batch when a bus is moved to the current layout.
+const UPGRADE_BATCH_BYTES: usize = 8 << 20;
 
 /// The embedded backend. Cheap to clone; all clones share one database.
 #[derive(Clone)]
@@ -56,8 +81,13 @@ impl Default for Fetch {
     }
 }
 
+/// Locks are taken in the order `append`, `db`, `state`, and `db` is never taken again by a
+/// thread that holds it (a waiting writer would block the second read).
 struct Inner {
-    db: DB,
+    /// Locked for writing only to create a topic's column families.
+    db: RwLock<DB>,
+    /// Options of every column family (one block cache among them).
+    cf_options: Options,
     read_only: bool,
     /// Held by a producer from choosing its offsets to making its records readable, so producers
     /// append in turn; `state` is only locked around the reads and updates in between, so
@@ -149,21 +179,65 @@ struct Waiter {
 impl EmbeddedBus {
     /// Opens (creating if needed) the bus stored in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with_topics(dir, &[])
+    }
+
+    /// Opens (creating if needed) the bus stored in `dir` with `topics` (name, partitions)
+    /// created as [`Bus::create_topic`] creates them. Their partitions' column families are
+    /// created with the database, at once: RocksDB rewrites a file listing every column family's
+    /// options for each one created in an open database, so creating a few dozen one by one
+    /// takes a noticeable part of a second.
+    pub fn open_with_topics(dir: &Path, topics: &[(&str, i32)]) -> Result<Self> {
+        for (name, partitions) in topics {
+            validate_topic(name, *partitions)?;
+        }
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        let cfs = [CF_LOG, CF_META].map(|n| ColumnFamilyDescriptor::new(n, opts.clone()));
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(storage)?;
-        Self::from_db(db, false)
+        opts.set_db_write_buffer_size(DB_WRITE_BUFFER);
+        opts.set_max_total_wal_size(MAX_WAL);
+        let cf_options = cf_options();
+        let mut names = existing_column_families(dir)?;
+        let mut wanted = vec![CF_META.to_string()];
+        for (topic, partitions) in topics {
+            // A topic with column families was created before, maybe with other partitions.
+            if !names.contains(&partition_cf_name(topic, 0)) {
+                wanted.extend((0..*partitions).map(|p| partition_cf_name(topic, p)));
+            }
+        }
+        for name in wanted {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+        let cfs = names
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, cf_options.clone()));
+        let mut db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(storage)?;
+        if names.iter().any(|n| n == CF_LEGACY_LOG) {
+            upgrade_legacy_log(&mut db, &cf_options)?;
+        }
+        let bus = Self::from_db(db, cf_options, false)?;
+        for (name, partitions) in topics {
+            bus.create_topic(name, *partitions)?;
+        }
+        Ok(bus)
     }
 
-    /// Opens the bus in `dir` for reading while another process owns it (a point-in-time view).
+    /// Opens the bus in `dir` for reading while another process owns it (a point-in-time view:
+    /// topics created after it was opened are not seen).
     pub fn open_read_only(dir: &Path) -> Result<Self> {
-        let opts = Options::default();
-        let db =
-            DB::open_cf_for_read_only(&opts, dir, [CF_LOG, CF_META], false).map_err(storage)?;
-        Self::from_db(db, true)
+        let cf_options = cf_options();
+        let names = existing_column_families(dir)?;
+        if names.iter().any(|n| n == CF_LEGACY_LOG) {
+            return Err(BusError::Storage(format!(
+                "the bus in {} has the layout of an older cdp: open it for writing once \
+                 (`cdp run`, or any command while no other process has it open) to move it",
+                dir.display()
+            )));
+        }
+        let db = DB::open_cf_for_read_only(&cf_options, dir, names, false).map_err(storage)?;
+        Self::from_db(db, cf_options, true)
     }
 
     /// Sets how consumer groups made from now on wait for records to gather.
@@ -172,38 +246,36 @@ impl EmbeddedBus {
         self
     }
 
-    fn from_db(db: DB, read_only: bool) -> Result<Self> {
+    fn from_db(mut db: DB, cf_options: Options, read_only: bool) -> Result<Self> {
         let mut topics = BTreeMap::new();
-        {
-            let meta = db.cf_handle(CF_META).expect("meta cf opened above");
-            let log = db.cf_handle(CF_LOG).expect("log cf opened above");
-            for item in db.prefix_iterator_cf(meta, b"t\0") {
-                let (k, v) = item.map_err(storage)?;
-                if !k.starts_with(b"t\0") {
-                    break;
+        for (topic, partitions) in stored_topics(&db)? {
+            let mut parts = Vec::with_capacity(partitions as usize);
+            for p in 0..partitions as i32 {
+                let name = partition_cf_name(&topic, p);
+                if db.cf_handle(&name).is_none() {
+                    // Created with the topic; a read-only view of a bus whose topic is being
+                    // created sees its partitions empty.
+                    if read_only {
+                        parts.push(Partition::new(0));
+                        continue;
+                    }
+                    db.create_cf(&name, &cf_options).map_err(storage)?;
                 }
-                let topic = String::from_utf8_lossy(&k[2..]).into_owned();
-                let partitions = u32::from_le_bytes(v[..4].try_into().map_err(|_| corrupt_meta())?);
-                let mut parts = Vec::with_capacity(partitions as usize);
-                for p in 0..partitions as i32 {
-                    let last = log_key(&topic, p, i64::MAX);
-                    let mut it = db.iterator_cf(log, IteratorMode::From(&last, Direction::Reverse));
-                    let end = match it.next() {
-                        Some(Ok((k, _))) if k.starts_with(&partition_prefix(&topic, p)) => {
-                            decode_offset(&k) + 1
-                        }
-                        Some(Err(e)) => return Err(storage(e)),
-                        _ => 0,
-                    };
-                    parts.push(Partition::new(end));
-                }
-                topics.insert(topic, parts);
+                let cf = db.cf_handle(&name).expect("created above");
+                let end = match db.iterator_cf(cf, IteratorMode::End).next() {
+                    Some(Ok((k, _))) => decode_offset(&k) + 1,
+                    Some(Err(e)) => return Err(storage(e)),
+                    None => 0,
+                };
+                parts.push(Partition::new(end));
             }
+            topics.insert(topic, parts);
         }
         Ok(Self {
             fetch: Fetch::default(),
             inner: Arc::new(Inner {
-                db,
+                db: RwLock::new(db),
+                cf_options,
                 read_only,
                 append: Mutex::new(()),
                 state: Mutex::new(State {
@@ -215,23 +287,112 @@ impl EmbeddedBus {
     }
 
     fn committed(&self, group: &str, topic: &str, partition: i32) -> Result<Option<i64>> {
-        let meta = self.inner.meta();
-        let v = self
-            .inner
-            .db
-            .get_cf(meta, group_key(group, topic, partition))
+        let db = self.inner.db();
+        let v = db
+            .get_cf(meta(&db), group_key(group, topic, partition))
             .map_err(storage)?;
         Ok(v.and_then(|b| b.as_slice().try_into().ok().map(i64::from_le_bytes)))
     }
 }
 
-impl Inner {
-    fn meta(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_META).expect("meta cf exists")
-    }
+/// Options of every column family of one database: LZ4, and one block cache among them.
+fn cf_options() -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&Cache::new_lru_cache(BLOCK_CACHE));
+    let mut opts = Options::default();
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_write_buffer_size(WRITE_BUFFER);
+    opts.set_block_based_table_factory(&table);
+    opts
+}
 
-    fn log(&self) -> &rocksdb::ColumnFamily {
-        self.db.cf_handle(CF_LOG).expect("log cf exists")
+/// The column families of the database in `dir` (none if there is no database yet).
+fn existing_column_families(dir: &Path) -> Result<Vec<String>> {
+    if !dir.join("CURRENT").exists() {
+        return Ok(Vec::new());
+    }
+    DB::list_cf(&Options::default(), dir).map_err(storage)
+}
+
+/// Each topic and its partition count, as `meta` holds them.
+fn stored_topics(db: &DB) -> Result<Vec<(String, u32)>> {
+    let meta = meta(db);
+    let mut topics = Vec::new();
+    for item in db.prefix_iterator_cf(meta, b"t\0") {
+        let (k, v) = item.map_err(storage)?;
+        if !k.starts_with(b"t\0") {
+            break;
+        }
+        let topic = String::from_utf8_lossy(&k[2..]).into_owned();
+        let partitions = u32::from_le_bytes(
+            v.get(..4)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(corrupt_meta)?,
+        );
+        topics.push((topic, partitions));
+    }
+    Ok(topics)
+}
+
+/// Moves every record of the whole-log column family into its partition's column family, then
+/// drops the old one. Records are copied as they are stored; a copy cut short is made again
+/// from the start the next time the bus is opened, as the old column family is dropped last.
+fn upgrade_legacy_log(db: &mut DB, cf_options: &Options) -> Result<()> {
+    for (topic, partitions) in stored_topics(db)? {
+        for p in 0..partitions as i32 {
+            let name = partition_cf_name(&topic, p);
+            if db.cf_handle(&name).is_none() {
+                db.create_cf(&name, cf_options).map_err(storage)?;
+            }
+            let legacy = db.cf_handle(CF_LEGACY_LOG).expect("opened with it");
+            let cf = db.cf_handle(&name).expect("created above");
+            let prefix = partition_prefix(&topic, p);
+            let mut batch = WriteBatch::default();
+            let it = db.iterator_cf(legacy, IteratorMode::From(&prefix, Direction::Forward));
+            for item in it {
+                let (k, v) = item.map_err(storage)?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                batch.put_cf(cf, offset_key(decode_offset(&k)), v);
+                if batch.size_in_bytes() >= UPGRADE_BATCH_BYTES {
+                    db.write(std::mem::take(&mut batch)).map_err(storage)?;
+                }
+            }
+            db.write(batch).map_err(storage)?;
+        }
+    }
+    db.drop_cf(CF_LEGACY_LOG).map_err(storage)
+}
+
+fn validate_topic(name: &str, partitions: i32) -> Result<()> {
+    validate_topic_name(name)?;
+    if partitions < 1 {
+        return Err(BusError::Storage(format!(
+            "topic {name:?} needs at least one partition"
+        )));
+    }
+    Ok(())
+}
+
+fn meta(db: &DB) -> &ColumnFamily {
+    db.cf_handle(CF_META).expect("meta cf exists")
+}
+
+/// The column family of `topic`'s `partition`, created with the topic.
+fn partition_cf<'a>(db: &'a DB, topic: &str, partition: i32) -> Result<&'a ColumnFamily> {
+    db.cf_handle(&partition_cf_name(topic, partition))
+        .ok_or_else(|| BusError::UnknownTopic(format!("{topic} (partition {partition})")))
+}
+
+fn partition_cf_name(topic: &str, partition: i32) -> String {
+    format!("log/{topic}/{partition}")
+}
+
+impl Inner {
+    fn db(&self) -> RwLockReadGuard<'_, DB> {
+        // Nothing under this lock is left half-changed by a panic: RocksDB's calls are atomic.
+        self.db.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -260,26 +421,36 @@ impl Inner {
 
 impl Bus for EmbeddedBus {
     fn rocksdb_stats(&self) -> Option<crate::RocksDbStats> {
-        Some(crate::RocksDbStats::read(&self.inner.db, [CF_LOG, CF_META]))
+        let mut names = vec![CF_META.to_string()];
+        for (topic, parts) in &self.inner.state().topics {
+            names.extend((0..parts.len() as i32).map(|p| partition_cf_name(topic, p)));
+        }
+        let db = self.inner.db();
+        Some(crate::RocksDbStats::read(
+            &db,
+            names.iter().map(String::as_str),
+        ))
     }
 
     fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
-        validate_topic_name(name)?;
+        validate_topic(name, partitions)?;
         self.inner.writable()?;
-        if partitions < 1 {
-            return Err(BusError::Storage(format!(
-                "topic {name:?} needs at least one partition"
-            )));
-        }
+        // Column families are created under the write lock, which waits for every read.
+        let mut db = self.inner.db.write().unwrap_or_else(|e| e.into_inner());
         let mut state = self.inner.state();
         if state.topics.contains_key(name) {
             return Ok(());
         }
+        // The partitions first: a topic listed in `meta` has them all.
+        for p in 0..partitions {
+            let cf = partition_cf_name(name, p);
+            if db.cf_handle(&cf).is_none() {
+                db.create_cf(&cf, &self.inner.cf_options).map_err(storage)?;
+            }
+        }
         let mut key = b"t\0".to_vec();
         key.extend_from_slice(name.as_bytes());
-        self.inner
-            .db
-            .put_cf(self.inner.meta(), key, (partitions as u32).to_le_bytes())
+        db.put_cf(meta(&db), key, (partitions as u32).to_le_bytes())
             .map_err(storage)?;
         state.topics.insert(
             name.to_string(),
@@ -379,17 +550,15 @@ impl Bus for EmbeddedBus {
         let Ok(ends) = self.inner.ends(topic) else {
             return Ok(0);
         };
-        let log = self.inner.log();
         let mut expired = 0;
         for (p, end) in ends.iter().enumerate() {
-            let prefix = partition_prefix(topic, p as i32);
+            let p = p as i32;
+            let db = self.inner.db();
+            let cf = partition_cf(&db, topic, p)?;
             let mut first = None;
             let mut keep_from = None;
-            for item in self.inner.db.prefix_iterator_cf(log, &prefix) {
+            for item in db.iterator_cf(cf, IteratorMode::Start) {
                 let (k, v) = item.map_err(storage)?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
                 let offset = decode_offset(&k);
                 first.get_or_insert(offset);
                 let written = v
@@ -398,7 +567,7 @@ impl Bus for EmbeddedBus {
                     .map(i64::from_le_bytes)
                     .ok_or_else(|| BusError::Corrupt {
                         topic: topic.to_string(),
-                        partition: p as i32,
+                        partition: p,
                         offset,
                     })?;
                 if written >= cutoff_ms || offset + 1 >= *end {
@@ -407,26 +576,28 @@ impl Bus for EmbeddedBus {
                 }
                 expired += 1;
             }
-            if let (Some(first), Some(keep_from)) = (first, keep_from) {
-                if keep_from > first {
-                    self.inner
-                        .db
-                        .delete_range_cf(
-                            log,
-                            log_key(topic, p as i32, first),
-                            log_key(topic, p as i32, keep_from),
-                        )
-                        .map_err(storage)?;
-                    if let Some(part) = self
-                        .inner
-                        .state()
-                        .topics
-                        .get_mut(topic)
-                        .and_then(|parts| parts.get_mut(p))
-                    {
-                        part.drop_below(keep_from);
-                    }
-                }
+            let (Some(first), Some(keep_from)) = (first, keep_from) else {
+                continue;
+            };
+            if keep_from == first {
+                continue;
+            }
+            // Files holding only expired offsets go at once (their range ends before
+            // `keep_from`, inclusive): compaction moves a log's files down without rewriting them,
+            // so the range deletion alone could leave them on disk.
+            db.delete_file_in_range_cf(cf, offset_key(first), offset_key(keep_from - 1))
+                .map_err(storage)?;
+            db.delete_range_cf(cf, offset_key(first), offset_key(keep_from))
+                .map_err(storage)?;
+            drop(db);
+            if let Some(part) = self
+                .inner
+                .state()
+                .topics
+                .get_mut(topic)
+                .and_then(|parts| parts.get_mut(p as usize))
+            {
+                part.drop_below(keep_from);
             }
         }
         Ok(expired)
@@ -471,9 +642,10 @@ impl EmbeddedProducer {
         let commit = commit.filter(|(_, positions)| !positions.is_empty());
         if self.pending.is_empty() {
             if let Some((group, positions)) = commit {
+                let db = self.inner.db();
                 let mut batch = WriteBatch::default();
-                put_positions(&mut batch, self.inner.meta(), group, positions);
-                self.inner.db.write(batch).map_err(storage)?;
+                put_positions(&mut batch, meta(&db), group, positions);
+                db.write(batch).map_err(storage)?;
             }
             return Ok(());
         }
@@ -483,13 +655,13 @@ impl EmbeddedProducer {
         let now = now_ms();
         let bytes = pending
             .iter()
-            .map(|r| LOG_KEY_LEN + r.topic.len() + encoded_len(r))
+            .map(|r| OFFSET_KEY_LEN + encoded_len(r))
             .sum();
         // The partitions take the records only once they are written.
         let _turn = self.inner.append.lock().unwrap_or_else(|e| e.into_inner());
         let state = self.inner.state();
         let mut placed: Vec<(i32, i64, i64)> = Vec::with_capacity(pending.len());
-        let mut entries: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(pending.len());
+        let mut entries: Vec<(&str, i32, i64, Vec<u8>)> = Vec::with_capacity(pending.len());
         let mut taken: BTreeMap<(&str, i32), i64> = BTreeMap::new();
         for r in &pending {
             let parts = state
@@ -514,23 +686,33 @@ impl EmbeddedProducer {
             let offset = *next;
             *next += 1;
             let timestamp_ms = r.timestamp_ms.unwrap_or(now);
-            entries.push((log_key(&r.topic, p, offset), encode(r, timestamp_ms)));
+            entries.push((&r.topic, p, offset, encode(r, timestamp_ms)));
             placed.push((p, offset, timestamp_ms));
         }
         drop(state);
-        // In key order, each partition's records follow one another: the memtable's skip list
-        // inserts each right after the last from where that one landed, where records taken in
-        // send order (topics and partitions interleaved) each need a search from the top.
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        // Each partition's records together (in offset order, as they were sent), so each
+        // column family is looked up once.
+        entries.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        let db = self.inner.db();
         let mut batch = crate::sized_write_batch(entries.len(), bytes);
-        let log = self.inner.log();
-        for (key, value) in &entries {
-            batch.put_cf(log, key, value);
+        let mut cf: Option<(&str, i32, &ColumnFamily)> = None;
+        for (topic, p, offset, value) in &entries {
+            let handle = match cf {
+                Some((t, q, handle)) if t == *topic && q == *p => handle,
+                _ => {
+                    let handle = partition_cf(&db, topic, *p)?;
+                    cf = Some((topic, *p, handle));
+                    handle
+                }
+            };
+            batch.put_cf(handle, offset_key(*offset), value);
         }
         if let Some((group, positions)) = commit {
-            put_positions(&mut batch, self.inner.meta(), group, positions);
+            put_positions(&mut batch, meta(&db), group, positions);
         }
-        self.inner.db.write(batch).map_err(storage)?;
+        db.write(batch).map_err(storage)?;
+        drop(db);
+        drop(entries);
         let mut state = self.inner.state();
         let mut touched: Vec<String> = Vec::new();
         for (r, (partition, offset, timestamp_ms)) in pending.into_iter().zip(placed) {
@@ -653,16 +835,16 @@ impl EmbeddedConsumer {
                 None => {
                     let (topic, p) = &self.assignment[index];
                     // Expiry may have deleted offsets from `pos` on: read on to the end.
-                    let start = log_key(topic, *p, pos);
-                    let prefix = partition_prefix(topic, *p);
-                    let it = self.inner.db.iterator_cf(
-                        self.inner.log(),
+                    let start = offset_key(pos);
+                    let db = self.inner.db();
+                    let it = db.iterator_cf(
+                        partition_cf(&db, topic, *p)?,
                         IteratorMode::From(&start, Direction::Forward),
                     );
                     for item in it.take(want) {
                         let (k, v) = item.map_err(storage)?;
                         let offset = decode_offset(&k);
-                        if !k.starts_with(&prefix) || offset >= end {
+                        if offset >= end {
                             break;
                         }
                         out.push(decode(topic, *p, offset, &v)?);
@@ -739,9 +921,10 @@ impl Consumer for EmbeddedConsumer {
         if !self.commit || positions.is_empty() {
             return Ok(());
         }
+        let db = self.inner.db();
         let mut batch = WriteBatch::default();
-        put_positions(&mut batch, self.inner.meta(), &self.group, positions);
-        self.inner.db.write(batch).map_err(storage)
+        put_positions(&mut batch, meta(&db), &self.group, positions);
+        db.write(batch).map_err(storage)
     }
 
     fn close(self: Box<Self>) -> Result<()> {
@@ -750,12 +933,7 @@ impl Consumer for EmbeddedConsumer {
 }
 
 /// `group`'s committed positions, as a consumer of the group reads them back.
-fn put_positions(
-    batch: &mut WriteBatch,
-    meta: &rocksdb::ColumnFamily,
-    group: &str,
-    positions: &Positions,
-) {
+fn put_positions(batch: &mut WriteBatch, meta: &ColumnFamily, group: &str, positions: &Positions) {
     for ((topic, p), pos) in positions {
         batch.put_cf(meta, group_key(group, topic, *p), pos.to_le_bytes());
     }
@@ -784,13 +962,11 @@ fn partition_prefix(topic: &str, partition: i32) -> Vec<u8> {
     k
 }
 
-/// A log key's bytes besides its topic: a separator, the partition and the offset.
-const LOG_KEY_LEN: usize = 1 + 4 + 8;
+/// A record's key in its partition's column family: the offset.
+const OFFSET_KEY_LEN: usize = 8;
 
-fn log_key(topic: &str, partition: i32, offset: i64) -> Vec<u8> {
-    let mut k = partition_prefix(topic, partition);
-    k.extend_from_slice(&(offset as u64).to_be_bytes());
-    k
+fn offset_key(offset: i64) -> [u8; OFFSET_KEY_LEN] {
+    (offset as u64).to_be_bytes()
 }
 
 fn decode_offset(key: &[u8]) -> i64 {
@@ -919,6 +1095,151 @@ mod tests {
             .find(|r| r.value.as_deref() == Some(&b"b2"[..]))
             .unwrap();
         assert_eq!((b2.partition, b2.offset), (1, 2));
+    }
+
+    /// Files of partition 0 of `t`, as (first offset, last offset), in offset order.
+    fn partition_files(bus: &EmbeddedBus) -> Vec<(i64, i64)> {
+        let name = partition_cf_name("t", 0);
+        let mut files: Vec<(i64, i64)> = bus
+            .inner
+            .db()
+            .live_files()
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.column_family_name == name)
+            .map(|f| {
+                (
+                    decode_offset(&f.start_key.unwrap()),
+                    decode_offset(&f.end_key.unwrap()),
+                )
+            })
+            .collect();
+        files.sort();
+        files
+    }
+
+    #[test]
+    fn expiry_deletes_the_files_holding_only_expired_records_and_keeps_the_rest_readable() {
+        let (dir, bus) = bus_with_t(1);
+        let mut p = bus.producer().unwrap();
+        // Three files of ten records: the first all expired, the second expired but for its
+        // last record, the third kept.
+        for file in 0..3 {
+            for i in file * 10..file * 10 + 10 {
+                let ts = if i >= 19 { 1_000 } else { 100 };
+                p.send(at(0, ts, &i.to_string())).unwrap();
+            }
+            p.flush().unwrap();
+            let db = bus.inner.db();
+            let cf = partition_cf(&db, "t", 0).unwrap();
+            db.flush_cf(cf).unwrap();
+            // Below level 0, where files are deleted whole.
+            let (first, last) = (offset_key(file * 10), offset_key(file * 10 + 9));
+            db.compact_range_cf(cf, Some(first), Some(last));
+        }
+        assert_eq!(partition_files(&bus), [(0, 9), (10, 19), (20, 29)]);
+
+        assert_eq!(bus.expire("t", 500).unwrap(), 19);
+        assert_eq!(partition_files(&bus), [(10, 19), (20, 29)]);
+        let kept: Vec<String> = (19..30).map(|i| i.to_string()).collect();
+        let mut expected = kept.clone();
+        expected.sort();
+        assert_eq!(values(&bus, "g1"), expected);
+
+        drop(p);
+        drop(bus);
+        let bus = EmbeddedBus::open(dir.path()).unwrap();
+        assert_eq!(bus.end_offsets("t").unwrap(), [30]);
+        let mut c = bus.consumer(ConsumerOptions::group("g2", &["t"])).unwrap();
+        let read = c.poll(100, Duration::from_millis(10)).unwrap();
+        let offsets: Vec<i64> = read.iter().map(|r| r.offset).collect();
+        assert_eq!(offsets, (19..30).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_bus_in_the_whole_log_layout_is_moved_to_a_column_family_per_partition_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        // Written as a bus before per-partition column families: one `log` column family.
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let cfs = [CF_LEGACY_LOG, CF_META]
+                .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+            let db = DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap();
+            let (log, meta) = (
+                db.cf_handle(CF_LEGACY_LOG).unwrap(),
+                db.cf_handle(CF_META).unwrap(),
+            );
+            for topic in ["t", "u"] {
+                db.put_cf(
+                    meta,
+                    [b"t\0", topic.as_bytes()].concat(),
+                    2u32.to_le_bytes(),
+                )
+                .unwrap();
+            }
+            let legacy_key = |topic: &str, p: i32, offset: i64| {
+                [
+                    partition_prefix(topic, p),
+                    (offset as u64).to_be_bytes().to_vec(),
+                ]
+                .concat()
+            };
+            for (topic, p, n) in [("t", 0, 3), ("t", 1, 2), ("u", 1, 1)] {
+                for offset in 0..n {
+                    let mut r = OutRecord::new(
+                        topic,
+                        format!("k{offset}").into_bytes(),
+                        format!("{topic}{p}:{offset}").into_bytes(),
+                    );
+                    r.headers.push(("h".to_string(), b"x".to_vec()));
+                    let value = encode(&r, 1_000 + offset);
+                    db.put_cf(log, legacy_key(topic, p, offset), value).unwrap();
+                }
+            }
+            db.put_cf(meta, group_key("g", "t", 0), 2i64.to_le_bytes())
+                .unwrap();
+        }
+        let refused = EmbeddedBus::open_read_only(dir.path()).err().unwrap();
+        assert!(refused.to_string().contains("older cdp"), "{refused}");
+
+        let bus = EmbeddedBus::open(dir.path()).unwrap();
+        assert_eq!(bus.end_offsets("t").unwrap(), [3, 2]);
+        assert_eq!(bus.end_offsets("u").unwrap(), [0, 1]);
+        assert_eq!(bus.lag("g", &["t".to_string()]).unwrap(), 3);
+        let cfs = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert!(!cfs.iter().any(|n| n == CF_LEGACY_LOG), "{cfs:?}");
+        let mut c = bus.consumer(ConsumerOptions::group("g", &["t"])).unwrap();
+        let read = c.poll(100, Duration::from_millis(10)).unwrap();
+        let got: Vec<(i32, i64, i64, String, String)> = read
+            .iter()
+            .map(|r| {
+                assert_eq!(r.headers, [("h".to_string(), b"x".to_vec())]);
+                (
+                    r.partition,
+                    r.offset,
+                    r.timestamp_ms,
+                    String::from_utf8(r.key.clone().unwrap()).unwrap(),
+                    String::from_utf8(r.value.clone().unwrap()).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, 2, 1_002, "k2".into(), "t0:2".into()),
+                (1, 0, 1_000, "k0".into(), "t1:0".into()),
+                (1, 1, 1_001, "k1".into(), "t1:1".into()),
+            ]
+        );
+        // New records follow the moved ones; a read-only view now opens.
+        let mut p = bus.producer().unwrap();
+        p.send(at(0, 2_000, "new")).unwrap();
+        p.flush().unwrap();
+        drop((c, p, bus));
+        let view = EmbeddedBus::open_read_only(dir.path()).unwrap();
+        assert_eq!(view.end_offsets("t").unwrap(), [4, 2]);
     }
 
     #[test]

@@ -314,7 +314,6 @@ fn run(o: &Options) -> Result<()> {
     let temp = tempfile::tempdir()?;
     let data = o.data.clone().unwrap_or_else(|| temp.path().to_path_buf());
     let bus = pipeline::open_bus(&config, &data)?;
-    pipeline::create_topics(bus.as_ref(), &config)?;
 
     let counters = Arc::new(Counters::default());
     let shutdown = Arc::new(AtomicBool::new(false));
