@@ -1157,6 +1157,45 @@ mod tests {
     }
 
     #[test]
+    fn topics_given_at_open_are_created_and_existing_ones_keep_their_partitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = EmbeddedBus::open_with_topics(dir.path(), &[("t", 2), ("no spaces", 1)]);
+        assert!(matches!(bad, Err(BusError::InvalidTopicName(_))));
+        assert!(matches!(
+            EmbeddedBus::open_with_topics(dir.path(), &[("t", 0)]),
+            Err(BusError::Storage(_))
+        ));
+        {
+            let bus = EmbeddedBus::open_with_topics(dir.path(), &[("t", 2), ("u", 3)]).unwrap();
+            let created = bus.topics().unwrap();
+            let partitions: Vec<(&str, i32)> = created
+                .iter()
+                .map(|t| (t.name.as_str(), t.partitions))
+                .collect();
+            assert_eq!(partitions, [("t", 2), ("u", 3)]);
+            let mut p = bus.producer().unwrap();
+            p.send(at(1, 5, "kept")).unwrap();
+            p.flush().unwrap();
+        }
+        // Asked again with other counts: the stored topics stay as they are, new ones are added.
+        let bus = EmbeddedBus::open_with_topics(dir.path(), &[("t", 8), ("v", 1)]).unwrap();
+        let partitions: Vec<(String, i32)> = bus
+            .topics()
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.name, t.partitions))
+            .collect();
+        assert_eq!(
+            partitions,
+            [("t".into(), 2), ("u".into(), 3), ("v".into(), 1)]
+        );
+        assert_eq!(bus.end_offsets("t").unwrap(), [0, 1]);
+        assert_eq!(values(&bus, "g"), ["kept"]);
+        let cfs = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert!(!cfs.contains(&partition_cf_name("t", 2)), "{cfs:?}");
+    }
+
+    #[test]
     fn a_bus_in_the_whole_log_layout_is_moved_to_a_column_family_per_partition_on_open() {
         let dir = tempfile::tempdir().unwrap();
         // Written as a bus before per-partition column families: one `log` column family.
