@@ -692,7 +692,7 @@ impl EmbeddedProducer {
         drop(state);
         // Each partition's records together (in offset order, as they were sent), so each
         // column family is looked up once.
-        entries.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        entries.sort_unstable_by_key(|(topic, p, offset, _)| (*topic, *p, *offset));
         let db = self.inner.db();
         let mut batch = crate::sized_write_batch(entries.len(), bytes);
         let mut cf: Option<(&str, i32, &ColumnFamily)> = None;
@@ -1141,8 +1141,7 @@ mod tests {
 
         assert_eq!(bus.expire("t", 500).unwrap(), 19);
         assert_eq!(partition_files(&bus), [(10, 19), (20, 29)]);
-        let kept: Vec<String> = (19..30).map(|i| i.to_string()).collect();
-        let mut expected = kept.clone();
+        let mut expected: Vec<String> = (19..30).map(|i| i.to_string()).collect();
         expected.sort();
         assert_eq!(values(&bus, "g1"), expected);
 
@@ -1165,28 +1164,21 @@ mod tests {
             EmbeddedBus::open_with_topics(dir.path(), &[("t", 0)]),
             Err(BusError::Storage(_))
         ));
+        let partitions = |bus: &EmbeddedBus| -> Vec<(String, i32)> {
+            let topics = bus.topics().unwrap();
+            topics.into_iter().map(|t| (t.name, t.partitions)).collect()
+        };
         {
             let bus = EmbeddedBus::open_with_topics(dir.path(), &[("t", 2), ("u", 3)]).unwrap();
-            let created = bus.topics().unwrap();
-            let partitions: Vec<(&str, i32)> = created
-                .iter()
-                .map(|t| (t.name.as_str(), t.partitions))
-                .collect();
-            assert_eq!(partitions, [("t", 2), ("u", 3)]);
+            assert_eq!(partitions(&bus), [("t".into(), 2), ("u".into(), 3)]);
             let mut p = bus.producer().unwrap();
             p.send(at(1, 5, "kept")).unwrap();
             p.flush().unwrap();
         }
         // Asked again with other counts: the stored topics stay as they are, new ones are added.
         let bus = EmbeddedBus::open_with_topics(dir.path(), &[("t", 8), ("v", 1)]).unwrap();
-        let partitions: Vec<(String, i32)> = bus
-            .topics()
-            .unwrap()
-            .into_iter()
-            .map(|t| (t.name, t.partitions))
-            .collect();
         assert_eq!(
-            partitions,
+            partitions(&bus),
             [("t".into(), 2), ("u".into(), 3), ("v".into(), 1)]
         );
         assert_eq!(bus.end_offsets("t").unwrap(), [0, 1]);
