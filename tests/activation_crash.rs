@@ -5,7 +5,8 @@
 
 mod support;
 
-use cdp_activation::membership::{MemberState, MembershipStore, COLUMN_FAMILIES};
+use cdp_activation::membership::{MembershipStore, COLUMN_FAMILIES};
+use cdp_activation::standing::Standing;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -89,18 +90,18 @@ fn retired_ids(data: &Path) -> BTreeSet<String> {
     ids
 }
 
-/// The canonical id a `members` (`tenant \0 id \0 audience`) or `dest_members`
-/// (`dest \0 tenant \0 id \0 audience`) key is about.
+/// The canonical id a `memberships` key as [`state`] lists it (`tenant \0 id \0 audience`) or a
+/// `dest_members` key (`dest \0 tenant \0 id \0 audience`) is about.
 fn subject(cf: &str, key: &[u8]) -> String {
-    let at = if cf == "members" { 1 } else { 2 };
+    let at = if cf == "memberships" { 1 } else { 2 };
     let part = key.split(|b| *b == 0).nth(at).unwrap_or_default();
     String::from_utf8_lossy(part).into_owned()
 }
 
 /// Every column family but the outbox and its numbering (`meta` `next_outbox`): how many records
 /// went through the outbox depends on where batches and crashes cut the input, and what they
-/// said is compared on the topics. In `members`, `since` is the wall-clock time of the change
-/// and is left out; membership and its version are compared.
+/// said is compared on the topics. `memberships` is listed per (person, cohort); its `since` is
+/// the wall-clock time of the change and is left out: membership and its version are compared.
 fn state(dir: &Path) -> State {
     let store = MembershipStore::open_read_only(dir).expect("activation state opens");
     COLUMN_FAMILIES
@@ -109,11 +110,22 @@ fn state(dir: &Path) -> State {
         .map(|cf| {
             let mut entries = store.entries(cf).expect("scan");
             entries.retain(|(k, _)| !(*cf == "meta" && k.as_slice() == b"next_outbox"));
-            if *cf == "members" {
-                for (_, v) in &mut entries {
-                    let s: MemberState = serde_json::from_slice(v).expect("member state");
-                    *v = format!("member={} seq={}", s.member, s.seq).into_bytes();
-                }
+            if *cf == "memberships" {
+                // One entry per (person, cohort), keyed `tenant \0 id \0 audience`.
+                entries = entries
+                    .into_iter()
+                    .flat_map(|(person, v)| {
+                        let standing = Standing::decode(&v).expect("memberships record");
+                        standing
+                            .iter()
+                            .map(|(audience, s)| {
+                                let key = [&person[..], b"\0", audience.as_bytes()].concat();
+                                let value = format!("member={} seq={}", s.member, s.seq);
+                                (key, value.into_bytes())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
             }
             (*cf, entries)
         })
@@ -154,7 +166,7 @@ fn killed_activation_ends_with_the_membership_of_an_uninterrupted_run() {
     let reference = state(&reference_dir);
     let total = applied(&reference_dir);
     assert!(
-        reference["members"].len() > 50,
+        reference["memberships"].len() > 50,
         "the workload puts people in cohorts"
     );
 
@@ -187,16 +199,16 @@ fn killed_activation_ends_with_the_membership_of_an_uninterrupted_run() {
     // change that retired it are on different topics, and whichever is read first decides
     // whether those updates were applied (entered, then exited at the merge) or ignored as
     // stale (never entered). Both runs must leave it in no cohort and no destination; which
-    // exits it went through (the `members` and `dest_members` entries of retired ids) is left
+    // exits it went through (the `memberships` and `dest_members` entries of retired ids) is left
     // out of the comparison.
     let retired = retired_ids(&data);
     assert!(!retired.is_empty(), "the workload merges profiles");
     let mut reference = reference;
     for st in [&mut reference, &mut recovered] {
-        for cf in ["members", "dest_members"] {
+        for cf in ["memberships", "dest_members"] {
             let entries = st.get_mut(cf).unwrap();
             for (k, v) in entries.iter() {
-                let still_in = if cf == "members" {
+                let still_in = if cf == "memberships" {
                     v.starts_with(b"member=true")
                 } else {
                     let held: cdp_activation::membership::DestMember =

@@ -27,6 +27,7 @@ pub mod predicate;
 pub mod priority;
 pub mod rules;
 pub mod stage;
+pub mod standing;
 pub mod suppression;
 pub mod timer;
 pub mod update;

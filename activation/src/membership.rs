@@ -4,6 +4,7 @@
 //! the time its windows next change (the timer index). A batch's writes are collected in a
 //! [`MembershipTxn`] and committed atomically.
 
+use crate::standing::Standing;
 use crate::{ActivationError, Result};
 use cdp_proto::Timestamp;
 use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, DB};
@@ -12,7 +13,11 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-const CF_MEMBERS: &str = "members";
+/// `tenant \0 canonical_id` -> the person's memberships ([`Standing`]).
+const CF_MEMBERSHIPS: &str = "memberships";
+/// Where memberships were kept one key per cohort (`tenant \0 canonical_id \0 audience` ->
+/// [`MemberState`] as JSON) by earlier versions: moved into [`CF_MEMBERSHIPS`] on open.
+const CF_LEGACY_MEMBERS: &str = "members";
 const CF_VERSIONS: &str = "versions";
 const CF_OFFSETS: &str = "offsets";
 const CF_OUTBOX: &str = "outbox";
@@ -31,7 +36,7 @@ pub(crate) const CF_DUE_OF: &str = "due_of";
 /// channel were sent (ms, 8 bytes big endian each, oldest first), for frequency caps.
 pub(crate) const CF_CAPS: &str = "caps";
 const ALL_CFS: [&str; 11] = [
-    CF_MEMBERS,
+    CF_MEMBERSHIPS,
     CF_VERSIONS,
     CF_OFFSETS,
     CF_OUTBOX,
@@ -45,9 +50,16 @@ const ALL_CFS: [&str; 11] = [
 ];
 /// The column families of the membership state.
 pub const COLUMN_FAMILIES: [&str; 11] = ALL_CFS;
-/// The column families the stage reads by key only: the others are scanned in key order (a
-/// person's memberships, a destination's queue, the outbox, due times).
-const READ_BY_KEY: [&str; 5] = [CF_VERSIONS, CF_PROFILES, CF_DUE_OF, CF_OFFSETS, CF_META];
+/// The column families the stage reads by key only: the others are scanned in key order (what
+/// a destination holds of a person, a destination's queue, the outbox, due times).
+const READ_BY_KEY: [&str; 6] = [
+    CF_MEMBERSHIPS,
+    CF_VERSIONS,
+    CF_PROFILES,
+    CF_DUE_OF,
+    CF_OFFSETS,
+    CF_META,
+];
 
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
 /// The most outbox records [`MembershipStore`] keeps in memory: many batches' worth.
@@ -149,19 +161,33 @@ impl MembershipStore {
         // Memtables other than skip lists take no concurrent inserts: writers (the stage's
         // batches, the delivery workers' queue updates) insert in turn.
         opts.set_allow_concurrent_memtable_write(false);
-        let cfs = ALL_CFS.map(|n| {
-            let mut cf_opts = opts.clone();
-            if READ_BY_KEY.contains(&n) {
-                // Each update writes and reads a person's applied state, profile and due time
-                // at keys spread at random.
-                cdp_bus::hash_indexed_memtable(&mut cf_opts);
-            }
-            if n == CF_MEMBERS {
-                person_hashed(&mut cf_opts);
-            }
-            ColumnFamilyDescriptor::new(n, cf_opts)
-        });
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(storage)?;
+        let legacy = stored_column_families(dir).contains(&CF_LEGACY_MEMBERS.to_string());
+        let mut cfs: Vec<ColumnFamilyDescriptor> = ALL_CFS
+            .iter()
+            .map(|&n| {
+                let mut cf_opts = opts.clone();
+                if READ_BY_KEY.contains(&n) {
+                    // Each update writes and reads a person's memberships, applied state,
+                    // profile and due time at keys spread at random.
+                    cdp_bus::hash_indexed_memtable(&mut cf_opts);
+                }
+                if n == CF_MEMBERSHIPS {
+                    // Every update reads its person's record, which all but one of the table
+                    // files it could be in do not hold.
+                    let mut table = rocksdb::BlockBasedOptions::default();
+                    table.set_bloom_filter(10.0, false);
+                    cf_opts.set_block_based_table_factory(&table);
+                }
+                ColumnFamilyDescriptor::new(n, cf_opts)
+            })
+            .collect();
+        if legacy {
+            cfs.push(ColumnFamilyDescriptor::new(CF_LEGACY_MEMBERS, opts.clone()));
+        }
+        let mut db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(storage)?;
+        if legacy {
+            move_legacy_members(&mut db)?;
+        }
         Ok(Self {
             db,
             outbox_floor: AtomicU64::new(0),
@@ -170,7 +196,18 @@ impl MembershipStore {
         })
     }
 
+    /// Opens the state for reading while a running stage owns it (a point-in-time view). A state
+    /// written by an older version that kept memberships one key per cohort is refused: opening
+    /// it for writing once ([`Self::open`], as the stage does) moves them.
     pub fn open_read_only(dir: &Path) -> Result<Self> {
+        if stored_column_families(dir).contains(&CF_LEGACY_MEMBERS.to_string()) {
+            return Err(ActivationError::Storage(format!(
+                "the membership state in {} was written by an older cdp, which kept memberships \
+                 one key per cohort: run activation on it once (it moves them when it opens the \
+                 state for writing), then read it",
+                dir.display()
+            )));
+        }
         let db =
             DB::open_cf_for_read_only(&Options::default(), dir, ALL_CFS, false).map_err(storage)?;
         Ok(Self {
@@ -193,26 +230,10 @@ impl MembershipStore {
     }
 
     fn scan(&self, cf: &str, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.scan_with(cf, prefix, total_order_reads())
-    }
-
-    /// One person's memberships (`prefix` is `tenant \0 canonical_id \0`), found through the
-    /// hash of that prefix rather than sorting the whole memtable, which a total-order read of
-    /// the column family does.
-    fn scan_person(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.scan_with(CF_MEMBERS, prefix, person_reads())
-    }
-
-    fn scan_with(
-        &self,
-        cf: &str,
-        prefix: &[u8],
-        read: rocksdb::ReadOptions,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         let it = self.db.iterator_cf_opt(
             self.cf(cf),
-            read,
+            total_order_reads(),
             rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward),
         );
         for item in it {
@@ -223,6 +244,14 @@ impl MembershipStore {
             out.push((k.to_vec(), v.to_vec()));
         }
         Ok(out)
+    }
+
+    /// One person's memberships as committed.
+    fn standing(&self, tenant: &str, canonical_id: &str) -> Result<Standing> {
+        self.db
+            .get_pinned_cf(self.cf(CF_MEMBERSHIPS), pair_key(tenant, canonical_id))
+            .map_err(storage)?
+            .map_or_else(|| Ok(Standing::default()), |b| Standing::decode(&b))
     }
 
     /// Every entry of the column family `cf` (one of [`COLUMN_FAMILIES`]) in key order, for
@@ -245,15 +274,19 @@ impl MembershipStore {
     /// Current members of every cohort: `(tenant, canonical_id, audience_key)`.
     pub fn members(&self) -> Result<Vec<(String, String, String, MemberState)>> {
         let mut out = Vec::new();
-        for (k, v) in self.scan(CF_MEMBERS, b"")? {
-            let state: MemberState = decode(&v)?;
-            if !state.member {
+        for (k, v) in self.scan(CF_MEMBERSHIPS, b"")? {
+            let Some(split) = k.iter().position(|b| *b == 0) else {
                 continue;
-            }
-            let parts: Vec<&[u8]> = k.split(|b| *b == 0).collect();
-            if let [t, c, a] = parts.as_slice() {
-                let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-                out.push((s(t), s(c), s(a), state));
+            };
+            let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let (tenant, canonical_id) = (s(&k[..split]), s(&k[split + 1..]));
+            for (audience, state) in Standing::decode(&v)?.current() {
+                out.push((
+                    tenant.clone(),
+                    canonical_id.clone(),
+                    audience.to_string(),
+                    state.clone(),
+                ));
             }
         }
         Ok(out)
@@ -262,8 +295,8 @@ impl MembershipStore {
     /// Up to `limit` current members of `audience` in `tenant`, in canonical id order, starting
     /// after the canonical id `after`: `(canonical_id, state)`. Ordering by canonical id makes
     /// `after` a cursor that stays valid while memberships change. Keys are
-    /// `tenant \0 canonical_id \0 audience`, so this walks the tenant's memberships from the
-    /// cursor and keeps `audience`'s: a page of a sparse cohort walks further.
+    /// `tenant \0 canonical_id`, so this walks the tenant's people from the cursor and keeps
+    /// `audience`'s members: a page of a sparse cohort walks further.
     pub fn cohort_members(
         &self,
         tenant: &str,
@@ -275,14 +308,14 @@ impl MembershipStore {
         prefix.push(0);
         let mut start = prefix.clone();
         if let Some(after) = after {
-            // `after \x01` sorts after every `after \0 audience` and before any longer id.
+            // `after \0` sorts after `after` and before any longer id.
             start.extend_from_slice(after.as_bytes());
-            start.push(1);
+            start.push(0);
         }
         let mut out = Vec::new();
-        // Across people: in key order, not within one person's prefix.
+        // Across people: in key order.
         let it = self.db.iterator_cf_opt(
-            self.cf(CF_MEMBERS),
+            self.cf(CF_MEMBERSHIPS),
             total_order_reads(),
             rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
         );
@@ -291,45 +324,31 @@ impl MembershipStore {
                 break;
             }
             let (k, v) = item.map_err(storage)?;
-            let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+            let Some(id) = k.strip_prefix(prefix.as_slice()) else {
                 break;
             };
-            let Some(split) = rest.iter().position(|b| *b == 0) else {
-                continue;
-            };
-            if &rest[split + 1..] != audience.as_bytes() {
-                continue;
-            }
-            let state: MemberState = decode(&v)?;
-            if state.member {
-                let id = String::from_utf8_lossy(&rest[..split]).into_owned();
-                out.push((id, state));
+            if let Some(state) = Standing::decode(&v)?.get(audience).filter(|s| s.member) {
+                let id = String::from_utf8_lossy(id).into_owned();
+                out.push((id, state.clone()));
             }
         }
         Ok(out)
     }
 
     /// The cohorts `canonical_id` of `tenant` is currently a member of, in audience key order:
-    /// `(audience_key, state)`. One prefix scan, since its memberships sit side by side.
+    /// `(audience_key, state)`. One point read: a person's memberships are one record.
     pub fn profile_memberships(
         &self,
         tenant: &str,
         canonical_id: &str,
     ) -> Result<Vec<(String, MemberState)>> {
-        let mut prefix = pair_key(tenant, canonical_id);
-        prefix.push(0);
-        let mut out = Vec::new();
-        for (k, v) in self.scan_person(&prefix)? {
-            let state: MemberState = decode(&v)?;
-            if state.member {
-                let audience = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-                out.push((audience, state));
-            }
-        }
-        Ok(out)
+        Ok(self
+            .standing(tenant, canonical_id)?
+            .current()
+            .map(|(a, s)| (a.to_string(), s.clone()))
+            .collect())
     }
 
-    /// Outbox records in order, with their keys for deletion.
     pub fn outbox(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut kept = self.outbox_kept();
         if let Some(records) = kept.as_ref() {
@@ -557,8 +576,7 @@ impl MembershipStore {
             .unwrap_or(0);
         Ok(MembershipTxn {
             store: self,
-            members: Keyed::default(),
-            member_reads: Keyed::default(),
+            people: Keyed::default(),
             versions: Keyed::default(),
             version_reads: Keyed::default(),
             loaded: Vec::new(),
@@ -579,21 +597,27 @@ impl MembershipStore {
 /// ordered map cost a memcmp per level. The order writes reach the write batch does not matter.
 type Keyed<V> = HashMap<Vec<u8>, V, foldhash::quality::RandomState>;
 
+/// A person's memberships in a [`MembershipTxn`].
+struct Person {
+    standing: Standing,
+    /// Whether the batch changed them: only those are written.
+    written: bool,
+}
+
 /// Writes of one batch, read-your-writes, committed atomically. What it read is cached apart
 /// from what it wrote, so that a commit writes only what changed.
 pub struct MembershipTxn<'s> {
     store: &'s MembershipStore,
-    /// Memberships written.
-    members: Keyed<MemberState>,
-    /// Memberships read from the store (`None`: absent).
-    member_reads: Keyed<Option<MemberState>>,
+    /// The memberships of each person read or written, by `tenant \0 canonical_id`: as read
+    /// from the store, with this batch's writes applied.
+    people: Keyed<Person>,
     versions: Keyed<Applied>,
     version_reads: Keyed<Applied>,
     /// Per column family, the prefixes read whole into the read caches
     /// ([`MembershipTxn::load_person`]): a key under one of them that is not cached is absent
     /// from the store.
     loaded: Vec<(&'static str, HashSet<Vec<u8>>)>,
-    /// Where [`MembershipTxn::state`] builds the key it looks up, so a cached answer costs no
+    /// Where [`MembershipTxn::person`] builds the key it looks up, so a cached answer costs no
     /// allocation.
     key: Vec<u8>,
     /// Reads of the other column families (`None`: absent).
@@ -605,9 +629,9 @@ pub struct MembershipTxn<'s> {
     kv: BTreeMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
     /// Per destination: next sequence number and the entries queued in this batch.
     deliveries: BTreeMap<String, (u64, Vec<Vec<u8>>)>,
-    /// One iterator per column family scanned (memberships, what destinations hold), made at
-    /// its first scan and sought again for the next: making an iterator costs more than the
-    /// scan of a person's few keys. Only transactions write those column families, and the
+    /// One iterator per column family scanned (what destinations hold), made at its first scan
+    /// and sought again for the next: making an iterator costs more than the scan of a
+    /// person's few keys. Only transactions write those column families, and the
     /// stage commits them one at a time (delivery workers write their queues only), so the view
     /// an iterator was made at stays the committed state while the transaction is open.
     iters: Vec<(&'static str, rocksdb::DBRawIteratorWithThreadMode<'s, DB>)>,
@@ -620,14 +644,8 @@ impl<'s> MembershipTxn<'s> {
         let at = match self.iters.iter().position(|(name, _)| *name == cf) {
             Some(at) => at,
             None => {
-                // Memberships are scanned a person at a time, through their prefix's hash.
-                let read = if cf == CF_MEMBERS {
-                    person_reads()
-                } else {
-                    rocksdb::ReadOptions::default()
-                };
                 self.iters
-                    .push((cf, store.db.raw_iterator_cf_opt(store.cf(cf), read)));
+                    .push((cf, store.db.raw_iterator_cf(store.cf(cf))));
                 self.iters.len() - 1
             }
         };
@@ -645,57 +663,57 @@ impl<'s> MembershipTxn<'s> {
         Ok(out)
     }
 
+    /// The person's memberships in this batch: read from the store the first time.
+    fn person(&mut self, tenant: &str, canonical_id: &str) -> Result<&mut Person> {
+        let mut key = std::mem::take(&mut self.key);
+        key.clear();
+        key.extend_from_slice(tenant.as_bytes());
+        key.push(0);
+        key.extend_from_slice(canonical_id.as_bytes());
+        if !self.people.contains_key(&key) {
+            let standing = self
+                .store
+                .db
+                .get_pinned_cf(self.store.cf(CF_MEMBERSHIPS), &key)
+                .map_err(storage)?
+                .map_or_else(|| Ok(Standing::default()), |b| Standing::decode(&b))?;
+            let person = Person {
+                standing,
+                written: false,
+            };
+            self.people.insert(key.clone(), person);
+        }
+        let person = self.people.get_mut(&key).expect("inserted above");
+        self.key = key;
+        Ok(person)
+    }
+
     pub fn state(
         &mut self,
         tenant: &str,
         canonical_id: &str,
         audience: &str,
     ) -> Result<Option<MemberState>> {
-        let mut key = std::mem::take(&mut self.key);
-        key.clear();
-        push_member_key(&mut key, tenant, canonical_id, audience);
-        let cached = match self.members.get(&key) {
-            Some(v) => Some(Some(v.clone())),
-            None => match self.member_reads.get(&key) {
-                Some(v) => Some(v.clone()),
-                None => self
-                    .is_loaded(CF_MEMBERS, person_prefix(&key))
-                    .then_some(None),
-            },
-        };
-        if let Some(v) = cached {
-            self.key = key;
-            return Ok(v);
-        }
-        let v = self
-            .store
-            .db
-            .get_cf(self.store.cf(CF_MEMBERS), &key)
-            .map_err(storage)?
-            .map(|b| decode(&b))
-            .transpose()?;
-        self.member_reads.insert(key, v.clone());
-        Ok(v)
+        Ok(self
+            .person(tenant, canonical_id)?
+            .standing
+            .get(audience)
+            .cloned())
     }
 
-    /// Reads every membership of the person, and what each destination holds of them, in one
-    /// prefix scan per column family: their keys sit side by side, and a scan finds them all for
-    /// the price of about one point read each would cost (see `benches/benches/activation.rs`).
-    /// Later reads of the person are served from the cache.
+    /// Reads every membership of the person (one record), and what each destination holds of
+    /// them in one prefix scan per destination: those keys sit side by side, and a scan finds
+    /// them all for the price of about one point read each would cost. Later reads of the
+    /// person are served from the cache.
     pub fn load_person(
         &mut self,
         dests: &[crate::destination::Destination],
         tenant: &str,
         canonical_id: &str,
     ) -> Result<()> {
+        self.person(tenant, canonical_id)?;
         let mut prefix = pair_key(tenant, canonical_id);
         prefix.push(0);
-        if self.mark_loaded(CF_MEMBERS, &prefix) {
-            for (k, v) in self.scan(CF_MEMBERS, &prefix)? {
-                let state = decode(&v)?;
-                self.member_reads.insert(k, Some(state));
-            }
-        }
         for dest in dests {
             let mut under = dest_prefix(dest.key());
             under.extend_from_slice(&prefix);
@@ -714,41 +732,21 @@ impl<'s> MembershipTxn<'s> {
         canonical_id: &str,
         audience: &str,
         state: MemberState,
-    ) {
-        self.members
-            .insert(member_key(tenant, canonical_id, audience), state);
+    ) -> Result<()> {
+        let person = self.person(tenant, canonical_id)?;
+        person.standing.set(audience, state);
+        person.written = true;
+        Ok(())
     }
 
     /// Audience keys `canonical_id` is currently a member of.
     pub fn memberships(&mut self, tenant: &str, canonical_id: &str) -> Result<Vec<String>> {
-        let mut prefix = tenant.as_bytes().to_vec();
-        prefix.push(0);
-        prefix.extend_from_slice(canonical_id.as_bytes());
-        prefix.push(0);
-        let mut keys: Vec<Vec<u8>> = self
-            .scan(CF_MEMBERS, &prefix)?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        keys.extend(
-            self.members
-                .keys()
-                .filter(|k| k.starts_with(&prefix))
-                .cloned(),
-        );
-        keys.sort();
-        keys.dedup();
-        let mut out = Vec::new();
-        for k in keys {
-            let audience = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
-            if self
-                .state(tenant, canonical_id, &audience)?
-                .is_some_and(|s| s.member)
-            {
-                out.push(audience);
-            }
-        }
-        Ok(out)
+        Ok(self
+            .person(tenant, canonical_id)?
+            .standing
+            .current()
+            .map(|(a, _)| a.to_string())
+            .collect())
     }
 
     /// The last profile version applied to the person and the fingerprints of its cohort inputs.
@@ -1044,12 +1042,10 @@ impl<'s> MembershipTxn<'s> {
                 seq.to_be_bytes(),
             );
         }
-        for (k, v) in self.members {
-            batch.put_cf(
-                s.cf(CF_MEMBERS),
-                k,
-                serde_json::to_vec(&v).expect("MemberState serialises"),
-            );
+        for (k, person) in self.people {
+            if person.written {
+                batch.put_cf(s.cf(CF_MEMBERSHIPS), k, person.standing.encode());
+            }
         }
         for (k, v) in self.versions {
             batch.put_cf(s.cf(CF_VERSIONS), k, v.encode());
@@ -1077,54 +1073,87 @@ impl<'s> MembershipTxn<'s> {
 
 fn member_key(tenant: &str, canonical_id: &str, audience: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(tenant.len() + canonical_id.len() + audience.len() + 2);
-    push_member_key(&mut k, tenant, canonical_id, audience);
-    k
-}
-
-fn push_member_key(k: &mut Vec<u8>, tenant: &str, canonical_id: &str, audience: &str) {
     k.extend_from_slice(tenant.as_bytes());
     k.push(0);
     k.extend_from_slice(canonical_id.as_bytes());
     k.push(0);
     k.extend_from_slice(audience.as_bytes());
+    k
 }
 
-/// Reads in key order across a column family: one with a hash-indexed memtable, or hashed by
-/// person (see [`person_hashed`]), is otherwise read within the seek key's bucket only.
+/// Reads in key order across a column family: one with a hash-indexed memtable is otherwise
+/// read within the seek key's bucket only.
 fn total_order_reads() -> rocksdb::ReadOptions {
     let mut read = rocksdb::ReadOptions::default();
     read.set_total_order_seek(true);
     read
 }
 
-/// Reads of `members` within one person's prefix (see [`person_hashed`]).
-fn person_reads() -> rocksdb::ReadOptions {
-    let mut read = rocksdb::ReadOptions::default();
-    read.set_prefix_same_as_start(true);
-    read
+/// The names of the column families stored in `dir` (none when there is no database yet).
+fn stored_column_families(dir: &Path) -> Vec<String> {
+    DB::list_cf(&Options::default(), dir).unwrap_or_default()
 }
 
-/// The `members` column family's memtable and table files, keyed by person.
-///
-/// Every update loads the person's memberships with a seek to `tenant \0 canonical_id \0`. In a
-/// skip list of the whole memtable that seek is a search of a few dozen cache misses (about
-/// a tenth of activation's thread end to end). Hashed by that prefix, the memtable finds the
-/// person's bucket and searches only the few keys in it, and table files keep a Bloom filter
-/// of the prefixes, so a seek skips the files that hold nothing of the person's.
-///
-/// Reads across people (a cohort's members, whole-state listings) must ask for total order
-/// (`ReadOptions::set_total_order_seek`); such a read sorts a copy of the memtable.
-fn person_hashed(opts: &mut Options) {
-    opts.set_prefix_extractor(rocksdb::SliceTransform::create(
-        "cdp.person",
-        person_prefix,
-        Some(|key: &[u8]| key.contains(&0)),
-    ));
-    opts.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
-        bucket_count: 100_000,
-        height: 4,
-        branching_factor: 4,
-    });
+/// Moves memberships kept one key per cohort ([`CF_LEGACY_MEMBERS`]) into one record per person
+/// ([`CF_MEMBERSHIPS`]), then drops the old column family. It runs as the state opens, before
+/// anything else writes memberships, and the old column family goes last: a move cut short is
+/// redone whole on the next open, writing the same records again.
+fn move_legacy_members(db: &mut DB) -> Result<()> {
+    /// People per write.
+    const CHUNK: usize = 10_000;
+    let mut people = 0usize;
+    {
+        let (from, to) = (
+            db.cf_handle(CF_LEGACY_MEMBERS).expect("opened with it"),
+            db.cf_handle(CF_MEMBERSHIPS).expect("opened with it"),
+        );
+        let mut batch = WriteBatch::default();
+        let mut person: Option<(Vec<u8>, Standing)> = None;
+        let mut put = |batch: &mut WriteBatch, (pair, standing): (Vec<u8>, Standing)| {
+            batch.put_cf(to, pair, standing.encode());
+            people += 1;
+        };
+        let it = db.iterator_cf_opt(from, total_order_reads(), rocksdb::IteratorMode::Start);
+        for item in it {
+            let (k, v) = item.map_err(storage)?;
+            // `tenant \0 canonical_id \0 audience`: a person's keys are side by side.
+            let split = k
+                .iter()
+                .rposition(|b| *b == 0)
+                .filter(|&at| k[..at].contains(&0))
+                .ok_or_else(|| ActivationError::Corrupt(format!("membership key {k:?}")))?;
+            let (pair, audience) = (&k[..split], &k[split + 1..]);
+            let audience = std::str::from_utf8(audience)
+                .map_err(|_| ActivationError::Corrupt(format!("membership key {k:?}")))?;
+            let state: MemberState = decode(&v)?;
+            match person.as_mut() {
+                Some((p, standing)) if p.as_slice() == pair => standing.set(audience, state),
+                _ => {
+                    if let Some(done) = person.take() {
+                        put(&mut batch, done);
+                        if batch.len() >= CHUNK {
+                            db.write(std::mem::take(&mut batch)).map_err(storage)?;
+                        }
+                    }
+                    let mut standing = Standing::default();
+                    standing.set(audience, state);
+                    person = Some((pair.to_vec(), standing));
+                }
+            }
+        }
+        if let Some(done) = person.take() {
+            put(&mut batch, done);
+        }
+        db.write(batch).map_err(storage)?;
+        // In table files before the old copy is dropped.
+        db.flush_cf(to).map_err(storage)?;
+    }
+    db.drop_cf(CF_LEGACY_MEMBERS).map_err(storage)?;
+    tracing::info!(
+        people,
+        "moved memberships from one key per cohort to one record per person"
+    );
+    Ok(())
 }
 
 /// A key up to and including its last `\0`: for `… tenant \0 canonical_id \0 name` keys, the
@@ -1264,13 +1293,16 @@ mod tests {
         let mut txn = store.txn().unwrap();
         // `cdp_1` and `cdp_10`: one id is a prefix of the next, the cursor must not skip it.
         for id in ["cdp_3", "cdp_1", "cdp_10", "cdp_2", "cdp_4"] {
-            txn.set_state("acme", id, "buyers", state(true, 1));
-            txn.set_state("acme", id, "leads", state(true, 1));
-            txn.set_state("zeta", id, "buyers", state(true, 1));
+            txn.set_state("acme", id, "buyers", state(true, 1)).unwrap();
+            txn.set_state("acme", id, "leads", state(true, 1)).unwrap();
+            txn.set_state("zeta", id, "buyers", state(true, 1)).unwrap();
         }
-        txn.set_state("acme", "cdp_2", "buyers", state(false, 2));
-        txn.set_state("acme", "cdp_5", "leads", state(true, 1));
-        txn.set_state("acm", "cdp_0", "buyers", state(true, 1));
+        txn.set_state("acme", "cdp_2", "buyers", state(false, 2))
+            .unwrap();
+        txn.set_state("acme", "cdp_5", "leads", state(true, 1))
+            .unwrap();
+        txn.set_state("acm", "cdp_0", "buyers", state(true, 1))
+            .unwrap();
         txn.commit().unwrap();
 
         let check = |store: &MembershipStore| {
@@ -1309,11 +1341,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = MembershipStore::open(dir.path()).unwrap();
         let mut txn = store.txn().unwrap();
-        txn.set_state("acme", "cdp_1", "leads", state(true, 1));
-        txn.set_state("acme", "cdp_1", "buyers", state(false, 2));
-        // Keys a scan of `acme \0 cdp_1 \0` must not take for the person's.
-        txn.set_state("acme", "cdp_10", "vips", state(true, 1));
-        txn.set_state("acme", "cdp_1x", "leads", state(true, 5));
+        txn.set_state("acme", "cdp_1", "leads", state(true, 1))
+            .unwrap();
+        txn.set_state("acme", "cdp_1", "buyers", state(false, 2))
+            .unwrap();
+        // People whose ids start with the person's.
+        txn.set_state("acme", "cdp_10", "vips", state(true, 1))
+            .unwrap();
+        txn.set_state("acme", "cdp_1x", "leads", state(true, 5))
+            .unwrap();
         txn.commit().unwrap();
         // Read from table files as well as from the memtable: reopened, the first write is in
         // a table file and the next in the memtable.
@@ -1335,7 +1371,8 @@ mod tests {
 
         let mut txn = store.txn().unwrap();
         txn.load_person(&[], "acme", "cdp_1").unwrap();
-        txn.set_state("acme", "cdp_1", "lapsed", state(true, 3));
+        txn.set_state("acme", "cdp_1", "lapsed", state(true, 3))
+            .unwrap();
         assert_eq!(
             txn.state("acme", "cdp_1", "lapsed").unwrap(),
             Some(state(true, 3))
@@ -1429,17 +1466,36 @@ mod tests {
         assert_eq!(pending, store.entries(CF_OUTBOX).unwrap());
     }
 
-    /// A state written before `members` was hashed by person (skip lists, no prefix filter in
-    /// its table files) reads the same once opened by this version.
+    /// A state written by a version that kept memberships one key per cohort (with the person's
+    /// prefix hashed) is moved to one record per person when opened for writing, and read the
+    /// same; a read-only view refuses it until then.
     #[test]
-    fn memberships_written_before_they_were_hashed_by_person_read_the_same() {
+    fn memberships_kept_one_key_per_cohort_are_moved_to_one_record_per_person_on_open() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut opts = Options::default();
             opts.create_if_missing(true);
             opts.create_missing_column_families(true);
-            let db = DB::open_cf(&opts, dir.path(), ALL_CFS).unwrap();
-            let members = db.cf_handle(CF_MEMBERS).unwrap();
+            opts.set_allow_concurrent_memtable_write(false);
+            let mut legacy = opts.clone();
+            legacy.set_prefix_extractor(rocksdb::SliceTransform::create(
+                "cdp.person",
+                person_prefix,
+                Some(|key: &[u8]| key.contains(&0)),
+            ));
+            legacy.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
+                bucket_count: 1_000,
+                height: 4,
+                branching_factor: 4,
+            });
+            let mut cfs: Vec<ColumnFamilyDescriptor> = ALL_CFS
+                .iter()
+                .filter(|&&n| n != CF_MEMBERSHIPS)
+                .map(|&n| ColumnFamilyDescriptor::new(n, opts.clone()))
+                .collect();
+            cfs.push(ColumnFamilyDescriptor::new(CF_LEGACY_MEMBERS, legacy));
+            let db = DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap();
+            let members = db.cf_handle(CF_LEGACY_MEMBERS).unwrap();
             let put = |id: &str, audience: &str, s: MemberState| {
                 let value = serde_json::to_vec(&s).unwrap();
                 db.put_cf(members, member_key("acme", id, audience), value)
@@ -1448,25 +1504,39 @@ mod tests {
             put("cdp_1", "leads", state(true, 1));
             put("cdp_10", "leads", state(true, 1));
             db.flush_cf(members).unwrap();
-            // One in a table file, one left in the log.
+            // One in a table file, the others left in the log; `cdp_1`'s in both.
             put("cdp_1", "buyers", state(true, 2));
+            put("cdp_1", "leads", state(false, 5));
             put("cdp_2", "leads", state(false, 3));
+            put("cdp_1x", "vips", state(true, 1));
         }
+        let refused = MembershipStore::open_read_only(dir.path()).err().unwrap();
+        assert!(refused.to_string().contains("run activation on it once"));
+
         let store = MembershipStore::open(dir.path()).unwrap();
-        assert_eq!(
-            store.profile_memberships("acme", "cdp_1").unwrap(),
-            [
-                ("buyers".to_string(), state(true, 2)),
-                ("leads".to_string(), state(true, 1))
-            ]
-        );
-        let leads: Vec<String> = store
-            .cohort_members("acme", "leads", None, 10)
-            .unwrap()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        assert_eq!(leads, ["cdp_1", "cdp_10"]);
+        assert!(!stored_column_families(dir.path()).contains(&CF_LEGACY_MEMBERS.to_string()));
+        let check = |store: &MembershipStore| {
+            assert_eq!(
+                store.profile_memberships("acme", "cdp_1").unwrap(),
+                [("buyers".to_string(), state(true, 2))]
+            );
+            let leads: Vec<String> = store
+                .cohort_members("acme", "leads", None, 10)
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect();
+            assert_eq!(leads, ["cdp_10"]);
+            let people: Vec<Vec<u8>> = store
+                .entries(CF_MEMBERSHIPS)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect();
+            let expected = ["cdp_1", "cdp_10", "cdp_1x", "cdp_2"].map(|id| pair_key("acme", id));
+            assert_eq!(people, expected);
+        };
+        check(&store);
         let mut txn = store.txn().unwrap();
         txn.load_person(&[], "acme", "cdp_2").unwrap();
         assert_eq!(
@@ -1474,8 +1544,10 @@ mod tests {
             Some(state(false, 3))
         );
         assert_eq!(txn.state("acme", "cdp_2", "buyers").unwrap(), None);
-        // Written now, read back with the old ones.
-        txn.set_state("acme", "cdp_10", "buyers", state(true, 4));
+        assert_eq!(txn.memberships("acme", "cdp_1").unwrap(), ["buyers"]);
+        // Written now, read back with the moved ones.
+        txn.set_state("acme", "cdp_10", "buyers", state(true, 4))
+            .unwrap();
         txn.commit().unwrap();
         assert_eq!(
             store.profile_memberships("acme", "cdp_10").unwrap(),
@@ -1484,6 +1556,17 @@ mod tests {
                 ("leads".to_string(), state(true, 1))
             ]
         );
+        drop(store);
+        let view = MembershipStore::open_read_only(dir.path()).unwrap();
+        assert_eq!(
+            view.profile_memberships("acme", "cdp_1x").unwrap(),
+            [("vips".to_string(), state(true, 1))]
+        );
+        drop(view);
+        // Opened again: nothing left to move, the same state.
+        let store = MembershipStore::open(dir.path()).unwrap();
+        check(&store);
+        assert_eq!(store.members().unwrap().len(), 4);
     }
 
     #[test]
@@ -1491,12 +1574,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = MembershipStore::open(dir.path()).unwrap();
         let mut txn = store.txn().unwrap();
-        txn.set_state("acme", "cdp_1", "leads", state(true, 1));
-        txn.set_state("acme", "cdp_1", "buyers", state(true, 2));
-        txn.set_state("acme", "cdp_1", "lapsed", state(false, 3));
+        txn.set_state("acme", "cdp_1", "leads", state(true, 1))
+            .unwrap();
+        txn.set_state("acme", "cdp_1", "buyers", state(true, 2))
+            .unwrap();
+        txn.set_state("acme", "cdp_1", "lapsed", state(false, 3))
+            .unwrap();
         // `cdp_10` starts with `cdp_1`; another tenant holds the same id.
-        txn.set_state("acme", "cdp_10", "vips", state(true, 1));
-        txn.set_state("zeta", "cdp_1", "vips", state(true, 1));
+        txn.set_state("acme", "cdp_10", "vips", state(true, 1))
+            .unwrap();
+        txn.set_state("zeta", "cdp_1", "vips", state(true, 1))
+            .unwrap();
         txn.commit().unwrap();
         let check = |store: &MembershipStore| {
             let held = store.profile_memberships("acme", "cdp_1").unwrap();

@@ -496,7 +496,7 @@ fn evaluate(
                 identifiers,
                 now,
                 counters,
-            );
+            )?;
         }
     }
     crate::rules::deliver(txn, defs, p, &members, &flipped, now, &counters.withheld)?;
@@ -544,7 +544,7 @@ fn on_identity_change(
                 Vec::new(),
                 now,
                 counters,
-            );
+            )?;
             if let Some(i) = defs.cohorts.list.iter().position(|c| c.key() == audience) {
                 let who = Subject {
                     tenant: &change.tenant,
@@ -592,7 +592,7 @@ fn emit(
     identifiers: Vec<cdp_proto::Identifier>,
     now: Timestamp,
     counters: &ActivationCounters,
-) {
+) -> Result<()> {
     let seq = previous.map(|s| s.seq).unwrap_or(0) + 1;
     let member = kind == CohortChangeKind::Entered;
     txn.set_state(
@@ -604,7 +604,7 @@ fn emit(
             seq,
             since: now,
         },
-    );
+    )?;
     let change = CohortChange {
         event: CohortChange::event_name(kind).to_string(),
         kind,
@@ -634,6 +634,7 @@ fn emit(
         &counters.exited
     };
     counter.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// Publishes the outbox in order, then empties it. Returns how many records.

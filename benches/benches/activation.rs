@@ -191,73 +191,6 @@ fn incremental(defs: &Definitions, updates: &[ProfileUpdate], now: Timestamp) ->
     (rate, members, skipped as f64 / (run + skipped) as f64)
 }
 
-/// The 20 memberships of each updated person read three ways from the state on disk, on one
-/// RocksDB handle: 20 point reads, one `batched_multi_get_cf` of the 20 keys, and one prefix
-/// scan (`tenant \0 canonical_id \0`, the memberships' key layout). Prints us per person.
-fn read_strategies(dir: &std::path::Path, defs: &Definitions, updates: &[ProfileUpdate]) {
-    let cfs = cdp_activation::membership::COLUMN_FAMILIES;
-    let db = rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), dir, cfs, false)
-        .expect("state opens");
-    let cf = db.cf_handle("members").expect("members column family");
-    let prefix = |u: &ProfileUpdate| -> Vec<u8> {
-        let p = &u.profile;
-        [p.tenant.as_bytes(), b"\0", p.canonical_id.as_bytes(), b"\0"].concat()
-    };
-    let keys = |u: &ProfileUpdate| -> Vec<Vec<u8>> {
-        let mut keys: Vec<Vec<u8>> = defs
-            .cohorts
-            .list
-            .iter()
-            .map(|c| [&prefix(u)[..], c.key().as_bytes()].concat())
-            .collect();
-        keys.sort();
-        keys
-    };
-    let per_person = |t: Instant| t.elapsed().as_secs_f64() * 1e6 / updates.len().max(1) as f64;
-    let (mut found_points, mut found_multi, mut found_scan) = (0usize, 0usize, 0usize);
-    let t = Instant::now();
-    for u in updates {
-        for k in keys(u) {
-            found_points += usize::from(db.get_pinned_cf(&cf, &k).expect("get").is_some());
-        }
-    }
-    let points = per_person(t);
-    let t = Instant::now();
-    for u in updates {
-        let keys = keys(u);
-        for v in db.batched_multi_get_cf(&cf, &keys, true) {
-            found_multi += usize::from(v.expect("multi_get").is_some());
-        }
-    }
-    let multi = per_person(t);
-    let t = Instant::now();
-    for u in updates {
-        let prefix = prefix(u);
-        let mode = rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward);
-        for item in db.iterator_cf(&cf, mode) {
-            let (k, _) = item.expect("scan");
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            found_scan += 1;
-        }
-    }
-    let scan = per_person(t);
-    assert_eq!(
-        found_points, found_multi,
-        "multi_get finds what point reads find"
-    );
-    assert_eq!(
-        found_points, found_scan,
-        "the scan finds what point reads find"
-    );
-    println!(
-        "a person's 20 memberships ({:.1} stored on average): 20 point reads {points:.1} us, \
-         multi_get {multi:.1} us, prefix scan {scan:.1} us",
-        found_points as f64 / updates.len().max(1) as f64
-    );
-}
-
 /// CPU time the calling thread has run (`/proc/thread-self/schedstat`, in ns), if Linux says.
 fn thread_cpu() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
@@ -415,12 +348,11 @@ fn main() {
         }
     }
     println!(
-        "membership reads per update (stage): applied inputs, one scan of the memberships, one \
+        "membership reads per update (stage): applied inputs, the memberships record, one scan \
          of the destination's, 20 states from it {:.1} us",
         t.elapsed().as_secs_f64() * 1e6 / updates.len().max(1) as f64
     );
     drop(store);
-    read_strategies(dir.path(), &defs, &updates);
     if let Some(rss) = peak_rss_bytes() {
         println!("peak RSS {:.0} MiB", rss as f64 / (1024.0 * 1024.0));
     }

@@ -1,0 +1,202 @@
+//! One person's standing in every cohort they were ever evaluated into, stored under the
+//! person's key (`tenant \0 canonical_id`).
+//!
+//! Every profile update reads all of a person's memberships. Stored one key per cohort, that
+//! read was a seek: it positioned an iterator in the memtable and in every table file and level
+//! that could hold one of the keys, and merged them, so it cost more as the store outgrew its
+//! memtables. Stored together it is one point read, which stops at the newest copy (the
+//! memtable, for a person updated a moment ago) and skips the table files a Bloom filter rules
+//! out. A change rewrites the whole record: a few dozen bytes per cohort.
+
+use crate::membership::MemberState;
+use crate::{ActivationError, Result};
+
+/// The first byte of an encoded record: the format's version.
+const FORMAT: u8 = 1;
+/// Bytes of an entry after its audience key: flags (1), seq (8), `since` seconds (8) and
+/// nanoseconds (4).
+const FIXED: usize = 1 + 8 + 8 + 4;
+const MEMBER: u8 = 1;
+
+/// A person's memberships, in audience key order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Standing {
+    entries: Vec<(String, MemberState)>,
+}
+
+impl Standing {
+    pub fn get(&self, audience: &str) -> Option<&MemberState> {
+        self.find(audience).ok().map(|at| &self.entries[at].1)
+    }
+
+    pub fn set(&mut self, audience: &str, state: MemberState) {
+        match self.find(audience) {
+            Ok(at) => self.entries[at].1 = state,
+            Err(at) => self.entries.insert(at, (audience.to_string(), state)),
+        }
+    }
+
+    /// Every cohort the person has a state in (member or not), in audience key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &MemberState)> {
+        self.entries.iter().map(|(a, s)| (a.as_str(), s))
+    }
+
+    /// The cohorts the person is a member of now, in audience key order.
+    pub fn current(&self) -> impl Iterator<Item = (&str, &MemberState)> {
+        self.iter().filter(|(_, s)| s.member)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn find(&self, audience: &str) -> std::result::Result<usize, usize> {
+        self.entries
+            .binary_search_by(|(a, _)| a.as_str().cmp(audience))
+    }
+
+    /// The format byte, then per cohort in audience key order: the key's length (2 bytes, big
+    /// endian) and bytes, a flags byte (1: member), `seq` (8 bytes), and `since` as seconds
+    /// (8 bytes) and nanoseconds (4 bytes) of the Unix epoch, all big endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let size = self
+            .entries
+            .iter()
+            .map(|(a, _)| 2 + a.len() + FIXED)
+            .sum::<usize>();
+        let mut out = Vec::with_capacity(1 + size);
+        out.push(FORMAT);
+        for (audience, s) in &self.entries {
+            let len = u16::try_from(audience.len()).expect("cohort keys are at most 64 bytes");
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(audience.as_bytes());
+            out.push(if s.member { MEMBER } else { 0 });
+            out.extend_from_slice(&s.seq.to_be_bytes());
+            out.extend_from_slice(&s.since.timestamp().to_be_bytes());
+            out.extend_from_slice(&s.since.timestamp_subsec_nanos().to_be_bytes());
+        }
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self> {
+        let corrupt = |what: &str| ActivationError::Corrupt(format!("memberships record: {what}"));
+        let Some((&format, mut rest)) = b.split_first() else {
+            return Err(corrupt("empty"));
+        };
+        if format != FORMAT {
+            return Err(corrupt(&format!("unknown format {format}")));
+        }
+        let mut entries: Vec<(String, MemberState)> = Vec::new();
+        while !rest.is_empty() {
+            let (len, tail) = rest
+                .split_first_chunk::<2>()
+                .ok_or_else(|| corrupt("cut short"))?;
+            let len = usize::from(u16::from_be_bytes(*len));
+            if tail.len() < len + FIXED {
+                return Err(corrupt("cut short"));
+            }
+            let (audience, tail) = tail.split_at(len);
+            let audience = std::str::from_utf8(audience)
+                .map_err(|_| corrupt("audience key is not UTF-8"))?
+                .to_string();
+            if entries.last().is_some_and(|(last, _)| *last >= audience) {
+                return Err(corrupt("audience keys out of order"));
+            }
+            let word = |at: usize| u64::from_be_bytes(tail[at..at + 8].try_into().expect("8"));
+            let member = match tail[0] {
+                0 => false,
+                MEMBER => true,
+                flags => return Err(corrupt(&format!("unknown flags {flags}"))),
+            };
+            let secs = word(9) as i64;
+            let nanos = u32::from_be_bytes(tail[17..21].try_into().expect("4"));
+            let since = chrono::DateTime::from_timestamp(secs, nanos)
+                .ok_or_else(|| corrupt("time out of range"))?;
+            let state = MemberState {
+                member,
+                seq: word(1),
+                since,
+            };
+            entries.push((audience, state));
+            rest = &tail[FIXED..];
+        }
+        Ok(Self { entries })
+    }
+}
+
+impl FromIterator<(String, MemberState)> for Standing {
+    /// Later states of the same audience replace earlier ones.
+    fn from_iter<I: IntoIterator<Item = (String, MemberState)>>(iter: I) -> Self {
+        let mut out = Self::default();
+        for (audience, state) in iter {
+            out.set(&audience, state);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn state(member: bool, seq: u64, secs: i64, nanos: u32) -> MemberState {
+        MemberState {
+            member,
+            seq,
+            since: chrono::DateTime::from_timestamp(secs, nanos).unwrap(),
+        }
+    }
+
+    proptest! {
+        /// Whatever was set reads back, last write winning, in key order, through the encoding.
+        #[test]
+        fn a_record_equals_a_map_of_its_last_writes_and_survives_encoding(
+            writes in prop::collection::vec(
+                ("[a-z_]{1,12}", any::<bool>(), any::<u64>(), -100_000_000_000i64..100_000_000_000, 0u32..1_000_000_000),
+                0..30,
+            )
+        ) {
+            let mut record = Standing::default();
+            let mut model = std::collections::BTreeMap::new();
+            for (audience, member, seq, secs, nanos) in writes {
+                let s = state(member, seq, secs, nanos);
+                record.set(&audience, s.clone());
+                model.insert(audience, s);
+            }
+            let listed: Vec<(String, MemberState)> =
+                record.iter().map(|(a, s)| (a.to_string(), s.clone())).collect();
+            let expected: Vec<(String, MemberState)> = model.clone().into_iter().collect();
+            prop_assert_eq!(&listed, &expected);
+            for (audience, s) in &model {
+                prop_assert_eq!(record.get(audience), Some(s));
+            }
+            let decoded = Standing::decode(&record.encode()).unwrap();
+            prop_assert_eq!(decoded, record);
+        }
+    }
+
+    #[test]
+    fn damaged_records_are_refused_with_the_reason() {
+        let mut record = Standing::default();
+        record.set("buyers", state(true, 7, 1_700_000_000, 5));
+        record.set("leads", state(false, 2, 1_700_000_000, 0));
+        let good = record.encode();
+        let err = |b: &[u8]| Standing::decode(b).unwrap_err().to_string();
+        assert!(err(&[]).contains("empty"));
+        assert!(err(&[9]).contains("unknown format 9"));
+        assert!(err(&good[..good.len() - 1]).contains("cut short"));
+        assert!(err(&good[..2]).contains("cut short"));
+        // The first entry's flags byte: after the format byte, the length and "buyers".
+        let mut flags = good.clone();
+        flags[1 + 2 + 6] = 4;
+        assert!(err(&flags).contains("unknown flags 4"));
+        // "leads" first, then "buyers".
+        let mut swapped = vec![FORMAT];
+        let half = 1 + 2 + 6 + FIXED;
+        swapped.extend_from_slice(&good[half..]);
+        swapped.extend_from_slice(&good[1..half]);
+        assert!(err(&swapped).contains("out of order"));
+        assert_eq!(Standing::decode(&[FORMAT]).unwrap(), Standing::default());
+    }
+}
