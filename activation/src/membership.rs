@@ -246,10 +246,10 @@ impl MembershipStore {
         Ok(out)
     }
 
-    /// One person's memberships as committed.
-    fn standing(&self, tenant: &str, canonical_id: &str) -> Result<Standing> {
+    /// The memberships committed for the person `tenant \0 canonical_id` (`pair`).
+    fn standing(&self, pair: &[u8]) -> Result<Standing> {
         self.db
-            .get_pinned_cf(self.cf(CF_MEMBERSHIPS), pair_key(tenant, canonical_id))
+            .get_pinned_cf(self.cf(CF_MEMBERSHIPS), pair)
             .map_err(storage)?
             .map_or_else(|| Ok(Standing::default()), |b| Standing::decode(&b))
     }
@@ -343,12 +343,13 @@ impl MembershipStore {
         canonical_id: &str,
     ) -> Result<Vec<(String, MemberState)>> {
         Ok(self
-            .standing(tenant, canonical_id)?
+            .standing(&pair_key(tenant, canonical_id))?
             .current()
             .map(|(a, s)| (a.to_string(), s.clone()))
             .collect())
     }
 
+    /// Outbox records in order, with their keys for deletion.
     pub fn outbox(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut kept = self.outbox_kept();
         if let Some(records) = kept.as_ref() {
@@ -630,10 +631,10 @@ pub struct MembershipTxn<'s> {
     /// Per destination: next sequence number and the entries queued in this batch.
     deliveries: BTreeMap<String, (u64, Vec<Vec<u8>>)>,
     /// One iterator per column family scanned (what destinations hold), made at its first scan
-    /// and sought again for the next: making an iterator costs more than the scan of a
-    /// person's few keys. Only transactions write those column families, and the
-    /// stage commits them one at a time (delivery workers write their queues only), so the view
-    /// an iterator was made at stays the committed state while the transaction is open.
+    /// and sought again for the next: making an iterator costs more than the scan of a person's
+    /// few keys. Only transactions write those column families, and the stage commits them one
+    /// at a time (delivery workers write their queues only), so the view an iterator was made
+    /// at stays the committed state while the transaction is open.
     iters: Vec<(&'static str, rocksdb::DBRawIteratorWithThreadMode<'s, DB>)>,
 }
 
@@ -671,14 +672,8 @@ impl<'s> MembershipTxn<'s> {
         key.push(0);
         key.extend_from_slice(canonical_id.as_bytes());
         if !self.people.contains_key(&key) {
-            let standing = self
-                .store
-                .db
-                .get_pinned_cf(self.store.cf(CF_MEMBERSHIPS), &key)
-                .map_err(storage)?
-                .map_or_else(|| Ok(Standing::default()), |b| Standing::decode(&b))?;
             let person = Person {
-                standing,
+                standing: self.store.standing(&key)?,
                 written: false,
             };
             self.people.insert(key.clone(), person);
