@@ -62,6 +62,8 @@ const READ_BY_KEY: [&str; 6] = [
 ];
 
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
+/// Bytes of the block cache all column families share.
+const BLOCK_CACHE: usize = 32 << 20;
 /// The most outbox records [`MembershipStore`] keeps in memory: many batches' worth.
 const OUTBOX_KEPT: usize = 100_000;
 
@@ -161,6 +163,12 @@ impl MembershipStore {
         // Memtables other than skip lists take no concurrent inserts: writers (the stage's
         // batches, the delivery workers' queue updates) insert in turn.
         opts.set_allow_concurrent_memtable_write(false);
+        // One block cache for all column families, of RocksDB's default size: a table factory
+        // of its own would otherwise bring a cache of its own.
+        let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        opts.set_block_based_table_factory(&table);
         let legacy = stored_column_families(dir).contains(&CF_LEGACY_MEMBERS.to_string());
         let mut cfs: Vec<ColumnFamilyDescriptor> = ALL_CFS
             .iter()
@@ -175,6 +183,7 @@ impl MembershipStore {
                     // Every update reads its person's record, which all but one of the table
                     // files it could be in do not hold.
                     let mut table = rocksdb::BlockBasedOptions::default();
+                    table.set_block_cache(&cache);
                     table.set_bloom_filter(10.0, false);
                     cf_opts.set_block_based_table_factory(&table);
                 }
