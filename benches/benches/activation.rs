@@ -10,8 +10,8 @@
 //!   and offsets in one write per batch) in updates/s with batch latency percentiles, against
 //!   the naive rate above, and per CPU second of the applying thread (RocksDB's flushes and
 //!   compactions run on threads of their own);
-//! - what reading a person's memberships costs: as the stage does, and 20 point reads against
-//!   one multi_get and one prefix scan on the state the run left;
+//! - what the stage reads per update (applied inputs, the person's memberships record, what the
+//!   destination holds of them) on the state the run left;
 //! - peak RSS.
 //!
 //! `cargo bench -p cdp-benches --bench activation` (people: CDP_BENCH_PROFILES, default 20000).
