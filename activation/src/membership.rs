@@ -1105,6 +1105,11 @@ fn stored_column_families(dir: &Path) -> Vec<String> {
 fn move_legacy_members(db: &mut DB) -> Result<()> {
     /// People per write.
     const CHUNK: usize = 10_000;
+    tracing::info!(
+        "moving memberships from one key per cohort to one record per person (once, on the \
+         first open by this version)"
+    );
+    let started = std::time::Instant::now();
     let mut people = 0usize;
     {
         let (from, to) = (
@@ -1155,6 +1160,7 @@ fn move_legacy_members(db: &mut DB) -> Result<()> {
     db.drop_cf(CF_LEGACY_MEMBERS).map_err(storage)?;
     tracing::info!(
         people,
+        seconds = started.elapsed().as_secs_f64(),
         "moved memberships from one key per cohort to one record per person"
     );
     Ok(())
