@@ -1126,14 +1126,17 @@ fn move_legacy_members(db: &mut DB) -> Result<()> {
         for item in it {
             let (k, v) = item.map_err(storage)?;
             // `tenant \0 canonical_id \0 audience`: a person's keys are side by side.
+            let corrupt = || {
+                let key = String::from_utf8_lossy(&k);
+                ActivationError::Corrupt(format!("membership key {key:?}"))
+            };
             let split = k
                 .iter()
                 .rposition(|b| *b == 0)
                 .filter(|&at| k[..at].contains(&0))
-                .ok_or_else(|| ActivationError::Corrupt(format!("membership key {k:?}")))?;
+                .ok_or_else(corrupt)?;
             let (pair, audience) = (&k[..split], &k[split + 1..]);
-            let audience = std::str::from_utf8(audience)
-                .map_err(|_| ActivationError::Corrupt(format!("membership key {k:?}")))?;
+            let audience = std::str::from_utf8(audience).map_err(|_| corrupt())?;
             let state: MemberState = decode(&v)?;
             match person.as_mut() {
                 Some((p, standing)) if p.as_slice() == pair => standing.set(audience, state),
@@ -1577,6 +1580,27 @@ mod tests {
         let store = MembershipStore::open(dir.path()).unwrap();
         check(&store);
         assert_eq!(store.members().unwrap().len(), 4);
+    }
+
+    /// A key of the old layout that names no cohort stops the move with the key, and leaves
+    /// the old column family in place.
+    #[test]
+    fn a_damaged_key_of_the_old_layout_stops_the_move_with_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let db = DB::open_cf(&opts, dir.path(), [CF_LEGACY_MEMBERS]).unwrap();
+            let members = db.cf_handle(CF_LEGACY_MEMBERS).unwrap();
+            let value = serde_json::to_vec(&state(true, 1)).unwrap();
+            db.put_cf(members, member_key("acme", "cdp_1", "leads"), &value)
+                .unwrap();
+            db.put_cf(members, b"acme\0cdp_2", &value).unwrap();
+        }
+        let err = MembershipStore::open(dir.path()).err().unwrap().to_string();
+        assert!(err.contains(r#"membership key "acme\0cdp_2""#), "{err}");
+        assert!(stored_column_families(dir.path()).contains(&CF_LEGACY_MEMBERS.to_string()));
     }
 
     #[test]
