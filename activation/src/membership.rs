@@ -169,7 +169,7 @@ impl MembershipStore {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&cache);
         opts.set_block_based_table_factory(&table);
-        let legacy = stored_column_families(dir).contains(&CF_LEGACY_MEMBERS.to_string());
+        let legacy = holds_legacy_members(dir);
         let mut cfs: Vec<ColumnFamilyDescriptor> = ALL_CFS
             .iter()
             .map(|&n| {
@@ -209,7 +209,7 @@ impl MembershipStore {
     /// written by an older version that kept memberships one key per cohort is refused: opening
     /// it for writing once ([`Self::open`], as the stage does) moves them.
     pub fn open_read_only(dir: &Path) -> Result<Self> {
-        if stored_column_families(dir).contains(&CF_LEGACY_MEMBERS.to_string()) {
+        if holds_legacy_members(dir) {
             return Err(ActivationError::Storage(format!(
                 "the membership state in {} was written by an older cdp, which kept memberships \
                  one key per cohort: run activation on it once (it moves them when it opens the \
@@ -677,9 +677,7 @@ impl<'s> MembershipTxn<'s> {
     fn person(&mut self, tenant: &str, canonical_id: &str) -> Result<&mut Person> {
         let mut key = std::mem::take(&mut self.key);
         key.clear();
-        key.extend_from_slice(tenant.as_bytes());
-        key.push(0);
-        key.extend_from_slice(canonical_id.as_bytes());
+        push_pair_key(&mut key, tenant, canonical_id);
         if !self.people.contains_key(&key) {
             let person = Person {
                 standing: self.store.standing(&key)?,
@@ -1077,9 +1075,7 @@ impl<'s> MembershipTxn<'s> {
 
 fn member_key(tenant: &str, canonical_id: &str, audience: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(tenant.len() + canonical_id.len() + audience.len() + 2);
-    k.extend_from_slice(tenant.as_bytes());
-    k.push(0);
-    k.extend_from_slice(canonical_id.as_bytes());
+    push_pair_key(&mut k, tenant, canonical_id);
     k.push(0);
     k.extend_from_slice(audience.as_bytes());
     k
@@ -1093,9 +1089,11 @@ fn total_order_reads() -> rocksdb::ReadOptions {
     read
 }
 
-/// The names of the column families stored in `dir` (none when there is no database yet).
-fn stored_column_families(dir: &Path) -> Vec<String> {
-    DB::list_cf(&Options::default(), dir).unwrap_or_default()
+/// Whether the state in `dir` still keeps memberships one key per cohort ([`CF_LEGACY_MEMBERS`]);
+/// `false` when there is no database yet.
+fn holds_legacy_members(dir: &Path) -> bool {
+    DB::list_cf(&Options::default(), dir)
+        .is_ok_and(|cfs| cfs.iter().any(|n| n == CF_LEGACY_MEMBERS))
 }
 
 /// Moves memberships kept one key per cohort ([`CF_LEGACY_MEMBERS`]) into one record per person
@@ -1177,10 +1175,16 @@ fn person_prefix(key: &[u8]) -> &[u8] {
 }
 
 fn pair_key(tenant: &str, canonical_id: &str) -> Vec<u8> {
-    let mut k = tenant.as_bytes().to_vec();
+    let mut k = Vec::with_capacity(tenant.len() + 1 + canonical_id.len());
+    push_pair_key(&mut k, tenant, canonical_id);
+    k
+}
+
+/// Appends a person's key, `tenant \0 canonical_id`, to `k`.
+fn push_pair_key(k: &mut Vec<u8>, tenant: &str, canonical_id: &str) {
+    k.extend_from_slice(tenant.as_bytes());
     k.push(0);
     k.extend_from_slice(canonical_id.as_bytes());
-    k
 }
 
 fn cap_key(tenant: &str, canonical_id: &str, channel: &str) -> Vec<u8> {
@@ -1527,7 +1531,7 @@ mod tests {
         assert!(refused.to_string().contains("run activation on it once"));
 
         let store = MembershipStore::open(dir.path()).unwrap();
-        assert!(!stored_column_families(dir.path()).contains(&CF_LEGACY_MEMBERS.to_string()));
+        assert!(!holds_legacy_members(dir.path()));
         let check = |store: &MembershipStore| {
             assert_eq!(
                 store.profile_memberships("acme", "cdp_1").unwrap(),
@@ -1600,7 +1604,7 @@ mod tests {
         }
         let err = MembershipStore::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains(r#"membership key "acme\0cdp_2""#), "{err}");
-        assert!(stored_column_families(dir.path()).contains(&CF_LEGACY_MEMBERS.to_string()));
+        assert!(holds_legacy_members(dir.path()));
     }
 
     #[test]

@@ -46,10 +46,6 @@ impl Standing {
         self.iter().filter(|(_, s)| s.member)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     fn find(&self, audience: &str) -> std::result::Result<usize, usize> {
         self.entries
             .binary_search_by(|(a, _)| a.as_str().cmp(audience))
@@ -121,17 +117,6 @@ impl Standing {
             rest = &tail[FIXED..];
         }
         Ok(Self { entries })
-    }
-}
-
-impl FromIterator<(String, MemberState)> for Standing {
-    /// Later states of the same audience replace earlier ones.
-    fn from_iter<I: IntoIterator<Item = (String, MemberState)>>(iter: I) -> Self {
-        let mut out = Self::default();
-        for (audience, state) in iter {
-            out.set(&audience, state);
-        }
-        out
     }
 }
 
