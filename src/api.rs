@@ -197,50 +197,24 @@ impl CohortApi {
     }
 }
 
-/// Declares the error codes, their HTTP status and the list of them all (which the OpenAPI
-/// document must match), from one table so none can be left out of the list.
-macro_rules! error_codes {
-    ($($variant:ident = $code:literal, $status:ident;)*) => {
-        /// The stable `code` of an error body.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum ErrorCode {
-            $($variant,)*
-        }
-
-        impl ErrorCode {
-            #[cfg(test)]
-            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(ErrorCode::$variant => $code,)*
-                }
-            }
-
-            pub fn status(self) -> StatusCode {
-                match self {
-                    $(ErrorCode::$variant => StatusCode::$status,)*
-                }
-            }
-        }
-    };
-}
-
-error_codes! {
-    Unauthorized = "unauthorized", UNAUTHORIZED;
-    Forbidden = "forbidden", FORBIDDEN;
-    ProfileNotFound = "profile_not_found", NOT_FOUND;
-    CohortNotFound = "cohort_not_found", NOT_FOUND;
-    UnknownRoute = "unknown_route", NOT_FOUND;
-    MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED;
-    InvalidIdentifierKind = "invalid_identifier_kind", BAD_REQUEST;
-    InvalidIdentifier = "invalid_identifier", BAD_REQUEST;
-    InvalidCanonicalId = "invalid_canonical_id", BAD_REQUEST;
-    InvalidLimit = "invalid_limit", BAD_REQUEST;
-    InvalidCursor = "invalid_cursor", BAD_REQUEST;
-    InvalidPath = "invalid_path", BAD_REQUEST;
-    InvalidQuery = "invalid_query", BAD_REQUEST;
-    Internal = "internal", INTERNAL_SERVER_ERROR;
+crate::error_code::error_codes! {
+    /// The stable `code` of an error body.
+    pub enum ErrorCode {
+        Unauthorized = "unauthorized", UNAUTHORIZED;
+        Forbidden = "forbidden", FORBIDDEN;
+        ProfileNotFound = "profile_not_found", NOT_FOUND;
+        CohortNotFound = "cohort_not_found", NOT_FOUND;
+        UnknownRoute = "unknown_route", NOT_FOUND;
+        MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED;
+        InvalidIdentifierKind = "invalid_identifier_kind", BAD_REQUEST;
+        InvalidIdentifier = "invalid_identifier", BAD_REQUEST;
+        InvalidCanonicalId = "invalid_canonical_id", BAD_REQUEST;
+        InvalidLimit = "invalid_limit", BAD_REQUEST;
+        InvalidCursor = "invalid_cursor", BAD_REQUEST;
+        InvalidPath = "invalid_path", BAD_REQUEST;
+        InvalidQuery = "invalid_query", BAD_REQUEST;
+        Internal = "internal", INTERNAL_SERVER_ERROR;
+    }
 }
 
 /// An error as the API reports it.

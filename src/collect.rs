@@ -51,48 +51,22 @@ const MAX_RECORDS_PER_FLUSH: usize = 20_000;
 /// Seconds a client is asked to wait after a 503.
 const RETRY_AFTER_SECONDS: &str = "1";
 
-/// Declares the collector's error codes with their HTTP status, from one table so the list the
-/// OpenAPI document is checked against cannot miss one.
-macro_rules! codes {
-    ($($variant:ident = $code:literal, $status:ident;)*) => {
-        /// The stable `code` of a collector error body.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-        pub enum Code {
-            $($variant,)*
-        }
-
-        impl Code {
-            #[cfg(test)]
-            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
-
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Code::$variant => $code,)*
-                }
-            }
-
-            pub fn status(self) -> StatusCode {
-                match self {
-                    $(Code::$variant => StatusCode::$status,)*
-                }
-            }
-        }
-    };
-}
-
-codes! {
-    Unauthorized = "unauthorized", UNAUTHORIZED;
-    InvalidJson = "invalid_json", BAD_REQUEST;
-    InvalidMessage = "invalid_message", BAD_REQUEST;
-    MissingField = "missing_field", BAD_REQUEST;
-    InvalidType = "invalid_type", BAD_REQUEST;
-    MessageTooLarge = "message_too_large", BAD_REQUEST;
-    BatchTooLarge = "batch_too_large", BAD_REQUEST;
-    BodyTooLarge = "body_too_large", PAYLOAD_TOO_LARGE;
-    UnsupportedEncoding = "unsupported_encoding", UNSUPPORTED_MEDIA_TYPE;
-    Overloaded = "overloaded", SERVICE_UNAVAILABLE;
-    Unavailable = "unavailable", SERVICE_UNAVAILABLE;
-    Internal = "internal", INTERNAL_SERVER_ERROR;
+crate::error_code::error_codes! {
+    /// The stable `code` of a collector error body.
+    pub enum Code {
+        Unauthorized = "unauthorized", UNAUTHORIZED;
+        InvalidJson = "invalid_json", BAD_REQUEST;
+        InvalidMessage = "invalid_message", BAD_REQUEST;
+        MissingField = "missing_field", BAD_REQUEST;
+        InvalidType = "invalid_type", BAD_REQUEST;
+        MessageTooLarge = "message_too_large", BAD_REQUEST;
+        BatchTooLarge = "batch_too_large", BAD_REQUEST;
+        BodyTooLarge = "body_too_large", PAYLOAD_TOO_LARGE;
+        UnsupportedEncoding = "unsupported_encoding", UNSUPPORTED_MEDIA_TYPE;
+        Overloaded = "overloaded", SERVICE_UNAVAILABLE;
+        Unavailable = "unavailable", SERVICE_UNAVAILABLE;
+        Internal = "internal", INTERNAL_SERVER_ERROR;
+    }
 }
 
 /// A refused request.

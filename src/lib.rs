@@ -9,6 +9,7 @@ pub mod config;
 pub mod console;
 pub mod demo;
 pub mod env_override;
+mod error_code;
 pub mod eval;
 pub mod graph;
 pub mod http;
