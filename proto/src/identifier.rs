@@ -38,20 +38,12 @@ impl IdentifierKind {
 
     pub fn as_str(&self) -> &str {
         match self {
-            IdentifierKind::UserId => "user_id",
-            IdentifierKind::CrmId => "crm_id",
-            IdentifierKind::EmailSha256 => "email_sha256",
-            IdentifierKind::PhoneSha256 => "phone_sha256",
-            IdentifierKind::DeviceId => "device_id",
-            IdentifierKind::CookieId => "cookie_id",
-            IdentifierKind::LoyaltyId => "loyalty_id",
-            IdentifierKind::ClickId => "click_id",
-            IdentifierKind::AnonymousId => "anonymous_id",
             IdentifierKind::Custom(name) => name,
+            builtin => builtin.metric_label(),
         }
     }
 
-    /// A bounded label for metrics: custom kinds collapse to `custom`.
+    /// A bounded label for metrics: a built-in kind's name; custom kinds collapse to `custom`.
     pub fn metric_label(&self) -> &'static str {
         match self {
             IdentifierKind::UserId => "user_id",
