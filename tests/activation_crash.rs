@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{read_topic, stdout_of};
+use support::{read_topic, stdout_of, State};
 
 /// The activation of the crashing runs has its own group, state and output topics, so it reads
 /// exactly the profile updates and identity changes the reference activation saw. Its batches
@@ -68,8 +68,6 @@ fn membership_view(data: &Path, topic: &str) -> BTreeMap<String, Value> {
     }
     view
 }
-
-type State = BTreeMap<&'static str, Vec<(Vec<u8>, Vec<u8>)>>;
 
 /// Canonical ids that a merge retired or an erasure deleted.
 fn retired_ids(data: &Path) -> BTreeSet<String> {
@@ -224,17 +222,7 @@ fn killed_activation_ends_with_the_membership_of_an_uninterrupted_run() {
             entries.retain(|(k, _)| !retired.contains(&subject(cf, k)));
         }
     }
-    let differing: Vec<String> = reference
-        .iter()
-        .filter(|(cf, entries)| recovered[*cf] != **entries)
-        .map(|(cf, entries)| {
-            format!(
-                "{cf} ({} vs {} entries)",
-                entries.len(),
-                recovered[cf].len()
-            )
-        })
-        .collect();
+    let differing = support::differing(&reference, &recovered);
     assert!(
         differing.is_empty(),
         "after {mid_stream} kills mid-stream these column families differ: {differing:?}"

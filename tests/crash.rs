@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{read_topic, stdout_of};
+use support::{read_topic, stdout_of, State};
 
 /// The resolver of the crashing runs uses its own group, state and output topics, so it replays
 /// exactly the signals the reference resolver saw.
@@ -29,8 +29,6 @@ fn cdp(data: &Path, args: &[&str], crash: bool) -> Command {
     }
     c
 }
-
-type State = BTreeMap<&'static str, Vec<(Vec<u8>, Vec<u8>)>>;
 
 /// Every column family, except the numbering of the outbox: how many updates were published
 /// depends on where batches (and crashes) cut the input; what they say is compared downstream.
@@ -124,17 +122,7 @@ fn interrupted_resolver_ends_in_the_state_of_an_uninterrupted_run(how: Interrupt
     stdout_of(&mut cdp(&data, &["resolve", "--until-drained"], true));
 
     let recovered = state(&resolver_dir);
-    let differing: Vec<String> = reference
-        .iter()
-        .filter(|(cf, entries)| recovered[*cf] != **entries)
-        .map(|(cf, entries)| {
-            format!(
-                "{cf} ({} vs {} entries)",
-                entries.len(),
-                recovered[cf].len()
-            )
-        })
-        .collect();
+    let differing = support::differing(&reference, &recovered);
     assert!(
         differing.is_empty(),
         "after {kills} interruptions these column families differ: {differing:?}"

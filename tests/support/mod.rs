@@ -340,3 +340,23 @@ impl Running {
         }
     }
 }
+
+/// A store's entries by column family (name -> key/value pairs in key order), as crash tests
+/// compare a recovered state with an uninterrupted run's.
+pub type State = std::collections::BTreeMap<&'static str, Vec<(Vec<u8>, Vec<u8>)>>;
+
+/// The column families whose entries differ between `reference` and `recovered`, each with
+/// both entry counts.
+pub fn differing(reference: &State, recovered: &State) -> Vec<String> {
+    reference
+        .iter()
+        .filter(|(cf, entries)| recovered.get(*cf) != Some(*entries))
+        .map(|(cf, entries)| {
+            format!(
+                "{cf} ({} vs {} entries)",
+                entries.len(),
+                recovered.get(cf).map_or(0, Vec::len)
+            )
+        })
+        .collect()
+}
