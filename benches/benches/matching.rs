@@ -18,7 +18,8 @@
 //!
 //! `cargo bench -p cdp-benches --bench matching` (sizes: CDP_BENCH_MATCHING_SIZES, default
 //! `10000,100000`; probes per size: CDP_BENCH_MATCHING_PROBES, default 5000; probes also run
-//! with each `max_block_candidates` in CDP_BENCH_MATCHING_CANDIDATES, e.g. `4,100`). It also
+//! with each `max_block_candidates` in CDP_BENCH_MATCHING_CANDIDATES, e.g. `4,100`; the store's
+//! block cache, `[resolver.storage] block_cache_mb`: CDP_BENCH_BLOCK_CACHE_MB). It also
 //! prints the bytes each record's batch writes, and how full each blocking rule's keys are.
 
 use cdp_proto::time::from_millis;
@@ -326,7 +327,13 @@ fn main() {
     };
     let mut config = ResolverConfig::default();
     config.matching.enabled = true;
-    println!("max_block_size {}", config.matching.max_block_size);
+    if let Some(mb) = list("CDP_BENCH_BLOCK_CACHE_MB", "").first() {
+        config.storage.block_cache_mb = *mb as usize;
+    }
+    println!(
+        "max_block_size {}, block cache {} MiB",
+        config.matching.max_block_size, config.storage.block_cache_mb
+    );
     let matching = Resolver::from_config(&config).expect("matching config");
     // The probes also run with other `max_block_candidates` on the same graph (built with the
     // default), to show what the bound on a crowded key's candidates saves.
@@ -352,7 +359,7 @@ fn main() {
         };
         println!("{n} profiles, {}", population.describe());
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = RocksStore::open(dir.path()).expect("store");
+        let store = RocksStore::open_with(dir.path(), &config.storage).expect("store");
         let counted = Counted {
             store: &store,
             written: Mutex::default(),
