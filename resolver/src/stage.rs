@@ -557,27 +557,41 @@ pub fn stored_offset(store: &dyn GraphStore, topic: &str, partition: i32) -> Res
         .and_then(|b| b.as_slice().try_into().ok().map(i64::from_be_bytes)))
 }
 
-fn valid_tenant(t: &str) -> bool {
-    !t.is_empty()
+/// The tenant a record names, checked: 1-64 of `[a-z0-9_-]`.
+fn check_tenant(t: &str) -> Result<(), Rejection> {
+    let valid = !t.is_empty()
         && t.len() <= 64
         && t.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(Rejection::new(
+            "invalid_tenant",
+            "tenant must be 1-64 of [a-z0-9_-]",
+        ))
+    }
+}
+
+/// A `record`'s value parsed as a `what`; a tombstone, or a value that is not one, is
+/// rejected (with `code` for the latter).
+fn parse<T: serde::de::DeserializeOwned>(
+    r: &Record,
+    record: &str,
+    code: &'static str,
+    what: &str,
+) -> Result<T, Rejection> {
+    let value = r
+        .value
+        .as_deref()
+        .ok_or_else(|| Rejection::new("tombstone", format!("{record} record has no value")))?;
+    serde_json::from_slice(value).map_err(|e| Rejection::new(code, format!("not a {what}: {e}")))
 }
 
 /// Parses and checks a command record.
 pub fn decode_command(r: &Record) -> Result<GraphCommand, Rejection> {
-    let value = r
-        .value
-        .as_deref()
-        .ok_or_else(|| Rejection::new("tombstone", "command record has no value"))?;
-    let command: GraphCommand = serde_json::from_slice(value)
-        .map_err(|e| Rejection::new("invalid_command", format!("not a graph command: {e}")))?;
-    if !valid_tenant(&command.tenant) {
-        return Err(Rejection::new(
-            "invalid_tenant",
-            "tenant must be 1-64 of [a-z0-9_-]",
-        ));
-    }
+    let command: GraphCommand = parse(r, "command", "invalid_command", "graph command")?;
+    check_tenant(&command.tenant)?;
     if command.id.is_empty() || command.id.len() > 128 {
         return Err(Rejection::new(
             "invalid_command",
@@ -589,18 +603,8 @@ pub fn decode_command(r: &Record) -> Result<GraphCommand, Rejection> {
 
 /// Parses and checks a signal record; what cannot be applied is rejected with a reason.
 pub fn decode_signal(r: &Record) -> Result<Signal, Rejection> {
-    let value = r
-        .value
-        .as_deref()
-        .ok_or_else(|| Rejection::new("tombstone", "signal record has no value"))?;
-    let signal: Signal = serde_json::from_slice(value)
-        .map_err(|e| Rejection::new("invalid_signal", format!("not a Signal: {e}")))?;
-    if !valid_tenant(&signal.tenant) {
-        return Err(Rejection::new(
-            "invalid_tenant",
-            "tenant must be 1-64 of [a-z0-9_-]",
-        ));
-    }
+    let signal: Signal = parse(r, "signal", "invalid_signal", "Signal")?;
+    check_tenant(&signal.tenant)?;
     if signal.identifiers.is_empty() {
         return Err(Rejection::new(
             "no_identifiers",
