@@ -269,18 +269,22 @@ impl Block {
         match self {
             Block::Oversized => vec![OVERSIZED],
             Block::Open(entries) => {
-                let mut b = Vec::with_capacity(1 + entries.len() * 8);
+                let lens: Vec<usize> = entries
+                    .iter()
+                    .map(|e| e.record.as_ref().map_or(0, Record::encoded_len))
+                    .collect();
+                // At most 10 bytes per varint.
+                let mut b = Vec::with_capacity(1 + lens.iter().map(|l| 20 + l).sum::<usize>());
                 b.push(OPEN);
                 let mut previous = 0;
-                for e in entries {
+                for (e, len) in entries.iter().zip(lens) {
                     varint(&mut b, e.node - previous);
                     previous = e.node;
                     match &e.record {
                         None => b.push(0),
                         Some(r) => {
-                            let encoded = r.encode();
-                            varint(&mut b, encoded.len() as u64 + 1);
-                            b.extend_from_slice(&encoded);
+                            varint(&mut b, len as u64 + 1);
+                            r.encode_into(&mut b);
                         }
                     }
                 }

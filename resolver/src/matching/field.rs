@@ -194,6 +194,22 @@ impl Record {
         b
     }
 
+    /// The length of [`Self::encode`]'s bytes, without encoding.
+    pub fn encoded_len(&self) -> usize {
+        self.iter()
+            .map(|(_, v)| {
+                // The field's index, the value's length as a LEB128 varint, the value.
+                let mut varint = 1;
+                let mut len = v.len();
+                while len >= 0x80 {
+                    varint += 1;
+                    len >>= 7;
+                }
+                1 + varint + v.len()
+            })
+            .sum()
+    }
+
     pub fn encode_into(&self, b: &mut Vec<u8>) {
         for (f, v) in self.iter() {
             b.push(f.index());
@@ -319,6 +335,8 @@ mod tests {
             (2 + 3) + (2 + 10) + (3 + 300) + 2,
             "varint lengths"
         );
+        assert_eq!(r.encoded_len(), b.len());
+        assert_eq!(Record::default().encoded_len(), 0);
         assert_eq!(Record::decode(&b), Some(r));
         assert_eq!(Record::decode(&[]), Some(Record::default()));
         assert_eq!(Record::decode(&[8, 0]), None, "no ninth field");

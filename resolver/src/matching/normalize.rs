@@ -7,7 +7,7 @@
 pub fn text(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
     let mut space = false;
-    for c in raw.chars().flat_map(char::to_lowercase) {
+    let mut push = |c: char| {
         if c.is_ascii_alphanumeric() {
             if space && !out.is_empty() {
                 out.push(' ');
@@ -25,6 +25,14 @@ pub fn text(raw: &str) -> String {
             out.push_str(folded);
         }
         // Other punctuation (apostrophes, dots) vanishes: "O'Neil" is "oneil".
+    };
+    for c in raw.chars() {
+        // Most names are ASCII: their lower case needs no Unicode table.
+        if c.is_ascii() {
+            push(c.to_ascii_lowercase());
+        } else {
+            c.to_lowercase().for_each(&mut push);
+        }
     }
     out
 }
