@@ -139,6 +139,9 @@ impl Applied {
 
 pub struct MembershipStore {
     db: DB,
+    /// The options of every point read, made once: creating them for each read allocates,
+    /// initialises and frees a C++ object.
+    read: rocksdb::ReadOptions,
     /// An outbox key below which there is nothing left: where the next outbox scan starts.
     /// Published records are deleted, and a scan from the start would step over every deletion
     /// not yet compacted away, more with each batch. Outbox keys only grow, so nothing is ever
@@ -199,6 +202,7 @@ impl MembershipStore {
         }
         Ok(Self {
             db,
+            read: rocksdb::ReadOptions::default(),
             outbox_floor: AtomicU64::new(0),
             outbox_kept: Default::default(),
             delivery_floors: Default::default(),
@@ -221,6 +225,7 @@ impl MembershipStore {
             DB::open_cf_for_read_only(&Options::default(), dir, ALL_CFS, false).map_err(storage)?;
         Ok(Self {
             db,
+            read: rocksdb::ReadOptions::default(),
             outbox_floor: AtomicU64::new(0),
             outbox_kept: Default::default(),
             delivery_floors: Default::default(),
@@ -258,7 +263,7 @@ impl MembershipStore {
     /// The memberships committed for the person `tenant \0 canonical_id` (`pair`).
     fn standing(&self, pair: &[u8]) -> Result<Standing> {
         self.db
-            .get_pinned_cf(self.cf(CF_MEMBERSHIPS), pair)
+            .get_pinned_cf_opt(self.cf(CF_MEMBERSHIPS), pair, &self.read)
             .map_err(storage)?
             .map_or_else(|| Ok(Standing::default()), |b| Standing::decode(&b))
     }
@@ -275,7 +280,11 @@ impl MembershipStore {
     pub fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>> {
         let v = self
             .db
-            .get_cf(self.cf(CF_OFFSETS), offset_key(topic, partition))
+            .get_cf_opt(
+                self.cf(CF_OFFSETS),
+                offset_key(topic, partition),
+                &self.read,
+            )
             .map_err(storage)?;
         Ok(v.and_then(|b| b.as_slice().try_into().ok().map(i64::from_be_bytes)))
     }
@@ -484,7 +493,7 @@ impl MembershipStore {
     /// retries exactly the same batch under the same webhook id.
     pub fn inflight(&self, dest: &str) -> Result<Option<Vec<u64>>> {
         self.db
-            .get_cf(self.cf(CF_META), meta_key(META_INFLIGHT, dest))
+            .get_cf_opt(self.cf(CF_META), meta_key(META_INFLIGHT, dest), &self.read)
             .map_err(storage)?
             .map(|b| decode(&b))
             .transpose()
@@ -500,7 +509,7 @@ impl MembershipStore {
     /// One queued delivery of `dest`, if it is still queued.
     pub fn delivery(&self, dest: &str, seq: u64) -> Result<Option<Vec<u8>>> {
         self.db
-            .get_cf(self.cf(CF_DELIVERIES), delivery_key(dest, seq))
+            .get_cf_opt(self.cf(CF_DELIVERIES), delivery_key(dest, seq), &self.read)
             .map_err(storage)
     }
 
@@ -513,9 +522,10 @@ impl MembershipStore {
         audience: &str,
     ) -> Result<Option<DestMember>> {
         self.db
-            .get_cf(
+            .get_cf_opt(
                 self.cf(CF_DEST_MEMBERS),
                 dest_member_key(dest, tenant, canonical_id, audience),
+                &self.read,
             )
             .map_err(storage)?
             .map(|b| decode(&b))
@@ -580,7 +590,7 @@ impl MembershipStore {
     pub fn txn(&self) -> Result<MembershipTxn<'_>> {
         let next_outbox = self
             .db
-            .get_cf(self.cf(CF_META), META_NEXT_OUTBOX)
+            .get_cf_opt(self.cf(CF_META), META_NEXT_OUTBOX, &self.read)
             .map_err(storage)?
             .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes))
             .unwrap_or(0);
@@ -764,7 +774,7 @@ impl<'s> MembershipTxn<'s> {
         let v = self
             .store
             .db
-            .get_cf(self.store.cf(CF_VERSIONS), &key)
+            .get_cf_opt(self.store.cf(CF_VERSIONS), &key, &self.store.read)
             .map_err(storage)?
             .map(|b| Applied::decode(&b))
             .transpose()?
@@ -832,7 +842,7 @@ impl<'s> MembershipTxn<'s> {
         let v = self
             .store
             .db
-            .get_cf(self.store.cf(cf), &key)
+            .get_cf_opt(self.store.cf(cf), &key, &self.store.read)
             .map_err(storage)?;
         self.kv_reads.insert((cf, key), v.clone());
         Ok(v)
@@ -975,7 +985,11 @@ impl<'s> MembershipTxn<'s> {
             let next = self
                 .store
                 .db
-                .get_cf(self.store.cf(CF_META), meta_key(META_NEXT_DELIVERY, dest))
+                .get_cf_opt(
+                    self.store.cf(CF_META),
+                    meta_key(META_NEXT_DELIVERY, dest),
+                    &self.store.read,
+                )
                 .map_err(storage)?
                 .and_then(|b| b.as_slice().try_into().ok().map(u64::from_be_bytes))
                 .unwrap_or(0);

@@ -177,6 +177,9 @@ impl Default for StorageConfig {
 /// RocksDB-backed store: one database, one column family per [`Cf`].
 pub struct RocksStore {
     db: DB,
+    /// The options of every point read, made once: creating them for each read (a C++ object
+    /// allocated, initialised and freed) was a tenth of the read's instructions.
+    read: rocksdb::ReadOptions,
 }
 
 impl RocksStore {
@@ -227,7 +230,10 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(cf.name(), cf_opts)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(storage)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            read: rocksdb::ReadOptions::default(),
+        })
     }
 
     /// Opens the store for reading while a running resolver owns it (a point-in-time view).
@@ -236,6 +242,7 @@ impl RocksStore {
         let existing = DB::list_cf(&Options::default(), dir).map_err(storage)?;
         Ok(Self {
             db: open_existing_read_only(dir, &existing)?,
+            read: rocksdb::ReadOptions::default(),
         })
     }
 
@@ -262,7 +269,7 @@ pub(crate) fn open_existing_read_only(dir: &Path, existing: &[String]) -> Result
 impl GraphStore for RocksStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.cf(cf) {
-            Some(handle) => self.db.get_cf(handle, key).map_err(storage),
+            Some(handle) => self.db.get_cf_opt(handle, key, &self.read).map_err(storage),
             None => Ok(None),
         }
     }
