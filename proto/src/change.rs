@@ -54,6 +54,38 @@ pub struct ProfileUpdate {
     pub received_at: Option<Timestamp>,
 }
 
+impl ProfileUpdate {
+    /// The JSON of the update of `profile` (at its version), from a borrowed profile: the same
+    /// bytes as serialising the [`ProfileUpdate`] that owns a copy of it, without the copy.
+    pub fn json_of(
+        profile: &Profile,
+        cause: Option<&str>,
+        received_at: Option<Timestamp>,
+    ) -> Vec<u8> {
+        let view = UpdateView {
+            profile,
+            version: profile.version,
+            cause,
+            received_at,
+        };
+        serde_json::to_vec(&view).expect("a profile update serialises")
+    }
+}
+
+/// [`ProfileUpdate`] borrowing its parts; serialised alike (field for field, in order).
+#[derive(Serialize)]
+struct UpdateView<'a> {
+    profile: &'a Profile,
+    version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<&'a str>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "crate::rfc3339::option"
+    )]
+    received_at: Option<Timestamp>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CohortChangeKind {
@@ -114,6 +146,32 @@ mod tests {
         let json = serde_json::to_string(&c).unwrap();
         assert!(json.contains("\"kind\":\"merged\""));
         assert_eq!(serde_json::from_str::<IdentityChange>(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn an_update_rendered_from_a_borrowed_profile_is_the_owned_update_serialised() {
+        let at = from_millis(1_700_000_000_123);
+        let ids = vec![Identifier::new(
+            crate::IdentifierKind::UserId,
+            "a\"b\\c@example.com",
+        )];
+        let mut p = Profile::new("acme", "cdp_1", ids, at);
+        p.version = 4;
+        p.attributes
+            .traits
+            .insert("note".into(), serde_json::json!("line\nbreak \u{1}"));
+        for (cause, received_at) in [(Some("evt_1"), Some(at)), (None, None)] {
+            let owned = ProfileUpdate {
+                version: p.version,
+                profile: p.clone(),
+                cause: cause.map(str::to_string),
+                received_at,
+            };
+            assert_eq!(
+                ProfileUpdate::json_of(&p, cause, received_at),
+                serde_json::to_vec(&owned).unwrap()
+            );
+        }
     }
 
     #[test]

@@ -5,12 +5,13 @@
 use crate::fold::{fold_signal, merge_into};
 use crate::link::{Link, LinkDecision};
 use crate::matching::{self, field::Record, model::Score, stream, Matcher, MatchingConfig};
+use crate::outbox::RenderedUpdate;
 use crate::policy::{MergePolicy, PolicyConfig};
 use crate::txn::{NodeId, Txn};
 use crate::Result;
 use cdp_proto::{
-    Identifier, IdentityChange, IdentityChangeKind, IdentityLink, MergeRecord, Profile,
-    ProfileUpdate, Signal, Timestamp,
+    Identifier, IdentityChange, IdentityChangeKind, IdentityLink, MergeRecord, Profile, Signal,
+    Timestamp,
 };
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -38,7 +39,8 @@ pub fn canonical_id_for(tenant: &str, id: &Identifier) -> String {
 #[derive(Debug, Default)]
 pub struct BatchOutput {
     pub changes: Vec<IdentityChange>,
-    pub updates: Vec<ProfileUpdate>,
+    /// Rendered from the profiles before the batch is committed.
+    pub updates: Vec<RenderedUpdate>,
     pub merges: u64,
     pub refused: u64,
     pub candidates: u64,
@@ -498,12 +500,8 @@ impl Resolver {
                 continue;
             };
             versions.insert((tenant.clone(), id.clone()), profile.version);
-            out.updates.push(ProfileUpdate {
-                version: profile.version,
-                profile: profile.clone(),
-                cause: Some(cause),
-                received_at: Some(received_at),
-            });
+            out.updates
+                .push(RenderedUpdate::of(profile, Some(cause), Some(received_at)));
         }
         // One identity change per surviving profile per batch, listing every id it retired.
         let mut grouped: BTreeMap<(String, String), IdentityChange> = BTreeMap::new();
@@ -518,8 +516,8 @@ impl Resolver {
             let at = out
                 .updates
                 .iter()
-                .find(|u| u.profile.canonical_id == final_id && u.profile.tenant == m.tenant)
-                .map(|u| u.profile.updated_at)
+                .find(|u| u.canonical_id == final_id && u.tenant == m.tenant)
+                .map(|u| u.updated_at)
                 .unwrap_or_default();
             let change = grouped.entry(key).or_insert_with(|| IdentityChange {
                 tenant: m.tenant.clone(),

@@ -14,7 +14,7 @@ use crate::store::{Cf, GraphStore};
 use crate::txn::Txn;
 use crate::{ResolverError, Result};
 use cdp_bus::{OutRecord, Positions, Producer};
-use cdp_proto::{IdentityChange, ProfileUpdate, Timestamp};
+use cdp_proto::{IdentityChange, Profile, ProfileUpdate, Timestamp};
 use std::collections::HashMap;
 
 /// A profile update named in the outbox: the profile is read when it is published.
@@ -33,23 +33,58 @@ pub fn push_change(txn: &mut Txn, topic: &str, change: &IdentityChange) {
     txn.push_outbox(OutRecord::new(topic, change.canonical_id.as_bytes(), value).to_bytes());
 }
 
-/// Queues `update` for `topic` in `txn`'s outbox as a reference. Returns its outbox key, under
-/// which a publisher that keeps the body ([`OutboxCursor::rendered`]) hands it over.
-pub fn push_update(txn: &mut Txn, topic: &str, update: &ProfileUpdate) -> Vec<u8> {
-    let reference = UpdateRef {
-        topic: topic.to_string(),
-        tenant: update.profile.tenant.clone(),
-        canonical_id: update.profile.canonical_id.clone(),
-        cause: update.cause.clone(),
-        received_at: update.received_at,
-    };
-    txn.push_outbox(encode_update_ref(&reference))
+/// A profile update as a transaction produced it: what its outbox reference names, and the body
+/// to publish, rendered from the profile as the transaction left it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RenderedUpdate {
+    pub tenant: String,
+    pub canonical_id: String,
+    pub version: u64,
+    pub updated_at: Timestamp,
+    pub cause: Option<String>,
+    pub received_at: Option<Timestamp>,
+    /// The [`ProfileUpdate`]'s JSON.
+    pub body: Vec<u8>,
 }
 
-/// The record a profile update is published as.
-pub fn update_record(topic: &str, update: &ProfileUpdate) -> OutRecord {
-    let value = serde_json::to_vec(update).expect("ProfileUpdate serialises");
-    OutRecord::new(topic, update.profile.canonical_id.as_bytes(), value)
+impl RenderedUpdate {
+    /// The update of `profile`, rendered from the borrowed profile (no copy of it is made).
+    pub fn of(profile: &Profile, cause: Option<String>, received_at: Option<Timestamp>) -> Self {
+        Self {
+            body: ProfileUpdate::json_of(profile, cause.as_deref(), received_at),
+            tenant: profile.tenant.clone(),
+            canonical_id: profile.canonical_id.clone(),
+            version: profile.version,
+            updated_at: profile.updated_at,
+            cause,
+            received_at,
+        }
+    }
+
+    /// The record it is published as on `topic`.
+    pub fn into_record(self, topic: &str) -> OutRecord {
+        OutRecord::new(topic, self.canonical_id.into_bytes(), self.body)
+    }
+}
+
+/// Queues `update` for `topic` in `txn`'s outbox as a reference. Returns its outbox key, under
+/// which a publisher that keeps the body ([`OutboxCursor::rendered`]) hands it over.
+pub fn push_update(txn: &mut Txn, topic: &str, update: &RenderedUpdate) -> Vec<u8> {
+    push_reference(
+        txn,
+        &UpdateRef {
+            topic: topic.to_string(),
+            tenant: update.tenant.clone(),
+            canonical_id: update.canonical_id.clone(),
+            cause: update.cause.clone(),
+            received_at: update.received_at,
+        },
+    )
+}
+
+/// Queues the update `reference` names, to be rendered from the store when it is published.
+pub fn push_reference(txn: &mut Txn, reference: &UpdateRef) -> Vec<u8> {
+    txn.push_outbox(encode_update_ref(reference))
 }
 
 /// The update `reference` names, rendered from the profile the store holds now (following a
@@ -59,13 +94,8 @@ pub fn render(store: &dyn GraphStore, reference: &UpdateRef) -> Result<Option<Ou
     let profile =
         crate::lookup::profile_by_canonical(store, &reference.tenant, &reference.canonical_id)?;
     Ok(profile.map(|profile| {
-        let update = ProfileUpdate {
-            version: profile.version,
-            profile,
-            cause: reference.cause.clone(),
-            received_at: reference.received_at,
-        };
-        update_record(&reference.topic, &update)
+        RenderedUpdate::of(&profile, reference.cause.clone(), reference.received_at)
+            .into_record(&reference.topic)
     }))
 }
 
@@ -283,13 +313,8 @@ mod tests {
         p
     }
 
-    fn update(p: &cdp_proto::Profile, cause: &str) -> ProfileUpdate {
-        ProfileUpdate {
-            version: p.version,
-            profile: p.clone(),
-            cause: Some(cause.into()),
-            received_at: Some(p.created_at),
-        }
+    fn update(p: &cdp_proto::Profile, cause: &str) -> RenderedUpdate {
+        RenderedUpdate::of(p, Some(cause.into()), Some(p.created_at))
     }
 
     /// Commits `p` at node `root` with an update referring to it; returns the reference's key
@@ -305,7 +330,7 @@ mod tests {
         let u = update(p, "e1");
         let key = push_update(&mut txn, "cdp.profiles", &u);
         txn.commit().unwrap();
-        (key, update_record("cdp.profiles", &u))
+        (key, u.into_record("cdp.profiles"))
     }
 
     fn versions(records: &[OutRecord]) -> Vec<(String, u64)> {
@@ -346,7 +371,7 @@ mod tests {
                 "{name}: the outbox holds a reference, not the body"
             );
             // The body is the update as the stage built it, whichever way it is published.
-            assert_eq!(body, update_record("cdp.profiles", &update(&ann, "e1")));
+            assert_eq!(body, update(&ann, "e1").into_record("cdp.profiles"));
             assert_eq!(records(store).unwrap(), vec![body.clone()], "{name}");
 
             // The stage publishes the body it kept, not a rendering from the store.

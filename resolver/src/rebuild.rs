@@ -26,8 +26,7 @@ use crate::txn::{decode_link, decode_u64, NodeId, Txn};
 use crate::unmerge::materialize;
 use crate::{ResolverConfig, ResolverError, Result};
 use cdp_proto::{
-    Identifier, IdentifierKind, IdentityChange, IdentityChangeKind, MergeRecord, ProfileUpdate,
-    Timestamp,
+    Identifier, IdentifierKind, IdentityChange, IdentityChangeKind, MergeRecord, Timestamp,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -394,17 +393,18 @@ pub fn rebuild(
         let Some(root) = txn.root_of_canonical(tenant, id)? else {
             continue;
         };
-        let Some(profile) = txn.profile(root)? else {
+        if txn.profile_ref(root)?.is_none() {
             continue;
-        };
-        let update = ProfileUpdate {
-            version: profile.version,
-            profile,
+        }
+        // Published from the outbox by whoever publishes it next, rendered from the store.
+        let reference = crate::outbox::UpdateRef {
+            topic: config.profiles_topic.clone(),
+            tenant: tenant.to_string(),
+            canonical_id: id.clone(),
             cause: Some(REBUILD_RULE.into()),
             received_at: Some(options.at),
         };
-        // Published from the outbox by whoever publishes it next, rendered from the store.
-        crate::outbox::push_update(&mut txn, &config.profiles_topic, &update);
+        crate::outbox::push_reference(&mut txn, &reference);
     }
     txn.commit()?;
     report.applied = true;

@@ -15,7 +15,7 @@
 use crate::command::{CommandOp, CommandOutcome, GraphCommand};
 use crate::config::ResolverConfig;
 use crate::graph::{Batch, BatchOutput, Resolver};
-use crate::outbox::{self, publish_outbox, OutboxCursor};
+use crate::outbox::{self, publish_outbox, OutboxCursor, RenderedUpdate};
 use crate::pacer::BatchPacer;
 use crate::pipelined::PipelinedStore;
 use crate::state_cache::StateCache;
@@ -26,7 +26,7 @@ use cdp_bus::{
     advance, Bus, ConsumerOptions, OutRecord, Positions, Producer, Record, StageCounters,
 };
 use cdp_proto::dlq::{self, Rejection};
-use cdp_proto::{IdentityChange, ProfileUpdate, Signal};
+use cdp_proto::{IdentityChange, Signal};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -355,12 +355,7 @@ pub fn apply_next(
         .take_while(|r| r.topic != config.commands_topic)
         .count();
     if signals > 0 {
-        let (out, dead, used) = apply_signals(resolver, store, state, config, &records[..signals])?;
-        let applied = Applied {
-            dead,
-            ..Applied::from(&out)
-        };
-        return Ok((applied, used));
+        return apply_signals(resolver, store, state, config, &records[..signals]);
     }
     let (out, dead) = apply_command(resolver, store, state, config, &records[0])?;
     let applied = Applied {
@@ -404,14 +399,14 @@ fn dead_letter(config: &ResolverConfig, r: &Record, rejection: &Rejection) -> Ou
 
 /// Applies signals from the front of `records` in one atomic transaction, skipping any already
 /// applied, until they run out or `pacer` finds the batch full. Returns what the batch
-/// produced, how many records went to the DLQ and how many records it consumed.
+/// applied (with how many records went to the DLQ) and how many records it consumed.
 fn apply_signals(
     resolver: &Resolver,
     store: &dyn GraphStore,
     state: &mut StageState,
     config: &ResolverConfig,
     records: &[Record],
-) -> Result<(BatchOutput, u64, usize)> {
+) -> Result<(Applied, usize)> {
     let started = Instant::now();
     let StageState {
         cache,
@@ -463,12 +458,15 @@ fn apply_signals(
         txn.set_offset(&topic, partition, next);
     }
     txn.commit()?;
-    for (key, update) in keys.into_iter().zip(&out.updates) {
-        let record = outbox::update_record(&config.profiles_topic, update);
-        outbox.rendered(key, record);
+    let applied = Applied {
+        dead: dead_count,
+        ..Applied::from(&out)
+    };
+    for (key, update) in keys.into_iter().zip(out.updates) {
+        outbox.rendered(key, update.into_record(&config.profiles_topic));
     }
     pacer.observe(touched, closing.elapsed());
-    Ok((out, dead_count, used))
+    Ok((applied, used))
 }
 
 /// Applies one command record in its own transaction. Returns the outcome when the command
@@ -510,13 +508,9 @@ fn apply_command(
         let Some(root) = txn.root_of_canonical(&command.tenant, canonical_id)? else {
             continue;
         };
-        if let Some(profile) = txn.profile(root)? {
-            let update = ProfileUpdate {
-                version: profile.version,
-                profile,
-                cause: Some(command.id.clone()),
-                received_at: Some(command.requested_at),
-            };
+        if let Some(profile) = txn.profile_ref(root)? {
+            let cause = Some(command.id.clone());
+            let update = RenderedUpdate::of(profile, cause, Some(command.requested_at));
             let key = outbox::push_update(&mut txn, &config.profiles_topic, &update);
             updates.push((key, update));
         }
@@ -524,7 +518,7 @@ fn apply_command(
     txn.put_command_outcome(&outcome);
     txn.commit()?;
     for (key, update) in updates {
-        let record = outbox::update_record(&config.profiles_topic, &update);
+        let record = update.into_record(&config.profiles_topic);
         state.outbox.rendered(key, record);
     }
     tracing::info!(
