@@ -182,6 +182,11 @@ impl Cohorts {
         })
     }
 
+    /// What any cohort reads of a profile.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
+    }
+
     /// The evaluation context of `view`, shared by the cohorts evaluated on it.
     pub fn context(&self, view: &ProfileView) -> Result<Context<'static, 'static>, String> {
         let mut ctx = Context::with_env(self.env.clone());

@@ -300,7 +300,7 @@ pub fn apply_records(
         applied.insert(part, r.offset + 1);
         let outcome = if r.topic == config.profiles_topic {
             value(r)
-                .and_then(|v| crate::update::decode(v).map_err(invalid))
+                .and_then(|v| crate::update::decode(v, defs.cohorts.reads()).map_err(invalid))
                 .map(|u| Input::Update(Box::new(u)))
         } else {
             decode::<IdentityChange>(r).map(Input::Change)
@@ -350,7 +350,7 @@ pub fn fire_timers(
     for (_, tenant, canonical_id) in &due {
         let update = txn
             .profile(tenant, canonical_id)?
-            .and_then(|raw| Some((crate::update::decode(&raw).ok()?, raw)));
+            .and_then(|raw| Some((crate::update::decode(&raw, defs.cohorts.reads()).ok()?, raw)));
         let Some((update, raw)) = update else {
             txn.schedule(tenant, canonical_id, None)?;
             continue;

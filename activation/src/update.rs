@@ -4,21 +4,50 @@
 //! skips the merge history, aliases, trait and counter timestamps and first-seen time without
 //! building them, which is most of what decoding a long-lived profile costs.
 //!
+//! Traits and event counters are decoded only as far as the cohorts read them ([`Reads`]): no
+//! trait when no expression reads `profile.traits`, and only the counters named when none reads
+//! `profile.counts` whole. What no cohort reads cannot change a membership, nor the instant a
+//! window could change one ([`crate::timer`]).
+//!
 //! The fields it skips must still be present where the full type requires them (`created_at`
 //! and `updated_at` are decoded), so a record the full decoder rejects for a missing field is
-//! rejected here too.
+//! rejected here too; `traits` and `counts` must be objects whether or not they are read.
 
+use crate::inputs::Reads;
 use cdp_proto::{
     Attributes, Consent, EventCounter, Identifier, Profile, ProfileUpdate, Source, Timestamp,
 };
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// The update, with only what activation reads of the profile (see the module doc).
-pub fn decode(raw: &[u8]) -> Result<ProfileUpdate, serde_json::Error> {
+/// The update, with only what activation reads of the profile (see the module doc) and of its
+/// traits and counters what `reads` names.
+pub fn decode(raw: &[u8], reads: &Reads) -> Result<ProfileUpdate, serde_json::Error> {
     let u: Update = serde_json::from_slice(raw)?;
     let p = u.profile;
     let a = p.attributes;
+    let traits = match a.traits {
+        Some(t) if reads.field("traits") => serde_json::from_str(t.get())?,
+        Some(t) if !t.get().starts_with('{') => {
+            return Err(de::Error::invalid_type(
+                de::Unexpected::Other(t.get()),
+                &"a map",
+            ));
+        }
+        _ => BTreeMap::new(),
+    };
+    let counts = match a.counts {
+        Some(c) => {
+            let mut d = serde_json::Deserializer::from_str(c.get());
+            let counts = Counters(reads).deserialize(&mut d)?;
+            d.end()?;
+            counts
+        }
+        None => BTreeMap::new(),
+    };
     let profile = Profile {
         tenant: p.tenant,
         canonical_id: p.canonical_id,
@@ -31,19 +60,8 @@ pub fn decode(raw: &[u8]) -> Result<ProfileUpdate, serde_json::Error> {
             last_engagement: a.last_engagement,
             total_touchpoints: a.total_touchpoints,
             channels_active: a.channels_active,
-            traits: a.traits,
-            counts: a
-                .counts
-                .into_iter()
-                .map(|(name, c)| {
-                    let counter = EventCounter {
-                        total: c.total,
-                        last_at: None,
-                        daily: c.daily,
-                    };
-                    (name, counter)
-                })
-                .collect(),
+            traits,
+            counts,
             ..Attributes::default()
         },
         consent: p.consent,
@@ -60,19 +78,21 @@ pub fn decode(raw: &[u8]) -> Result<ProfileUpdate, serde_json::Error> {
 }
 
 #[derive(Deserialize)]
-struct Update {
-    profile: LeanProfile,
+struct Update<'a> {
+    #[serde(borrow)]
+    profile: LeanProfile<'a>,
     version: u64,
     #[serde(default, with = "cdp_proto::rfc3339::option")]
     received_at: Option<Timestamp>,
 }
 
 #[derive(Deserialize)]
-struct LeanProfile {
+struct LeanProfile<'a> {
     tenant: String,
     canonical_id: String,
     identifiers: Vec<Identifier>,
-    attributes: LeanAttributes,
+    #[serde(borrow)]
+    attributes: LeanAttributes<'a>,
     #[serde(default)]
     consent: Consent,
     version: u64,
@@ -83,7 +103,7 @@ struct LeanProfile {
 }
 
 #[derive(Deserialize)]
-struct LeanAttributes {
+struct LeanAttributes<'a> {
     #[serde(default)]
     lifecycle_stage: Option<String>,
     #[serde(default)]
@@ -94,10 +114,16 @@ struct LeanAttributes {
     total_touchpoints: u64,
     #[serde(default)]
     channels_active: BTreeSet<Source>,
-    #[serde(default)]
-    traits: BTreeMap<String, serde_json::Value>,
-    #[serde(default)]
-    counts: BTreeMap<String, LeanCounter>,
+    /// Kept as JSON text until it is known what of it the cohorts read.
+    #[serde(default, borrow, deserialize_with = "present")]
+    traits: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    counts: Option<&'a RawValue>,
+}
+
+/// A field that is there, `null` included (which then fails as the full type fails on it).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
 }
 
 #[derive(Deserialize)]
@@ -105,6 +131,67 @@ struct LeanCounter {
     total: u64,
     #[serde(default)]
     daily: BTreeMap<i64, u64>,
+}
+
+/// The counters `0` reads, from the `counts` object.
+struct Counters<'r>(&'r Reads);
+
+impl<'de> DeserializeSeed<'de> for Counters<'_> {
+    type Value = BTreeMap<String, EventCounter>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Counters<'_> {
+    type Value = BTreeMap<String, EventCounter>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a map of event counters")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let all = self.0.field("counts");
+        let named = self.0.counters();
+        let mut out = BTreeMap::new();
+        while let Some(Key(name)) = map.next_key()? {
+            if all || named.iter().any(|n| *n == name) {
+                let c: LeanCounter = map.next_value()?;
+                let counter = EventCounter {
+                    total: c.total,
+                    last_at: None,
+                    daily: c.daily,
+                };
+                out.insert(name.into_owned(), counter);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A map key, borrowed from the input unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 #[cfg(test)]
@@ -172,9 +259,10 @@ mod tests {
 
     #[test]
     fn keeps_every_field_activation_reads() {
+        let everything = Reads::everything();
         let u = full();
         let raw = serde_json::to_vec(&u).unwrap();
-        assert_eq!(decode(&raw).unwrap(), as_activation_sees(u));
+        assert_eq!(decode(&raw, &everything).unwrap(), as_activation_sees(u));
         let bare = ProfileUpdate {
             profile: Profile::new("t", "cdp_2", Vec::new(), from_millis(0)),
             version: 1,
@@ -182,7 +270,7 @@ mod tests {
             received_at: None,
         };
         let raw = serde_json::to_vec(&bare).unwrap();
-        assert_eq!(decode(&raw).unwrap(), bare);
+        assert_eq!(decode(&raw, &everything).unwrap(), bare);
     }
 
     #[test]
@@ -215,10 +303,71 @@ mod tests {
                 &["profile", "attributes", "channels_active"],
                 Some(serde_json::json!(["fax"])),
             ),
+            broken(
+                &["profile", "attributes", "traits"],
+                Some(serde_json::json!(["plan"])),
+            ),
+            broken(
+                &["profile", "attributes", "traits"],
+                Some(serde_json::Value::Null),
+            ),
+            broken(
+                &["profile", "attributes", "counts"],
+                Some(serde_json::json!(3)),
+            ),
             b"{nope".to_vec(),
         ] {
             assert!(serde_json::from_slice::<ProfileUpdate>(&bad).is_err());
-            assert!(decode(&bad).is_err(), "{}", String::from_utf8_lossy(&bad));
+            for reads in [Reads::everything(), Reads::nothing()] {
+                let refused = decode(&bad, &reads).is_err();
+                assert!(refused, "{}", String::from_utf8_lossy(&bad));
+            }
         }
+    }
+
+    #[test]
+    fn decodes_traits_and_counters_only_as_far_as_cohorts_read_them() {
+        let u = full();
+        let raw = serde_json::to_vec(&u).unwrap();
+        let whole = as_activation_sees(u);
+        let reads = |expressions: &[&str]| {
+            let mut r = Reads::nothing();
+            for e in expressions {
+                r.add(&Reads::of(e));
+            }
+            r
+        };
+
+        // The default cohorts: a counter by name, no trait.
+        let named = reads(&[
+            r#"profile.lifecycle_stage == "lead" && profile.counts["Pricing Viewed"].last_7d >= 2"#,
+            r#"profile.counts["Order Completed"].last_30d >= 1"#,
+        ]);
+        let lean = decode(&raw, &named).unwrap();
+        let a = &lean.profile.attributes;
+        assert!(a.traits.is_empty());
+        assert_eq!(a.counts.keys().collect::<Vec<_>>(), ["Pricing Viewed"]);
+        assert_eq!(
+            a.counts["Pricing Viewed"],
+            whole.profile.attributes.counts["Pricing Viewed"]
+        );
+        let mut expected = whole.clone();
+        expected.profile.attributes.traits.clear();
+        expected.profile.attributes.counts.remove("Signed Up");
+        assert_eq!(lean, expected);
+
+        // A trait read: every trait; `counts` read whole: every counter.
+        let traits = reads(&[
+            r#"profile.traits.plan == "pro""#,
+            "size(profile.counts) > 1",
+        ]);
+        assert_eq!(decode(&raw, &traits).unwrap(), whole);
+
+        // An unread counter is not decoded, so its type is not checked.
+        let mut v = serde_json::to_value(full()).unwrap();
+        v["profile"]["attributes"]["counts"]["Signed Up"] = serde_json::json!("many");
+        let odd = serde_json::to_vec(&v).unwrap();
+        assert_eq!(decode(&odd, &named).unwrap(), expected);
+        assert!(decode(&odd, &traits).is_err());
     }
 }

@@ -133,7 +133,8 @@ fn breakdown(
     spent[0] = t.elapsed();
     let t = Instant::now();
     for r in records {
-        std::hint::black_box(cdp_activation::update::decode(r).expect("update"));
+        let reads = defs.cohorts.reads();
+        std::hint::black_box(cdp_activation::update::decode(r, reads).expect("update"));
     }
     spent[6] = t.elapsed();
     for u in updates {
