@@ -1,10 +1,11 @@
 //! What a cohort expression reads, and a fingerprint of those inputs, so that a profile update
 //! re-evaluates only the cohorts whose inputs changed.
 //!
-//! The reads are found in the expression's text: `profile.<field>` and, for counters,
-//! `profile.counts["<event>"]`. Anything the analysis cannot pin down (`profile` used whole, an
-//! unknown field, `profile.counts` indexed by something else than a string literal) reads
-//! everything. A fingerprint hashes the cohort's key and expression with the values it reads as
+//! The reads are found in the expression's text: `profile.<field>`; for counters,
+//! `profile.counts["<event>"]` and `"<event>" in profile.counts`; for traits,
+//! `profile.traits.<name>`, `profile.traits["<name>"]` and `"<name>" in profile.traits`.
+//! Anything the analysis cannot pin down (`profile` used whole, an unknown field, a map indexed
+//! by something else than a string literal) reads everything, or the whole map. A fingerprint hashes the cohort's key and expression with the values it reads as
 //! the expression sees them (windows already applied at the evaluation time), so equal
 //! fingerprints mean equal results: CEL evaluation is a pure function of them.
 
@@ -27,6 +28,7 @@ const FIELDS: [&str; 10] = [
     "identifiers",
 ];
 const COUNTS: usize = 6;
+const TRAITS: usize = 7;
 const ALL_FIELDS: u16 = (1 << FIELDS.len()) - 1;
 
 /// The inputs of one expression.
@@ -36,13 +38,15 @@ pub struct Reads {
     fields: u16,
     /// Counters read by name (`counts["Pricing Viewed"]`) when `counts` is not read entirely.
     counters: Vec<String>,
+    /// Traits read by name (`traits.plan`) when `traits` is not read entirely.
+    traits: Vec<String>,
 }
 
 impl Reads {
     pub fn everything() -> Self {
         Self {
             fields: ALL_FIELDS,
-            counters: Vec::new(),
+            ..Self::nothing()
         }
     }
 
@@ -50,6 +54,7 @@ impl Reads {
         Self {
             fields: 0,
             counters: Vec::new(),
+            traits: Vec::new(),
         }
     }
 
@@ -66,15 +71,27 @@ impl Reads {
         &self.counters
     }
 
+    /// Traits read by name when `traits` is not read entirely.
+    pub fn traits(&self) -> &[String] {
+        &self.traits
+    }
+
     /// Adds what `other` reads.
     pub fn add(&mut self, other: &Reads) {
         self.fields |= other.fields;
-        if self.fields & (1 << COUNTS) != 0 {
-            self.counters.clear();
-        } else {
-            self.counters.extend(other.counters.iter().cloned());
-            self.counters.sort();
-            self.counters.dedup();
+        self.counters.extend(other.counters.iter().cloned());
+        self.traits.extend(other.traits.iter().cloned());
+        self.settle();
+    }
+
+    /// Names sorted and unique, and none kept for a map read entirely.
+    fn settle(&mut self) {
+        for (field, names) in [(COUNTS, &mut self.counters), (TRAITS, &mut self.traits)] {
+            if self.fields & (1 << field) != 0 {
+                names.clear();
+            }
+            names.sort();
+            names.dedup();
         }
     }
 
@@ -85,10 +102,7 @@ impl Reads {
 
     fn parse(expression: &str) -> Option<Self> {
         let tokens = tokenize(expression)?;
-        let mut reads = Reads {
-            fields: 0,
-            counters: Vec::new(),
-        };
+        let mut reads = Reads::nothing();
         for (i, t) in tokens.iter().enumerate() {
             if *t != Token::Ident("profile") || i > 0 && tokens[i - 1] == Token::Punct('.') {
                 continue;
@@ -99,25 +113,30 @@ impl Reads {
                 return None;
             };
             let f = FIELDS.iter().position(|x| x == field)?;
-            if f == COUNTS {
-                if let (Some(Token::Punct('[')), Some(Token::Str(name)), Some(Token::Punct(']'))) =
-                    (tokens.get(i + 3), tokens.get(i + 4), tokens.get(i + 5))
-                {
-                    reads.counters.push(name.clone());
-                    continue;
-                }
-                if let Some(name) = membership_test(&tokens, i) {
-                    reads.counters.push(name.clone());
+            if f == COUNTS || f == TRAITS {
+                let name = match (tokens.get(i + 3), tokens.get(i + 4), tokens.get(i + 5)) {
+                    (Some(Token::Punct('[')), Some(Token::Str(name)), Some(Token::Punct(']'))) => {
+                        Some(name.clone())
+                    }
+                    // `traits.plan`, a field of the map; `traits.exists(...)` is a macro.
+                    (Some(Token::Punct('.')), Some(Token::Ident(name)), next)
+                        if f == TRAITS && next != Some(&Token::Punct('(')) =>
+                    {
+                        Some(name.to_string())
+                    }
+                    _ => membership_test(&tokens, i).cloned(),
+                };
+                if let Some(name) = name {
+                    match f {
+                        COUNTS => reads.counters.push(name),
+                        _ => reads.traits.push(name),
+                    }
                     continue;
                 }
             }
             reads.fields |= 1 << f;
         }
-        if reads.fields & (1 << COUNTS) != 0 {
-            reads.counters.clear();
-        }
-        reads.counters.sort();
-        reads.counters.dedup();
+        reads.settle();
         Some(reads)
     }
 }
@@ -265,6 +284,19 @@ impl<'p> InputHashes<'p> {
         h
     }
 
+    fn named_trait(&self, name: &str) -> u64 {
+        let mut h = DefaultHasher::new();
+        name.hash(&mut h);
+        match self.profile.attributes.traits.get(name) {
+            Some(v) => {
+                1u8.hash(&mut h);
+                hash_json(v, &mut h);
+            }
+            None => 0u8.hash(&mut h),
+        }
+        h.finish()
+    }
+
     fn field(&mut self, i: usize) -> u64 {
         if let Some(h) = self.fields[i] {
             return h;
@@ -331,6 +363,9 @@ impl<'p> InputHashes<'p> {
         }
         for name in &reads.counters {
             f = mix(f, self.counter(name));
+        }
+        for name in &reads.traits {
+            f = mix(f, self.named_trait(name));
         }
         f & !1
     }
@@ -416,6 +451,34 @@ mod tests {
     }
 
     #[test]
+    fn reads_follow_the_traits_named() {
+        let r = Reads::of(
+            r#"has(profile.traits.plan) && profile.traits["seats"] > 3 || "vip" in profile.traits"#,
+        );
+        assert_eq!(r.fields, 0);
+        assert_eq!(r.traits, ["plan", "seats", "vip"]);
+        // A nested field reads the trait that holds it.
+        let r = Reads::of(r#"profile.traits.company.size == "large""#);
+        assert_eq!(r.traits, ["company"]);
+        // The map used whole, or indexed by an expression: every trait.
+        for e in [
+            "size(profile.traits) > 2",
+            "profile.traits.exists(k, k.startsWith(\"utm_\"))",
+            "profile.traits[profile.segment] == 1 && profile.traits.plan == 1",
+            r#"profile.traits == {"plan": "pro"}"#,
+        ] {
+            let r = Reads::of(e);
+            assert!(r.field("traits"), "{e}");
+            assert!(r.traits.is_empty(), "{e}");
+        }
+        let mut both = Reads::of("profile.traits.plan == 1");
+        both.add(&Reads::of("profile.traits.seats == 1"));
+        assert_eq!(both.traits, ["plan", "seats"]);
+        both.add(&Reads::of("size(profile.traits) > 0"));
+        assert!(both.field("traits") && both.traits.is_empty());
+    }
+
+    #[test]
     fn what_cannot_be_pinned_down_reads_everything() {
         for e in [
             "size(profile) > 3",
@@ -470,6 +533,25 @@ mod tests {
         other.attributes.lifecycle_stage = Some("customer".into());
         assert_ne!(fp(&other, now), with_p);
 
+        let traits = r#"profile.traits.plan == "pro""#;
+        let reads = Reads::of(traits);
+        let fp = |p: &Profile| InputHashes::new(p, now).fingerprint(seed("k", traits), &reads);
+        let base = fp(&p);
+        let mut other = p.clone();
+        other.attributes.traits.insert("seats".into(), 3.into());
+        assert_eq!(fp(&other), base, "a trait it does not read");
+        other.attributes.traits.insert("plan".into(), "pro".into());
+        let pro = fp(&other);
+        assert_ne!(pro, base, "a trait it reads, set");
+        other.attributes.traits.insert("plan".into(), "free".into());
+        assert_ne!(fp(&other), pro, "a trait it reads, changed");
+        other
+            .attributes
+            .traits
+            .insert("plan".into(), serde_json::Value::Null);
+        assert_ne!(fp(&other), base, "null is not absent");
+
+        let reads = Reads::of(expr);
         let mut hashes = InputHashes::new(&p, now);
         assert_ne!(
             hashes.fingerprint(seed("k", expr), &reads),

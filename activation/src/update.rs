@@ -4,9 +4,9 @@
 //! skips the merge history, aliases, trait and counter timestamps and first-seen time without
 //! building them, which is most of what decoding a long-lived profile costs.
 //!
-//! Traits and event counters are decoded only as far as the cohorts read them ([`Reads`]): no
-//! trait when no expression reads `profile.traits`, and only the counters named when none reads
-//! `profile.counts` whole. What no cohort reads cannot change a membership, nor the instant a
+//! Traits and event counters are decoded only as far as the cohorts read them ([`Reads`]): only
+//! the traits named when no expression reads `profile.traits` whole (none when none reads a
+//! trait), and only the counters named when none reads `profile.counts` whole. What no cohort reads cannot change a membership, nor the instant a
 //! window could change one ([`crate::timer`]).
 //!
 //! The fields it skips must still be present where the full type requires them (`created_at`
@@ -17,11 +17,12 @@ use crate::inputs::Reads;
 use cdp_proto::{
     Attributes, Consent, EventCounter, Identifier, Profile, ProfileUpdate, Source, Timestamp,
 };
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
 
 /// The update, with only what activation reads of the profile (see the module doc) and of its
 /// traits and counters what `reads` names.
@@ -31,20 +32,32 @@ pub fn decode(raw: &[u8], reads: &Reads) -> Result<ProfileUpdate, serde_json::Er
     let a = p.attributes;
     let traits = match a.traits {
         Some(t) if reads.field("traits") => serde_json::from_str(t.get())?,
-        Some(t) if !t.get().starts_with('{') => {
+        Some(t) if reads.traits().is_empty() && !t.get().starts_with('{') => {
             return Err(de::Error::invalid_type(
                 de::Unexpected::Other(t.get()),
                 &"a map",
             ));
         }
+        Some(t) if !reads.traits().is_empty() => {
+            entries(t, |name| reads.traits().iter().any(|n| n == name))?
+        }
         _ => BTreeMap::new(),
     };
     let counts = match a.counts {
         Some(c) => {
-            let mut d = serde_json::Deserializer::from_str(c.get());
-            let counts = Counters(reads).deserialize(&mut d)?;
-            d.end()?;
-            counts
+            let all = reads.field("counts");
+            let counters = entries(c, |name| all || reads.counters().iter().any(|n| n == name))?;
+            counters
+                .into_iter()
+                .map(|(name, c): (String, LeanCounter)| {
+                    let counter = EventCounter {
+                        total: c.total,
+                        last_at: None,
+                        daily: c.daily,
+                    };
+                    (name, counter)
+                })
+                .collect()
         }
         None => BTreeMap::new(),
     };
@@ -133,37 +146,33 @@ struct LeanCounter {
     daily: BTreeMap<i64, u64>,
 }
 
-/// The counters `0` reads, from the `counts` object.
-struct Counters<'r>(&'r Reads);
-
-impl<'de> DeserializeSeed<'de> for Counters<'_> {
-    type Value = BTreeMap<String, EventCounter>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
+/// The entries of the JSON object `json` whose names `wanted` accepts, decoded; the others are
+/// skipped without being decoded.
+fn entries<T: DeserializeOwned>(
+    json: &RawValue,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<BTreeMap<String, T>, serde_json::Error> {
+    let mut d = serde_json::Deserializer::from_str(json.get());
+    let map = d.deserialize_map(Entries(wanted, PhantomData))?;
+    d.end()?;
+    Ok(map)
 }
 
-impl<'de> Visitor<'de> for Counters<'_> {
-    type Value = BTreeMap<String, EventCounter>;
+struct Entries<F, T>(F, PhantomData<T>);
+
+impl<'de, F: Fn(&str) -> bool, T: DeserializeOwned> Visitor<'de> for Entries<F, T> {
+    type Value = BTreeMap<String, T>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a map of event counters")
+        f.write_str("a map")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let all = self.0.field("counts");
-        let named = self.0.counters();
         let mut out = BTreeMap::new();
         while let Some(Key(name)) = map.next_key()? {
-            if all || named.iter().any(|n| *n == name) {
-                let c: LeanCounter = map.next_value()?;
-                let counter = EventCounter {
-                    total: c.total,
-                    last_at: None,
-                    daily: c.daily,
-                };
-                out.insert(name.into_owned(), counter);
+            if (self.0)(&name) {
+                let value = map.next_value()?;
+                out.insert(name.into_owned(), value);
             } else {
                 map.next_value::<IgnoredAny>()?;
             }
@@ -356,11 +365,26 @@ mod tests {
         expected.profile.attributes.counts.remove("Signed Up");
         assert_eq!(lean, expected);
 
-        // A trait read: every trait; `counts` read whole: every counter.
-        let traits = reads(&[
-            r#"profile.traits.plan == "pro""#,
-            "size(profile.counts) > 1",
+        // A trait read by name: that trait (here, every one the profile has).
+        let mut v = serde_json::to_value(full()).unwrap();
+        v["profile"]["attributes"]["traits"]["seats"] = serde_json::json!(12);
+        let two = serde_json::to_vec(&v).unwrap();
+        let plan = reads(&[r#"profile.traits.plan.tier[0] == "pro""#]);
+        let lean = decode(&two, &plan).unwrap();
+        assert_eq!(
+            lean.profile.attributes.traits,
+            whole.profile.attributes.traits
+        );
+        assert!(lean.profile.attributes.counts.is_empty());
+        let seats = reads(&[
+            r#"has(profile.traits.seats)"#,
+            r#""plan" in profile.traits"#,
         ]);
+        let lean = decode(&two, &seats).unwrap();
+        assert_eq!(lean.profile.attributes.traits.len(), 2);
+
+        // The traits or `counts` read whole: every trait, every counter.
+        let traits = reads(&["size(profile.traits) > 0", "size(profile.counts) > 1"]);
         assert_eq!(decode(&raw, &traits).unwrap(), whole);
 
         // An unread counter is not decoded, so its type is not checked.

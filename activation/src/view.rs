@@ -117,7 +117,11 @@ impl ProfileView {
             traits: if reads.field("traits") {
                 a.traits.clone()
             } else {
-                BTreeMap::new()
+                reads
+                    .traits()
+                    .iter()
+                    .filter_map(|name| Some((name.clone(), a.traits.get(name)?.clone())))
+                    .collect()
             },
             consent: if reads.field("consent") {
                 p.consent.0.clone()
