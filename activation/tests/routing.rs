@@ -328,6 +328,37 @@ fn a_window_expiring_without_a_new_event_exits_from_the_timer() {
 }
 
 #[test]
+fn a_counter_no_cohort_reads_sets_no_timer() {
+    let mut h = Harness::new();
+    let mut browser = profile("p1", "visitor", None);
+    browser
+        .attributes
+        .counts
+        .entry("Page Viewed".into())
+        .or_default()
+        .record(t0());
+    let records = vec![h.input.update(&browser, 1)];
+    h.apply(records, t0());
+    // The cohorts read `Order Completed` only: nothing is due at any window's boundary.
+    for days in [1, 7, 30, 31] {
+        let (fired, out) = h.timers(from_millis(T0_MS + days * DAY_MS));
+        assert_eq!((fired, out.len()), (0, 0), "day {days}");
+    }
+
+    // An order is read: its windows are due.
+    browser
+        .attributes
+        .counts
+        .entry("Order Completed".into())
+        .or_default()
+        .record(t0());
+    let records = vec![h.input.update(&browser, 2)];
+    h.apply(records, t0());
+    let (fired, _) = h.timers(from_millis(T0_MS + 31 * DAY_MS));
+    assert_eq!(fired, 1);
+}
+
+#[test]
 fn a_new_event_reschedules_and_deletion_cancels_the_timer() {
     let mut h = Harness::new();
     let mut buyer = profile("p1", "visitor", None);
