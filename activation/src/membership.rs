@@ -771,14 +771,20 @@ impl<'s> MembershipTxn<'s> {
         {
             return Ok(v.clone());
         }
-        let v = self
+        let stored = self
             .store
             .db
             .get_cf_opt(self.store.cf(CF_VERSIONS), &key, &self.store.read)
-            .map_err(storage)?
-            .map(|b| Applied::decode(&b))
-            .transpose()?
-            .unwrap_or_default();
+            .map_err(storage)?;
+        let v = match stored {
+            Some(b) => Applied::decode(&b)?,
+            None => {
+                // Never applied: a due time is written only with an applied state (in the same
+                // write), and applied states are never deleted, so there is none to read.
+                self.kv_reads.insert((CF_DUE_OF, key.clone()), None);
+                Applied::default()
+            }
+        };
         self.version_reads.insert(key, v.clone());
         Ok(v)
     }
