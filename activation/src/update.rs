@@ -32,14 +32,15 @@ pub fn decode(raw: &[u8], reads: &Reads) -> Result<ProfileUpdate, serde_json::Er
     let a = p.attributes;
     let traits = match a.traits {
         Some(t) if reads.field("traits") => serde_json::from_str(t.get())?,
-        Some(t) if reads.traits().is_empty() && !t.get().starts_with('{') => {
+        Some(t) if !reads.traits().is_empty() => {
+            entries(t, |name| reads.traits().iter().any(|n| n == name))?
+        }
+        // No trait read: only its shape is checked.
+        Some(t) if !t.get().starts_with('{') => {
             return Err(de::Error::invalid_type(
                 de::Unexpected::Other(t.get()),
                 &"a map",
             ));
-        }
-        Some(t) if !reads.traits().is_empty() => {
-            entries(t, |name| reads.traits().iter().any(|n| n == name))?
         }
         _ => BTreeMap::new(),
     };

@@ -39,7 +39,6 @@ pub fn push_change(txn: &mut Txn, topic: &str, change: &IdentityChange) {
 pub struct RenderedUpdate {
     pub tenant: String,
     pub canonical_id: String,
-    pub version: u64,
     pub updated_at: Timestamp,
     pub cause: Option<String>,
     pub received_at: Option<Timestamp>,
@@ -54,7 +53,6 @@ impl RenderedUpdate {
             body: ProfileUpdate::json_of(profile, cause.as_deref(), received_at),
             tenant: profile.tenant.clone(),
             canonical_id: profile.canonical_id.clone(),
-            version: profile.version,
             updated_at: profile.updated_at,
             cause,
             received_at,
