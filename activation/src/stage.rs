@@ -383,7 +383,7 @@ enum Input {
 }
 
 fn decode<T: serde::de::DeserializeOwned>(r: &Record) -> Result<T, Rejection> {
-    serde_json::from_slice(value(r)?).map_err(invalid)
+    cdp_proto::json::from_bytes(value(r)?).map_err(invalid)
 }
 
 fn value(r: &Record) -> Result<&[u8], Rejection> {

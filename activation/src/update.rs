@@ -27,7 +27,7 @@ use std::marker::PhantomData;
 /// The update, with only what activation reads of the profile (see the module doc) and of its
 /// traits and counters what `reads` names.
 pub fn decode(raw: &[u8], reads: &Reads) -> Result<ProfileUpdate, serde_json::Error> {
-    let u: Update = serde_json::from_slice(raw)?;
+    let u: Update = cdp_proto::json::from_bytes(raw)?;
     let p = u.profile;
     let a = p.attributes;
     let traits = match a.traits {

@@ -4,6 +4,7 @@
 pub mod change;
 pub mod dlq;
 pub mod identifier;
+pub mod json;
 pub mod normalize;
 pub mod profile;
 pub mod rfc3339;

@@ -199,7 +199,7 @@ pub fn encode_link(l: &Link) -> Vec<u8> {
 
 pub fn decode_link(b: &[u8]) -> Result<Link> {
     if b.first() == Some(&b'{') {
-        return serde_json::from_slice(b).map_err(|_| DecodeError("link JSON"));
+        return cdp_proto::json::from_bytes(b).map_err(|_| DecodeError("link JSON"));
     }
     let mut r = Reader::new(b)?;
     let link = Link {
@@ -228,7 +228,7 @@ pub fn decode_link(b: &[u8]) -> Result<Link> {
 pub fn decode_link_head(b: &[u8]) -> Result<LinkHead<'_>> {
     if b.first() == Some(&b'{') {
         let json: crate::link::LinkJsonHead =
-            serde_json::from_slice(b).map_err(|_| DecodeError("link JSON"))?;
+            cdp_proto::json::from_bytes(b).map_err(|_| DecodeError("link JSON"))?;
         return json.head().ok_or(DecodeError("link observed_at"));
     }
     let mut r = Reader::new(b)?;
@@ -545,8 +545,8 @@ impl<'a> Reader<'a> {
             },
             traits: self.map(|r| {
                 let key = r.string()?;
-                let value =
-                    serde_json::from_slice(r.bytes()?).map_err(|_| DecodeError("trait value"))?;
+                let value = cdp_proto::json::from_bytes(r.bytes()?)
+                    .map_err(|_| DecodeError("trait value"))?;
                 Ok((key, value))
             })?,
             trait_times: self.map(|r| Ok((r.string()?, r.time()?)))?,

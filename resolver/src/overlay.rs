@@ -93,7 +93,7 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
     pub fn carrying(cf: Cf, carried: Carried<K, V, S>) -> Self {
         Self {
             cf,
-            entries: HashMap::default(),
+            entries: HashMap::with_capacity_and_hasher(carried.last_used, S::default()),
             carried,
         }
     }
@@ -228,6 +228,7 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
     /// once the writes of [`Self::push_ops`] are committed, as that is what it now holds.
     pub fn into_carried(self) -> Carried<K, V, S> {
         let mut carried = self.carried;
+        carried.last_used = self.entries.len();
         for (k, slot) in self.entries {
             carried.insert(k, slot.value);
         }

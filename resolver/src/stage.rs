@@ -579,7 +579,8 @@ fn parse<T: serde::de::DeserializeOwned>(
         .value
         .as_deref()
         .ok_or_else(|| Rejection::new("tombstone", format!("{record} record has no value")))?;
-    serde_json::from_slice(value).map_err(|e| Rejection::new(code, format!("not a {what}: {e}")))
+    cdp_proto::json::from_bytes(value)
+        .map_err(|e| Rejection::new(code, format!("not a {what}: {e}")))
 }
 
 /// Parses and checks a command record.

@@ -11,6 +11,7 @@
 
 use crate::hub::Reaches;
 use crate::link::Link;
+use crate::matching::blocking::Block;
 use crate::matching::field::Record;
 use crate::overlay::{ByBytes, ById};
 use crate::txn::{NodeId, NodeRecord};
@@ -26,6 +27,9 @@ pub struct Generations<K, V, S> {
     old: HashMap<K, V, S>,
     /// Entries per generation; 0 keeps nothing.
     half: usize,
+    /// Keys the last transaction over this column family read or wrote, so the next one's
+    /// table starts at that size instead of growing (and rehashing) key by key.
+    pub(crate) last_used: usize,
 }
 
 impl<K: Hash + Eq, V, S: BuildHasher + Default> Generations<K, V, S> {
@@ -35,6 +39,7 @@ impl<K: Hash + Eq, V, S: BuildHasher + Default> Generations<K, V, S> {
             young: HashMap::default(),
             old: HashMap::default(),
             half: capacity.div_ceil(2),
+            last_used: 0,
         }
     }
 
@@ -85,6 +90,8 @@ pub(crate) struct Held {
     pub pairs: Carried<Vec<u8>, u64, ByBytes>,
     pub hubs: Carried<NodeId, Reaches>,
     pub match_records: Carried<NodeId, Record>,
+    /// Keeps no block (see [`StateCache`]), only how many the last transaction read.
+    pub blocks: Carried<Vec<u8>, Block, ByBytes>,
     /// The `meta` counters (next node, next link, next outbox sequence) as last committed.
     pub counters: Option<[u64; 3]>,
 }
@@ -102,6 +109,7 @@ impl Held {
             pairs: Generations::new(entries),
             hubs: Generations::new(entries),
             match_records: Generations::new(entries),
+            blocks: Generations::new(0),
             counters: None,
         }
     }

@@ -89,7 +89,7 @@ impl<'s> Txn<'s> {
             links: Overlay::carrying(Cf::Links, h.links),
             pairs: Overlay::carrying(Cf::Pairs, h.pairs),
             hubs: Overlay::carrying(Cf::Hubs, h.hubs),
-            blocks: Overlay::new(Cf::Blocks),
+            blocks: Overlay::carrying(Cf::Blocks, h.blocks),
             match_records: Overlay::carrying(Cf::MatchRecords, h.match_records),
             extra: Vec::new(),
             // Node 0 is never used, so a zero in a key is never a real node.
@@ -415,6 +415,7 @@ impl<'s> Txn<'s> {
                 pairs: self.pairs.into_carried(),
                 hubs: self.hubs.into_carried(),
                 match_records: self.match_records.into_carried(),
+                blocks: self.blocks.into_carried(),
                 counters: Some(counters),
             });
         }
@@ -483,7 +484,7 @@ pub fn decode_node(b: &[u8]) -> Result<NodeRecord> {
 }
 
 pub fn decode_json<T: DeserializeOwned>(cf: Cf, b: &[u8]) -> Result<T> {
-    serde_json::from_slice(b).map_err(|e| corrupt(cf, e))
+    cdp_proto::json::from_bytes(b).map_err(|e| corrupt(cf, e))
 }
 
 pub fn encode_json<T: Serialize>(v: &T) -> Vec<u8> {
