@@ -62,28 +62,10 @@ impl ProfileUpdate {
         cause: Option<&str>,
         received_at: Option<Timestamp>,
     ) -> Vec<u8> {
-        let view = UpdateView {
-            profile,
-            version: profile.version,
-            cause,
-            received_at,
-        };
-        serde_json::to_vec(&view).expect("a profile update serialises")
+        let mut out = Vec::with_capacity(1024);
+        crate::render::profile_update(&mut out, profile, cause, received_at);
+        out
     }
-}
-
-/// [`ProfileUpdate`] borrowing its parts; serialised alike (field for field, in order).
-#[derive(Serialize)]
-struct UpdateView<'a> {
-    profile: &'a Profile,
-    version: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cause: Option<&'a str>,
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        with = "crate::rfc3339::option"
-    )]
-    received_at: Option<Timestamp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,6 +7,7 @@ pub mod identifier;
 pub mod json;
 pub mod normalize;
 pub mod profile;
+mod render;
 pub mod rfc3339;
 pub mod signal;
 pub mod time;

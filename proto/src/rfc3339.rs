@@ -121,6 +121,19 @@ pub fn serialize<S: Serializer>(t: &Timestamp, serializer: S) -> Result<S::Ok, S
     }
 }
 
+/// Appends `t` as a JSON string to `out`: the bytes [`serialize`] makes `serde_json` write.
+pub fn write_json(t: &Timestamp, out: &mut Vec<u8>) {
+    let mut buf = [0u8; MAX_LEN];
+    match write(t, &mut buf) {
+        Some(len) => {
+            out.push(b'"');
+            out.extend_from_slice(&buf[..len]);
+            out.push(b'"');
+        }
+        None => serde_json::to_writer(out, t).expect("a timestamp serialises"),
+    }
+}
+
 pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
     deserializer.deserialize_str(Visitor)
 }
