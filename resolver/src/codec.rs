@@ -3,11 +3,15 @@
 //! logic; this form is a few varints and length-prefixed strings. A rebuild reads every link of
 //! a tenant, so links also decode to a borrowed [`LinkHead`] without allocating. Links written
 //! as JSON by an older version still read (a JSON object starts with `{`, never the format
-//! byte). JSON stays on the topics, where people read it. Every record starts with a format
+//! byte; probabilistic links, with their evidence, were JSON until the second link format). JSON
+//! stays on the topics, where people read it. Every record starts with a format
 //! byte, so a change of layout is detected rather than misread. Trait values are arbitrary JSON
 //! and are kept as JSON text.
 
 use crate::link::{EndRef, Link, LinkDecision, LinkHead};
+use crate::matching::compare::Level;
+use crate::matching::field::Field;
+use crate::matching::model::{Contribution, Score};
 use crate::outbox::UpdateRef;
 use crate::txn::NodeRecord;
 use cdp_proto::profile::{Attributes, EventCounter, MergeRecord};
@@ -16,6 +20,9 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 const FORMAT: u8 = 1;
+/// Links from this version on: [`FORMAT`]'s layout followed by the optional evidence of a
+/// probabilistic link. Links in [`FORMAT`] have none (such links were kept as JSON).
+const LINK_FORMAT: u8 = 2;
 
 /// Why a stored record could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -167,13 +174,8 @@ pub fn encode_link(l: &Link) -> Vec<u8> {
         decision,
         evidence,
     } = l;
-    // Evidence (probabilistic links, a few) has the shape matching gives it: such a link stays
-    // JSON, as it always was, so its numbers read back exactly as the JSON reader makes them.
-    if evidence.is_some() {
-        return serde_json::to_vec(l).expect("a link serialises");
-    }
     let mut w = Writer(Vec::with_capacity(128));
-    w.0.push(FORMAT);
+    w.0.push(LINK_FORMAT);
     w.uint(*id);
     w.str(tenant);
     w.identifier(a);
@@ -194,6 +196,22 @@ pub fn encode_link(l: &Link) -> Vec<u8> {
             w.str(reason);
         }
     }
+    w.opt(evidence.as_ref(), |w, score| {
+        let Score {
+            model_version,
+            probability,
+            weight,
+            contributions,
+        } = score;
+        w.uint(*model_version);
+        w.0.extend_from_slice(&probability.to_le_bytes());
+        w.0.extend_from_slice(&weight.to_le_bytes());
+        w.seq(contributions, |w, c| {
+            w.0.push(c.field.index());
+            w.0.push(c.level as u8);
+            w.0.extend_from_slice(&c.weight.to_le_bytes());
+        });
+    });
     w.0
 }
 
@@ -201,8 +219,8 @@ pub fn decode_link(b: &[u8]) -> Result<Link> {
     if b.first() == Some(&b'{') {
         return cdp_proto::json::from_bytes(b).map_err(|_| DecodeError("link JSON"));
     }
-    let mut r = Reader::new(b)?;
-    let link = Link {
+    let (mut r, format) = Reader::link(b)?;
+    let mut link = Link {
         id: r.uint()?,
         tenant: r.string()?,
         a: r.identifier()?,
@@ -220,6 +238,9 @@ pub fn decode_link(b: &[u8]) -> Result<Link> {
         },
         evidence: None,
     };
+    if format == LINK_FORMAT {
+        link.evidence = r.opt(Reader::score)?;
+    }
     r.end()?;
     Ok(link)
 }
@@ -231,7 +252,7 @@ pub fn decode_link_head(b: &[u8]) -> Result<LinkHead<'_>> {
             cdp_proto::json::from_bytes(b).map_err(|_| DecodeError("link JSON"))?;
         return json.head().ok_or(DecodeError("link observed_at"));
     }
-    let mut r = Reader::new(b)?;
+    let (mut r, format) = Reader::link(b)?;
     fn end<'a>(r: &mut Reader<'a>) -> Result<EndRef<'a>> {
         Ok(EndRef {
             kind: Cow::Borrowed(r.str()?),
@@ -266,6 +287,7 @@ pub fn decode_link_head(b: &[u8]) -> Result<LinkHead<'_>> {
         }
         _ => return Err(DecodeError("link decision")),
     };
+    let has_evidence = format == LINK_FORMAT && r.opt(Reader::score)?.is_some();
     r.end()?;
     Ok(LinkHead {
         id,
@@ -276,7 +298,7 @@ pub fn decode_link_head(b: &[u8]) -> Result<LinkHead<'_>> {
         confidence,
         observed_at_ms,
         decision: Cow::Borrowed(decision),
-        has_evidence: false,
+        has_evidence,
     })
 }
 
@@ -322,24 +344,22 @@ impl Writer {
         self.uint(u64::from(t.timestamp_subsec_nanos()));
     }
 
-    fn opt_time(&mut self, t: &Option<Timestamp>) {
-        match t {
+    fn opt<T>(&mut self, v: Option<T>, f: impl FnOnce(&mut Self, T)) {
+        match v {
             None => self.0.push(0),
-            Some(t) => {
+            Some(v) => {
                 self.0.push(1);
-                self.time(t);
+                f(self, v);
             }
         }
     }
 
+    fn opt_time(&mut self, t: &Option<Timestamp>) {
+        self.opt(t.as_ref(), Self::time);
+    }
+
     fn opt_str(&mut self, s: &Option<String>) {
-        match s {
-            None => self.0.push(0),
-            Some(s) => {
-                self.0.push(1);
-                self.str(s);
-            }
-        }
+        self.opt(s.as_deref(), Self::str);
     }
 
     fn identifier(&mut self, id: &Identifier) {
@@ -401,6 +421,37 @@ impl<'a> Reader<'a> {
             Some((&FORMAT, rest)) => Ok(Self { b: rest }),
             _ => Err(DecodeError("unknown format")),
         }
+    }
+
+    /// A link's reader, and its format ([`FORMAT`] or [`LINK_FORMAT`]).
+    fn link(b: &'a [u8]) -> Result<(Self, u8)> {
+        match b.split_first() {
+            Some((&format, rest)) if format == FORMAT || format == LINK_FORMAT => {
+                Ok((Self { b: rest }, format))
+            }
+            _ => Err(DecodeError("unknown format")),
+        }
+    }
+
+    fn score(&mut self) -> Result<Score> {
+        Ok(Score {
+            model_version: self.uint()?,
+            probability: self.f64()?,
+            weight: self.f64()?,
+            contributions: self.vec(|r| {
+                let field = *Field::ALL
+                    .get(usize::from(r.byte()?))
+                    .ok_or(DecodeError("match field"))?;
+                let level = *Level::ALL
+                    .get(usize::from(r.byte()?))
+                    .ok_or(DecodeError("match level"))?;
+                Ok(Contribution {
+                    field,
+                    level,
+                    weight: r.f64()?,
+                })
+            })?,
+        })
     }
 
     fn end(&self) -> Result<()> {
@@ -659,6 +710,30 @@ mod tests {
             decision,
             ..base.clone()
         })
+        .chain(
+            [LinkDecision::Accepted, LinkDecision::Candidate].map(|decision| Link {
+                decision,
+                rule: "probabilistic".into(),
+                evidence: Some(Score {
+                    model_version: 3,
+                    probability: 0.96875,
+                    weight: 4.5,
+                    contributions: vec![
+                        Contribution {
+                            field: Field::LastName,
+                            level: Level::Close,
+                            weight: 3.25,
+                        },
+                        Contribution {
+                            field: Field::BirthDate,
+                            level: Level::DayMonthSwapped,
+                            weight: -1.5,
+                        },
+                    ],
+                }),
+                ..base.clone()
+            }),
+        )
         .collect()
     }
 
@@ -676,13 +751,27 @@ mod tests {
                 assert_eq!(head.confidence, link.confidence);
                 assert_eq!(head.observed_at_ms, link.observed_at.timestamp_millis());
                 assert_eq!(head.decision, link.decision.tag());
-                assert!(!head.has_evidence);
+                assert_eq!(head.has_evidence, link.evidence.is_some());
             }
         }
-        let bytes = encode_link(&links()[2]);
-        for cut in 0..bytes.len() {
-            assert!(decode_link(&bytes[..cut]).is_err(), "cut at {cut}");
-            assert!(decode_link_head(&bytes[..cut]).is_err(), "cut at {cut}");
+        for link in [&links()[2], &links()[5]] {
+            let bytes = encode_link(link);
+            for cut in 0..bytes.len() {
+                assert!(decode_link(&bytes[..cut]).is_err(), "cut at {cut}");
+                assert!(decode_link_head(&bytes[..cut]).is_err(), "cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn links_of_the_first_binary_format_still_read() {
+        // The first format: no evidence field (probabilistic links were JSON then).
+        for link in links().into_iter().filter(|l| l.evidence.is_none()) {
+            let mut bytes = encode_link(&link);
+            assert_eq!(bytes.pop(), Some(0), "no evidence");
+            bytes[0] = FORMAT;
+            assert_eq!(decode_link(&bytes).unwrap(), link);
+            assert!(!decode_link_head(&bytes).unwrap().has_evidence);
         }
     }
 
