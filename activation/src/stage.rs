@@ -616,9 +616,7 @@ fn emit(
         identifiers,
     };
     let key = change.key();
-    // A change with its identifiers is a few hundred bytes: one allocation, not several.
-    let mut value = Vec::with_capacity(512);
-    serde_json::to_writer(&mut value, &change).expect("CohortChange serialises");
+    let value = change.to_json();
     txn.push_outbox(
         OutRecord::new(&config.cohorts_topic, key.as_bytes(), value.clone()).to_bytes(),
     );

@@ -99,7 +99,7 @@ pub fn process_batch_with(
                     out.records.push(OutRecord::new(
                         config.signals_topic.as_str(),
                         tenant.as_bytes(),
-                        serde_json::to_vec(signal)?,
+                        signal.to_json(),
                     ));
                 }
                 out.signals += signals.len() as u64;

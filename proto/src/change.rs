@@ -75,6 +75,16 @@ pub enum CohortChangeKind {
     Exited,
 }
 
+impl CohortChangeKind {
+    /// The serialised name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CohortChangeKind::Entered => "entered",
+            CohortChangeKind::Exited => "exited",
+        }
+    }
+}
+
 /// Published on `cdp.cohorts`, keyed `audience_key:canonical_id`, as a Segment-style track event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CohortChange {
@@ -95,6 +105,14 @@ pub struct CohortChange {
 }
 
 impl CohortChange {
+    /// The change's JSON: the bytes `serde_json` writes for it, written faster (see
+    /// `crate::render`).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        crate::render::cohort_change(&mut out, self);
+        out
+    }
+
     pub fn key(&self) -> String {
         format!("{}:{}", self.audience_key, self.canonical_id)
     }

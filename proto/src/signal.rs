@@ -109,6 +109,16 @@ pub struct Signal {
     pub consent: Consent,
 }
 
+impl Signal {
+    /// The signal's JSON: the bytes `serde_json` writes for it, written faster (see
+    /// `crate::render`).
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(512);
+        crate::render::signal(&mut out, self);
+        out
+    }
+}
+
 fn is_empty_consent(c: &Consent) -> bool {
     c.0.is_empty()
 }
