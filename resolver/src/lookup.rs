@@ -385,6 +385,10 @@ impl GraphStore for WatchedStore {
     fn for_each_prefix(&self, cf: Cf, prefix: &[u8], f: &mut Visit<'_>) -> Result<()> {
         self.inner.for_each_prefix(cf, prefix, f)
     }
+
+    fn holds_any(&self, cf: Cf) -> Result<bool> {
+        self.inner.holds_any(cf)
+    }
 }
 
 #[cfg(test)]

@@ -202,6 +202,11 @@ impl GraphStore for PipelinedStore<'_> {
         self.sync()?;
         self.inner.for_each_prefix(cf, prefix, f)
     }
+
+    fn holds_any(&self, cf: Cf) -> Result<bool> {
+        self.sync()?;
+        self.inner.holds_any(cf)
+    }
 }
 
 #[cfg(test)]

@@ -94,6 +94,9 @@ pub(crate) struct Held {
     pub blocks: Carried<Vec<u8>, Block, ByBytes>,
     /// The `meta` counters (next node, next link, next outbox sequence) as last committed.
     pub counters: Option<[u64; 3]>,
+    /// Whether any identifier has a tombstone, once a transaction has looked (`Some(false)`
+    /// spares each new identifier its tombstone read until `forget` writes one).
+    pub tombstones: Option<bool>,
 }
 
 impl Held {
@@ -111,6 +114,7 @@ impl Held {
             match_records: Generations::new(entries),
             blocks: Generations::new(0),
             counters: None,
+            tombstones: None,
         }
     }
 }

@@ -138,6 +138,11 @@ pub trait GraphStore: Send + Sync {
         }
         Ok(())
     }
+    /// Whether `cf` holds any entry. Engines that can seek override it, so that the answer
+    /// reads one entry, not all of them.
+    fn holds_any(&self, cf: Cf) -> Result<bool> {
+        Ok(!self.scan_prefix(cf, b"")?.is_empty())
+    }
 }
 
 /// `[resolver.storage]`: the memory RocksDB may take, whatever the size of the graph. Without
@@ -335,6 +340,22 @@ impl GraphStore for RocksStore {
     fn scan_from(&self, cf: Cf, from: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.scan(cf, from, b"")
     }
+
+    fn holds_any(&self, cf: Cf) -> Result<bool> {
+        let Some(handle) = self.cf(cf) else {
+            return Ok(false);
+        };
+        let mut read = rocksdb::ReadOptions::default();
+        read.set_total_order_seek(true);
+        match self
+            .db
+            .iterator_cf_opt(handle, read, rocksdb::IteratorMode::Start)
+            .next()
+        {
+            Some(item) => item.map(|_| true).map_err(storage),
+            None => Ok(false),
+        }
+    }
 }
 
 impl RocksStore {
@@ -451,6 +472,26 @@ mod tests {
             .write(vec![(Cf::ALL[0], b"k".to_vec(), Some(b"v".to_vec()))])
             .unwrap();
         assert_eq!(store.get(Cf::ALL[0], b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
+    fn holds_any_answers_as_a_scan_would_after_writes_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let rocks = RocksStore::open(dir.path()).unwrap();
+        let mem = MemStore::default();
+        let stores: [&dyn GraphStore; 2] = [&rocks, &mem];
+        for store in stores {
+            assert!(!store.holds_any(Cf::Tombstones).unwrap());
+            store
+                .write(vec![(Cf::Tombstones, b"t".to_vec(), Some(b"x".to_vec()))])
+                .unwrap();
+            assert!(store.holds_any(Cf::Tombstones).unwrap());
+            assert!(!store.holds_any(Cf::Aliases).unwrap(), "another family");
+            store
+                .write(vec![(Cf::Tombstones, b"t".to_vec(), None)])
+                .unwrap();
+            assert!(!store.holds_any(Cf::Tombstones).unwrap());
+        }
     }
 
     /// Column families with a hash-indexed memtable still read in key order: entries in the

@@ -39,6 +39,9 @@ pub struct Txn<'s> {
     next_node: NodeId,
     next_link: u64,
     next_outbox: u64,
+    /// Whether the tombstones column family holds anything (`None`: not looked yet); carried
+    /// by the cache, so a stream of new identifiers reads no tombstone while none exists.
+    tombstones: Option<bool>,
     /// Where the state goes back to after commit (empty meanwhile).
     cache: Option<&'s mut StateCache>,
 }
@@ -96,6 +99,7 @@ impl<'s> Txn<'s> {
             next_node: counters[0].max(1),
             next_link: counters[1].max(1),
             next_outbox: counters[2],
+            tombstones: h.tombstones,
             cache,
         })
     }
@@ -282,7 +286,16 @@ impl<'s> Txn<'s> {
     }
 
     /// Whether `id` was erased by `forget` (as committed).
-    pub fn is_tombstoned(&self, tenant: &str, id: &Identifier) -> Result<bool> {
+    pub fn is_tombstoned(&mut self, tenant: &str, id: &Identifier) -> Result<bool> {
+        let any = match self.tombstones {
+            Some(any) => any,
+            None => *self
+                .tombstones
+                .insert(self.store.holds_any(Cf::Tombstones)?),
+        };
+        if !any {
+            return Ok(false);
+        }
         Ok(self
             .store
             .get(Cf::Tombstones, &crate::tombstone::key(tenant, id))?
@@ -295,6 +308,7 @@ impl<'s> Txn<'s> {
         id: &Identifier,
         tombstone: &crate::tombstone::Tombstone,
     ) {
+        self.tombstones = Some(true);
         self.extra.push((
             Cf::Tombstones,
             crate::tombstone::key(tenant, id),
@@ -417,6 +431,7 @@ impl<'s> Txn<'s> {
                 match_records: self.match_records.into_carried(),
                 blocks: self.blocks.into_carried(),
                 counters: Some(counters),
+                tombstones: self.tombstones,
             });
         }
         Ok(())
