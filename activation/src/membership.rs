@@ -601,7 +601,7 @@ impl MembershipStore {
             version_reads: Keyed::default(),
             loaded: Vec::new(),
             key: Vec::new(),
-            kv_reads: HashMap::new(),
+            kv_reads: HashMap::default(),
             offsets: BTreeMap::new(),
             outbox: Vec::new(),
             next_outbox,
@@ -636,12 +636,15 @@ pub struct MembershipTxn<'s> {
     /// Per column family, the prefixes read whole into the read caches
     /// ([`MembershipTxn::load_person`]): a key under one of them that is not cached is absent
     /// from the store.
-    loaded: Vec<(&'static str, HashSet<Vec<u8>>)>,
+    loaded: Vec<(
+        &'static str,
+        HashSet<Vec<u8>, foldhash::quality::RandomState>,
+    )>,
     /// Where [`MembershipTxn::person`] builds the key it looks up, so a cached answer costs no
     /// allocation.
     key: Vec<u8>,
     /// Reads of the other column families (`None`: absent).
-    kv_reads: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>>,
+    kv_reads: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>, foldhash::quality::RandomState>,
     offsets: BTreeMap<Vec<u8>, i64>,
     outbox: Vec<Vec<u8>>,
     next_outbox: u64,
@@ -828,7 +831,7 @@ impl<'s> MembershipTxn<'s> {
         let at = match self.loaded.iter().position(|(c, _)| *c == cf) {
             Some(at) => at,
             None => {
-                self.loaded.push((cf, HashSet::new()));
+                self.loaded.push((cf, HashSet::default()));
                 self.loaded.len() - 1
             }
         };

@@ -114,7 +114,11 @@ impl CohortChange {
     }
 
     pub fn key(&self) -> String {
-        format!("{}:{}", self.audience_key, self.canonical_id)
+        let mut key = String::with_capacity(self.audience_key.len() + 1 + self.canonical_id.len());
+        key.push_str(&self.audience_key);
+        key.push(':');
+        key.push_str(&self.canonical_id);
+        key
     }
 
     pub fn event_name(kind: CohortChangeKind) -> &'static str {
