@@ -615,7 +615,9 @@ impl MembershipStore {
 /// A transaction's reads and writes by key. Keys hold tenant-supplied bytes, so the hasher is
 /// seeded; a batch of a few hundred people looks up thousands of them, where a search of an
 /// ordered map cost a memcmp per level. The order writes reach the write batch does not matter.
-type Keyed<V> = HashMap<Vec<u8>, V, foldhash::quality::RandomState>;
+type Keyed<V> = HashMap<Vec<u8>, V, Seeded>;
+/// The hasher of every read cache of a transaction: foldhash, seeded at random per process.
+type Seeded = foldhash::quality::RandomState;
 
 /// A person's memberships in a [`MembershipTxn`].
 struct Person {
@@ -636,15 +638,12 @@ pub struct MembershipTxn<'s> {
     /// Per column family, the prefixes read whole into the read caches
     /// ([`MembershipTxn::load_person`]): a key under one of them that is not cached is absent
     /// from the store.
-    loaded: Vec<(
-        &'static str,
-        HashSet<Vec<u8>, foldhash::quality::RandomState>,
-    )>,
+    loaded: Vec<(&'static str, HashSet<Vec<u8>, Seeded>)>,
     /// Where [`MembershipTxn::person`] builds the key it looks up, so a cached answer costs no
     /// allocation.
     key: Vec<u8>,
     /// Reads of the other column families (`None`: absent).
-    kv_reads: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>, foldhash::quality::RandomState>,
+    kv_reads: HashMap<(&'static str, Vec<u8>), Option<Vec<u8>>, Seeded>,
     offsets: BTreeMap<Vec<u8>, i64>,
     outbox: Vec<Vec<u8>>,
     next_outbox: u64,

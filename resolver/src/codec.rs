@@ -287,7 +287,8 @@ pub fn decode_link_head(b: &[u8]) -> Result<LinkHead<'_>> {
         }
         _ => return Err(DecodeError("link decision")),
     };
-    let has_evidence = format == LINK_FORMAT && r.opt(Reader::score)?.is_some();
+    // Checked, not built: a reader that needs the evidence reads the link whole.
+    let has_evidence = format == LINK_FORMAT && r.opt(|r| r.score_parts(|_| ()))?.is_some();
     r.end()?;
     Ok(LinkHead {
         id,
@@ -434,24 +435,34 @@ impl<'a> Reader<'a> {
     }
 
     fn score(&mut self) -> Result<Score> {
+        let mut contributions = Vec::new();
+        let (model_version, probability, weight) = self.score_parts(|c| contributions.push(c))?;
         Ok(Score {
-            model_version: self.uint()?,
-            probability: self.f64()?,
-            weight: self.f64()?,
-            contributions: self.vec(|r| {
-                let field = *Field::ALL
-                    .get(usize::from(r.byte()?))
-                    .ok_or(DecodeError("match field"))?;
-                let level = *Level::ALL
-                    .get(usize::from(r.byte()?))
-                    .ok_or(DecodeError("match level"))?;
-                Ok(Contribution {
-                    field,
-                    level,
-                    weight: r.f64()?,
-                })
-            })?,
+            model_version,
+            probability,
+            weight,
+            contributions,
         })
+    }
+
+    /// A score's model version, probability and weight, with each contribution handed to
+    /// `each` as it is read: [`Self::score`] keeps them, a link's head only checks them.
+    fn score_parts(&mut self, mut each: impl FnMut(Contribution)) -> Result<(u64, f64, f64)> {
+        let head = (self.uint()?, self.f64()?, self.f64()?);
+        for _ in 0..self.len()? {
+            let field = *Field::ALL
+                .get(usize::from(self.byte()?))
+                .ok_or(DecodeError("match field"))?;
+            let level = *Level::ALL
+                .get(usize::from(self.byte()?))
+                .ok_or(DecodeError("match level"))?;
+            each(Contribution {
+                field,
+                level,
+                weight: self.f64()?,
+            });
+        }
+        Ok(head)
     }
 
     fn end(&self) -> Result<()> {
