@@ -16,6 +16,11 @@ pub trait StoreKey: Hash + Eq {
     /// Calls `f` with the key's bytes in the store.
     fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
     fn into_bytes(self) -> Vec<u8>;
+    /// Whether the key is an id at or above `floor`, the next one the resolver will mint:
+    /// such an id has never been written, so the store holds nothing under it.
+    fn minted_from(&self, _floor: u64) -> bool {
+        false
+    }
 }
 
 /// Node and link ids, stored big-endian so the store iterates them in order.
@@ -25,6 +30,9 @@ impl StoreKey for u64 {
     }
     fn into_bytes(self) -> Vec<u8> {
         self.to_be_bytes().to_vec()
+    }
+    fn minted_from(&self, floor: u64) -> bool {
+        *self >= floor
     }
 }
 
@@ -81,6 +89,9 @@ pub struct Overlay<K, V, S = ById> {
     entries: HashMap<K, Slot<V>, S>,
     /// Committed values carried over from earlier transactions, taken as they are read.
     carried: Carried<K, V, S>,
+    /// Ids from here up were not minted when the transaction began, so neither the store nor
+    /// the carried state holds them: reading one costs no lookup (`u64::MAX`: no such ids).
+    unminted: u64,
 }
 
 impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
@@ -95,7 +106,15 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
             cf,
             entries: HashMap::with_capacity_and_hasher(carried.last_used, S::default()),
             carried,
+            unminted: u64::MAX,
         }
+    }
+
+    /// Keys are ids minted in turn from a counter that stood at `next` when the transaction
+    /// began (and that committed writes advance with them): none at or above it is stored.
+    pub fn minting_from(mut self, next: u64) -> Self {
+        self.unminted = next;
+        self
     }
 
     fn slot(
@@ -107,6 +126,13 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
         match self.entries.entry(key) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
+                if e.key().minted_from(self.unminted) {
+                    return Ok(e.insert(Slot {
+                        value: None,
+                        dirty: false,
+                        stored: false,
+                    }));
+                }
                 let value = match self.carried.take(e.key()) {
                     Some(value) => value,
                     None => {
@@ -188,12 +214,14 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
                 slot.value = value;
                 slot.dirty = true;
             }
-            // Not read: the store may hold a value under it.
+            // Not read: the store may hold a value under it, unless it is an id not yet minted
+            // when the transaction began.
             Entry::Vacant(e) => {
+                let stored = !e.key().minted_from(self.unminted);
                 e.insert(Slot {
                     value,
                     dirty: true,
-                    stored: true,
+                    stored,
                 });
             }
         }
@@ -286,5 +314,28 @@ mod tests {
                 (Cf::Parent, be(13), Some(be(7))),
             ]
         );
+    }
+
+    #[test]
+    fn an_id_not_yet_minted_is_read_as_absent_without_a_lookup_and_deleted_without_a_write() {
+        let store = MemStore::default();
+        // Below the floor the store is read; at and above it, it is not (the store here holds
+        // a value there only to show that no lookup happens).
+        store
+            .write(vec![
+                (Cf::Parent, 4u64.to_be_bytes().to_vec(), Some(vec![0; 8])),
+                (Cf::Parent, 9u64.to_be_bytes().to_vec(), Some(vec![0; 8])),
+            ])
+            .unwrap();
+        let mut overlay: Overlay<u64, u64> = Overlay::new(Cf::Parent).minting_from(5);
+        assert_eq!(overlay.get(&store, 4, decode).unwrap(), Some(&0));
+        assert_eq!(overlay.get(&store, 9, decode).unwrap(), None);
+        // Minted, written and deleted again, or deleted unread: nothing to write.
+        overlay.put(5, Some(1));
+        overlay.put(5, None);
+        overlay.put(6, None);
+        overlay.put(7, Some(2));
+        let be = |k: u64| k.to_be_bytes().to_vec();
+        assert_eq!(ops(&overlay), vec![(Cf::Parent, be(7), Some(be(2)))]);
     }
 }

@@ -81,23 +81,26 @@ impl<'s> Txn<'s> {
         };
         // Without a cache: empty carried state that keeps nothing, so every read goes to the store.
         let h = held.unwrap_or_else(|| Held::new(0));
+        // Node 0 is never used, so a zero in a key is never a real node.
+        let next_node = counters[0].max(1);
+        let next_link = counters[1].max(1);
         Ok(Self {
             store,
             ids: Overlay::carrying(Cf::Ids, h.ids),
-            nodes: Overlay::carrying(Cf::Nodes, h.nodes),
-            parent: Overlay::carrying(Cf::Parent, h.parent),
-            profiles: Overlay::carrying(Cf::Profiles, h.profiles),
+            nodes: Overlay::carrying(Cf::Nodes, h.nodes).minting_from(next_node),
+            parent: Overlay::carrying(Cf::Parent, h.parent).minting_from(next_node),
+            profiles: Overlay::carrying(Cf::Profiles, h.profiles).minting_from(next_node),
             canon: Overlay::carrying(Cf::Canon, h.canon),
             aliases: Overlay::carrying(Cf::Aliases, h.aliases),
-            links: Overlay::carrying(Cf::Links, h.links),
+            links: Overlay::carrying(Cf::Links, h.links).minting_from(next_link),
             pairs: Overlay::carrying(Cf::Pairs, h.pairs),
-            hubs: Overlay::carrying(Cf::Hubs, h.hubs),
+            hubs: Overlay::carrying(Cf::Hubs, h.hubs).minting_from(next_node),
             blocks: Overlay::carrying(Cf::Blocks, h.blocks),
-            match_records: Overlay::carrying(Cf::MatchRecords, h.match_records),
+            match_records: Overlay::carrying(Cf::MatchRecords, h.match_records)
+                .minting_from(next_node),
             extra: Vec::new(),
-            // Node 0 is never used, so a zero in a key is never a real node.
-            next_node: counters[0].max(1),
-            next_link: counters[1].max(1),
+            next_node,
+            next_link,
             next_outbox: counters[2],
             tombstones: h.tombstones,
             cache,
