@@ -315,25 +315,46 @@ fn dispatch(cli: Cli) -> Result<()> {
             until_drained,
             collect,
         } => {
-            let bus = pipeline::open_bus(&config, &data)?;
+            let opened = pipeline::open_bus_and_stores(&config, &data, Stages::ALL)?;
             // Stopped (its requests answered) when the stages have stopped.
             let _collector = if collect {
-                Some(collect::serve(&config, bus.clone(), shutdown_flag()?)?)
+                Some(collect::serve(
+                    &config,
+                    opened.bus.clone(),
+                    shutdown_flag()?,
+                )?)
             } else {
                 None
             };
-            if let Some(dir) = input {
-                for (source, n) in pipeline::feed_inputs(bus.as_ref(), &config, &dir)? {
-                    eprintln!("fed {n} {source} records");
+            let shutdown = shutdown_flag()?;
+            // Fed while the stages run: they start on the first records.
+            let feed = match input {
+                Some(dir) => {
+                    let (bus, config) = (opened.bus.clone(), config.clone());
+                    let stop = shutdown.clone();
+                    let feed = move || -> Result<()> {
+                        let fed = pipeline::feed_inputs_until(bus.as_ref(), &config, &dir, &stop)?;
+                        for (source, n) in fed {
+                            eprintln!("fed {n} {source} records");
+                        }
+                        Ok(())
+                    };
+                    Some(
+                        std::thread::Builder::new()
+                            .name("feed".into())
+                            .spawn(feed)?,
+                    )
                 }
-            }
+                None => None,
+            };
             serve_and_run(
                 &config,
                 cli.config.as_deref(),
                 &data,
-                bus,
+                opened,
                 Stages::ALL,
                 until_drained,
+                feed,
             )?;
         }
         Command::Ingest { until_drained }
@@ -344,14 +365,15 @@ fn dispatch(cli: Cli) -> Result<()> {
                 resolve: matches!(cli.command, Command::Resolve { .. }),
                 activate: matches!(cli.command, Command::Activate { .. }),
             };
-            let bus = pipeline::open_bus(&config, &data)?;
+            let opened = pipeline::open_bus_and_stores(&config, &data, stages)?;
             serve_and_run(
                 &config,
                 cli.config.as_deref(),
                 &data,
-                bus,
+                opened,
                 stages,
                 until_drained,
+                None,
             )?;
         }
         Command::Collect => collect::run(&config, &data, shutdown_flag()?)?,
@@ -508,26 +530,23 @@ fn serve_and_run(
     config: &Config,
     config_path: Option<&std::path::Path>,
     data: &std::path::Path,
-    bus: Arc<dyn cdp_bus::Bus>,
+    opened: pipeline::Opened,
     stages: Stages,
     until_drained: bool,
+    feed: Option<std::thread::JoinHandle<Result<()>>>,
 ) -> Result<()> {
     let counters = Arc::new(pipeline::Counters::default());
     let shutdown = shutdown_flag()?;
-    let resolver_store = if stages.resolve {
-        Some(pipeline::open_resolver_store(data, config)?)
-    } else {
-        None
-    };
-    let (activation_store, activation) = if stages.activate {
-        (
-            Some(pipeline::open_activation_store(data)?),
-            Some(Arc::new(cdp_activation::Activation::new(
-                &config.activation,
-            )?)),
-        )
-    } else {
-        (None, None)
+    let pipeline::Opened {
+        bus,
+        resolver: resolver_store,
+        activation: activation_store,
+    } = opened;
+    let activation = match &activation_store {
+        Some(_) => Some(Arc::new(cdp_activation::Activation::new(
+            &config.activation,
+        )?)),
+        None => None,
     };
     // The store the resolver writes through: the profile API's, where it serves one.
     let mut watched_store: Option<Arc<dyn cdp_resolver::GraphStore>> = None;
@@ -619,6 +638,7 @@ fn serve_and_run(
                 requested: reload_flag()?,
                 config_path: config_path.map(PathBuf::from),
             }),
+            feed,
         },
     );
     if let Some((stop, thread)) = snapshots {

@@ -181,6 +181,19 @@ pub fn topic_names(config: &Config) -> Vec<String> {
 
 /// Produces every line of `DIR/{web,app,crm,media}.jsonl` to its raw topic. Returns lines per file.
 pub fn feed_inputs(bus: &dyn Bus, config: &Config, dir: &Path) -> Result<Vec<(String, u64)>> {
+    feed_inputs_until(bus, config, dir, &AtomicBool::new(false))
+}
+
+/// Records the feed writes at a time: the stages start on the first ones while the rest are read.
+const FEED_FLUSH_RECORDS: u64 = 1000;
+
+/// [`feed_inputs`], stopping (with what it fed so far) once `stop` is set.
+pub fn feed_inputs_until(
+    bus: &dyn Bus,
+    config: &Config,
+    dir: &Path,
+    stop: &AtomicBool,
+) -> Result<Vec<(String, u64)>> {
     let i = &config.ingest;
     let mut producer = bus.producer()?;
     let mut fed = Vec::new();
@@ -207,9 +220,18 @@ pub fn feed_inputs(bus: &dyn Bus, config: &Config, dir: &Path) -> Result<Vec<(St
             let key = format!("{file}:{n}");
             producer.send(OutRecord::new(topic.clone(), key, line))?;
             n += 1;
+            if n % FEED_FLUSH_RECORDS == 0 {
+                producer.flush()?;
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+            }
         }
         producer.flush()?;
         fed.push((file.trim_end_matches(".jsonl").to_string(), n));
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
     }
     Ok(fed)
 }
@@ -238,6 +260,9 @@ pub struct RunOptions {
     pub activation: Option<Arc<cdp_activation::Activation>>,
     /// Reload activation's cohorts and destinations from the config file on request (SIGHUP).
     pub reload: Option<Reload>,
+    /// A thread feeding input into the bus while the stages run: a run until drained is not
+    /// drained before it has finished, and its failure fails the run.
+    pub feed: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 /// A request to re-read the config file, and where it is.
@@ -286,6 +311,47 @@ pub fn open_activation_store(data: &Path) -> Result<Arc<MembershipStore>> {
     Ok(Arc::new(store))
 }
 
+/// The bus, and the state of the stages a process runs (each opened if its stage runs).
+pub struct Opened {
+    pub bus: Arc<dyn Bus>,
+    pub resolver: Option<Arc<RocksStore>>,
+    pub activation: Option<Arc<MembershipStore>>,
+}
+
+/// Opens the bus and the state of `stages`, the three on threads of their own: opening a
+/// RocksDB database with dozens of column families costs tens of milliseconds of CPU (their
+/// options are written to a file and parsed back), which a run would otherwise pay three times
+/// over before its first record.
+pub fn open_bus_and_stores(config: &Config, data: &Path, stages: Stages) -> Result<Opened> {
+    std::thread::scope(|s| {
+        let resolver = s.spawn(|| {
+            stages
+                .resolve
+                .then(|| open_resolver_store(data, config))
+                .transpose()
+        });
+        let activation = s.spawn(|| {
+            stages
+                .activate
+                .then(|| open_activation_store(data))
+                .transpose()
+        });
+        let bus = open_bus(config, data);
+        let joined = |what: &str| anyhow::anyhow!("opening {what} panicked");
+        let resolver = resolver
+            .join()
+            .map_err(|_| joined("the resolver's state"))?;
+        let activation = activation
+            .join()
+            .map_err(|_| joined("activation's state"))?;
+        Ok(Opened {
+            bus: bus?,
+            resolver: resolver?,
+            activation: activation?,
+        })
+    })
+}
+
 /// Runs `stages` until `shutdown` is set, or, with `until_drained`, until every stage has caught up.
 pub fn run(
     config: &Config,
@@ -302,6 +368,7 @@ pub fn run(
         activation_store,
         activation,
         reload,
+        mut feed,
     } = options;
     let mut activation_defs: Option<Arc<cdp_activation::Activation>> = None;
     // How far each stateful stage's own state is behind its input: a stage that restarts on an
@@ -411,7 +478,17 @@ pub fn run(
                 reload_activation(reload, activation);
             }
         }
-        if until_drained && drained(bus.as_ref(), &groups, &state_lags, &counters)? {
+        if feed.as_ref().is_some_and(|f| f.is_finished()) {
+            if let Err(e) = join_feed(feed.take().expect("checked above")) {
+                failure = Some(e);
+                shutdown.store(true, Ordering::Relaxed);
+                break;
+            }
+        }
+        if until_drained
+            && feed.is_none()
+            && drained(bus.as_ref(), &groups, &state_lags, &counters)?
+        {
             shutdown.store(true, Ordering::Relaxed);
             break;
         }
@@ -420,6 +497,10 @@ pub fn run(
         if let Err(e) = join(name, handle) {
             failure.get_or_insert(e);
         }
+    }
+    // It stops at its next flush once `shutdown` is set.
+    if let Some(Err(e)) = feed.map(join_feed) {
+        failure.get_or_insert(e);
     }
     match failure {
         Some(e) => Err(e),
@@ -445,6 +526,13 @@ fn spawn_stage<E: Into<anyhow::Error>>(
             stage().map_err(Into::into)
         })?;
     Ok((name, handle))
+}
+
+fn join_feed(handle: std::thread::JoinHandle<Result<()>>) -> Result<()> {
+    match handle.join() {
+        Ok(r) => r.context("feeding the input failed"),
+        Err(_) => anyhow::bail!("feeding the input panicked"),
+    }
 }
 
 fn join(name: &str, handle: std::thread::JoinHandle<Result<()>>) -> Result<()> {

@@ -213,6 +213,16 @@ fn eval_scores_a_drained_run_against_truth() {
         stderr.lines().any(|l| l.starts_with("resolver ")),
         "a drained run prints its stage table:\n{stderr}"
     );
+    // The input is fed while the stages run (thousands of records, written a thousand at a
+    // time): drained means after the last of it, not when the stages first catch up.
+    let lines = support::records_in(&input) as usize;
+    assert!(lines > 2000, "{lines} records");
+    let ingested = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("ingest "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<usize>().ok());
+    assert_eq!(ingested, Some(lines), "{stderr}");
 
     let truth = input.join("truth.csv");
     let records = std::fs::read_to_string(&truth).unwrap().lines().count() - 1;

@@ -111,6 +111,15 @@ pub fn run_until_drained(data: &Path, input: &Path) -> Output {
     out
 }
 
+/// The raw records of a workload directory (its non-blank lines), as `cdp run --input` feeds them.
+pub fn records_in(input: &Path) -> u64 {
+    ["web", "app", "crm", "media"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(input.join(format!("{f}.jsonl"))).ok())
+        .map(|text| text.lines().filter(|l| !l.trim().is_empty()).count() as u64)
+        .sum()
+}
+
 /// Writes a workload of `profiles` people drawn with `seed` to `out`.
 pub fn generate_seeded(out: &Path, profiles: usize, seed: u64) {
     generate_with(out, profiles, seed, &[]);
@@ -239,8 +248,6 @@ pub fn encode(segment: &str) -> String {
 pub struct Running {
     pub child: Child,
     pub addr: SocketAddr,
-    /// Raw records the run fed from its input.
-    pub fed: u64,
     /// Lines the process writes to stderr after its listener is up.
     pub stderr: mpsc::Receiver<String>,
 }
@@ -265,7 +272,7 @@ impl Running {
     }
 
     /// Spawns `command` with its stderr piped, and returns once it prints `announce` followed by
-    /// its address (waiting up to `within`), counting the `fed N …` lines before it.
+    /// its address (waiting up to `within`).
     pub fn spawn(mut command: Command, announce: &str, within: Duration) -> Running {
         let child = command.stderr(Stdio::piped()).spawn().expect("cdp starts");
         let (tx, rx) = mpsc::channel();
@@ -273,7 +280,6 @@ impl Running {
         let mut run = Running {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            fed: 0,
             stderr: rx,
         };
         let stderr = run.child.stderr.take().unwrap();
@@ -288,12 +294,6 @@ impl Running {
                 .stderr
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
                 .unwrap_or_else(|_| panic!("cdp announces {announce:?}"));
-            if let Some(n) = line
-                .strip_prefix("fed ")
-                .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok())
-            {
-                run.fed += n;
-            }
             if let Some(addr) = line.strip_prefix(announce) {
                 run.addr = addr.parse().expect("an address");
                 return run;
