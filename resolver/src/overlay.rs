@@ -123,10 +123,22 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
         key: K,
         decode: impl Fn(&[u8]) -> Result<V>,
     ) -> Result<&mut Slot<V>> {
+        self.slot_unless_new(store, key, false, decode)
+    }
+
+    /// The key's slot, read from the carried state or the store unless `new` says the key
+    /// names something minted in this transaction (so nothing is stored under it).
+    fn slot_unless_new(
+        &mut self,
+        store: &dyn GraphStore,
+        key: K,
+        new: bool,
+        decode: impl Fn(&[u8]) -> Result<V>,
+    ) -> Result<&mut Slot<V>> {
         match self.entries.entry(key) {
             Entry::Occupied(e) => Ok(e.into_mut()),
             Entry::Vacant(e) => {
-                if e.key().minted_from(self.unminted) {
+                if new || e.key().minted_from(self.unminted) {
                     return Ok(e.insert(Slot {
                         value: None,
                         dirty: false,
@@ -160,6 +172,21 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
         decode: impl Fn(&[u8]) -> Result<V>,
     ) -> Result<Option<&V>> {
         Ok(self.slot(store, key, decode)?.value.as_ref())
+    }
+
+    /// Reads the value; `new` says the key names something minted in this transaction, which
+    /// the store cannot hold (a pair of nodes one of which is new), so it is not looked up.
+    pub fn get_unless_new(
+        &mut self,
+        store: &dyn GraphStore,
+        key: K,
+        new: bool,
+        decode: impl Fn(&[u8]) -> Result<V>,
+    ) -> Result<Option<&V>> {
+        Ok(self
+            .slot_unless_new(store, key, new, decode)?
+            .value
+            .as_ref())
     }
 
     /// The value to change in place; it is written at commit.

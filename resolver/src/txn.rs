@@ -37,6 +37,8 @@ pub struct Txn<'s> {
     match_records: Overlay<NodeId, Record>,
     extra: Vec<Op>,
     next_node: NodeId,
+    /// The first node minted in this transaction (`next_node` when it began).
+    first_new_node: NodeId,
     next_link: u64,
     next_outbox: u64,
     /// Whether the tombstones column family holds anything (`None`: not looked yet); carried
@@ -100,6 +102,7 @@ impl<'s> Txn<'s> {
                 .minting_from(next_node),
             extra: Vec::new(),
             next_node,
+            first_new_node: next_node,
             next_link,
             next_outbox: counters[2],
             tombstones: h.tombstones,
@@ -232,8 +235,10 @@ impl<'s> Txn<'s> {
 
     /// The id of the logged link for `(a, b, rule)`, if that assertion was seen before.
     pub fn pair(&mut self, a: NodeId, b: NodeId, rule: &str) -> Result<Option<u64>> {
+        // A node minted in this transaction was never in a stored pair.
+        let new = a.max(b) >= self.first_new_node;
         self.pairs
-            .get(self.store, pair_key(a, b, rule), |b| {
+            .get_unless_new(self.store, pair_key(a, b, rule), new, |b| {
                 decode_u64(Cf::Pairs, b)
             })
             .map(Option::<&u64>::copied)
