@@ -493,6 +493,8 @@ pub fn run(
             break;
         }
     }
+    // Stages waiting for records see the shutdown now, not at the end of their poll timeouts.
+    bus.wake_consumers();
     for (name, handle) in handles {
         if let Err(e) = join(name, handle) {
             failure.get_or_insert(e);

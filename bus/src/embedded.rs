@@ -106,6 +106,8 @@ struct State {
     topics: BTreeMap<String, Vec<Partition>>,
     /// Consumers blocked in `poll` until a record arrives on one of their topics.
     waiting: Vec<Waiter>,
+    /// Bumped by [`Bus::wake_consumers`]: a poll that sees it change returns.
+    wake_ups: u64,
 }
 
 #[derive(Default)]
@@ -281,6 +283,7 @@ impl EmbeddedBus {
                 state: Mutex::new(State {
                     topics,
                     waiting: Vec::new(),
+                    wake_ups: 0,
                 }),
             }),
         })
@@ -606,6 +609,14 @@ impl Bus for EmbeddedBus {
     fn end_offsets(&self, topic: &str) -> Result<Vec<i64>> {
         self.inner.ends(topic)
     }
+
+    fn wake_consumers(&self) {
+        let mut state = self.inner.state();
+        state.wake_ups += 1;
+        for w in state.waiting.drain(..) {
+            w.wake.notify_all();
+        }
+    }
 }
 
 struct EmbeddedProducer {
@@ -904,6 +915,7 @@ impl Consumer for EmbeddedConsumer {
             if self.behind(&state) {
                 continue;
             }
+            let wake_ups = state.wake_ups;
             state.waiting.push(Waiter {
                 topics: self.topics.clone(),
                 wake: self.wake.clone(),
@@ -914,6 +926,9 @@ impl Consumer for EmbeddedConsumer {
                 .unwrap_or_else(|e| e.into_inner());
             // Still listed when it timed out (or woke spuriously).
             state.waiting.retain(|w| !Arc::ptr_eq(&w.wake, &self.wake));
+            if state.wake_ups != wake_ups {
+                return Ok(records);
+            }
         }
     }
 
@@ -1475,6 +1490,46 @@ mod tests {
             ("b", Some(&b"v"[..]))
         );
         assert!(bus.inner.state().waiting.is_empty());
+    }
+
+    #[test]
+    fn waking_the_consumers_ends_a_waiting_poll_and_later_polls_wait_as_usual() {
+        let dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(dir.path()).unwrap();
+        bus.create_topic("t", 1).unwrap();
+        let mut c = bus.consumer(ConsumerOptions::group("g", &["t"])).unwrap();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let waker = {
+            let (bus, done) = (bus.clone(), done.clone());
+            // Until the poll has returned: a wake-up before it waits would find nobody.
+            std::thread::spawn(move || {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                    bus.wake_consumers();
+                }
+            })
+        };
+        // The timeout is far longer than the test: only the wake-up ends this poll.
+        let records = c.poll(10, Duration::from_secs(600)).unwrap();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        waker.join().unwrap();
+        assert!(records.is_empty());
+        assert!(bus.inner.state().waiting.is_empty());
+
+        // A poll begun afterwards waits for a record as before.
+        let writer = {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(30));
+                let mut p = bus.producer().unwrap();
+                p.send(OutRecord::new("t", b"k".to_vec(), b"v".to_vec()))
+                    .unwrap();
+                p.flush().unwrap();
+            })
+        };
+        let records = c.poll(10, Duration::from_secs(600)).unwrap();
+        writer.join().unwrap();
+        assert_eq!(records.len(), 1);
     }
 
     #[test]

@@ -241,6 +241,11 @@ pub trait Bus: Send + Sync {
     fn expire(&self, _topic: &str, _cutoff_ms: i64) -> Result<u64> {
         Ok(0)
     }
+    /// Ends every poll waiting for records now, with what it has (perhaps nothing): a process
+    /// shutting down calls it so that its stages see the request at once instead of at the
+    /// end of their poll timeouts. Polls begun afterwards wait as usual. A Kafka consumer's
+    /// poll is bounded by its timeout alone, so this does nothing there.
+    fn wake_consumers(&self) {}
 }
 
 /// Writes records. Records are durable and visible to consumers once `flush` returns `Ok`.
