@@ -540,14 +540,9 @@ fn serve_and_run(
     let pipeline::Opened {
         bus,
         resolver: resolver_store,
-        activation: activation_store,
+        activation,
     } = opened;
-    let activation = match &activation_store {
-        Some(_) => Some(Arc::new(cdp_activation::Activation::new(
-            &config.activation,
-        )?)),
-        None => None,
-    };
+    let (activation_store, activation) = activation.unzip();
     // The store the resolver writes through: the profile API's, where it serves one.
     let mut watched_store: Option<Arc<dyn cdp_resolver::GraphStore>> = None;
     let _http = if config.http.listen.is_empty() {

@@ -311,17 +311,19 @@ pub fn open_activation_store(data: &Path) -> Result<Arc<MembershipStore>> {
     Ok(Arc::new(store))
 }
 
-/// The bus, and the state of the stages a process runs (each opened if its stage runs).
+/// The bus, and the state of the stages a process runs (each opened if its stage runs), with
+/// activation's definitions built from the config.
 pub struct Opened {
     pub bus: Arc<dyn Bus>,
     pub resolver: Option<Arc<RocksStore>>,
-    pub activation: Option<Arc<MembershipStore>>,
+    pub activation: Option<(Arc<MembershipStore>, Arc<cdp_activation::Activation>)>,
 }
 
-/// Opens the bus and the state of `stages`, the three on threads of their own: opening a
-/// RocksDB database with dozens of column families costs tens of milliseconds of CPU (their
-/// options are written to a file and parsed back), which a run would otherwise pay three times
-/// over before its first record.
+/// Opens the bus and the state of `stages`, the three on threads of their own, and builds
+/// activation's definitions (a bad cohort or destination is refused before anything is fed).
+/// Opening a RocksDB database with dozens of column families costs tens of milliseconds of CPU
+/// (their options are written to a file and parsed back), which a run would otherwise pay
+/// three times over before its first record.
 pub fn open_bus_and_stores(config: &Config, data: &Path, stages: Stages) -> Result<Opened> {
     std::thread::scope(|s| {
         let resolver = s.spawn(|| {
@@ -333,7 +335,10 @@ pub fn open_bus_and_stores(config: &Config, data: &Path, stages: Stages) -> Resu
         let activation = s.spawn(|| {
             stages
                 .activate
-                .then(|| open_activation_store(data))
+                .then(|| -> Result<_> {
+                    let definitions = cdp_activation::Activation::new(&config.activation)?;
+                    Ok((open_activation_store(data)?, Arc::new(definitions)))
+                })
                 .transpose()
         });
         let bus = open_bus(config, data);
