@@ -483,58 +483,74 @@ impl Resolver {
             blocks_skipped: batch.blocks_skipped,
             ..Default::default()
         };
-        let mut finals: BTreeMap<(String, String), (String, Timestamp)> = BTreeMap::new();
+        // The live profile each touched id ended in. Of several touched ids that end in one
+        // profile, the last in (tenant, id) order gives the cause: sorted stably, the last of
+        // each run of equal keys is kept.
+        let mut finals: Vec<(String, String, (String, Timestamp))> = Vec::new();
         for (tenant, profiles) in batch.touched {
             for (id, cause) in profiles {
                 if let Some(final_id) = resolve_alias(txn, &tenant, &id)? {
-                    finals.insert((tenant.clone(), final_id), cause);
+                    finals.push((tenant.clone(), final_id, cause));
                 }
             }
         }
-        let mut versions = BTreeMap::new();
-        for ((tenant, id), (cause, received_at)) in finals {
-            let Some(root) = txn.root_of_canonical(&tenant, &id)? else {
+        finals.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        finals.dedup_by(|later, kept| {
+            let same = later.0 == kept.0 && later.1 == kept.1;
+            if same {
+                std::mem::swap(&mut later.2, &mut kept.2);
+            }
+            same
+        });
+        // Per update, in (tenant, id) order as `out.updates`: which final it is, and the
+        // profile's version.
+        let mut emitted: Vec<(usize, u64)> = Vec::with_capacity(finals.len());
+        for (i, (tenant, id, (cause, received_at))) in finals.iter_mut().enumerate() {
+            let Some(root) = txn.root_of_canonical(tenant, id)? else {
                 continue;
             };
             let Some(profile) = txn.profile_ref(root)? else {
                 continue;
             };
-            versions.insert((tenant.clone(), id.clone()), profile.version);
-            out.updates
-                .push(RenderedUpdate::of(profile, Some(cause), Some(received_at)));
+            emitted.push((i, profile.version));
+            out.updates.push(RenderedUpdate::of(
+                profile,
+                Some(std::mem::take(cause)),
+                Some(*received_at),
+            ));
         }
-        // One identity change per surviving profile per batch, listing every id it retired.
-        let mut grouped: BTreeMap<(String, String), IdentityChange> = BTreeMap::new();
+        // One identity change per surviving profile per batch, listing every id it retired,
+        // in the order of the updates.
+        let mut grouped: Vec<Option<IdentityChange>> = Vec::new();
+        grouped.resize_with(emitted.len(), || None);
         for m in batch.merges {
             let Some(final_id) = resolve_alias(txn, &m.tenant, &m.survivor)? else {
                 continue;
             };
-            let key = (m.tenant.clone(), final_id.clone());
-            let Some(version) = versions.get(&key).copied() else {
+            let found = emitted.binary_search_by(|(i, _)| {
+                let (tenant, id, _) = &finals[*i];
+                (tenant.as_str(), id.as_str()).cmp(&(m.tenant.as_str(), final_id.as_str()))
+            });
+            let Ok(at) = found else {
                 continue;
             };
-            let at = out
-                .updates
-                .iter()
-                .find(|u| u.canonical_id == final_id && u.tenant == m.tenant)
-                .map(|u| u.updated_at)
-                .unwrap_or_default();
-            let change = grouped.entry(key).or_insert_with(|| IdentityChange {
+            let (version, updated_at) = (emitted[at].1, out.updates[at].updated_at);
+            let change = grouped[at].get_or_insert_with(|| IdentityChange {
                 tenant: m.tenant.clone(),
                 kind: IdentityChangeKind::Merged,
-                canonical_id: final_id.clone(),
+                canonical_id: final_id,
                 retired: Vec::new(),
                 created: Vec::new(),
                 rule: None,
                 confidence: None,
                 version,
-                at,
+                at: updated_at,
             });
             change.retired.push(m.retired);
             change.rule = Some(m.rule);
             change.confidence = Some(m.confidence);
         }
-        out.changes = grouped.into_values().collect();
+        out.changes = grouped.into_iter().flatten().collect();
         Ok(out)
     }
 }

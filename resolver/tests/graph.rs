@@ -23,6 +23,87 @@ fn canonical(store: &dyn GraphStore, i: &Identifier) -> String {
 }
 
 #[test]
+fn one_batch_reports_one_identity_change_per_survivor_listing_every_retired_id() {
+    let store = MemStore::default();
+    let r = Resolver::new(PolicyConfig::default());
+    let cookies: Vec<Identifier> = (0..5)
+        .map(|i| id(IdentifierKind::CookieId, &format!("c{i}")))
+        .collect();
+    // Five profiles of their own, one batch each (older profiles survive).
+    for (n, c) in cookies.iter().enumerate() {
+        apply(
+            &store,
+            &r,
+            &[signal(
+                n as i64,
+                Source::Web,
+                std::slice::from_ref(c),
+                "same_event",
+                0.9,
+            )],
+        );
+    }
+    let ids: Vec<String> = cookies.iter().map(|c| canonical(&store, c)).collect();
+    // One batch: c0 takes in c1 and then c2; c3 takes in c4.
+    let login = |n: i64, a: usize, b: usize| {
+        signal(
+            n,
+            Source::Web,
+            &[cookies[a].clone(), cookies[b].clone()],
+            "deterministic_login",
+            1.0,
+        )
+    };
+    let out = apply(
+        &store,
+        &r,
+        &[login(10, 0, 1), login(11, 3, 4), login(12, 0, 2)],
+    );
+    assert_eq!(out.merges, 3);
+
+    // Changes in the order of the updates (by canonical id), each at its profile's version.
+    let mut survivors = [(ids[0].clone(), 0usize), (ids[3].clone(), 3usize)];
+    survivors.sort();
+    assert_eq!(out.changes.len(), 2);
+    for (change, (survivor, first)) in out.changes.iter().zip(&survivors) {
+        assert_eq!(&change.canonical_id, survivor);
+        let retired: Vec<String> = if *first == 0 {
+            vec![ids[1].clone(), ids[2].clone()]
+        } else {
+            vec![ids[4].clone()]
+        };
+        assert_eq!(change.retired, retired);
+        let p = lookup::profile_by_identifier(&store, "acme", &cookies[*first])
+            .unwrap()
+            .unwrap();
+        assert_eq!(change.version, p.version);
+        let update = out
+            .updates
+            .iter()
+            .find(|u| &u.canonical_id == survivor)
+            .expect("the survivor's update");
+        assert_eq!(change.at, update.updated_at);
+    }
+    // Every update is of a live profile, one per profile, in canonical id order.
+    let updated: Vec<&str> = out
+        .updates
+        .iter()
+        .map(|u| u.canonical_id.as_str())
+        .collect();
+    let mut sorted = updated.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(updated, sorted);
+    assert_eq!(
+        updated,
+        survivors
+            .iter()
+            .map(|(s, _)| s.as_str())
+            .collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn web_login_and_crm_record_merge_into_one_profile_with_history() {
     let store = MemStore::default();
     let r = Resolver::new(PolicyConfig::default());
