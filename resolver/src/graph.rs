@@ -6,6 +6,7 @@ use crate::fold::{fold_signal, merge_into};
 use crate::link::{Link, LinkDecision};
 use crate::matching::{self, field::Record, model::Score, stream, Matcher, MatchingConfig};
 use crate::outbox::RenderedUpdate;
+use crate::overlay::ByBytes;
 use crate::policy::{MergePolicy, PolicyConfig};
 use crate::txn::{NodeId, Txn};
 use crate::Result;
@@ -14,7 +15,7 @@ use cdp_proto::{
     Timestamp,
 };
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// Canonical id of a profile founded by `id`: stable across replays and rebuilds.
@@ -71,10 +72,12 @@ struct MergeEvent {
 pub struct Batch {
     /// Profiles touched (tenant -> canonical id), with the signal that touched them last.
     /// Nested rather than keyed by a pair so that a profile touched again is found by `&str`
-    /// and updated in place, without building a key.
-    touched: BTreeMap<String, BTreeMap<String, (String, Timestamp)>>,
-    /// Canonical ids the signal being applied touched: each gets one version bump per signal.
-    by_signal: BTreeSet<String>,
+    /// and updated in place, without building a key; hashed, as only [`Resolver::finish`]
+    /// needs them in order, and sorts them once.
+    touched: HashMap<String, HashMap<String, (String, Timestamp), ByBytes>, ByBytes>,
+    /// Canonical ids the signal being applied touched (a few): each gets one version bump per
+    /// signal.
+    by_signal: Vec<String>,
     merges: Vec<MergeEvent>,
     refused: u64,
     candidates: u64,
@@ -89,7 +92,7 @@ pub struct Batch {
 impl Batch {
     /// How many profiles the batch has touched so far (each will get one update).
     pub fn touched(&self) -> usize {
-        self.touched.values().map(BTreeMap::len).sum()
+        self.touched.values().map(HashMap::len).sum()
     }
 }
 
@@ -484,24 +487,28 @@ impl Resolver {
             ..Default::default()
         };
         // The live profile each touched id ended in. Of several touched ids that end in one
-        // profile, the last in (tenant, id) order gives the cause: sorted stably, the last of
-        // each run of equal keys is kept.
-        let mut finals: Vec<(String, String, (String, Timestamp))> = Vec::new();
+        // profile, the last in (tenant, id) order gives the cause: sorted by (tenant, final
+        // id, touched id), the last of each run of equal finals is kept.
+        let mut resolved: Vec<(String, String, String, (String, Timestamp))> = Vec::new();
         for (tenant, profiles) in batch.touched {
             for (id, cause) in profiles {
                 if let Some(final_id) = resolve_alias(txn, &tenant, &id)? {
-                    finals.push((tenant.clone(), final_id, cause));
+                    resolved.push((tenant.clone(), final_id, id, cause));
                 }
             }
         }
-        finals.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        finals.dedup_by(|later, kept| {
+        resolved.sort_unstable_by(|a, b| (&a.0, &a.1, &a.2).cmp(&(&b.0, &b.1, &b.2)));
+        resolved.dedup_by(|later, kept| {
             let same = later.0 == kept.0 && later.1 == kept.1;
             if same {
-                std::mem::swap(&mut later.2, &mut kept.2);
+                std::mem::swap(&mut later.3, &mut kept.3);
             }
             same
         });
+        let mut finals: Vec<(String, String, (String, Timestamp))> = resolved
+            .into_iter()
+            .map(|(tenant, id, _, cause)| (tenant, id, cause))
+            .collect();
         // Per update, in (tenant, id) order as `out.updates`: which final it is, and the
         // profile's version.
         let mut emitted: Vec<(usize, u64)> = Vec::with_capacity(finals.len());
@@ -580,8 +587,8 @@ fn touch(batch: &mut Batch, signal: &Signal, canonical_id: &str) {
                 );
         }
     }
-    if !batch.by_signal.contains(canonical_id) {
-        batch.by_signal.insert(canonical_id.to_string());
+    if !batch.by_signal.iter().any(|id| id == canonical_id) {
+        batch.by_signal.push(canonical_id.to_string());
     }
 }
 
@@ -591,7 +598,7 @@ fn touch(batch: &mut Batch, signal: &Signal, canonical_id: &str) {
 fn bump_versions(txn: &mut Txn, tenant: &str, batch: &mut Batch) -> Result<()> {
     // A live profile has one canonical id and one root: counting roots counts profiles.
     let mut live: Vec<NodeId> = Vec::with_capacity(batch.by_signal.len());
-    for id in std::mem::take(&mut batch.by_signal) {
+    for id in batch.by_signal.drain(..) {
         if let Some((root, _)) = live_root(txn, tenant, &id)? {
             if !live.contains(&root) {
                 live.push(root);
