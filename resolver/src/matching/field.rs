@@ -186,46 +186,80 @@ impl Record {
             .collect()
     }
 
-    /// Per field present, in field order: its index in [`Field::ALL`], the value's length as a
-    /// LEB128 varint, and the value's bytes.
+    /// A record with no field is no bytes. Any other is [`CONTIGUOUS`], the bits of the fields
+    /// present (bit `i`: field `i` of [`Field::ALL`]), each present value's length in bytes as a
+    /// LEB128 varint in field order, then the values' text in one piece.
     pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(self.text.len() + 2 * self.len());
+        let mut b = Vec::with_capacity(self.encoded_len());
         self.encode_into(&mut b);
         b
     }
 
     /// The length of [`Self::encode`]'s bytes, without encoding.
     pub fn encoded_len(&self) -> usize {
-        self.iter()
-            .map(|(_, v)| {
-                // The field's index, the value's length as a LEB128 varint, the value.
-                let mut varint = 1;
-                let mut len = v.len();
-                while len >= 0x80 {
-                    varint += 1;
-                    len >>= 7;
-                }
-                1 + varint + v.len()
-            })
-            .sum()
+        if self.present == 0 {
+            return 0;
+        }
+        2 + self.iter().map(|(_, v)| varint_len(v.len())).sum::<usize>() + self.text.len()
     }
 
     pub fn encode_into(&self, b: &mut Vec<u8>) {
-        for (f, v) in self.iter() {
-            b.push(f.index());
+        if self.present == 0 {
+            return;
+        }
+        b.push(CONTIGUOUS);
+        b.push(self.present);
+        for (_, v) in self.iter() {
             let mut len = v.len();
             while len >= 0x80 {
                 b.push((len as u8 & 0x7f) | 0x80);
                 len >>= 7;
             }
             b.push(len as u8);
-            b.extend_from_slice(v.as_bytes());
+        }
+        b.extend_from_slice(self.text.as_bytes());
+    }
+
+    /// The record [`Self::encode`] wrote, or the per-field form written before it (per field
+    /// present, in field order: its index, the value's length, the value); `None` if `b` is
+    /// neither (fields out of order included: there is one encoding per record in each form).
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        match b.split_first() {
+            Some((&CONTIGUOUS, rest)) => Self::decode_contiguous(rest),
+            _ => Self::decode_per_field(b),
         }
     }
 
-    /// The record [`Self::encode`] wrote; `None` if `b` is not one (fields out of order
-    /// included: there is one encoding per record).
-    pub fn decode(mut b: &[u8]) -> Option<Self> {
+    fn decode_contiguous(b: &[u8]) -> Option<Self> {
+        let (&present, mut rest) = b.split_first()?;
+        // No field at all is written as no bytes.
+        if present == 0 {
+            return None;
+        }
+        let mut ends = [0u32; Field::ALL.len()];
+        let mut end = 0usize;
+        for (i, slot) in ends.iter_mut().enumerate() {
+            if present & (1 << i) != 0 {
+                end = end.checked_add(read_len(&mut rest)?)?;
+                *slot = u32::try_from(end).ok()?;
+            }
+        }
+        if rest.len() != end {
+            return None;
+        }
+        let text = std::str::from_utf8(rest).ok()?;
+        // Each value whole: no boundary inside a character.
+        if !ends.iter().all(|e| text.is_char_boundary(*e as usize)) {
+            return None;
+        }
+        Some(Record {
+            text: text.to_string(),
+            ends,
+            present,
+        })
+    }
+
+    fn decode_per_field(mut b: &[u8]) -> Option<Self> {
         let mut r = Record {
             text: String::with_capacity(b.len()),
             ..Record::default()
@@ -237,24 +271,42 @@ impl Record {
                 return None;
             }
             next = i + 1;
-            let (mut len, mut shift, mut rest) = (0usize, 0u32, rest);
-            loop {
-                let (&byte, tail) = rest.split_first()?;
-                rest = tail;
-                len |= usize::from(byte & 0x7f).checked_shl(shift)?;
-                if byte & 0x80 == 0 {
-                    break;
-                }
-                shift += 7;
-                if shift > 28 {
-                    return None;
-                }
-            }
+            let mut rest = rest;
+            let len = read_len(&mut rest)?;
             let value = rest.get(..len)?;
             r.push(i, std::str::from_utf8(value).ok()?);
             b = &rest[len..];
         }
         Some(r)
+    }
+}
+
+/// First byte of a record's contiguous form; the per-field form starts with a field index.
+const CONTIGUOUS: u8 = 0x80;
+
+fn varint_len(mut n: usize) -> usize {
+    let mut bytes = 1;
+    while n >= 0x80 {
+        bytes += 1;
+        n >>= 7;
+    }
+    bytes
+}
+
+/// A length written as a LEB128 varint (at most 4 bytes), taken off the front of `b`.
+fn read_len(b: &mut &[u8]) -> Option<usize> {
+    let (mut len, mut shift) = (0usize, 0u32);
+    loop {
+        let (&byte, tail) = b.split_first()?;
+        *b = tail;
+        len |= usize::from(byte & 0x7f).checked_shl(shift)?;
+        if byte & 0x80 == 0 {
+            return Some(len);
+        }
+        shift += 7;
+        if shift > 28 {
+            return None;
+        }
     }
 }
 
@@ -332,13 +384,50 @@ mod tests {
         let b = r.encode();
         assert_eq!(
             b.len(),
-            (2 + 3) + (2 + 10) + (3 + 300) + 2,
+            2 + (1 + 1 + 2 + 1) + (3 + 10 + 300),
             "varint lengths"
         );
         assert_eq!(r.encoded_len(), b.len());
         assert_eq!(Record::default().encoded_len(), 0);
-        assert_eq!(Record::decode(&b), Some(r));
+        assert!(Record::default().encode().is_empty());
+        assert_eq!(Record::decode(&b), Some(r.clone()));
         assert_eq!(Record::decode(&[]), Some(Record::default()));
+        // Every cut of the contiguous form is refused.
+        for cut in 1..b.len() {
+            assert_eq!(Record::decode(&b[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(
+            Record::decode(&[CONTIGUOUS, 0]),
+            None,
+            "no field is no bytes"
+        );
+        assert_eq!(
+            Record::decode(&[CONTIGUOUS, 1, 1, b'a', b'b']),
+            None,
+            "trailing bytes"
+        );
+        assert_eq!(Record::decode(&[CONTIGUOUS, 1, 1, 0xff]), None, "not UTF-8");
+        let split = [CONTIGUOUS, 0b11, 1, 1, 0xc3, 0xa9];
+        assert_eq!(
+            Record::decode(&split),
+            None,
+            "a boundary inside a character"
+        );
+
+        // The per-field form written before still reads, as the same record.
+        let mut old = Vec::new();
+        for (f, v) in r.iter() {
+            old.push(f.index());
+            let mut len = v.len();
+            while len >= 0x80 {
+                old.push((len as u8 & 0x7f) | 0x80);
+                len >>= 7;
+            }
+            old.push(len as u8);
+            old.extend_from_slice(v.as_bytes());
+        }
+        assert_eq!(old.len(), (2 + 3) + (2 + 10) + (3 + 300) + 2);
+        assert_eq!(Record::decode(&old), Some(r));
         assert_eq!(Record::decode(&[8, 0]), None, "no ninth field");
         assert_eq!(Record::decode(&[1, 0, 0, 0]), None, "out of field order");
         assert_eq!(Record::decode(&[0, 5, b'z']), None, "cut short");
