@@ -7,7 +7,7 @@
 use super::normalize;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 /// A field the matcher can compare. The serialised name is also the trait it is read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -64,20 +64,28 @@ impl Field {
 
     /// The normalised form of a raw value; `None` when nothing comparable is left.
     pub fn normalise(self, raw: &str) -> Option<String> {
-        let v = match self {
+        let mut v = String::new();
+        self.normalise_into(raw, &mut v);
+        (!v.is_empty()).then_some(v)
+    }
+
+    /// Appends the normalised value to `out` (nothing when it normalises to nothing).
+    fn normalise_into(self, raw: &str, out: &mut String) {
+        match self {
             Field::BirthDate => {
-                let (y, m, d) = normalize::date(raw)?;
-                format!("{y:04}-{m:02}-{d:02}")
+                if let Some((y, m, d)) = normalize::date(raw) {
+                    // Writing to a `String` cannot fail.
+                    let _ = write!(out, "{y:04}-{m:02}-{d:02}");
+                }
             }
-            Field::PostalCode => normalize::compact(raw),
-            Field::Phone => normalize::digits(raw),
+            Field::PostalCode => normalize::text_into(raw, out, false),
+            Field::Phone => out.extend(raw.chars().filter(char::is_ascii_digit)),
             Field::EmailLocal => {
                 let local = raw.split('@').next().unwrap_or_default();
-                normalize::compact(local)
+                normalize::text_into(local, out, false);
             }
-            _ => normalize::text(raw),
-        };
-        (!v.is_empty()).then_some(v)
+            _ => normalize::text_into(raw, out, true),
+        }
     }
 }
 
@@ -126,13 +134,23 @@ impl fmt::Debug for Record {
 impl Record {
     /// Reads `fields` from traits (string values; other JSON types are not comparable).
     pub fn from_traits(traits: &BTreeMap<String, serde_json::Value>, fields: &[Field]) -> Self {
-        fields
-            .iter()
-            .filter_map(|f| {
-                let raw = traits.get(f.name())?.as_str()?;
-                Some((*f, f.normalise(raw)?))
-            })
-            .collect()
+        // Normalised straight into the record's text, in field order.
+        let mut r = Record::default();
+        for (i, f) in Field::ALL.iter().enumerate() {
+            if !fields.contains(f) {
+                continue;
+            }
+            let Some(raw) = traits.get(f.name()).and_then(serde_json::Value::as_str) else {
+                continue;
+            };
+            let start = r.text.len();
+            f.normalise_into(raw, &mut r.text);
+            if r.text.len() > start {
+                r.ends[i] = r.text.len() as u32;
+                r.present |= 1 << i;
+            }
+        }
+        r
     }
 
     /// Appends the value of field `i`, which must come after every field present.

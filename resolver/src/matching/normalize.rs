@@ -6,10 +6,17 @@
 /// Lower-case ASCII letters, digits and single spaces; everything else folded or dropped.
 pub fn text(raw: &str) -> String {
     let mut out = String::with_capacity(raw.len());
+    text_into(raw, &mut out, true);
+    out
+}
+
+/// Appends `raw` as [`text`] normalises it to `out`; without its spaces unless `spaces`.
+pub fn text_into(raw: &str, out: &mut String, spaces: bool) {
+    let start = out.len();
     let mut space = false;
     let mut push = |c: char| {
         if c.is_ascii_alphanumeric() {
-            if space && !out.is_empty() {
+            if space && spaces && out.len() > start {
                 out.push(' ');
             }
             space = false;
@@ -18,7 +25,7 @@ pub fn text(raw: &str) -> String {
             // Separators between words stay one space: "Mary-Ann" and "Mary Ann" agree.
             space = true;
         } else if let Some(folded) = fold(c) {
-            if space && !out.is_empty() {
+            if space && spaces && out.len() > start {
                 out.push(' ');
             }
             space = false;
@@ -34,7 +41,6 @@ pub fn text(raw: &str) -> String {
             c.to_lowercase().for_each(&mut push);
         }
     }
-    out
 }
 
 /// Only the digits (phone numbers).
@@ -44,7 +50,9 @@ pub fn digits(raw: &str) -> String {
 
 /// Letters and digits without spaces (postal codes: "SW1A 1AA" and "sw1a1aa" agree).
 pub fn compact(raw: &str) -> String {
-    text(raw).chars().filter(|c| *c != ' ').collect()
+    let mut out = String::with_capacity(raw.len());
+    text_into(raw, &mut out, false);
+    out
 }
 
 /// A calendar date as (year, month, day), from `YYYY-MM-DD` (a time part after it is ignored).
@@ -98,6 +106,11 @@ mod tests {
         assert_eq!(text("!!!"), "");
         assert_eq!(compact("SW1A 1AA"), "sw1a1aa");
         assert_eq!(digits("+1 (415) 555-2671"), "14155552671");
+        // Appended after what the buffer holds, with no space before its first word.
+        let mut out = String::from("ab");
+        text_into(" -Mary Ann", &mut out, true);
+        text_into(" SW1A 1AA", &mut out, false);
+        assert_eq!(out, "abmary annsw1a1aa");
     }
 
     #[test]
