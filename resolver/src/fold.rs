@@ -32,7 +32,8 @@ fn set_trait(
 ) {
     let a = &mut profile.attributes;
     let crm_owned = CRM_OWNED.contains(&key);
-    let previous = a.trait_times.get(key).copied();
+    let time = a.trait_times.get_mut(key);
+    let previous = time.as_deref().copied();
     let newer = previous.is_none_or(|p| at >= p);
     // The CRM overwrites its own fields whatever their age; others only fill a gap.
     let allowed = if crm_owned {
@@ -43,12 +44,23 @@ fn set_trait(
     if !allowed {
         return;
     }
-    a.traits.insert(key.to_string(), value.clone());
-    a.trait_times.insert(key.to_string(), at);
-    let text = value.as_str().map(str::to_string);
+    // A trait seen before is overwritten in place, its key not copied again.
+    match time {
+        Some(t) => *t = at,
+        None => {
+            a.trait_times.insert(key.to_string(), at);
+        }
+    }
+    match a.traits.get_mut(key) {
+        Some(v) => v.clone_from(value),
+        None => {
+            a.traits.insert(key.to_string(), value.clone());
+        }
+    }
+    let text = || value.as_str().map(str::to_string);
     match key {
-        "lifecycle_stage" => a.lifecycle_stage = text,
-        "segment" => a.segment = text,
+        "lifecycle_stage" => a.lifecycle_stage = text(),
+        "segment" => a.segment = text(),
         _ => {}
     }
 }
