@@ -469,7 +469,7 @@ pub fn run(
         if let Some(pos) = handles.iter().position(|(_, h)| h.is_finished()) {
             // A stage that stops on its own has failed (or was told to stop): stop the rest.
             let (name, handle) = handles.remove(pos);
-            if let Err(e) = join(name, handle) {
+            if let Err(e) = join(&format!("{name} stage"), handle) {
                 failure = Some(e);
             }
             shutdown.store(true, Ordering::Relaxed);
@@ -484,7 +484,7 @@ pub fn run(
             }
         }
         if feed.as_ref().is_some_and(|f| f.is_finished()) {
-            if let Err(e) = join_feed(feed.take().expect("checked above")) {
+            if let Err(e) = join(FEED, feed.take().expect("checked above")) {
                 failure = Some(e);
                 shutdown.store(true, Ordering::Relaxed);
                 break;
@@ -501,12 +501,12 @@ pub fn run(
     // Stages waiting for records see the shutdown now, not at the end of their poll timeouts.
     bus.wake_consumers();
     for (name, handle) in handles {
-        if let Err(e) = join(name, handle) {
+        if let Err(e) = join(&format!("{name} stage"), handle) {
             failure.get_or_insert(e);
         }
     }
     // It stops at its next flush once `shutdown` is set.
-    if let Some(Err(e)) = feed.map(join_feed) {
+    if let Some(Err(e)) = feed.map(|f| join(FEED, f)) {
         failure.get_or_insert(e);
     }
     match failure {
@@ -535,17 +535,15 @@ fn spawn_stage<E: Into<anyhow::Error>>(
     Ok((name, handle))
 }
 
-fn join_feed(handle: std::thread::JoinHandle<Result<()>>) -> Result<()> {
-    match handle.join() {
-        Ok(r) => r.context("feeding the input failed"),
-        Err(_) => anyhow::bail!("feeding the input panicked"),
-    }
-}
+/// What the input feed is called in errors.
+const FEED: &str = "feeding the input";
 
-fn join(name: &str, handle: std::thread::JoinHandle<Result<()>>) -> Result<()> {
+/// Waits for the thread doing `what` ("ingest stage", [`FEED`]); its error or panic is the
+/// run's.
+fn join(what: &str, handle: std::thread::JoinHandle<Result<()>>) -> Result<()> {
     match handle.join() {
-        Ok(r) => r.with_context(|| format!("{name} stage failed")),
-        Err(_) => anyhow::bail!("{name} stage panicked"),
+        Ok(r) => r.with_context(|| format!("{what} failed")),
+        Err(_) => anyhow::bail!("{what} panicked"),
     }
 }
 

@@ -505,14 +505,11 @@ impl Resolver {
             }
             same
         });
-        let mut finals: Vec<(String, String, (String, Timestamp))> = resolved
-            .into_iter()
-            .map(|(tenant, id, _, cause)| (tenant, id, cause))
-            .collect();
+        let finals = &mut resolved;
         // Per update, in (tenant, id) order as `out.updates`: which final it is, and the
         // profile's version.
         let mut emitted: Vec<(usize, u64)> = Vec::with_capacity(finals.len());
-        for (i, (tenant, id, (cause, received_at))) in finals.iter_mut().enumerate() {
+        for (i, (tenant, id, _, (cause, received_at))) in finals.iter_mut().enumerate() {
             let Some(root) = txn.root_of_canonical(tenant, id)? else {
                 continue;
             };
@@ -535,7 +532,7 @@ impl Resolver {
                 continue;
             };
             let found = emitted.binary_search_by(|(i, _)| {
-                let (tenant, id, _) = &finals[*i];
+                let (tenant, id, _, _) = &finals[*i];
                 (tenant.as_str(), id.as_str()).cmp(&(m.tenant.as_str(), final_id.as_str()))
             });
             let Ok(at) = found else {

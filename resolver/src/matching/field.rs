@@ -62,14 +62,8 @@ impl Field {
         self == Field::BirthDate
     }
 
-    /// The normalised form of a raw value; `None` when nothing comparable is left.
-    pub fn normalise(self, raw: &str) -> Option<String> {
-        let mut v = String::new();
-        self.normalise_into(raw, &mut v);
-        (!v.is_empty()).then_some(v)
-    }
-
-    /// Appends the normalised value to `out` (nothing when it normalises to nothing).
+    /// Appends the normalised form of a raw value to `out` (nothing when nothing comparable
+    /// is left).
     fn normalise_into(self, raw: &str, out: &mut String) {
         match self {
             Field::BirthDate => {
@@ -79,7 +73,7 @@ impl Field {
                 }
             }
             Field::PostalCode => normalize::text_into(raw, out, false),
-            Field::Phone => out.extend(raw.chars().filter(char::is_ascii_digit)),
+            Field::Phone => normalize::digits_into(raw, out),
             Field::EmailLocal => {
                 let local = raw.split('@').next().unwrap_or_default();
                 normalize::text_into(local, out, false);
@@ -146,8 +140,7 @@ impl Record {
             let start = r.text.len();
             f.normalise_into(raw, &mut r.text);
             if r.text.len() > start {
-                r.ends[i] = r.text.len() as u32;
-                r.present |= 1 << i;
+                r.end_field(i);
             }
         }
         r
@@ -156,6 +149,11 @@ impl Record {
     /// Appends the value of field `i`, which must come after every field present.
     fn push(&mut self, i: usize, v: &str) {
         self.text.push_str(v);
+        self.end_field(i);
+    }
+
+    /// Marks field `i` present, its value ending where `text` ends now.
+    fn end_field(&mut self, i: usize) {
         self.ends[i] = self.text.len() as u32;
         self.present |= 1 << i;
     }

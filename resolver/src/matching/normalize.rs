@@ -3,14 +3,9 @@
 //! "José  O'Neil-Smith" and "jose oneil smith" compare equal. Dates are read as
 //! year-month-day.
 
-/// Lower-case ASCII letters, digits and single spaces; everything else folded or dropped.
-pub fn text(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    text_into(raw, &mut out, true);
-    out
-}
-
-/// Appends `raw` as [`text`] normalises it to `out`; without its spaces unless `spaces`.
+/// Appends `raw` to `out` as lower-case ASCII letters, digits and single spaces between words;
+/// everything else folded or dropped. Without `spaces`, the words run together (postal codes:
+/// "SW1A 1AA" and "sw1a1aa" agree).
 pub fn text_into(raw: &str, out: &mut String, spaces: bool) {
     let start = out.len();
     let mut space = false;
@@ -43,16 +38,9 @@ pub fn text_into(raw: &str, out: &mut String, spaces: bool) {
     }
 }
 
-/// Only the digits (phone numbers).
-pub fn digits(raw: &str) -> String {
-    raw.chars().filter(char::is_ascii_digit).collect()
-}
-
-/// Letters and digits without spaces (postal codes: "SW1A 1AA" and "sw1a1aa" agree).
-pub fn compact(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    text_into(raw, &mut out, false);
-    out
+/// Appends only the digits of `raw` to `out` (phone numbers).
+pub fn digits_into(raw: &str, out: &mut String) {
+    out.extend(raw.chars().filter(char::is_ascii_digit));
 }
 
 /// A calendar date as (year, month, day), from `YYYY-MM-DD` (a time part after it is ignored).
@@ -97,6 +85,24 @@ fn fold(c: char) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text(raw: &str) -> String {
+        let mut out = String::new();
+        text_into(raw, &mut out, true);
+        out
+    }
+
+    fn compact(raw: &str) -> String {
+        let mut out = String::new();
+        text_into(raw, &mut out, false);
+        out
+    }
+
+    fn digits(raw: &str) -> String {
+        let mut out = String::new();
+        digits_into(raw, &mut out);
+        out
+    }
 
     #[test]
     fn text_is_lower_case_without_accents_or_punctuation() {
