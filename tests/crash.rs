@@ -9,6 +9,7 @@ use cdp_resolver::RocksStore;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -159,6 +160,8 @@ fn killed_ingest_accounts_for_every_raw_record() {
     let data = dir.path().join("data");
     support::generate_seeded(&input, 250, 12);
     // The first round feeds the input (and runs every stage); the later ones run ingest alone.
+    // The input is fed while the stages run: the first round is killed only once all of it is
+    // on the bus (`fed` lines), as the test is of ingest, not of an interrupted feed.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(8);
     let mut kills = 0;
     for round in 0..5 {
@@ -169,9 +172,22 @@ fn killed_ingest_accounts_for_every_raw_record() {
         }
         let mut child = c
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(if round == 0 {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .spawn()
             .unwrap();
+        if let Some(stderr) = child.stderr.take() {
+            let mut lines = BufReader::new(stderr).lines().map_while(Result::ok);
+            assert!(
+                lines.any(|l| l.starts_with("fed ")),
+                "the first round feeds the input"
+            );
+            // Read on, so the process never blocks writing to a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+        }
         std::thread::sleep(Duration::from_millis(rng.gen_range(300..1500)));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();
