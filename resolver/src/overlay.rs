@@ -7,6 +7,7 @@
 use crate::state_cache::{Carried, Generations};
 use crate::store::{Cf, GraphStore, Op};
 use crate::Result;
+use std::borrow::Borrow;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
@@ -218,7 +219,11 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
     }
 
     /// A value already read in this transaction (`None` if it was not read, or is absent).
-    pub fn cached(&self, key: &K) -> Option<&V> {
+    pub fn cached<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.entries.get(key).and_then(|s| s.value.as_ref())
     }
 

@@ -371,6 +371,12 @@ impl<'s> Txn<'s> {
             })
     }
 
+    /// The block under `key` as this transaction last read or changed it through
+    /// [`Self::with_block`] (`None` if it did neither, or no node is filed there).
+    pub fn block(&self, key: &[u8]) -> Option<&Block> {
+        self.blocks.cached(key)
+    }
+
     /// The record `node` is filed under in the blocking index with, if it is filed.
     pub fn match_record(&mut self, node: NodeId) -> Result<Option<&Record>> {
         self.match_records.get(self.store, node, |b| {

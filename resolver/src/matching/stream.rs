@@ -80,10 +80,11 @@ pub fn propose(
     let keep = limit + 1;
     let mut crowded: Vec<Option<bool>> = Vec::with_capacity(keys.len());
     for key in &keys {
-        let filed = txn.with_block(key, |block| {
+        let (filed, others) = txn.with_block(key, |block| {
             let filed = block.file(node, &current, cap, keep);
+            let others = block.entries().len().saturating_sub(1);
             (
-                filed,
+                (filed, others),
                 !matches!(filed, Filed::AlreadyThere | Filed::Oversized),
             )
         })?;
@@ -100,11 +101,7 @@ pub fn propose(
         };
         // An oversized key yields nothing from now on, this record included, so the result
         // does not depend on which record came last.
-        crowded.push(if open {
-            Some(txn.with_block(key, |block| (block.entries().len() - 1 > limit, false))?)
-        } else {
-            None
-        });
+        crowded.push(open.then_some(others > limit));
     }
     // A key listing more than `limit` others (a common name, a common birth date) is passed
     // over when the record has a more selective key: a duplicate agrees with it on more than
@@ -135,18 +132,19 @@ pub fn propose(
             }
             Some(false) => {}
         }
-        txn.with_block(key, |block| {
-            for e in block.newest(node, limit) {
-                if !seen.insert(e.node) {
-                    continue;
-                }
-                match &e.record {
-                    Some(theirs) => compare(e.node, theirs, stats),
-                    None => unkept.push(e.node),
-                }
+        // Filed under above, so the transaction holds the block.
+        let Some(block) = txn.block(key) else {
+            continue;
+        };
+        for e in block.newest(node, limit) {
+            if !seen.insert(e.node) {
+                continue;
             }
-            ((), false)
-        })?;
+            match &e.record {
+                Some(theirs) => compare(e.node, theirs, stats),
+                None => unkept.push(e.node),
+            }
+        }
     }
     for candidate in unkept {
         // `forget` unfiles the nodes it erases with their records: a node listed without one
