@@ -20,6 +20,9 @@ use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 
 const FORMAT: u8 = 1;
+/// First byte of a trait value stored as the string itself rather than as JSON: no JSON text
+/// starts with it, so values stored as JSON still read.
+const RAW_STRING: u8 = 1;
 /// Links from this version on: [`FORMAT`]'s layout followed by the optional evidence of a
 /// probabilistic link. Links in [`FORMAT`] have none (such links were kept as JSON).
 const LINK_FORMAT: u8 = 2;
@@ -328,6 +331,19 @@ impl Writer {
         self.bytes(s.as_bytes());
     }
 
+    /// A trait's value: a string as [`RAW_STRING`] and its bytes, anything else as its compact
+    /// JSON (which `Display` writes, without going through `fmt`).
+    fn trait_value(&mut self, v: &serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => {
+                self.uint(s.len() as u64 + 1);
+                self.0.push(RAW_STRING);
+                self.0.extend_from_slice(s.as_bytes());
+            }
+            v => self.bytes(&serde_json::to_vec(v).expect("a JSON value serialises")),
+        }
+    }
+
     fn seq<I>(&mut self, items: I, mut f: impl FnMut(&mut Self, I::Item))
     where
         I: IntoIterator,
@@ -388,8 +404,7 @@ impl Writer {
         self.seq(channels_active, |w, s| w.str(s.as_str()));
         self.seq(traits, |w, (k, v)| {
             w.str(k);
-            // The compact JSON `Display` writes, without going through `fmt`.
-            w.bytes(&serde_json::to_vec(v).expect("a JSON value serialises"));
+            w.trait_value(v);
         });
         self.seq(trait_times, |w, (k, t)| {
             w.str(k);
@@ -520,6 +535,17 @@ impl<'a> Reader<'a> {
         self.str().map(str::to_string)
     }
 
+    /// What [`Writer::trait_value`] wrote, or a value stored as JSON whatever its type (as
+    /// every trait was before strings were stored raw).
+    fn trait_value(&mut self) -> Result<serde_json::Value> {
+        match self.bytes()? {
+            [RAW_STRING, s @ ..] => std::str::from_utf8(s)
+                .map(|s| serde_json::Value::String(s.to_string()))
+                .map_err(|_| DecodeError("not UTF-8")),
+            json => cdp_proto::json::from_bytes(json).map_err(|_| DecodeError("trait value")),
+        }
+    }
+
     fn bool(&mut self) -> Result<bool> {
         match self.byte()? {
             0 => Ok(false),
@@ -605,12 +631,7 @@ impl<'a> Reader<'a> {
                 }
                 set
             },
-            traits: self.map(|r| {
-                let key = r.string()?;
-                let value = cdp_proto::json::from_bytes(r.bytes()?)
-                    .map_err(|_| DecodeError("trait value"))?;
-                Ok((key, value))
-            })?,
+            traits: self.map(|r| Ok((r.string()?, r.trait_value()?)))?,
             trait_times: self.map(|r| Ok((r.string()?, r.time()?)))?,
             counts: self.map(|r| {
                 let name = r.string()?;
@@ -695,6 +716,37 @@ mod tests {
             identifier: p.identifiers[1].clone(),
         };
         assert_eq!(decode_node(&encode_node(&n)).unwrap(), n);
+    }
+
+    #[test]
+    fn trait_values_read_back_whether_stored_raw_or_as_json() {
+        let mut p = sample();
+        for (k, v) in [
+            ("city", serde_json::json!("Zürich \"old town\"")),
+            ("empty", serde_json::json!("")),
+            ("control", serde_json::json!("\u{1}x")),
+            ("seats", serde_json::json!(12)),
+            ("vip", serde_json::json!(true)),
+            ("none", serde_json::Value::Null),
+        ] {
+            p.attributes.traits.insert(k.into(), v);
+        }
+        assert_eq!(decode_profile(&encode_profile(&p)).unwrap(), p);
+
+        // Every trait as JSON, the way profiles were stored before strings were stored raw.
+        let mut w = Writer(Vec::new());
+        for v in p.attributes.traits.values() {
+            w.bytes(&serde_json::to_vec(v).unwrap());
+        }
+        let mut r = Reader { b: &w.0 };
+        for v in p.attributes.traits.values() {
+            assert_eq!(&r.trait_value().unwrap(), v);
+        }
+        // A raw string that is not UTF-8 is an error, not a panic.
+        let mut r = Reader {
+            b: &[3, RAW_STRING, 0xc3, 0x28],
+        };
+        assert!(r.trait_value().is_err());
     }
 
     fn links() -> Vec<Link> {
