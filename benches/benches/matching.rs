@@ -245,7 +245,7 @@ fn probe(
             let started = Instant::now();
             let mut txn = Txn::begin(store).expect("txn");
             let mut batch = Batch::default();
-            r.apply(&mut txn, &s, &mut batch).expect("apply");
+            r.apply(&mut txn, s, &mut batch).expect("apply");
             let out = r.finish(&mut txn, batch).expect("finish");
             times[i].push(started.elapsed());
             counts[i].0 += out.compared;
@@ -371,7 +371,7 @@ fn main() {
             let mut batch = Batch::default();
             for _ in 0..2000.min(n - next) {
                 matching
-                    .apply(&mut txn, &population.person(1, next), &mut batch)
+                    .apply(&mut txn, population.person(1, next), &mut batch)
                     .expect("apply");
                 next += 1;
             }

@@ -148,7 +148,7 @@ mod tests {
             signal("e3", vec![user.clone(), cookie.clone()], vec![login]),
             signal("e4", vec![other.clone()], vec![]),
         ] {
-            resolver.apply(&mut txn, &s, &mut batch).unwrap();
+            resolver.apply(&mut txn, s, &mut batch).unwrap();
         }
         resolver.finish(&mut txn, batch).unwrap();
         txn.commit().unwrap();

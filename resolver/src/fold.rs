@@ -1,12 +1,18 @@
 //! Folding signals into profile attributes, and two profiles into one on a merge.
 
 use cdp_proto::{Profile, Signal, Source, Timestamp};
+use std::collections::BTreeMap;
 
 /// Traits that are owned by the CRM: other sources may fill them, never overwrite them.
 const CRM_OWNED: &[&str] = &["lifecycle_stage", "segment"];
 
-/// Applies what `signal` says about the person to `profile`.
-pub fn fold_signal(profile: &mut Profile, signal: &Signal) {
+/// Applies what `signal` says about the person to `profile`; `traits` are the signal's,
+/// moved out of it so that the profile takes their keys and values without copies.
+pub fn fold_signal(
+    profile: &mut Profile,
+    signal: &Signal,
+    traits: BTreeMap<String, serde_json::Value>,
+) {
     let a = &mut profile.attributes;
     let at = signal.event_time;
     a.total_touchpoints += 1;
@@ -16,7 +22,7 @@ pub fn fold_signal(profile: &mut Profile, signal: &Signal) {
     if let Some(name) = signal.event.as_ref().and_then(|e| e.name.as_ref()) {
         a.counts.entry(name.clone()).or_default().record(at);
     }
-    for (key, value) in &signal.traits {
+    for (key, value) in traits {
         set_trait(profile, key, value, at, signal.source);
     }
     profile.consent.apply(&signal.consent);
@@ -25,14 +31,14 @@ pub fn fold_signal(profile: &mut Profile, signal: &Signal) {
 
 fn set_trait(
     profile: &mut Profile,
-    key: &str,
-    value: &serde_json::Value,
+    key: String,
+    value: serde_json::Value,
     at: Timestamp,
     source: Source,
 ) {
     let a = &mut profile.attributes;
-    let crm_owned = CRM_OWNED.contains(&key);
-    let time = a.trait_times.get_mut(key);
+    let crm_owned = CRM_OWNED.contains(&key.as_str());
+    let time = a.trait_times.get_mut(&key);
     let previous = time.as_deref().copied();
     let newer = previous.is_none_or(|p| at >= p);
     // The CRM overwrites its own fields whatever their age; others only fill a gap.
@@ -44,24 +50,24 @@ fn set_trait(
     if !allowed {
         return;
     }
-    // A trait seen before is overwritten in place, its key not copied again.
-    match time {
-        Some(t) => *t = at,
-        None => {
-            a.trait_times.insert(key.to_string(), at);
-        }
-    }
-    match a.traits.get_mut(key) {
-        Some(v) => v.clone_from(value),
-        None => {
-            a.traits.insert(key.to_string(), value.clone());
-        }
-    }
     let text = || value.as_str().map(str::to_string);
-    match key {
+    match key.as_str() {
         "lifecycle_stage" => a.lifecycle_stage = text(),
         "segment" => a.segment = text(),
         _ => {}
+    }
+    // A trait seen before is overwritten in place; a new one takes the signal's key.
+    match time {
+        Some(t) => *t = at,
+        None => {
+            a.trait_times.insert(key.clone(), at);
+        }
+    }
+    match a.traits.get_mut(&key) {
+        Some(v) => *v = value,
+        None => {
+            a.traits.insert(key, value);
+        }
     }
 }
 

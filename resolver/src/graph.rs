@@ -4,7 +4,8 @@
 
 use crate::fold::{fold_signal, merge_into};
 use crate::link::{Link, LinkDecision};
-use crate::matching::{self, field::Record, model::Score, stream, Matcher, MatchingConfig};
+use crate::matching::field::{Field, Record};
+use crate::matching::{self, model::Score, stream, Matcher, MatchingConfig};
 use crate::outbox::RenderedUpdate;
 use crate::overlay::ByBytes;
 use crate::policy::{MergePolicy, PolicyConfig};
@@ -15,7 +16,7 @@ use cdp_proto::{
     Timestamp,
 };
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// Canonical id of a profile founded by `id`: stable across replays and rebuilds.
@@ -140,7 +141,9 @@ impl Resolver {
     }
 
     /// Applies one signal inside `txn`.
-    pub fn apply(&self, txn: &mut Txn, signal: &Signal, batch: &mut Batch) -> Result<()> {
+    pub fn apply(&self, txn: &mut Txn, mut signal: Signal, batch: &mut Batch) -> Result<()> {
+        let signal_traits = std::mem::take(&mut signal.traits);
+        let signal = &signal;
         let tenant = signal.tenant.as_str();
         batch.by_signal.clear();
         // Roots of profiles this signal created: joining them is growth, not a merge.
@@ -192,45 +195,59 @@ impl Resolver {
         // Attributes go to the profile of the signal's first (strongest) identifier.
         if let Some(primary) = signal.identifiers.iter().find(|id| kept(id)) {
             if let Some(node) = node_of(primary) {
+                // The record to match is read from the traits before they move into the profile.
+                let to_match = self.record_to_match(signal, &signal_traits);
                 let root = txn.find(node)?;
                 if let Some(profile) = txn.profile_mut(root)? {
-                    fold_signal(profile, signal);
+                    fold_signal(profile, signal, signal_traits);
                     touch(batch, signal, &profile.canonical_id);
                 }
-                if let Some(matcher) = &self.matcher {
-                    self.match_record(matcher, txn, signal, (primary, node), &mut fresh, batch)?;
+                if let Some((matcher, fields, record)) = to_match {
+                    let at = (primary, node);
+                    self.match_record(
+                        matcher, fields, &record, txn, signal, at, &mut fresh, batch,
+                    )?;
                 }
             }
         }
         bump_versions(txn, tenant, batch)
     }
 
-    /// Compares the record `signal` carries (its comparison fields, filed under the node of its
-    /// first identifier) with its blocking candidates, and asserts a probabilistic link to each
-    /// likely one; the links are decided like any other.
+    /// The record `signal` carries (`traits`' comparison fields) when matching is on for its
+    /// tenant and it has enough fields to compare, with the matcher and those fields.
+    fn record_to_match(
+        &self,
+        signal: &Signal,
+        traits: &BTreeMap<String, serde_json::Value>,
+    ) -> Option<(&Matcher, &[Field], Record)> {
+        let matcher = self.matcher.as_deref()?;
+        let fields = matcher.config.fields_for(&signal.tenant)?;
+        let record = Record::from_traits(traits, fields);
+        (record.len() >= matcher.config.min_fields.max(1)).then_some((matcher, fields, record))
+    }
+
+    /// Compares `record` (what `signal` carries, filed under the node of its first identifier)
+    /// with its blocking candidates, and asserts a probabilistic link to each likely one; the
+    /// links are decided like any other.
+    #[allow(clippy::too_many_arguments)]
     fn match_record(
         &self,
         matcher: &Matcher,
+        fields: &[Field],
+        record: &Record,
         txn: &mut Txn,
         signal: &Signal,
         (primary, node): (&Identifier, NodeId),
         fresh: &mut HashSet<NodeId>,
         batch: &mut Batch,
     ) -> Result<()> {
-        let Some(fields) = matcher.config.fields_for(&signal.tenant) else {
-            return Ok(());
-        };
-        let record = Record::from_traits(&signal.traits, fields);
-        if record.len() < matcher.config.min_fields.max(1) {
-            return Ok(());
-        }
         let mut stats = stream::Stats::default();
         let proposals = stream::propose(
             matcher,
             txn,
             &signal.tenant,
             node,
-            &record,
+            record,
             fields,
             &mut stats,
         )?;
@@ -560,28 +577,21 @@ impl Resolver {
 }
 
 fn touch(batch: &mut Batch, signal: &Signal, canonical_id: &str) {
-    let cause = match batch.touched.get_mut(signal.tenant.as_str()) {
-        Some(profiles) => profiles.get_mut(canonical_id),
-        None => batch
-            .touched
-            .entry(signal.tenant.clone())
-            .or_default()
-            .get_mut(canonical_id),
-    };
-    match cause {
+    let tenant = signal.tenant.as_str();
+    if !batch.touched.contains_key(tenant) {
+        batch.touched.insert(tenant.to_string(), HashMap::default());
+    }
+    let profiles = batch.touched.get_mut(tenant).expect("inserted above");
+    match profiles.get_mut(canonical_id) {
         Some((event_id, at)) => {
             event_id.clone_from(&signal.event_id);
             *at = signal.received_at;
         }
         None => {
-            batch
-                .touched
-                .entry(signal.tenant.clone())
-                .or_default()
-                .insert(
-                    canonical_id.to_string(),
-                    (signal.event_id.clone(), signal.received_at),
-                );
+            profiles.insert(
+                canonical_id.to_string(),
+                (signal.event_id.clone(), signal.received_at),
+            );
         }
     }
     if !batch.by_signal.iter().any(|id| id == canonical_id) {

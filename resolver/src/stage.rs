@@ -434,7 +434,7 @@ fn apply_signals(
             }
         }
         match decode_signal(r) {
-            Ok(signal) => resolver.apply(&mut txn, &signal, &mut batch)?,
+            Ok(signal) => resolver.apply(&mut txn, signal, &mut batch)?,
             Err(rejection) => dead.push(dead_letter(config, r, &rejection)),
         }
         if pacer.full(started.elapsed(), batch.touched()) {

@@ -58,7 +58,7 @@ pub fn apply(
     let mut txn = Txn::begin(store).unwrap();
     let mut batch = Batch::default();
     for s in signals {
-        resolver.apply(&mut txn, s, &mut batch).unwrap();
+        resolver.apply(&mut txn, s.clone(), &mut batch).unwrap();
     }
     let out = resolver.finish(&mut txn, batch).unwrap();
     txn.commit().unwrap();
