@@ -163,11 +163,13 @@ impl OutboxCursor {
             let mut next = last.clone();
             next.push(0);
             for (key, bytes) in pending {
-                let record = match decode(&bytes)? {
-                    Entry::Record(r) => Some(r),
-                    Entry::Update(u) => match self.rendered.remove(&key) {
-                        Some(r) => Some(r),
-                        None => render(store, &u)?,
+                // Only update references are rendered ahead, so a body kept under the key is
+                // the reference's, and the reference need not be decoded.
+                let record = match self.rendered.remove(&key) {
+                    Some(r) => Some(r),
+                    None => match decode(&bytes)? {
+                        Entry::Record(r) => Some(r),
+                        Entry::Update(u) => render(store, &u)?,
                     },
                 };
                 if let Some(record) = record {
