@@ -272,10 +272,14 @@ impl<K: StoreKey, V, S: BuildHasher + Default> Overlay<K, V, S> {
         );
     }
 
+    /// Keys read or written in this transaction: at most the ops [`Self::push_ops`] appends.
+    pub fn keys_used(&self) -> usize {
+        self.entries.len()
+    }
+
     /// Appends a write (or delete) for every changed key, keeping the values for
     /// [`Self::into_carried`]. A key deleted that the store never held is not written.
     pub fn push_ops(&self, ops: &mut Vec<Op>, encode: impl Fn(&V) -> Vec<u8>) {
-        ops.reserve(self.entries.len());
         for (k, slot) in &self.entries {
             if slot.dirty && (slot.stored || slot.value.is_some()) {
                 let key = k.with_bytes(<[u8]>::to_vec);

@@ -408,7 +408,23 @@ impl<'s> Txn<'s> {
 
     /// Everything this transaction wrote, as one atomic batch.
     pub fn commit(mut self) -> Result<()> {
+        // Sized once for every op the overlays may append and the three counters: grown
+        // overlay by overlay, the batch's ops were copied over and over.
+        let most = self.extra.len()
+            + 3
+            + self.ids.keys_used()
+            + self.parent.keys_used()
+            + self.canon.keys_used()
+            + self.pairs.keys_used()
+            + self.hubs.keys_used()
+            + self.blocks.keys_used()
+            + self.match_records.keys_used()
+            + self.nodes.keys_used()
+            + self.profiles.keys_used()
+            + self.links.keys_used()
+            + self.aliases.keys_used();
         let mut ops = std::mem::take(&mut self.extra);
+        ops.reserve_exact(most - ops.len());
         let be = |v: &u64| v.to_be_bytes().to_vec();
         self.ids.push_ops(&mut ops, be);
         self.parent.push_ops(&mut ops, be);
