@@ -128,8 +128,13 @@ impl fmt::Debug for Record {
 impl Record {
     /// Reads `fields` from traits (string values; other JSON types are not comparable).
     pub fn from_traits(traits: &BTreeMap<String, serde_json::Value>, fields: &[Field]) -> Self {
-        // Normalised straight into the record's text, in field order.
-        let mut r = Record::default();
+        // Normalised straight into the record's text, in field order, with room for a
+        // person's name, birth date and address: grown a character at a time from nothing,
+        // the text was reallocated about four times.
+        let mut r = Record {
+            text: String::with_capacity(64),
+            ..Record::default()
+        };
         for (i, f) in Field::ALL.iter().enumerate() {
             if !fields.contains(f) {
                 continue;
