@@ -5,8 +5,9 @@
 //! ([`UpdateRef`]: topic, tenant, canonical id, cause, arrival time) because its body is the
 //! profile as committed, which the store holds anyway: copied into the outbox, update bodies
 //! were most of the bytes a batch wrote (1.8 KiB each, written once and deleted once). The stage
-//! publishes the body it rendered when it committed the batch ([`OutboxCursor::rendered`]);
-//! a reference still in the outbox after a restart is rendered from the store's current profile,
+//! publishes the records it queued, update bodies as it rendered them, once the write holding
+//! them has landed ([`OutboxCursor::stage`]), without reading them back; a reference still in
+//! the outbox after a restart is rendered from the store's current profile,
 //! at that version or a newer one, which consumers keeping the newest version treat alike.
 
 use crate::codec::{decode_update_ref, encode_update_ref, UPDATE_REF};
@@ -15,7 +16,7 @@ use crate::txn::Txn;
 use crate::{ResolverError, Result};
 use cdp_bus::{OutRecord, Positions, Producer};
 use cdp_proto::{IdentityChange, Profile, ProfileUpdate, Timestamp};
-use std::collections::HashMap;
+use std::collections::VecDeque;
 
 /// A profile update named in the outbox: the profile is read when it is published.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,10 +28,12 @@ pub struct UpdateRef {
     pub received_at: Option<Timestamp>,
 }
 
-/// Queues `change` for `topic` in `txn`'s outbox.
-pub fn push_change(txn: &mut Txn, topic: &str, change: &IdentityChange) {
+/// Queues `change` for `topic` in `txn`'s outbox. Returns its outbox key and the record, to
+/// hand to an [`OutboxCursor`] once the transaction is committed.
+pub fn push_change(txn: &mut Txn, topic: &str, change: &IdentityChange) -> (Vec<u8>, OutRecord) {
     let value = serde_json::to_vec(change).expect("IdentityChange serialises");
-    txn.push_outbox(OutRecord::new(topic, change.canonical_id.as_bytes(), value).to_bytes());
+    let record = OutRecord::new(topic, change.canonical_id.as_bytes(), value);
+    (txn.push_outbox(record.to_bytes()), record)
 }
 
 /// A profile update as a transaction produced it: what its outbox reference names, and the body
@@ -66,7 +69,7 @@ impl RenderedUpdate {
 }
 
 /// Queues `update` for `topic` in `txn`'s outbox as a reference. Returns its outbox key, under
-/// which a publisher that keeps the body ([`OutboxCursor::rendered`]) hands it over.
+/// which a publisher that keeps the body ([`OutboxCursor::stage`]) hands it over.
 pub fn push_update(txn: &mut Txn, topic: &str, update: &RenderedUpdate) -> Vec<u8> {
     push_reference(
         txn,
@@ -131,59 +134,123 @@ pub fn records(store: &dyn GraphStore) -> Result<Vec<OutRecord>> {
     Ok(out)
 }
 
-/// Where the next [`OutboxCursor::send`] starts reading: the key after the last record sent.
+/// Where the next [`OutboxCursor::send`] starts: the entry after the last record sent, and the
+/// records of the entries committed since, which it publishes without reading them back.
+///
 /// Outbox keys are sequence numbers that only grow, and published records are deleted, so
-/// nothing live lies below it. Reading from the start instead would step over every deletion
-/// RocksDB has not compacted away yet, more with each batch: at a few thousand signals a second
-/// that walk was most of the resolver's CPU. Starts at the beginning, so a restart publishes
-/// whatever the last run left.
+/// nothing live lies below the cursor. Reading from the start instead would step over every
+/// deletion RocksDB has not compacted away yet, more with each batch: at a few thousand signals
+/// a second that walk was most of the resolver's CPU. A fresh cursor reads the outbox from its
+/// start, so a restart publishes whatever the last run left.
+///
+/// A transaction's records are handed over once it is committed ([`Self::stage`]). A send
+/// publishes them from memory while they follow on from the cursor, one sequence number after
+/// the other, up to the outbox counter the store holds (what has landed: a write still landing
+/// is published by a later send, so nothing goes out that a crash could take back). An entry
+/// committed without being handed over breaks that run, and the outbox is read from the
+/// cursor instead, as after a restart.
 #[derive(Debug, Default)]
 pub struct OutboxCursor {
     next: Vec<u8>,
+    /// The sequence number of the entry after the last record sent, once a send has read the
+    /// outbox (a fresh cursor does not know where the outbox starts).
+    next_seq: Option<u64>,
     /// Keys sent and not yet known delivered, removed from the outbox by [`Self::confirm`].
     sent: Vec<Vec<u8>>,
-    /// Bodies of the update references committed since the last send, by outbox key.
-    rendered: HashMap<Vec<u8>, OutRecord>,
+    /// Records of committed entries not sent yet, by sequence number, ascending.
+    staged: VecDeque<(u64, OutRecord)>,
+}
+
+/// The sequence number an outbox key holds (see [`Txn::push_outbox`]).
+fn seq_of(key: &[u8]) -> Option<u64> {
+    key.try_into().ok().map(u64::from_be_bytes)
 }
 
 impl OutboxCursor {
-    /// Keeps the body of the update queued under `key` for the next [`Self::send`], once the
-    /// transaction that queued it is committed; without it the body is rendered from the store.
-    pub fn rendered(&mut self, key: Vec<u8>, record: OutRecord) {
-        self.rendered.insert(key, record);
+    /// Hands over the records of entries a transaction queued (`key` as [`Txn::push_outbox`]
+    /// returned it), in key order, once it is committed. Entries not handed over are read from
+    /// the store when published (update references rendered from it).
+    pub fn stage(&mut self, entries: impl IntoIterator<Item = (Vec<u8>, OutRecord)>) {
+        for (key, record) in entries {
+            let seq = seq_of(&key).expect("outbox keys are sequence numbers");
+            debug_assert!(self.staged.back().is_none_or(|(last, _)| *last < seq));
+            self.staged.push_back((seq, record));
+        }
     }
 
     /// Hands the producer everything in the outbox from the cursor on, in order, without
-    /// waiting for delivery. Returns how many records.
+    /// waiting for delivery; `store` must hold only what has landed (a pipelined store's
+    /// [`crate::pipelined::PipelinedStore::durable`]), so a record is published only once the
+    /// write holding it has. Returns how many records.
     pub fn send(&mut self, store: &dyn GraphStore, producer: &mut dyn Producer) -> Result<u64> {
+        let mut n = 0;
+        if let Some(mut expected) = self.next_seq {
+            let end = crate::txn::stored_next_outbox(store)?;
+            while expected < end && self.staged.front().is_some_and(|(s, _)| *s == expected) {
+                let (seq, record) = self.staged.pop_front().expect("checked above");
+                producer.send(record)?;
+                self.sent.push(seq.to_be_bytes().to_vec());
+                expected = seq + 1;
+                n += 1;
+            }
+            if n > 0 {
+                self.next_seq = Some(expected);
+                self.next = (expected - 1).to_be_bytes().to_vec();
+                self.next.push(0);
+            }
+            if expected >= end {
+                return Ok(n);
+            }
+        }
+        Ok(n + self.read_and_send(store, producer)?)
+    }
+
+    /// Sends everything `store` holds from the cursor on, in order, taking the staged record
+    /// of an entry where there is one.
+    fn read_and_send(
+        &mut self,
+        store: &dyn GraphStore,
+        producer: &mut dyn Producer,
+    ) -> Result<u64> {
+        // Read before the entries: every entry below it has landed, so the read finds it.
+        let end = crate::txn::stored_next_outbox(store)?;
         let pending = store.scan_from(Cf::Outbox, &self.next)?;
         let mut n = 0;
-        if let Some((last, _)) = pending.last() {
-            // The smallest key after `last`.
-            let mut next = last.clone();
-            next.push(0);
-            for (key, bytes) in pending {
-                // Only update references are rendered ahead, so a body kept under the key is
-                // the reference's, and the reference need not be decoded.
-                let record = match self.rendered.remove(&key) {
-                    Some(r) => Some(r),
-                    None => match decode(&bytes)? {
-                        Entry::Record(r) => Some(r),
-                        Entry::Update(u) => render(store, &u)?,
-                    },
-                };
-                if let Some(record) = record {
-                    producer.send(record)?;
-                    n += 1;
-                }
-                self.sent.push(key);
+        let mut last = None;
+        for (key, bytes) in pending {
+            let seq = seq_of(&key);
+            let staged = seq.and_then(|seq| {
+                let at = self.staged.binary_search_by_key(&seq, |(s, _)| *s).ok()?;
+                self.staged.remove(at).map(|(_, record)| record)
+            });
+            let record = match staged {
+                Some(r) => Some(r),
+                None => match decode(&bytes)? {
+                    Entry::Record(r) => Some(r),
+                    Entry::Update(u) => render(store, &u)?,
+                },
+            };
+            if let Some(record) = record {
+                producer.send(record)?;
+                n += 1;
             }
-            self.next = next;
+            last = seq.map(|s| s.max(last.unwrap_or(0)));
+            // The smallest key after this one.
+            self.next = key.clone();
+            self.next.push(0);
+            self.sent.push(key);
         }
-        // Bodies of updates not read yet are of a write still landing (a pipelined store's):
-        // the next send reads them. Nothing below the cursor is read again.
-        let next = &self.next;
-        self.rendered.retain(|key, _| key >= next);
+        // Everything below `end` that was not read had been published and deleted.
+        let next_seq = last.map_or(end, |l| end.max(l + 1));
+        self.next_seq = Some(next_seq);
+        if last.is_none() && next_seq > 0 {
+            self.next = (next_seq - 1).to_be_bytes().to_vec();
+            self.next.push(0);
+        }
+        // Records of entries below the cursor were published from the store.
+        while self.staged.front().is_some_and(|(s, _)| *s < next_seq) {
+            self.staged.pop_front();
+        }
         Ok(n)
     }
 
@@ -234,18 +301,71 @@ mod tests {
     use cdp_bus::{Bus, ConsumerOptions};
     use std::time::Duration;
 
-    fn queue(store: &dyn GraphStore, seqs: std::ops::Range<u64>) {
-        let ops = seqs
+    /// Commits records "N" for the next `seqs` of the outbox, as a transaction queues them;
+    /// returns their keys and records.
+    fn queue(store: &dyn GraphStore, seqs: std::ops::Range<u64>) -> Vec<(Vec<u8>, OutRecord)> {
+        let mut txn = Txn::begin(store).unwrap();
+        let queued = seqs
             .map(|seq| {
                 let record = OutRecord::new("out", Vec::new(), seq.to_string().into_bytes());
-                (
-                    Cf::Outbox,
-                    seq.to_be_bytes().to_vec(),
-                    Some(record.to_bytes()),
-                )
+                let key = txn.push_outbox(record.to_bytes());
+                assert_eq!(key, seq.to_be_bytes(), "the next sequence numbers");
+                (key, record)
             })
             .collect();
-        store.write(ops).unwrap();
+        txn.commit().unwrap();
+        queued
+    }
+
+    /// What `records` say, for assertions.
+    fn values(records: &[OutRecord]) -> Vec<String> {
+        records
+            .iter()
+            .map(|r| String::from_utf8(r.value.clone().unwrap()).unwrap())
+            .collect()
+    }
+
+    /// The record "N" for sequence number `seq`, as a stage would hand it over (it says so).
+    fn staged(seq: u64) -> (Vec<u8>, OutRecord) {
+        let value = format!("{seq} staged").into_bytes();
+        (
+            seq.to_be_bytes().to_vec(),
+            OutRecord::new("out", Vec::new(), value),
+        )
+    }
+
+    #[test]
+    fn staged_records_are_published_from_memory_once_landed_and_in_order() {
+        let store = MemStore::default();
+        let mut cursor = OutboxCursor::default();
+        let mut sent = Sent::default();
+        // A fresh cursor reads the outbox: what the last run left goes out first.
+        queue(&store, 0..2);
+        assert_eq!(publish_outbox(&store, &mut sent, &mut cursor).unwrap(), 2);
+
+        // Records handed over for entries the store does not hold yet (a write still landing)
+        // wait; once it holds them they go out as handed over, not read back.
+        cursor.stage([staged(2), staged(3)]);
+        assert_eq!(cursor.send(&store, &mut sent).unwrap(), 0);
+        queue(&store, 2..4);
+        assert_eq!(cursor.send(&store, &mut sent).unwrap(), 2);
+        cursor.confirm(&store, &mut sent).unwrap();
+
+        // An entry committed without being handed over (4) breaks the run: the outbox is read
+        // from the cursor, and the records handed over are still used where they exist.
+        queue(&store, 4..7);
+        cursor.stage([staged(5), staged(6)]);
+        assert_eq!(publish_outbox(&store, &mut sent, &mut cursor).unwrap(), 3);
+        // Then from memory again.
+        queue(&store, 7..8);
+        cursor.stage([staged(7)]);
+        assert_eq!(publish_outbox(&store, &mut sent, &mut cursor).unwrap(), 1);
+
+        assert_eq!(
+            values(&sent.0),
+            ["0", "1", "2 staged", "3 staged", "4", "5 staged", "6 staged", "7 staged"]
+        );
+        assert!(store.scan_prefix(Cf::Outbox, b"").unwrap().is_empty());
     }
 
     fn published(bus: &EmbeddedBus) -> Vec<String> {
@@ -377,7 +497,7 @@ mod tests {
             // The stage publishes the body it kept, not a rendering from the store.
             let mut cursor = OutboxCursor::default();
             let kept = OutRecord::new("cdp.profiles", b"cdp_ann".to_vec(), b"kept".to_vec());
-            cursor.rendered(key, kept.clone());
+            cursor.stage([(key, kept.clone())]);
             let mut sent = Sent::default();
             assert_eq!(publish_outbox(store, &mut sent, &mut cursor).unwrap(), 1);
             assert_eq!(sent.0, vec![kept], "{name}");

@@ -444,16 +444,18 @@ fn apply_signals(
     let closing = Instant::now();
     let touched = batch.touched();
     let out = resolver.finish(&mut txn, batch)?;
-    push_changes(&mut txn, config, &out.changes);
+    // Everything queued, in key order, handed to the outbox cursor once committed.
+    let mut queued = push_changes(&mut txn, config, &out.changes);
     let keys: Vec<_> = out
         .updates
         .iter()
         .map(|u| outbox::push_update(&mut txn, &config.profiles_topic, u))
         .collect();
     let dead_count = dead.len() as u64;
-    for d in dead {
-        txn.push_outbox(d.to_bytes());
-    }
+    let dead: Vec<_> = dead
+        .into_iter()
+        .map(|d| (txn.push_outbox(d.to_bytes()), d))
+        .collect();
     for ((topic, partition), next) in applied {
         txn.set_offset(&topic, partition, next);
     }
@@ -462,9 +464,10 @@ fn apply_signals(
         dead: dead_count,
         ..Applied::from(&out)
     };
-    for (key, update) in keys.into_iter().zip(out.updates) {
-        outbox.rendered(key, update.into_record(&config.profiles_topic));
-    }
+    let updates = keys.into_iter().zip(out.updates);
+    queued.extend(updates.map(|(key, u)| (key, u.into_record(&config.profiles_topic))));
+    queued.extend(dead);
+    outbox.stage(queued);
     pacer.observe(touched, closing.elapsed());
     Ok((applied, used))
 }
@@ -486,8 +489,10 @@ fn apply_command(
     let command = match decode_command(r) {
         Ok(c) => c,
         Err(rejection) => {
-            txn.push_outbox(dead_letter(config, r, &rejection).to_bytes());
+            let dead = dead_letter(config, r, &rejection);
+            let key = txn.push_outbox(dead.to_bytes());
             txn.commit()?;
+            state.outbox.stage([(key, dead)]);
             return Ok((None, 1));
         }
     };
@@ -502,7 +507,7 @@ fn apply_command(
             crate::unmerge::unmerge(resolver, &mut txn, &command, canonical_id, part)?
         }
     };
-    push_changes(&mut txn, config, &outcome.changes);
+    let mut queued = push_changes(&mut txn, config, &outcome.changes);
     let mut updates = Vec::new();
     for canonical_id in &outcome.profiles {
         let Some(root) = txn.root_of_canonical(&command.tenant, canonical_id)? else {
@@ -517,10 +522,9 @@ fn apply_command(
     }
     txn.put_command_outcome(&outcome);
     txn.commit()?;
-    for (key, update) in updates {
-        let record = update.into_record(&config.profiles_topic);
-        state.outbox.rendered(key, record);
-    }
+    let updates = updates.into_iter();
+    queued.extend(updates.map(|(key, u)| (key, u.into_record(&config.profiles_topic))));
+    state.outbox.stage(queued);
     tracing::info!(
         op = command.op.name(),
         status = ?outcome.status,
@@ -530,10 +534,16 @@ fn apply_command(
     Ok((Some(outcome), 0))
 }
 
-fn push_changes(txn: &mut Txn, config: &ResolverConfig, changes: &[IdentityChange]) {
-    for change in changes {
-        outbox::push_change(txn, &config.changes_topic, change);
-    }
+/// Queues `changes`; their outbox keys and records, in order.
+fn push_changes(
+    txn: &mut Txn,
+    config: &ResolverConfig,
+    changes: &[IdentityChange],
+) -> Vec<(Vec<u8>, OutRecord)> {
+    changes
+        .iter()
+        .map(|change| outbox::push_change(txn, &config.changes_topic, change))
+        .collect()
 }
 
 /// The outcome of the command `id`, once the resolver has applied it.

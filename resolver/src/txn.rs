@@ -468,6 +468,16 @@ impl<'s> Txn<'s> {
     }
 }
 
+/// The sequence number the next outbox entry will take, as `store` holds it: every entry below
+/// it is committed there (or already published and deleted).
+pub fn stored_next_outbox(store: &dyn GraphStore) -> Result<u64> {
+    Ok(store
+        .get(Cf::Meta, META_NEXT_OUTBOX)?
+        .map(|b| decode_u64(Cf::Meta, &b))
+        .transpose()?
+        .unwrap_or(0))
+}
+
 pub fn id_key(tenant: &str, id: &Identifier) -> Vec<u8> {
     let mut k = Vec::with_capacity(tenant.len() + id.kind.as_str().len() + id.value.len() + 2);
     k.extend_from_slice(tenant.as_bytes());
