@@ -66,13 +66,7 @@ impl<'s> Txn<'s> {
 
     fn open(store: &'s dyn GraphStore, mut cache: Option<&'s mut StateCache>) -> Result<Self> {
         let held = cache.as_deref_mut().map(StateCache::take);
-        let counter = |key: &[u8]| -> Result<u64> {
-            Ok(store
-                .get(Cf::Meta, key)?
-                .map(|b| decode_u64(Cf::Meta, &b))
-                .transpose()?
-                .unwrap_or(0))
-        };
+        let counter = |key: &[u8]| stored_counter(store, key);
         let counters = match held.as_ref().and_then(|h| h.counters) {
             Some(c) => c,
             None => [
@@ -471,8 +465,13 @@ impl<'s> Txn<'s> {
 /// The sequence number the next outbox entry will take, as `store` holds it: every entry below
 /// it is committed there (or already published and deleted).
 pub fn stored_next_outbox(store: &dyn GraphStore) -> Result<u64> {
+    stored_counter(store, META_NEXT_OUTBOX)
+}
+
+/// The `meta` counter under `key` as `store` holds it (0 before the first commit).
+fn stored_counter(store: &dyn GraphStore, key: &[u8]) -> Result<u64> {
     Ok(store
-        .get(Cf::Meta, META_NEXT_OUTBOX)?
+        .get(Cf::Meta, key)?
         .map(|b| decode_u64(Cf::Meta, &b))
         .transpose()?
         .unwrap_or(0))
