@@ -577,11 +577,10 @@ impl Resolver {
 }
 
 fn touch(batch: &mut Batch, signal: &Signal, canonical_id: &str) {
-    let tenant = signal.tenant.as_str();
-    if !batch.touched.contains_key(tenant) {
-        batch.touched.insert(tenant.to_string(), HashMap::default());
-    }
-    let profiles = batch.touched.get_mut(tenant).expect("inserted above");
+    let profiles = match batch.touched.get_mut(signal.tenant.as_str()) {
+        Some(profiles) => profiles,
+        None => batch.touched.entry(signal.tenant.clone()).or_default(),
+    };
     match profiles.get_mut(canonical_id) {
         Some((event_id, at)) => {
             event_id.clone_from(&signal.event_id);
