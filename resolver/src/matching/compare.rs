@@ -119,7 +119,7 @@ pub fn compare(field: Field, a: &str, b: &str, t: Thresholds) -> Level {
     if field.is_date() {
         return compare_dates(a, b);
     }
-    let similarity = strsim::jaro_winkler(a, b);
+    let similarity = super::jaro::jaro_winkler(a, b);
     if similarity >= t.close {
         Level::Close
     } else if similarity >= t.similar {

@@ -12,6 +12,7 @@
 pub mod blocking;
 pub mod compare;
 pub mod field;
+pub mod jaro;
 pub mod model;
 pub mod normalize;
 pub mod soundex;
