@@ -151,9 +151,8 @@ pub fn records(store: &dyn GraphStore) -> Result<Vec<OutRecord>> {
 /// cursor instead, as after a restart.
 #[derive(Debug, Default)]
 pub struct OutboxCursor {
-    next: Vec<u8>,
     /// The sequence number of the entry after the last record sent, once a send has read the
-    /// outbox (a fresh cursor does not know where the outbox starts).
+    /// outbox (a fresh cursor does not know where the outbox starts, and reads it whole).
     next_seq: Option<u64>,
     /// Keys sent and not yet known delivered, removed from the outbox by [`Self::confirm`].
     sent: Vec<Vec<u8>>,
@@ -183,9 +182,10 @@ impl OutboxCursor {
     /// [`crate::pipelined::PipelinedStore::durable`]), so a record is published only once the
     /// write holding it has. Returns how many records.
     pub fn send(&mut self, store: &dyn GraphStore, producer: &mut dyn Producer) -> Result<u64> {
+        // Read before the entries: every entry below it has landed, so a read finds it.
+        let end = crate::txn::stored_next_outbox(store)?;
         let mut n = 0;
         if let Some(mut expected) = self.next_seq {
-            let end = crate::txn::stored_next_outbox(store)?;
             while expected < end && self.staged.front().is_some_and(|(s, _)| *s == expected) {
                 let (seq, record) = self.staged.pop_front().expect("checked above");
                 producer.send(record)?;
@@ -193,28 +193,26 @@ impl OutboxCursor {
                 expected = seq + 1;
                 n += 1;
             }
-            if n > 0 {
-                self.next_seq = Some(expected);
-                self.next = (expected - 1).to_be_bytes().to_vec();
-                self.next.push(0);
-            }
+            self.next_seq = Some(expected);
             if expected >= end {
                 return Ok(n);
             }
         }
-        Ok(n + self.read_and_send(store, producer)?)
+        Ok(n + self.read_and_send(store, producer, end)?)
     }
 
     /// Sends everything `store` holds from the cursor on, in order, taking the staged record
-    /// of an entry where there is one.
+    /// of an entry where there is one; `end` is the outbox counter read before.
     fn read_and_send(
         &mut self,
         store: &dyn GraphStore,
         producer: &mut dyn Producer,
+        end: u64,
     ) -> Result<u64> {
-        // Read before the entries: every entry below it has landed, so the read finds it.
-        let end = crate::txn::stored_next_outbox(store)?;
-        let pending = store.scan_from(Cf::Outbox, &self.next)?;
+        let from = self
+            .next_seq
+            .map_or_else(Vec::new, |seq| seq.to_be_bytes().to_vec());
+        let pending = store.scan_from(Cf::Outbox, &from)?;
         let mut n = 0;
         let mut last = None;
         for (key, bytes) in pending {
@@ -234,19 +232,12 @@ impl OutboxCursor {
                 producer.send(record)?;
                 n += 1;
             }
-            last = seq.map(|s| s.max(last.unwrap_or(0)));
-            // The smallest key after this one.
-            self.next = key.clone();
-            self.next.push(0);
+            last = seq.or(last);
             self.sent.push(key);
         }
         // Everything below `end` that was not read had been published and deleted.
         let next_seq = last.map_or(end, |l| end.max(l + 1));
         self.next_seq = Some(next_seq);
-        if last.is_none() && next_seq > 0 {
-            self.next = (next_seq - 1).to_be_bytes().to_vec();
-            self.next.push(0);
-        }
         // Records of entries below the cursor were published from the store.
         while self.staged.front().is_some_and(|(s, _)| *s < next_seq) {
             self.staged.pop_front();
