@@ -17,6 +17,7 @@
 
 use super::field::{Field, Record};
 use super::soundex::soundex;
+use super::varint;
 use crate::txn::NodeId;
 use sha2::{Digest, Sha256};
 
@@ -278,12 +279,12 @@ impl Block {
                 b.push(OPEN);
                 let mut previous = 0;
                 for (e, len) in entries.iter().zip(lens) {
-                    varint(&mut b, e.node - previous);
+                    varint::write(&mut b, e.node - previous);
                     previous = e.node;
                     match &e.record {
                         None => b.push(0),
                         Some(r) => {
-                            varint(&mut b, len as u64 + 1);
+                            varint::write(&mut b, len as u64 + 1);
                             r.encode_into(&mut b);
                         }
                     }
@@ -302,13 +303,13 @@ impl Block {
                 let mut entries = Vec::new();
                 let mut previous: NodeId = 0;
                 while !rest.is_empty() {
-                    let delta = read_varint(&mut rest)?;
+                    let delta = varint::read(&mut rest)?;
                     // The first id may not be 0 (no node is), the others must ascend.
                     if delta == 0 {
                         return None;
                     }
                     previous = previous.checked_add(delta)?;
-                    let record = match usize::try_from(read_varint(&mut rest)?).ok()? {
+                    let record = match usize::try_from(varint::read(&mut rest)?).ok()? {
                         0 => None,
                         len => {
                             let r = Record::decode(rest.get(..len - 1)?)?;
@@ -324,34 +325,6 @@ impl Block {
                 Some(Block::Open(entries))
             }
             _ => None,
-        }
-    }
-}
-
-fn varint(b: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        b.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    b.push(v as u8);
-}
-
-fn read_varint(rest: &mut &[u8]) -> Option<u64> {
-    let (mut v, mut shift) = (0u64, 0u32);
-    loop {
-        let (&byte, tail) = rest.split_first()?;
-        *rest = tail;
-        // The tenth byte holds the 64th bit only.
-        if shift == 63 && byte & 0x7e != 0 {
-            return None;
-        }
-        v |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Some(v);
-        }
-        shift += 7;
-        if shift > 63 {
-            return None;
         }
     }
 }

@@ -5,6 +5,7 @@
 //! profile).
 
 use super::normalize;
+use super::varint;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};
@@ -221,7 +222,11 @@ impl Record {
         if self.present == 0 {
             return 0;
         }
-        2 + self.iter().map(|(_, v)| varint_len(v.len())).sum::<usize>() + self.text.len()
+        2 + self
+            .iter()
+            .map(|(_, v)| varint::len(v.len() as u64))
+            .sum::<usize>()
+            + self.text.len()
     }
 
     pub fn encode_into(&self, b: &mut Vec<u8>) {
@@ -231,12 +236,7 @@ impl Record {
         b.push(CONTIGUOUS);
         b.push(self.present);
         for (_, v) in self.iter() {
-            let mut len = v.len();
-            while len >= 0x80 {
-                b.push((len as u8 & 0x7f) | 0x80);
-                len >>= 7;
-            }
-            b.push(len as u8);
+            varint::write(b, v.len() as u64);
         }
         b.extend_from_slice(self.text.as_bytes());
     }
@@ -304,15 +304,6 @@ impl Record {
 
 /// First byte of a record's contiguous form; the per-field form starts with a field index.
 const CONTIGUOUS: u8 = 0x80;
-
-fn varint_len(mut n: usize) -> usize {
-    let mut bytes = 1;
-    while n >= 0x80 {
-        bytes += 1;
-        n >>= 7;
-    }
-    bytes
-}
 
 /// A length written as a LEB128 varint (at most 4 bytes), taken off the front of `b`.
 fn read_len(b: &mut &[u8]) -> Option<usize> {
@@ -439,12 +430,7 @@ mod tests {
         let mut old = Vec::new();
         for (f, v) in r.iter() {
             old.push(f.index());
-            let mut len = v.len();
-            while len >= 0x80 {
-                old.push((len as u8 & 0x7f) | 0x80);
-                len >>= 7;
-            }
-            old.push(len as u8);
+            varint::write(&mut old, v.len() as u64);
             old.extend_from_slice(v.as_bytes());
         }
         assert_eq!(old.len(), (2 + 3) + (2 + 10) + (3 + 300) + 2);

@@ -18,6 +18,7 @@ pub mod normalize;
 pub mod soundex;
 pub mod stream;
 pub mod train;
+pub mod varint;
 
 use compare::Thresholds;
 use field::Field;
