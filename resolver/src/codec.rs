@@ -310,12 +310,8 @@ struct Writer(Vec<u8>);
 
 impl Writer {
     /// LEB128: small numbers (lengths, counts, versions) take one byte.
-    fn uint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.0.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.0.push(v as u8);
+    fn uint(&mut self, v: u64) {
+        crate::varint::write(&mut self.0, v);
     }
 
     fn int(&mut self, v: i64) {

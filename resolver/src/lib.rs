@@ -38,6 +38,7 @@ pub mod store;
 pub mod tombstone;
 pub mod txn;
 pub mod unmerge;
+pub mod varint;
 
 pub use config::ResolverConfig;
 pub use graph::{BatchOutput, Resolver};

@@ -17,8 +17,8 @@
 
 use super::field::{Field, Record};
 use super::soundex::soundex;
-use super::varint;
 use crate::txn::NodeId;
+use crate::varint;
 use sha2::{Digest, Sha256};
 
 /// A blocking rule: which fields make up its keys.

@@ -5,7 +5,7 @@
 //! profile).
 
 use super::normalize;
-use super::varint;
+use crate::varint;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::{self, Write as _};

@@ -18,7 +18,6 @@ pub mod normalize;
 pub mod soundex;
 pub mod stream;
 pub mod train;
-pub mod varint;
 
 use compare::Thresholds;
 use field::Field;

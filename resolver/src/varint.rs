@@ -1,5 +1,5 @@
-//! LEB128 varints, the lengths and node ids of the blocking index's stored forms: seven bits
-//! a byte, low first, the high bit set on every byte but the last.
+//! LEB128 varints, the numbers and lengths of the resolver's stored forms: seven bits a byte,
+//! low first, the high bit set on every byte but the last.
 
 /// Appends `v`.
 pub fn write(b: &mut Vec<u8>, mut v: u64) {
