@@ -161,13 +161,23 @@ fn forgetting_a_cohort_member_makes_them_exit() {
             current.insert(key, r["value"].clone());
         }
     }
+    // If no member's profile can be read, say why: how many members there were and what the
+    // reads answered.
+    let mut refusals = Vec::new();
+    let members = current.len();
     let member = current
         .into_values()
         .find(|v| {
             let id = format!("canonical_id:{}", v["canonical_id"].as_str().unwrap());
-            cdp_raw(&data, &["profile", "get", &id]).status.success()
+            let out = cdp_raw(&data, &["profile", "get", &id]);
+            if !out.status.success() {
+                refusals.push(format!("{id}: {}", stderr(&out).trim()));
+            }
+            out.status.success()
         })
-        .expect("someone is in a cohort");
+        .unwrap_or_else(|| {
+            panic!("no cohort member with a profile among {members}: {refusals:#?}")
+        });
     let who = member["canonical_id"].as_str().unwrap();
     let done = json(&cdp(&data, &["graph", "forget", who]));
     assert_eq!(done["status"], "applied");
