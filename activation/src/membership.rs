@@ -1,9 +1,11 @@
 //! Membership state in RocksDB: who is in which cohort, the per-(cohort, profile) change
-//! sequence, the last profile version applied, input offsets and the outbox; per destination,
+//! sequence and the last profile version applied (one record per person), input offsets and the
+//! outbox; per destination,
 //! who it holds and the queue of events still to deliver; the last profile of each person with
 //! the time its windows next change (the timer index). A batch's writes are collected in a
 //! [`MembershipTxn`] and committed atomically.
 
+pub use crate::standing::Applied;
 use crate::standing::Standing;
 use crate::{ActivationError, Result};
 use cdp_proto::Timestamp;
@@ -13,12 +15,15 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// `tenant \0 canonical_id` -> the person's memberships ([`Standing`]).
+/// `tenant \0 canonical_id` -> the person's record ([`Standing`]): the version applied and
+/// their memberships.
 const CF_MEMBERSHIPS: &str = "memberships";
 /// Where memberships were kept one key per cohort (`tenant \0 canonical_id \0 audience` ->
 /// [`MemberState`] as JSON) by earlier versions: moved into [`CF_MEMBERSHIPS`] on open.
 const CF_LEGACY_MEMBERS: &str = "members";
-const CF_VERSIONS: &str = "versions";
+/// Where the applied version was kept apart from the memberships (`tenant \0 canonical_id` ->
+/// [`Applied`] as 8-byte words) by earlier versions: moved into [`CF_MEMBERSHIPS`] on open.
+const CF_LEGACY_VERSIONS: &str = "versions";
 const CF_OFFSETS: &str = "offsets";
 const CF_OUTBOX: &str = "outbox";
 const CF_META: &str = "meta";
@@ -35,9 +40,8 @@ pub(crate) const CF_DUE_OF: &str = "due_of";
 /// `tenant \0 canonical_id \0 channel` -> when its last `Audience Entered` deliveries on the
 /// channel were sent (ms, 8 bytes big endian each, oldest first), for frequency caps.
 pub(crate) const CF_CAPS: &str = "caps";
-const ALL_CFS: [&str; 11] = [
+const ALL_CFS: [&str; 10] = [
     CF_MEMBERSHIPS,
-    CF_VERSIONS,
     CF_OFFSETS,
     CF_OUTBOX,
     CF_META,
@@ -49,17 +53,10 @@ const ALL_CFS: [&str; 11] = [
     CF_CAPS,
 ];
 /// The column families of the membership state.
-pub const COLUMN_FAMILIES: [&str; 11] = ALL_CFS;
+pub const COLUMN_FAMILIES: [&str; 10] = ALL_CFS;
 /// The column families the stage reads by key only: the others are scanned in key order (what
 /// a destination holds of a person, a destination's queue, the outbox, due times).
-const READ_BY_KEY: [&str; 6] = [
-    CF_MEMBERSHIPS,
-    CF_VERSIONS,
-    CF_PROFILES,
-    CF_DUE_OF,
-    CF_OFFSETS,
-    CF_META,
-];
+const READ_BY_KEY: [&str; 5] = [CF_MEMBERSHIPS, CF_PROFILES, CF_DUE_OF, CF_OFFSETS, CF_META];
 
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
 /// Bytes of the block cache all column families share.
@@ -97,46 +94,6 @@ pub struct DestMember {
     pub withheld: Option<crate::rules::Withheld>,
 }
 
-/// Per person: the last profile version applied, and what its cohorts were last evaluated on.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Applied {
-    pub version: u64,
-    /// Per cohort evaluated without error: the fingerprint of its inputs
-    /// ([`crate::inputs::InputHashes::fingerprint`]) with the result in the lowest bit; sorted
-    /// (see [`crate::inputs::known`]).
-    pub inputs: Vec<u64>,
-}
-
-impl Applied {
-    /// The version (8 bytes, big endian) then the fingerprints: a store written before there
-    /// were fingerprints holds the version alone, and its people are evaluated in full once.
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 * (1 + self.inputs.len()));
-        out.extend_from_slice(&self.version.to_be_bytes());
-        for f in &self.inputs {
-            out.extend_from_slice(&f.to_be_bytes());
-        }
-        out
-    }
-
-    fn decode(b: &[u8]) -> Result<Self> {
-        if b.len() < 8 || !b.len().is_multiple_of(8) {
-            return Err(ActivationError::Corrupt(format!(
-                "version entry of {} bytes",
-                b.len()
-            )));
-        }
-        let mut words = b
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("chunks of 8")));
-        let version = words.next().expect("at least 8 bytes checked above");
-        Ok(Self {
-            version,
-            inputs: words.collect(),
-        })
-    }
-}
-
 pub struct MembershipStore {
     db: DB,
     /// The options of every point read, made once: creating them for each read allocates,
@@ -172,14 +129,15 @@ impl MembershipStore {
         let mut table = rocksdb::BlockBasedOptions::default();
         table.set_block_cache(&cache);
         opts.set_block_based_table_factory(&table);
-        let legacy = holds_legacy_members(dir);
+        let legacy = holds(dir, CF_LEGACY_MEMBERS);
+        let legacy_versions = holds(dir, CF_LEGACY_VERSIONS);
         let mut cfs: Vec<ColumnFamilyDescriptor> = ALL_CFS
             .iter()
             .map(|&n| {
                 let mut cf_opts = opts.clone();
                 if READ_BY_KEY.contains(&n) {
-                    // Each update writes and reads a person's memberships, applied state,
-                    // profile and due time at keys spread at random.
+                    // Each update writes and reads a person's record, profile and due time at
+                    // keys spread at random.
                     cdp_bus::hash_indexed_memtable(&mut cf_opts);
                 }
                 if n == CF_MEMBERSHIPS {
@@ -196,9 +154,19 @@ impl MembershipStore {
         if legacy {
             cfs.push(ColumnFamilyDescriptor::new(CF_LEGACY_MEMBERS, opts.clone()));
         }
+        if legacy_versions {
+            cfs.push(ColumnFamilyDescriptor::new(
+                CF_LEGACY_VERSIONS,
+                opts.clone(),
+            ));
+        }
         let mut db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(storage)?;
+        // Memberships first: the versions are then moved into the records they made.
         if legacy {
             move_legacy_members(&mut db)?;
+        }
+        if legacy_versions {
+            move_legacy_versions(&mut db)?;
         }
         Ok(Self {
             db,
@@ -210,14 +178,19 @@ impl MembershipStore {
     }
 
     /// Opens the state for reading while a running stage owns it (a point-in-time view). A state
-    /// written by an older version that kept memberships one key per cohort is refused: opening
-    /// it for writing once ([`Self::open`], as the stage does) moves them.
+    /// written by an older version that kept memberships one key per cohort, or the applied
+    /// versions apart, is refused: opening it for writing once ([`Self::open`], as the stage
+    /// does) moves them.
     pub fn open_read_only(dir: &Path) -> Result<Self> {
-        if holds_legacy_members(dir) {
+        let older = [
+            (CF_LEGACY_MEMBERS, "memberships one key per cohort"),
+            (CF_LEGACY_VERSIONS, "the applied profile versions apart"),
+        ];
+        if let Some((_, what)) = older.iter().find(|(cf, _)| holds(dir, cf)) {
             return Err(ActivationError::Storage(format!(
-                "the membership state in {} was written by an older cdp, which kept memberships \
-                 one key per cohort: run activation on it once (it moves them when it opens the \
-                 state for writing), then read it",
+                "the membership state in {} was written by an older cdp, which kept {what}: run \
+                 activation on it once (it moves them when it opens the state for writing), then \
+                 read it",
                 dir.display()
             )));
         }
@@ -260,12 +233,13 @@ impl MembershipStore {
         Ok(out)
     }
 
-    /// The memberships committed for the person `tenant \0 canonical_id` (`pair`).
-    fn standing(&self, pair: &[u8]) -> Result<Standing> {
+    /// The record committed for the person `tenant \0 canonical_id` (`pair`), if there is one.
+    fn standing(&self, pair: &[u8]) -> Result<Option<Standing>> {
         self.db
             .get_pinned_cf_opt(self.cf(CF_MEMBERSHIPS), pair, &self.read)
             .map_err(storage)?
-            .map_or_else(|| Ok(Standing::default()), |b| Standing::decode(&b))
+            .map(|b| Standing::decode(&b))
+            .transpose()
     }
 
     /// Every entry of the column family `cf` (one of [`COLUMN_FAMILIES`]) in key order, for
@@ -362,6 +336,7 @@ impl MembershipStore {
     ) -> Result<Vec<(String, MemberState)>> {
         Ok(self
             .standing(&pair_key(tenant, canonical_id))?
+            .unwrap_or_default()
             .current()
             .map(|(a, s)| (a.to_string(), s.clone()))
             .collect())
@@ -597,8 +572,6 @@ impl MembershipStore {
         Ok(MembershipTxn {
             store: self,
             people: Keyed::default(),
-            versions: Keyed::default(),
-            version_reads: Keyed::default(),
             loaded: Vec::new(),
             key: Vec::new(),
             kv_reads: HashMap::default(),
@@ -619,7 +592,7 @@ type Keyed<V> = HashMap<Vec<u8>, V, Seeded>;
 /// The hasher of every read cache of a transaction: foldhash, seeded at random per process.
 type Seeded = foldhash::quality::RandomState;
 
-/// A person's memberships in a [`MembershipTxn`].
+/// A person's record in a [`MembershipTxn`].
 struct Person {
     standing: Standing,
     /// Whether the batch changed them: only those are written.
@@ -630,11 +603,9 @@ struct Person {
 /// from what it wrote, so that a commit writes only what changed.
 pub struct MembershipTxn<'s> {
     store: &'s MembershipStore,
-    /// The memberships of each person read or written, by `tenant \0 canonical_id`: as read
-    /// from the store, with this batch's writes applied.
+    /// The record of each person read or written, by `tenant \0 canonical_id`: as read from
+    /// the store, with this batch's writes applied.
     people: Keyed<Person>,
-    versions: Keyed<Applied>,
-    version_reads: Keyed<Applied>,
     /// Per column family, the prefixes read whole into the read caches
     /// ([`MembershipTxn::load_person`]): a key under one of them that is not cached is absent
     /// from the store.
@@ -685,14 +656,23 @@ impl<'s> MembershipTxn<'s> {
         Ok(out)
     }
 
-    /// The person's memberships in this batch: read from the store the first time.
+    /// The person's record in this batch: read from the store the first time.
     fn person(&mut self, tenant: &str, canonical_id: &str) -> Result<&mut Person> {
         let mut key = std::mem::take(&mut self.key);
         key.clear();
         push_pair_key(&mut key, tenant, canonical_id);
         if !self.people.contains_key(&key) {
+            let standing = match self.store.standing(&key)? {
+                Some(standing) => standing,
+                None => {
+                    // Never applied: a due time is written only with the person's record (in
+                    // the same write), and records are never deleted, so there is none to read.
+                    self.kv_reads.insert((CF_DUE_OF, key.clone()), None);
+                    Standing::default()
+                }
+            };
             let person = Person {
-                standing: self.store.standing(&key)?,
+                standing,
                 written: false,
             };
             self.people.insert(key.clone(), person);
@@ -765,50 +745,33 @@ impl<'s> MembershipTxn<'s> {
 
     /// The last profile version applied to the person and the fingerprints of its cohort inputs.
     pub fn applied(&mut self, tenant: &str, canonical_id: &str) -> Result<Applied> {
-        let key = pair_key(tenant, canonical_id);
-        if let Some(v) = self
-            .versions
-            .get(&key)
-            .or_else(|| self.version_reads.get(&key))
-        {
-            return Ok(v.clone());
-        }
-        let stored = self
-            .store
-            .db
-            .get_cf_opt(self.store.cf(CF_VERSIONS), &key, &self.store.read)
-            .map_err(storage)?;
-        let v = match stored {
-            Some(b) => Applied::decode(&b)?,
-            None => {
-                // Never applied: a due time is written only with an applied state (in the same
-                // write), and applied states are never deleted, so there is none to read.
-                self.kv_reads.insert((CF_DUE_OF, key.clone()), None);
-                Applied::default()
-            }
-        };
-        self.version_reads.insert(key, v.clone());
-        Ok(v)
+        Ok(self.person(tenant, canonical_id)?.standing.applied.clone())
     }
 
-    pub fn set_applied(&mut self, tenant: &str, canonical_id: &str, applied: Applied) {
-        self.versions
-            .insert(pair_key(tenant, canonical_id), applied);
+    pub fn set_applied(
+        &mut self,
+        tenant: &str,
+        canonical_id: &str,
+        applied: Applied,
+    ) -> Result<()> {
+        let person = self.person(tenant, canonical_id)?;
+        person.standing.applied = applied;
+        person.written = true;
+        Ok(())
     }
 
     pub fn version(&mut self, tenant: &str, canonical_id: &str) -> Result<u64> {
-        Ok(self.applied(tenant, canonical_id)?.version)
+        Ok(self.person(tenant, canonical_id)?.standing.applied.version)
     }
 
     /// Sets the person's version and forgets the fingerprints of its inputs: its memberships
     /// change other than by evaluation (an identity change), so the next update evaluates them all.
-    pub fn set_version(&mut self, tenant: &str, canonical_id: &str, version: u64) {
+    pub fn set_version(&mut self, tenant: &str, canonical_id: &str, version: u64) -> Result<()> {
         let applied = Applied {
             version,
             inputs: Vec::new(),
         };
-        self.versions
-            .insert(pair_key(tenant, canonical_id), applied);
+        self.set_applied(tenant, canonical_id, applied)
     }
 
     pub fn set_offset(&mut self, topic: &str, partition: i32, next: i64) {
@@ -1071,9 +1034,6 @@ impl<'s> MembershipTxn<'s> {
                 batch.put_cf(s.cf(CF_MEMBERSHIPS), k, person.standing.encode());
             }
         }
-        for (k, v) in self.versions {
-            batch.put_cf(s.cf(CF_VERSIONS), k, v.encode());
-        }
         for (k, v) in self.offsets {
             batch.put_cf(s.cf(CF_OFFSETS), k, v.to_be_bytes());
         }
@@ -1111,11 +1071,10 @@ fn total_order_reads() -> rocksdb::ReadOptions {
     read
 }
 
-/// Whether the state in `dir` still keeps memberships one key per cohort ([`CF_LEGACY_MEMBERS`]);
-/// `false` when there is no database yet.
-fn holds_legacy_members(dir: &Path) -> bool {
-    DB::list_cf(&Options::default(), dir)
-        .is_ok_and(|cfs| cfs.iter().any(|n| n == CF_LEGACY_MEMBERS))
+/// Whether the state in `dir` has the column family `cf` (those of older layouts are dropped once
+/// moved); `false` when there is no database yet.
+fn holds(dir: &Path, cf: &str) -> bool {
+    DB::list_cf(&Options::default(), dir).is_ok_and(|cfs| cfs.iter().any(|n| n == cf))
 }
 
 /// Moves memberships kept one key per cohort ([`CF_LEGACY_MEMBERS`]) into one record per person
@@ -1185,6 +1144,52 @@ fn move_legacy_members(db: &mut DB) -> Result<()> {
         people,
         seconds = started.elapsed().as_secs_f64(),
         "moved memberships from one key per cohort to one record per person"
+    );
+    Ok(())
+}
+
+/// Moves the applied versions kept apart ([`CF_LEGACY_VERSIONS`]) into each person's record
+/// ([`CF_MEMBERSHIPS`]), then drops the old column family. Like [`move_legacy_members`] it runs
+/// as the state opens, and a move cut short is redone whole on the next open: a record already
+/// holding its version gets the same version again.
+fn move_legacy_versions(db: &mut DB) -> Result<()> {
+    /// People per write.
+    const CHUNK: usize = 10_000;
+    tracing::info!(
+        "moving applied profile versions into the people's records (once, on the first open by \
+         this version)"
+    );
+    let started = std::time::Instant::now();
+    let mut people = 0usize;
+    {
+        let (from, to) = (
+            db.cf_handle(CF_LEGACY_VERSIONS).expect("opened with it"),
+            db.cf_handle(CF_MEMBERSHIPS).expect("opened with it"),
+        );
+        let mut batch = WriteBatch::default();
+        let it = db.iterator_cf_opt(from, total_order_reads(), rocksdb::IteratorMode::Start);
+        for item in it {
+            let (pair, v) = item.map_err(storage)?;
+            let mut standing = db
+                .get_pinned_cf(to, &pair)
+                .map_err(storage)?
+                .map_or_else(|| Ok(Standing::default()), |b| Standing::decode(&b))?;
+            standing.applied = Applied::decode_words(&v)?;
+            batch.put_cf(to, &pair, standing.encode());
+            people += 1;
+            if batch.len() >= CHUNK {
+                db.write(std::mem::take(&mut batch)).map_err(storage)?;
+            }
+        }
+        db.write(batch).map_err(storage)?;
+        // In table files before the old copy is dropped.
+        db.flush_cf(to).map_err(storage)?;
+    }
+    db.drop_cf(CF_LEGACY_VERSIONS).map_err(storage)?;
+    tracing::info!(
+        people,
+        seconds = started.elapsed().as_secs_f64(),
+        "moved applied profile versions into the people's records"
     );
     Ok(())
 }
@@ -1284,7 +1289,7 @@ mod tests {
         expected.sort();
         let keys = |store: &MembershipStore| -> Vec<Vec<u8>> {
             store
-                .entries(CF_VERSIONS)
+                .entries(CF_MEMBERSHIPS)
                 .unwrap()
                 .into_iter()
                 .map(|(k, _)| k)
@@ -1296,7 +1301,7 @@ mod tests {
             for half in ids.chunks(100) {
                 let mut txn = store.txn().unwrap();
                 for id in half {
-                    txn.set_version("acme", id, 1);
+                    txn.set_version("acme", id, 1).unwrap();
                 }
                 for p in [3, 0, 2, 1] {
                     txn.set_offset("cdp.profiles", p, 10);
@@ -1553,7 +1558,7 @@ mod tests {
         assert!(refused.to_string().contains("run activation on it once"));
 
         let store = MembershipStore::open(dir.path()).unwrap();
-        assert!(!holds_legacy_members(dir.path()));
+        assert!(!holds(dir.path(), CF_LEGACY_MEMBERS));
         let check = |store: &MembershipStore| {
             assert_eq!(
                 store.profile_memberships("acme", "cdp_1").unwrap(),
@@ -1608,6 +1613,77 @@ mod tests {
         assert_eq!(store.members().unwrap().len(), 4);
     }
 
+    /// A state written by a version that kept the applied versions in a column family of their
+    /// own has them moved into the people's records when opened for writing; a read-only view
+    /// refuses it until then.
+    #[test]
+    fn applied_versions_kept_apart_are_moved_into_the_records_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let words = |version: u64, inputs: &[u64]| -> Vec<u8> {
+            std::iter::once(version)
+                .chain(inputs.iter().copied())
+                .flat_map(u64::to_be_bytes)
+                .collect()
+        };
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let mut names = ALL_CFS.to_vec();
+            names.push(CF_LEGACY_VERSIONS);
+            let db = DB::open_cf(&opts, dir.path(), names).unwrap();
+            let (versions, members) = (
+                db.cf_handle(CF_LEGACY_VERSIONS).unwrap(),
+                db.cf_handle(CF_MEMBERSHIPS).unwrap(),
+            );
+            // Memberships as that version wrote them: format 1, no applied state.
+            let mut standing = Standing::default();
+            standing.set("leads", state(true, 3));
+            let mut old = vec![1];
+            old.extend_from_slice(&standing.encode()[1 + 8 + 4..]);
+            db.put_cf(members, pair_key("acme", "cdp_1"), &old).unwrap();
+            db.put_cf(versions, pair_key("acme", "cdp_1"), words(5, &[8, 9]))
+                .unwrap();
+            db.flush_cf(versions).unwrap();
+            // Evaluated into no cohort: a version and no memberships.
+            db.put_cf(versions, pair_key("acme", "cdp_2"), words(2, &[]))
+                .unwrap();
+        }
+        let refused = MembershipStore::open_read_only(dir.path()).err().unwrap();
+        assert!(
+            refused
+                .to_string()
+                .contains("the applied profile versions apart"),
+            "{refused}"
+        );
+        let check = |store: &MembershipStore| {
+            let mut txn = store.txn().unwrap();
+            assert_eq!(
+                txn.applied("acme", "cdp_1").unwrap(),
+                Applied {
+                    version: 5,
+                    inputs: vec![8, 9]
+                }
+            );
+            assert_eq!(txn.version("acme", "cdp_2").unwrap(), 2);
+            assert_eq!(txn.version("acme", "cdp_3").unwrap(), 0);
+            assert_eq!(txn.memberships("acme", "cdp_1").unwrap(), ["leads"]);
+            assert!(txn.memberships("acme", "cdp_2").unwrap().is_empty());
+        };
+        let store = MembershipStore::open(dir.path()).unwrap();
+        assert!(!holds(dir.path(), CF_LEGACY_VERSIONS));
+        check(&store);
+        drop(store);
+        let view = MembershipStore::open_read_only(dir.path()).unwrap();
+        assert_eq!(
+            view.profile_memberships("acme", "cdp_1").unwrap(),
+            [("leads".to_string(), state(true, 3))]
+        );
+        drop(view);
+        // Opened again: nothing left to move, the same state.
+        check(&MembershipStore::open(dir.path()).unwrap());
+    }
+
     /// A key of the old layout that names no cohort stops the move with the key, and leaves
     /// the old column family in place.
     #[test]
@@ -1626,7 +1702,7 @@ mod tests {
         }
         let err = MembershipStore::open(dir.path()).err().unwrap().to_string();
         assert!(err.contains(r#"membership key "acme\0cdp_2""#), "{err}");
-        assert!(holds_legacy_members(dir.path()));
+        assert!(holds(dir.path(), CF_LEGACY_MEMBERS));
     }
 
     #[test]

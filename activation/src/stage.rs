@@ -366,7 +366,7 @@ pub fn fire_timers(
             counters,
             &mut applied,
         )?;
-        txn.set_applied(tenant, canonical_id, applied);
+        txn.set_applied(tenant, canonical_id, applied)?;
         let next = crate::timer::next_due(defs, &update.profile, now).map(|due| (raw, due));
         txn.schedule(tenant, canonical_id, next)?;
     }
@@ -413,7 +413,7 @@ fn on_update(
     applied.version = update.version;
     txn.load_person(&defs.destinations, &p.tenant, &p.canonical_id)?;
     let changed = evaluate(txn, config, defs, p, now, counters, &mut applied)?;
-    txn.set_applied(&p.tenant, &p.canonical_id, applied);
+    txn.set_applied(&p.tenant, &p.canonical_id, applied)?;
     if defs.uses_windows || defs.uses_recency {
         let next = crate::timer::next_due(defs, p, now).map(|due| (raw.to_vec(), due));
         txn.schedule(&p.tenant, &p.canonical_id, next)?;
@@ -530,7 +530,7 @@ fn on_identity_change(
         if change.version <= txn.version(&change.tenant, id)? {
             continue;
         }
-        txn.set_version(&change.tenant, id, change.version);
+        txn.set_version(&change.tenant, id, change.version)?;
         for audience in txn.memberships(&change.tenant, id)? {
             let state = txn.state(&change.tenant, id, &audience)?;
             emit(
