@@ -1090,7 +1090,7 @@ fn move_legacy_members(db: &mut DB) -> Result<()> {
     );
     let started = std::time::Instant::now();
     let mut people = 0usize;
-    {
+    let last = {
         let (from, to) = (
             db.cf_handle(CF_LEGACY_MEMBERS).expect("opened with it"),
             db.cf_handle(CF_MEMBERSHIPS).expect("opened with it"),
@@ -1135,15 +1135,13 @@ fn move_legacy_members(db: &mut DB) -> Result<()> {
         if let Some(done) = person.take() {
             put(&mut batch, done);
         }
-        db.write(batch).map_err(storage)?;
-        // In table files before the old copy is dropped.
-        db.flush_cf(to).map_err(storage)?;
-    }
-    db.drop_cf(CF_LEGACY_MEMBERS).map_err(storage)?;
-    tracing::info!(
+        batch
+    };
+    finish_move(db, last, CF_LEGACY_MEMBERS)?;
+    moved(
         people,
-        seconds = started.elapsed().as_secs_f64(),
-        "moved memberships from one key per cohort to one record per person"
+        started,
+        "moved memberships from one key per cohort to one record per person",
     );
     Ok(())
 }
@@ -1161,7 +1159,7 @@ fn move_legacy_versions(db: &mut DB) -> Result<()> {
     );
     let started = std::time::Instant::now();
     let mut people = 0usize;
-    {
+    let last = {
         let (from, to) = (
             db.cf_handle(CF_LEGACY_VERSIONS).expect("opened with it"),
             db.cf_handle(CF_MEMBERSHIPS).expect("opened with it"),
@@ -1181,17 +1179,31 @@ fn move_legacy_versions(db: &mut DB) -> Result<()> {
                 db.write(std::mem::take(&mut batch)).map_err(storage)?;
             }
         }
-        db.write(batch).map_err(storage)?;
-        // In table files before the old copy is dropped.
-        db.flush_cf(to).map_err(storage)?;
-    }
-    db.drop_cf(CF_LEGACY_VERSIONS).map_err(storage)?;
-    tracing::info!(
+        batch
+    };
+    finish_move(db, last, CF_LEGACY_VERSIONS)?;
+    moved(
         people,
-        seconds = started.elapsed().as_secs_f64(),
-        "moved applied profile versions into the people's records"
+        started,
+        "moved applied profile versions into the people's records",
     );
     Ok(())
+}
+
+/// Ends a move into [`CF_MEMBERSHIPS`]: writes its `last` batch, flushes the records to table
+/// files, then drops the old column family `from`, which goes last so that a move cut short is
+/// made again on the next open.
+fn finish_move(db: &mut DB, last: WriteBatch, from: &str) -> Result<()> {
+    db.write(last).map_err(storage)?;
+    let to = db.cf_handle(CF_MEMBERSHIPS).expect("opened with it");
+    db.flush_cf(to).map_err(storage)?;
+    db.drop_cf(from).map_err(storage)
+}
+
+/// Logs a finished move of `people` records.
+fn moved(people: usize, started: std::time::Instant, what: &str) {
+    let seconds = started.elapsed().as_secs_f64();
+    tracing::info!(people, seconds, "{what}");
 }
 
 /// A key up to and including its last `\0`: for `… tenant \0 canonical_id \0 name` keys, the
