@@ -149,11 +149,13 @@ fn forgetting_a_cohort_member_makes_them_exit() {
     let dir = tempfile::tempdir().unwrap();
     let (data, input) = (dir.path().join("data"), dir.path().join("input"));
     support::generate_at(&input, 60, 5, "2026-11-01T00:00:00Z");
-    run_input(&data, &input);
+    let run = support::run_until_drained(&data, &input);
     // Current members: the last record per key of the compacted membership topic, if not a
     // tombstone (records of one key share a partition, so their order is kept).
     let mut current: std::collections::BTreeMap<String, Value> = Default::default();
-    for r in read_topic(&data, "cdp.cohorts.membership") {
+    let records = read_topic(&data, "cdp.cohorts.membership");
+    let read = records.len();
+    for r in records {
         let key = r["key"].as_str().unwrap().to_string();
         if r["value"].is_null() {
             current.remove(&key);
@@ -176,7 +178,12 @@ fn forgetting_a_cohort_member_makes_them_exit() {
             out.status.success()
         })
         .unwrap_or_else(|| {
-            panic!("no cohort member with a profile among {members}: {refusals:#?}")
+            panic!(
+                "no cohort member with a profile among {members} ({read} membership records \
+                 read): {refusals:#?}\nthe run printed:\n{}{}",
+                String::from_utf8_lossy(&run.stdout),
+                String::from_utf8_lossy(&run.stderr)
+            )
         });
     let who = member["canonical_id"].as_str().unwrap();
     let done = json(&cdp(&data, &["graph", "forget", who]));
