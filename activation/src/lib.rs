@@ -5,8 +5,9 @@
 //! where they can ([`predicate`]); an update re-evaluates
 //! only the cohorts whose inputs changed ([`inputs`]). Membership lives in
 //! RocksDB ([`membership`]); each batch of profile updates and identity changes is applied with
-//! its outputs (an outbox and per-destination delivery queues) and input offsets in one atomic
-//! write ([`stage`]), so a restart neither loses nor repeats a cohort change. Destinations
+//! its outputs (an outbox, whose entry holds both records of a cohort change ([`outbox`]), and
+//! per-destination delivery queues) and input offsets in one atomic write ([`stage`]), so a
+//! restart neither loses nor repeats a cohort change. Destinations
 //! ([`destination`]) are Kafka topics or signed webhooks ([`webhook`]) drained by one thread each
 //! ([`delivery`]); windows that expire without a new event are caught by a timer ([`timer`]).
 //! Whether a destination is sent a member is decided in one place ([`rules`]): consent,
@@ -23,6 +24,7 @@ pub mod destination;
 pub mod frequency;
 pub mod inputs;
 pub mod membership;
+pub mod outbox;
 pub mod predicate;
 pub mod priority;
 pub mod rules;

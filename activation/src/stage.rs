@@ -615,17 +615,13 @@ fn emit(
         at: now,
         identifiers,
     };
-    let key = change.key();
-    let value = change.to_json();
-    txn.push_outbox(
-        OutRecord::new(&config.cohorts_topic, key.as_bytes(), value.clone()).to_bytes(),
-    );
-    let membership = if member {
-        OutRecord::new(&config.membership_topic, key.as_bytes(), value)
-    } else {
-        OutRecord::tombstone(&config.membership_topic, key.as_bytes())
-    };
-    txn.push_outbox(membership.to_bytes());
+    txn.push_outbox(crate::outbox::change(
+        &config.cohorts_topic,
+        &config.membership_topic,
+        change.key().as_bytes(),
+        &change.to_json(),
+        member,
+    ));
     let counter = if member {
         &counters.entered
     } else {
@@ -653,14 +649,17 @@ pub fn publish_outbox_with_positions(
         return Ok((0, false));
     }
     let mut keys = Vec::with_capacity(pending.len());
+    let mut n = 0;
     for (k, bytes) in pending {
-        let record = OutRecord::from_bytes(&bytes)
+        let (record, then) = crate::outbox::records(&bytes)
             .ok_or_else(|| crate::ActivationError::Corrupt("undecodable outbox record".into()))?;
-        producer.send(record)?;
+        for record in std::iter::once(record).chain(then) {
+            producer.send(record)?;
+            n += 1;
+        }
         keys.push(k);
     }
     let committed = producer.flush_with_positions(positions)?;
-    let n = keys.len() as u64;
     if !keys.is_empty() {
         store.delete_outbox(keys)?;
     }

@@ -104,7 +104,10 @@ pub fn take_outbox(store: &MembershipStore) -> Vec<OutRecord> {
     let keys = pending.iter().map(|(k, _)| k.clone()).collect();
     let records = pending
         .into_iter()
-        .map(|(_, b)| OutRecord::from_bytes(&b).unwrap())
+        .flat_map(|(_, b)| {
+            let (record, then) = cdp_activation::outbox::records(&b).unwrap();
+            std::iter::once(record).chain(then)
+        })
         .collect();
     store.delete_outbox(keys).unwrap();
     records
