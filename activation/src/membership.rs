@@ -287,8 +287,9 @@ impl MembershipStore {
     /// Up to `limit` current members of `audience` in `tenant`, in canonical id order, starting
     /// after the canonical id `after`: `(canonical_id, state)`. Ordering by canonical id makes
     /// `after` a cursor that stays valid while memberships change. Keys are
-    /// `tenant \0 canonical_id`, so this walks the tenant's people from the cursor and keeps
-    /// `audience`'s members: a page of a sparse cohort walks further.
+    /// `tenant \0 canonical_id`, so this walks the tenant's people from the cursor (everyone
+    /// activation has applied an update to, in a cohort or not) and keeps `audience`'s members:
+    /// a page of a sparse cohort walks further.
     pub fn cohort_members(
         &self,
         tenant: &str,
