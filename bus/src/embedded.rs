@@ -91,7 +91,10 @@ struct Inner {
     read_only: bool,
     /// Held by a producer from choosing its offsets to making its records readable, so producers
     /// append in turn; `state` is only locked around the reads and updates in between, so
-    /// consumers are not held up while a flush is written.
+    /// consumers are not held up while a flush is written. Lag and end offsets are read in a
+    /// turn too: a flush writes a group's positions to RocksDB with its records before the
+    /// partitions take the records, and read in between, positions would be past the ends the
+    /// partitions show (a run until drained could stop before the records were consumed).
     append: Mutex<()>,
     state: Mutex<State>,
 }
@@ -405,6 +408,11 @@ impl Inner {
     }
 
     /// End offset of each partition of `topic`.
+    /// The producers' turn ([`Inner::append`]), also taken to read ends and positions together.
+    fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.append.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn ends(&self, topic: &str) -> Result<Vec<i64>> {
         self.state()
             .topics
@@ -536,6 +544,9 @@ impl Bus for EmbeddedBus {
     }
 
     fn lag(&self, group: &str, topics: &[String]) -> Result<u64> {
+        // In a producer's turn, so that positions and ends are read from the same side of its
+        // write (see `Inner::append`).
+        let _turn = self.inner.turn();
         let mut lag = 0u64;
         for topic in topics {
             for (p, end) in self.inner.ends(topic)?.iter().enumerate() {
@@ -607,6 +618,7 @@ impl Bus for EmbeddedBus {
     }
 
     fn end_offsets(&self, topic: &str) -> Result<Vec<i64>> {
+        let _turn = self.inner.turn();
         self.inner.ends(topic)
     }
 
@@ -669,7 +681,7 @@ impl EmbeddedProducer {
             .map(|r| OFFSET_KEY_LEN + encoded_len(r))
             .sum();
         // The partitions take the records only once they are written.
-        let _turn = self.inner.append.lock().unwrap_or_else(|e| e.into_inner());
+        let _turn = self.inner.turn();
         let state = self.inner.state();
         let mut placed: Vec<(i32, i64, i64)> = Vec::with_capacity(pending.len());
         let mut entries: Vec<(&str, i32, i64, Vec<u8>)> = Vec::with_capacity(pending.len());
@@ -1373,6 +1385,47 @@ mod tests {
         // Opened again, the bus reads the log in RocksDB.
         let bus = EmbeddedBus::open(dir.path()).unwrap();
         assert_eq!(read_all(&bus), expected, "read from the log");
+    }
+
+    /// A stage's flush writes its outputs and its input positions together. Whoever reads the
+    /// group's lag and then the output topic's ends (as a run until drained does) must never
+    /// find the positions past what the outputs show: each position k comes with k outputs.
+    #[test]
+    fn a_groups_lag_is_never_read_ahead_of_the_outputs_flushed_with_it() {
+        const N: i64 = 3_000;
+        let (_dir, bus) = bus_with_t(1);
+        bus.create_topic("out", 1).unwrap();
+        let mut p = bus.producer().unwrap();
+        for i in 0..N {
+            p.send(at(0, 0, &i.to_string())).unwrap();
+        }
+        p.flush().unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let mut p = bus.producer().unwrap();
+                for k in 1..=N {
+                    p.send(OutRecord::new("out", Vec::new(), b"o".to_vec()))
+                        .unwrap();
+                    let positions = Positions::from([(("t".to_string(), 0), k)]);
+                    p.flush_with_positions(Some(("g", &positions))).unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            });
+            let topics = ["t".to_string()];
+            let mut checks = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || checks == 0 {
+                let consumed = N - bus.lag("g", &topics).unwrap() as i64;
+                let outputs = bus.end_offsets("out").unwrap()[0];
+                assert!(
+                    outputs >= consumed,
+                    "positions at {consumed} with {outputs} outputs readable"
+                );
+                checks += 1;
+            }
+        });
+        assert_eq!(bus.lag("g", &["t".to_string()]).unwrap(), 0);
+        assert_eq!(bus.end_offsets("out").unwrap(), [N]);
     }
 
     #[test]
