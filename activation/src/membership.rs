@@ -1083,8 +1083,6 @@ fn holds(dir: &Path, cf: &str) -> bool {
 /// anything else writes memberships, and the old column family goes last: a move cut short is
 /// redone whole on the next open, writing the same records again.
 fn move_legacy_members(db: &mut DB) -> Result<()> {
-    /// People per write.
-    const CHUNK: usize = 10_000;
     tracing::info!(
         "moving memberships from one key per cohort to one record per person (once, on the \
          first open by this version)"
@@ -1123,7 +1121,7 @@ fn move_legacy_members(db: &mut DB) -> Result<()> {
                 _ => {
                     if let Some(done) = person.take() {
                         put(&mut batch, done);
-                        if batch.len() >= CHUNK {
+                        if batch.len() >= MOVE_CHUNK {
                             db.write(std::mem::take(&mut batch)).map_err(storage)?;
                         }
                     }
@@ -1152,8 +1150,6 @@ fn move_legacy_members(db: &mut DB) -> Result<()> {
 /// as the state opens, and a move cut short is redone whole on the next open: a record already
 /// holding its version gets the same version again.
 fn move_legacy_versions(db: &mut DB) -> Result<()> {
-    /// People per write.
-    const CHUNK: usize = 10_000;
     tracing::info!(
         "moving applied profile versions into the people's records (once, on the first open by \
          this version)"
@@ -1176,7 +1172,7 @@ fn move_legacy_versions(db: &mut DB) -> Result<()> {
             standing.applied = Applied::decode_words(&v)?;
             batch.put_cf(to, &pair, standing.encode());
             people += 1;
-            if batch.len() >= CHUNK {
+            if batch.len() >= MOVE_CHUNK {
                 db.write(std::mem::take(&mut batch)).map_err(storage)?;
             }
         }
@@ -1190,6 +1186,9 @@ fn move_legacy_versions(db: &mut DB) -> Result<()> {
     );
     Ok(())
 }
+
+/// People written per batch by a move into [`CF_MEMBERSHIPS`].
+const MOVE_CHUNK: usize = 10_000;
 
 /// Ends a move into [`CF_MEMBERSHIPS`]: writes its `last` batch, flushes the records to table
 /// files, then drops the old column family `from`, which goes last so that a move cut short is
