@@ -38,22 +38,26 @@ impl Applied {
     /// Reads the value the `versions` column family held: the version (8 bytes, big endian)
     /// then the fingerprints (a store written before there were fingerprints holds the version
     /// alone, and its people are evaluated in full once).
-    pub fn decode_words(b: &[u8]) -> Result<Self> {
+    pub(crate) fn decode_words(b: &[u8]) -> Result<Self> {
         if b.len() < 8 || !b.len().is_multiple_of(8) {
             return Err(ActivationError::Corrupt(format!(
                 "version entry of {} bytes",
                 b.len()
             )));
         }
-        let mut words = b
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().expect("chunks of 8")));
+        let mut words = be_words(b);
         let version = words.next().expect("at least 8 bytes checked above");
         Ok(Self {
             version,
             inputs: words.collect(),
         })
     }
+}
+
+/// The 8-byte big-endian words of `b` (a trailing part shorter than a word is left out).
+fn be_words(b: &[u8]) -> impl Iterator<Item = u64> + '_ {
+    b.chunks_exact(8)
+        .map(|c| u64::from_be_bytes(c.try_into().expect("chunks of 8")))
 }
 
 /// A person's record: what was applied to them and their memberships, in audience key order.
@@ -142,10 +146,7 @@ impl Standing {
                 rest = tail;
                 Applied {
                     version: u64::from_be_bytes(*version),
-                    inputs: words
-                        .chunks_exact(8)
-                        .map(|c| u64::from_be_bytes(c.try_into().expect("chunks of 8")))
-                        .collect(),
+                    inputs: be_words(words).collect(),
                 }
             }
             FORMAT_MEMBERSHIPS => Applied::default(),
