@@ -76,7 +76,8 @@ pub fn run(
 ) -> Result<()> {
     let mut producer = bus.producer()?;
     ensure_topics(bus, config, &activation.current())?;
-    publish_outbox(store, producer.as_mut())?;
+    let mut publisher = Publisher::default();
+    publisher.publish(store, producer.as_mut(), None, false)?;
     let topics = config.input_topics();
     let mut options = ConsumerOptions::group(config.group.clone(), &topics);
     // Start where the membership state says, not where the group committed: a fresh or restored
@@ -113,7 +114,7 @@ pub fn run(
                             exits = swept,
                             "suppressed people removed from destinations"
                         );
-                        publish_outbox(store, producer.as_mut())?;
+                        publisher.publish(store, producer.as_mut(), None, false)?;
                         nudge(&workers);
                     }
                 }
@@ -122,7 +123,7 @@ pub fn run(
                     last_timer = Some(Instant::now());
                     let fired = fire_timers(store, config, &defs, chrono::Utc::now(), counters)?;
                     if fired > 0 {
-                        publish_outbox(store, producer.as_mut())?;
+                        publisher.publish(store, producer.as_mut(), None, false)?;
                         nudge(&workers);
                     }
                     if fired >= config.batch_size {
@@ -131,6 +132,8 @@ pub fn run(
                     }
                 }
                 if records.is_empty() {
+                    // Idle: the write left landing has landed; it leaves the outbox now.
+                    publisher.publish(store, producer.as_mut(), None, false)?;
                     continue;
                 }
                 let started = Instant::now();
@@ -138,10 +141,12 @@ pub fn run(
                     apply_records(store, config, &defs, &records, chrono::Utc::now(), counters)?;
                 let mut positions = Positions::new();
                 advance(&mut positions, &records);
-                let (published, committed) = publish_outbox_with_positions(
+                // The batch's records land while the next batch is applied.
+                let (published, committed) = publisher.publish(
                     store,
                     producer.as_mut(),
                     Some((&config.group, &positions)),
+                    true,
                 )?;
                 nudge(&workers);
                 if !committed {
@@ -154,6 +159,8 @@ pub fn run(
                     started.elapsed(),
                 );
             }
+            // The last batch's records land, and leave the outbox, before the group is left.
+            publisher.publish(store, producer.as_mut(), None, false)?;
             Ok(())
         })();
         let stopped = stop_workers(std::mem::take(&mut workers));
@@ -644,26 +651,62 @@ pub fn publish_outbox_with_positions(
     producer: &mut dyn Producer,
     positions: Option<(&str, &Positions)>,
 ) -> Result<(u64, bool)> {
-    let pending = store.outbox()?;
-    if pending.is_empty() && positions.is_none() {
-        return Ok((0, false));
-    }
-    let mut keys = Vec::with_capacity(pending.len());
-    let mut n = 0;
-    for (k, bytes) in pending {
-        let (record, then) = crate::outbox::records(&bytes)
-            .ok_or_else(|| crate::ActivationError::Corrupt("undecodable outbox record".into()))?;
-        for record in std::iter::once(record).chain(then) {
-            producer.send(record)?;
-            n += 1;
+    Publisher::default().publish(store, producer, positions, false)
+}
+
+/// Publishes the outbox for the stage, which leaves a batch's records landing on the bus's
+/// writer thread while it applies the next ([`Producer::flush_behind`]).
+#[derive(Debug, Default)]
+struct Publisher {
+    /// Keys of the outbox records of the write left landing: sent, so not sent again, and
+    /// deleted once a later flush has waited for the write.
+    landing: Vec<Vec<u8>>,
+}
+
+impl Publisher {
+    /// Sends what the outbox holds beyond the write landing, then flushes: waiting for this
+    /// write too, or (`behind`) only for the one before. Deletes what is known delivered.
+    /// Returns how many records were sent, and whether the positions ride with them.
+    fn publish(
+        &mut self,
+        store: &MembershipStore,
+        producer: &mut dyn Producer,
+        positions: Option<(&str, &Positions)>,
+        behind: bool,
+    ) -> Result<(u64, bool)> {
+        let pending = store.outbox()?;
+        if pending.is_empty() && positions.is_none() {
+            return Ok((0, false));
         }
-        keys.push(k);
+        let mut keys = Vec::with_capacity(pending.len());
+        let mut n = 0;
+        // The outbox starts with the records landing: nothing older is left in it.
+        for (k, bytes) in pending.into_iter().skip(self.landing.len()) {
+            let (record, then) = crate::outbox::records(&bytes).ok_or_else(|| {
+                crate::ActivationError::Corrupt("undecodable outbox record".into())
+            })?;
+            for record in std::iter::once(record).chain(then) {
+                producer.send(record)?;
+                n += 1;
+            }
+            keys.push(k);
+        }
+        let committed = if behind {
+            producer.flush_behind(positions)?
+        } else {
+            producer.flush_with_positions(positions)?
+        };
+        let mut delivered = std::mem::take(&mut self.landing);
+        if behind {
+            self.landing = keys;
+        } else {
+            delivered.append(&mut keys);
+        }
+        if !delivered.is_empty() {
+            store.delete_outbox(delivered)?;
+        }
+        Ok((n, committed))
     }
-    let committed = producer.flush_with_positions(positions)?;
-    if !keys.is_empty() {
-        store.delete_outbox(keys)?;
-    }
-    Ok((n, committed))
 }
 
 /// The profile a cohort change is about, for tests and tools.
@@ -672,4 +715,57 @@ pub fn is_member(store: &MembershipStore, profile: &Profile, audience: &str) -> 
     Ok(txn
         .state(&profile.tenant, &profile.canonical_id, audience)?
         .is_some_and(|s| s.member))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cdp_bus::embedded::EmbeddedBus;
+    use cdp_bus::OutRecord;
+
+    fn queue(store: &MembershipStore, values: std::ops::Range<u32>) {
+        let mut txn = store.txn().unwrap();
+        for v in values {
+            let record = OutRecord::new("out", Vec::new(), v.to_string().into_bytes());
+            txn.push_outbox(record.to_bytes());
+        }
+        txn.commit().unwrap();
+    }
+
+    fn published(bus: &EmbeddedBus) -> Vec<String> {
+        let mut c = bus
+            .consumer(ConsumerOptions::group("check", &["out"]))
+            .unwrap();
+        c.poll(100, Duration::from_millis(10))
+            .unwrap()
+            .into_iter()
+            .map(|r| String::from_utf8(r.value.unwrap()).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_published_behind_is_sent_once_and_leaves_the_outbox_once_landed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = MembershipStore::open(&dir.path().join("activation")).unwrap();
+        let bus = EmbeddedBus::open(&dir.path().join("bus")).unwrap();
+        bus.create_topic("out", 1).unwrap();
+        let mut producer = bus.producer().unwrap();
+        let mut publisher = Publisher::default();
+
+        queue(&store, 0..3);
+        let sent = publisher.publish(&store, producer.as_mut(), None, true);
+        assert_eq!(sent.unwrap().0, 3);
+        assert_eq!(store.outbox().unwrap().len(), 3, "landing: kept");
+        // The next batch sends only its own records; the landed ones leave the outbox.
+        queue(&store, 3..5);
+        let sent = publisher.publish(&store, producer.as_mut(), None, true);
+        assert_eq!(sent.unwrap().0, 2);
+        assert_eq!(store.outbox().unwrap().len(), 2);
+        // A publish that waits (timers, the stage stopping) sends the rest and empties it.
+        queue(&store, 5..6);
+        let sent = publisher.publish(&store, producer.as_mut(), None, false);
+        assert_eq!(sent.unwrap().0, 1);
+        assert!(store.outbox().unwrap().is_empty());
+        assert_eq!(published(&bus), ["0", "1", "2", "3", "4", "5"]);
+    }
 }

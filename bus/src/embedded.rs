@@ -30,7 +30,7 @@ use rocksdb::{
 };
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const CF_META: &str = "meta";
@@ -488,6 +488,7 @@ impl Bus for EmbeddedBus {
         Ok(Box::new(EmbeddedProducer {
             inner: self.inner.clone(),
             pending: Vec::new(),
+            behind: None,
         }))
     }
 
@@ -634,6 +635,72 @@ impl Bus for EmbeddedBus {
 struct EmbeddedProducer {
     inner: Arc<Inner>,
     pending: Vec<OutRecord>,
+    /// The thread writing behind the caller ([`Producer::flush_behind`]), once one was asked.
+    behind: Option<Behind>,
+}
+
+/// A producer's writer thread: one write at a time, in the order they were handed over.
+struct Behind {
+    jobs: mpsc::Sender<Job>,
+    done: mpsc::Receiver<Result<()>>,
+    /// A write handed over whose outcome was not collected yet.
+    in_flight: bool,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What one write behind holds: the records, and the group's positions to store with them.
+struct Job {
+    pending: Vec<OutRecord>,
+    commit: Option<(String, Positions)>,
+}
+
+impl Behind {
+    fn spawn(inner: Arc<Inner>) -> Result<Self> {
+        let (jobs, todo) = mpsc::channel::<Job>();
+        let (report, done) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("bus-write".into())
+            .spawn(move || {
+                for job in todo {
+                    let commit = job.commit.as_ref().map(|(g, p)| (g.as_str(), p));
+                    if report.send(write(&inner, job.pending, commit)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .map_err(|e| BusError::Storage(format!("cannot start the bus's writer: {e}")))?;
+        Ok(Self {
+            jobs,
+            done,
+            in_flight: false,
+            thread: Some(thread),
+        })
+    }
+
+    /// Waits for the write in flight, if any; its error, once.
+    fn settle(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.in_flight) {
+            return Ok(());
+        }
+        self.done
+            .recv()
+            .map_err(|_| BusError::Storage("the bus's writer thread stopped".into()))?
+    }
+}
+
+impl Drop for Behind {
+    /// The write in flight lands before the producer is gone; its error is logged, as no
+    /// caller is left to tell (a stage stopping cleanly flushes first, and hears it).
+    fn drop(&mut self) {
+        if let Err(e) = self.settle() {
+            tracing::error!(error = %e, "the bus's last write behind failed");
+        }
+        let (jobs, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, jobs));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Records buffered before a producer writes them without being asked to flush.
@@ -649,130 +716,162 @@ impl Producer for EmbeddedProducer {
     }
 
     fn flush(&mut self) -> Result<()> {
-        self.write(None)
+        self.settle()?;
+        write(&self.inner, std::mem::take(&mut self.pending), None)
     }
 
     /// The records and the group's positions in one write batch.
     fn flush_with_positions(&mut self, positions: Option<(&str, &Positions)>) -> Result<bool> {
-        self.write(positions)?;
+        self.settle()?;
+        write(&self.inner, std::mem::take(&mut self.pending), positions)?;
+        Ok(positions.is_some())
+    }
+
+    /// The same write batch, on the producer's writer thread.
+    fn flush_behind(&mut self, positions: Option<(&str, &Positions)>) -> Result<bool> {
+        self.settle()?;
+        let commit = positions
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(group, p)| (group.to_string(), p.clone()));
+        if self.pending.is_empty() && commit.is_none() {
+            return Ok(positions.is_some());
+        }
+        let behind = match &mut self.behind {
+            Some(behind) => behind,
+            None => self.behind.insert(Behind::spawn(self.inner.clone())?),
+        };
+        let job = Job {
+            pending: std::mem::take(&mut self.pending),
+            commit,
+        };
+        behind
+            .jobs
+            .send(job)
+            .map_err(|_| BusError::Storage("the bus's writer thread stopped".into()))?;
+        behind.in_flight = true;
         Ok(positions.is_some())
     }
 }
 
 impl EmbeddedProducer {
-    /// Writes the pending records (and `positions` for a group, if given) in one batch.
-    fn write(&mut self, commit: Option<(&str, &Positions)>) -> Result<()> {
-        let commit = commit.filter(|(_, positions)| !positions.is_empty());
-        if self.pending.is_empty() {
-            if let Some((group, positions)) = commit {
-                let db = self.inner.db();
-                let mut batch = WriteBatch::default();
-                put_positions(&mut batch, meta(&db), group, positions);
-                db.write(batch).map_err(storage)?;
-            }
-            return Ok(());
-        }
-        // A failed batch is reported once and dropped, as Kafka drops records whose delivery
-        // failed: keeping it would fail every later flush and wedge the producer for good.
-        let pending = std::mem::take(&mut self.pending);
-        let now = now_ms();
-        let bytes = pending
-            .iter()
-            .map(|r| OFFSET_KEY_LEN + encoded_len(r))
-            .sum();
-        // The partitions take the records only once they are written.
-        let _turn = self.inner.turn();
-        let state = self.inner.state();
-        let mut placed: Vec<(i32, i64, i64)> = Vec::with_capacity(pending.len());
-        let mut entries: Vec<(&str, i32, i64, Vec<u8>)> = Vec::with_capacity(pending.len());
-        let mut taken: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for r in &pending {
-            let parts = state
-                .topics
-                .get(&r.topic)
-                .ok_or_else(|| BusError::UnknownTopic(r.topic.clone()))?;
-            let n = parts.len() as i32;
-            let p = match (r.partition, &r.key) {
-                (Some(p), _) if (0..n).contains(&p) => p,
-                (Some(p), _) => {
-                    return Err(BusError::Storage(format!(
-                        "partition {p} out of range for {} ({n} partitions)",
-                        r.topic
-                    )))
-                }
-                (None, Some(k)) => partition_for_key(k, n),
-                (None, None) => 0,
-            };
-            let next = taken
-                .entry((r.topic.as_str(), p))
-                .or_insert(parts[p as usize].end);
-            let offset = *next;
-            *next += 1;
-            let timestamp_ms = r.timestamp_ms.unwrap_or(now);
-            entries.push((&r.topic, p, offset, encode(r, timestamp_ms)));
-            placed.push((p, offset, timestamp_ms));
-        }
-        drop(state);
-        // Each partition's records together (in offset order, as they were sent), so each
-        // column family is looked up once.
-        entries.sort_unstable_by_key(|(topic, p, offset, _)| (*topic, *p, *offset));
-        let db = self.inner.db();
-        let mut batch = crate::sized_write_batch(entries.len(), bytes);
-        let mut cf: Option<(&str, i32, &ColumnFamily)> = None;
-        for (topic, p, offset, value) in &entries {
-            let handle = match cf {
-                Some((t, q, handle)) if t == *topic && q == *p => handle,
-                _ => {
-                    let handle = partition_cf(&db, topic, *p)?;
-                    cf = Some((topic, *p, handle));
-                    handle
-                }
-            };
-            batch.put_cf(handle, offset_key(*offset), value);
-        }
-        if let Some((group, positions)) = commit {
-            put_positions(&mut batch, meta(&db), group, positions);
-        }
-        db.write(batch).map_err(storage)?;
-        drop(db);
-        drop(entries);
-        let mut state = self.inner.state();
-        let mut touched: Vec<String> = Vec::new();
-        for (r, (partition, offset, timestamp_ms)) in pending.into_iter().zip(placed) {
-            let OutRecord {
-                topic,
-                key,
-                value,
-                headers,
-                ..
-            } = r;
-            let parts = state
-                .topics
-                .get_mut(&topic)
-                .expect("every topic was looked up above");
-            let part = &mut parts[partition as usize];
-            if !touched.contains(&topic) {
-                touched.push(topic.clone());
-            }
-            part.append(Record {
-                topic,
-                partition,
-                offset,
-                timestamp_ms,
-                key,
-                value,
-                headers,
-            });
-        }
-        state.waiting.retain(|w| {
-            let woken = w.topics.iter().any(|t| touched.contains(t));
-            if woken {
-                w.wake.notify_one();
-            }
-            !woken
-        });
-        Ok(())
+    /// Waits for the write behind in flight, if any.
+    fn settle(&mut self) -> Result<()> {
+        self.behind.as_mut().map_or(Ok(()), Behind::settle)
     }
+}
+
+/// Writes `pending` (and `commit`'s positions for a group, if given) in one batch, then hands
+/// the records to their partitions. A failed batch is reported once and dropped (the producer
+/// handed it over), as Kafka drops records whose delivery failed: keeping it would fail every
+/// later flush and wedge the producer for good.
+fn write(inner: &Inner, pending: Vec<OutRecord>, commit: Option<(&str, &Positions)>) -> Result<()> {
+    let commit = commit.filter(|(_, positions)| !positions.is_empty());
+    if pending.is_empty() {
+        if let Some((group, positions)) = commit {
+            let db = inner.db();
+            let mut batch = WriteBatch::default();
+            put_positions(&mut batch, meta(&db), group, positions);
+            db.write(batch).map_err(storage)?;
+        }
+        return Ok(());
+    }
+    let now = now_ms();
+    let bytes = pending
+        .iter()
+        .map(|r| OFFSET_KEY_LEN + encoded_len(r))
+        .sum();
+    // The partitions take the records only once they are written.
+    let _turn = inner.turn();
+    let state = inner.state();
+    let mut placed: Vec<(i32, i64, i64)> = Vec::with_capacity(pending.len());
+    let mut entries: Vec<(&str, i32, i64, Vec<u8>)> = Vec::with_capacity(pending.len());
+    let mut taken: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for r in &pending {
+        let parts = state
+            .topics
+            .get(&r.topic)
+            .ok_or_else(|| BusError::UnknownTopic(r.topic.clone()))?;
+        let n = parts.len() as i32;
+        let p = match (r.partition, &r.key) {
+            (Some(p), _) if (0..n).contains(&p) => p,
+            (Some(p), _) => {
+                return Err(BusError::Storage(format!(
+                    "partition {p} out of range for {} ({n} partitions)",
+                    r.topic
+                )))
+            }
+            (None, Some(k)) => partition_for_key(k, n),
+            (None, None) => 0,
+        };
+        let next = taken
+            .entry((r.topic.as_str(), p))
+            .or_insert(parts[p as usize].end);
+        let offset = *next;
+        *next += 1;
+        let timestamp_ms = r.timestamp_ms.unwrap_or(now);
+        entries.push((&r.topic, p, offset, encode(r, timestamp_ms)));
+        placed.push((p, offset, timestamp_ms));
+    }
+    drop(state);
+    // Each partition's records together (in offset order, as they were sent), so each
+    // column family is looked up once.
+    entries.sort_unstable_by_key(|(topic, p, offset, _)| (*topic, *p, *offset));
+    let db = inner.db();
+    let mut batch = crate::sized_write_batch(entries.len(), bytes);
+    let mut cf: Option<(&str, i32, &ColumnFamily)> = None;
+    for (topic, p, offset, value) in &entries {
+        let handle = match cf {
+            Some((t, q, handle)) if t == *topic && q == *p => handle,
+            _ => {
+                let handle = partition_cf(&db, topic, *p)?;
+                cf = Some((topic, *p, handle));
+                handle
+            }
+        };
+        batch.put_cf(handle, offset_key(*offset), value);
+    }
+    if let Some((group, positions)) = commit {
+        put_positions(&mut batch, meta(&db), group, positions);
+    }
+    db.write(batch).map_err(storage)?;
+    drop(db);
+    drop(entries);
+    let mut state = inner.state();
+    let mut touched: Vec<String> = Vec::new();
+    for (r, (partition, offset, timestamp_ms)) in pending.into_iter().zip(placed) {
+        let OutRecord {
+            topic,
+            key,
+            value,
+            headers,
+            ..
+        } = r;
+        let parts = state
+            .topics
+            .get_mut(&topic)
+            .expect("every topic was looked up above");
+        let part = &mut parts[partition as usize];
+        if !touched.contains(&topic) {
+            touched.push(topic.clone());
+        }
+        part.append(Record {
+            topic,
+            partition,
+            offset,
+            timestamp_ms,
+            key,
+            value,
+            headers,
+        });
+    }
+    state.waiting.retain(|w| {
+        let woken = w.topics.iter().any(|t| touched.contains(t));
+        if woken {
+            w.wake.notify_one();
+        }
+        !woken
+    });
+    Ok(())
 }
 
 struct EmbeddedConsumer {
@@ -1408,8 +1507,14 @@ mod tests {
                     p.send(OutRecord::new("out", Vec::new(), b"o".to_vec()))
                         .unwrap();
                     let positions = Positions::from([(("t".to_string(), 0), k)]);
-                    p.flush_with_positions(Some(("g", &positions))).unwrap();
+                    // Written by this thread, or behind it by the producer's own.
+                    if k % 2 == 0 {
+                        p.flush_behind(Some(("g", &positions))).unwrap();
+                    } else {
+                        p.flush_with_positions(Some(("g", &positions))).unwrap();
+                    }
                 }
+                p.flush().unwrap();
                 done.store(true, std::sync::atomic::Ordering::SeqCst);
             });
             let topics = ["t".to_string()];
@@ -1426,6 +1531,65 @@ mod tests {
         });
         assert_eq!(bus.lag("g", &["t".to_string()]).unwrap(), 0);
         assert_eq!(bus.end_offsets("out").unwrap(), [N]);
+    }
+
+    fn values_of(bus: &EmbeddedBus, topic: &str) -> Vec<String> {
+        let mut c = bus.consumer(ConsumerOptions::group("v", &[topic])).unwrap();
+        c.poll(1_000, Duration::from_millis(10))
+            .unwrap()
+            .iter()
+            .map(|r| String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into())
+            .collect()
+    }
+
+    #[test]
+    fn a_write_behind_lands_in_order_and_the_next_flush_waits_for_it() {
+        let (_dir, bus) = bus_with_t(1);
+        let mut p = bus.producer().unwrap();
+        for i in 0..3 {
+            p.send(at(0, i, &i.to_string())).unwrap();
+        }
+        assert!(!p.flush_behind(None).unwrap());
+        p.send(at(0, 3, "3")).unwrap();
+        let positions = Positions::from([(("t".to_string(), 0), 1)]);
+        assert!(p.flush_behind(Some(("g", &positions))).unwrap());
+        // Returned once the write before had landed.
+        assert!(bus.end_offsets("t").unwrap()[0] >= 3);
+        p.flush().unwrap();
+        assert_eq!(bus.end_offsets("t").unwrap(), [4]);
+        assert_eq!(values_of(&bus, "t"), ["0", "1", "2", "3"]);
+        // The positions rode with the second write.
+        assert_eq!(bus.lag("g", &["t".to_string()]).unwrap(), 3);
+    }
+
+    #[test]
+    fn a_failed_write_behind_is_told_by_the_next_flush_which_writes_nothing() {
+        let (_dir, bus) = bus_with_t(1);
+        let mut p = bus.producer().unwrap();
+        p.send(OutRecord::new("missing", Vec::new(), b"x".to_vec()))
+            .unwrap();
+        p.flush_behind(None).unwrap();
+        p.send(at(0, 0, "kept")).unwrap();
+        let positions = Positions::from([(("t".to_string(), 0), 1)]);
+        let err = p.flush_behind(Some(("g", &positions))).unwrap_err();
+        assert!(matches!(err, BusError::UnknownTopic(_)), "{err}");
+        assert_eq!(bus.end_offsets("t").unwrap(), [0]);
+        assert_eq!(bus.lag("g", &["t".to_string()]).unwrap(), 0, "no positions");
+        // Told once: the failed write is dropped, what was sent after it is not.
+        p.flush().unwrap();
+        assert_eq!(values_of(&bus, "t"), ["kept"]);
+    }
+
+    #[test]
+    fn a_producer_dropped_with_a_write_behind_lands_it_first() {
+        let (_dir, bus) = bus_with_t(1);
+        let mut p = bus.producer().unwrap();
+        for i in 0..100 {
+            p.send(at(0, i, &i.to_string())).unwrap();
+        }
+        p.flush_behind(None).unwrap();
+        drop(p);
+        assert_eq!(bus.end_offsets("t").unwrap(), [100]);
     }
 
     #[test]

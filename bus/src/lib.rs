@@ -262,6 +262,17 @@ pub trait Producer: Send {
         self.flush()?;
         Ok(false)
     }
+    /// [`Self::flush_with_positions`] without waiting for this write to land: it returns once
+    /// every earlier write has landed (failing with the first earlier write's error, in which
+    /// case this one is not started), and the next flush of any kind waits for this one. A
+    /// caller that deletes what it sent once delivered does so for the writes before, after
+    /// this returns; a crash loses at most the write in flight, its records and positions
+    /// together. Returns whether the positions ride with the write; a bus that cannot store
+    /// them so returns `false` only once the write has landed, as the caller then commits them
+    /// through its consumer. Default: [`Self::flush_with_positions`], landed on return.
+    fn flush_behind(&mut self, positions: Option<(&str, &Positions)>) -> Result<bool> {
+        self.flush_with_positions(positions)
+    }
 }
 
 /// Reads records of a group's topics.

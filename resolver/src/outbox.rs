@@ -156,6 +156,9 @@ pub struct OutboxCursor {
     next_seq: Option<u64>,
     /// Keys sent and not yet known delivered, removed from the outbox by [`Self::confirm`].
     sent: Vec<Vec<u8>>,
+    /// Keys of the write left landing by [`Self::confirm_behind`], removed once a later flush
+    /// has waited for it.
+    landing: Vec<Vec<u8>>,
     /// Records of committed entries not sent yet, by sequence number, ascending.
     staged: VecDeque<(u64, OutRecord)>,
 }
@@ -260,15 +263,40 @@ impl OutboxCursor {
         producer: &mut dyn Producer,
         positions: Option<(&str, &Positions)>,
     ) -> Result<bool> {
-        if positions.is_none() && self.sent.is_empty() {
+        if positions.is_none() && self.sent.is_empty() && self.landing.is_empty() {
             return Ok(false);
         }
         let committed = producer.flush_with_positions(positions)?;
-        if !self.sent.is_empty() {
-            let deletes = self.sent.drain(..).map(|k| (Cf::Outbox, k, None)).collect();
-            store.write(deletes)?;
-        }
+        let mut delivered = std::mem::take(&mut self.landing);
+        delivered.append(&mut self.sent);
+        self.delete(store, delivered)?;
         Ok(committed)
+    }
+
+    /// [`Self::confirm_with_positions`] without waiting for this write to land (see
+    /// [`Producer::flush_behind`]): the records of the write before it are known delivered
+    /// and removed from the outbox; this write's stay until the next confirm, so a crash
+    /// while it lands sends them again.
+    pub fn confirm_behind(
+        &mut self,
+        store: &dyn GraphStore,
+        producer: &mut dyn Producer,
+        positions: Option<(&str, &Positions)>,
+    ) -> Result<bool> {
+        if positions.is_none() && self.sent.is_empty() && self.landing.is_empty() {
+            return Ok(false);
+        }
+        let committed = producer.flush_behind(positions)?;
+        let delivered = std::mem::replace(&mut self.landing, std::mem::take(&mut self.sent));
+        self.delete(store, delivered)?;
+        Ok(committed)
+    }
+
+    fn delete(&mut self, store: &dyn GraphStore, keys: Vec<Vec<u8>>) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        store.write(keys.into_iter().map(|k| (Cf::Outbox, k, None)).collect())
     }
 }
 
@@ -414,6 +442,40 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn records_flushed_behind_leave_the_outbox_once_a_later_flush_waited_for_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(&dir.path().join("graph")).unwrap();
+        let bus_dir = tempfile::tempdir().unwrap();
+        let bus = EmbeddedBus::open(bus_dir.path()).unwrap();
+        bus.create_topic("out", 1).unwrap();
+        let mut producer = bus.producer().unwrap();
+        let mut cursor = OutboxCursor::default();
+        let outbox = |store: &RocksStore| store.scan_prefix(Cf::Outbox, b"").unwrap().len();
+
+        queue(&store, 0..3);
+        cursor.send(&store, producer.as_mut()).unwrap();
+        cursor
+            .confirm_behind(&store, producer.as_mut(), None)
+            .unwrap();
+        assert_eq!(outbox(&store), 3, "landing: still in the outbox");
+        // The next poll's records: the write before is waited for, and its records go.
+        queue(&store, 3..5);
+        cursor.send(&store, producer.as_mut()).unwrap();
+        cursor
+            .confirm_behind(&store, producer.as_mut(), None)
+            .unwrap();
+        assert_eq!(outbox(&store), 2);
+        // A restart now sends the landing write's records again: nothing is lost.
+        let mut restarted = OutboxCursor::default();
+        assert_eq!(restarted.send(&store, producer.as_mut()).unwrap(), 2);
+        // A confirm that waits empties the outbox.
+        cursor.confirm(&store, producer.as_mut()).unwrap();
+        assert_eq!(outbox(&store), 0);
+        producer.flush().unwrap();
+        assert_eq!(published(&bus), ["0", "1", "2", "3", "4", "3", "4"]);
     }
 
     fn profile(canonical_id: &str, version: u64) -> cdp_proto::Profile {

@@ -4,7 +4,8 @@
 //! outbox and the next input offsets into the offsets column family, and all of it is committed
 //! in one atomic write. Only then is the outbox published and emptied, and the consumer's
 //! position committed. The write lands on a thread of its own ([`PipelinedStore`]) while the
-//! next batch is applied; its outbox is published once it has landed. After a crash the
+//! next batch is applied; its outbox is published once it has landed, and the published
+//! records land on the bus's writer thread while the next poll is applied. After a crash the
 //! resolver republishes what is left in the outbox (consumers drop duplicates by `version`)
 //! and skips input below its stored offsets, so its state equals that of a run that never
 //! crashed; the bus's committed position is advisory.
@@ -95,6 +96,8 @@ fn run_on(
         let records = consumer.poll(config.batch_size, timeout)?;
         counters.stage.polled(records.len());
         if records.is_empty() {
+            // Idle: what the last poll left landing has landed; it leaves the outbox now.
+            state.outbox.confirm(store, producer.as_mut())?;
             continue;
         }
         let started = Instant::now();
@@ -153,6 +156,8 @@ fn run_on(
             "resolver batch applied"
         );
     }
+    // The last poll's records land, and leave the outbox, before the group is left.
+    state.outbox.confirm(store, producer.as_mut())?;
     consumer.close()?;
     Ok(())
 }
@@ -239,7 +244,9 @@ impl StageState {
 /// Applies one poll's `records` as the stage does: in batches ([`apply_next`]), each batch's
 /// outputs handed to `producer` as soon as its write has landed (with a writer thread, after
 /// the next batch is applied; the poll's last at the end), so a signal waits for its own batch
-/// rather than for the whole poll, and delivery awaited (the outbox emptied) once at the end.
+/// rather than for the whole poll. The poll's records are then flushed behind
+/// ([`OutboxCursor::confirm_behind`]): they land while the next poll is applied, and leave the
+/// outbox once the next poll's flush, or the stage's last, has waited for them.
 /// `on_batch` is told what each batch applied and how long it took to apply and commit (with a
 /// writer thread, to hand its write over).
 /// `positions`, the group's positions after `records`, are stored with the last outputs where
@@ -268,9 +275,7 @@ pub fn apply_poll(
     }
     store.sync()?;
     published += state.outbox.send(store.durable(), producer)?;
-    let committed = state
-        .outbox
-        .confirm_with_positions(store, producer, positions)?;
+    let committed = state.outbox.confirm_behind(store, producer, positions)?;
     Ok(Polled {
         applied: sum,
         published,
