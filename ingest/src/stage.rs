@@ -164,9 +164,10 @@ pub fn run_with_metrics(
             producer.send(out)?;
         }
         // Outputs first, positions second: committing before the flush could lose the batch.
-        // The embedded bus writes both at once, so a crash there replays nothing.
+        // The embedded bus writes both at once, so a crash there replays nothing; it writes
+        // them behind, while the next batch is normalised.
         advance(&mut positions, &records);
-        if !producer.flush_with_positions(Some((&config.group, &positions)))? {
+        if !producer.flush_behind(Some((&config.group, &positions)))? {
             consumer.commit(&positions)?;
         }
 
@@ -185,6 +186,8 @@ pub fn run_with_metrics(
             "batch committed"
         );
     }
+    // The last batch lands before the group is left.
+    producer.flush()?;
     consumer.close()?;
     tracing::info!("ingest stage stopped");
     Ok(())
