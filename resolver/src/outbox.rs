@@ -263,14 +263,7 @@ impl OutboxCursor {
         producer: &mut dyn Producer,
         positions: Option<(&str, &Positions)>,
     ) -> Result<bool> {
-        if positions.is_none() && self.sent.is_empty() && self.landing.is_empty() {
-            return Ok(false);
-        }
-        let committed = producer.flush_with_positions(positions)?;
-        let mut delivered = std::mem::take(&mut self.landing);
-        delivered.append(&mut self.sent);
-        self.delete(store, delivered)?;
-        Ok(committed)
+        self.flush(store, producer, positions, false)
     }
 
     /// [`Self::confirm_with_positions`] without waiting for this write to land (see
@@ -283,20 +276,41 @@ impl OutboxCursor {
         producer: &mut dyn Producer,
         positions: Option<(&str, &Positions)>,
     ) -> Result<bool> {
+        self.flush(store, producer, positions, true)
+    }
+
+    /// Flushes, waiting for this write too or (`behind`) only for the one before, then deletes
+    /// what is known delivered.
+    fn flush(
+        &mut self,
+        store: &dyn GraphStore,
+        producer: &mut dyn Producer,
+        positions: Option<(&str, &Positions)>,
+        behind: bool,
+    ) -> Result<bool> {
         if positions.is_none() && self.sent.is_empty() && self.landing.is_empty() {
             return Ok(false);
         }
-        let committed = producer.flush_behind(positions)?;
-        let delivered = std::mem::replace(&mut self.landing, std::mem::take(&mut self.sent));
-        self.delete(store, delivered)?;
-        Ok(committed)
-    }
-
-    fn delete(&mut self, store: &dyn GraphStore, keys: Vec<Vec<u8>>) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
+        let committed = if behind {
+            producer.flush_behind(positions)?
+        } else {
+            producer.flush_with_positions(positions)?
+        };
+        let mut delivered = std::mem::take(&mut self.landing);
+        if behind {
+            self.landing = std::mem::take(&mut self.sent);
+        } else {
+            delivered.append(&mut self.sent);
         }
-        store.write(keys.into_iter().map(|k| (Cf::Outbox, k, None)).collect())
+        if !delivered.is_empty() {
+            store.write(
+                delivered
+                    .into_iter()
+                    .map(|k| (Cf::Outbox, k, None))
+                    .collect(),
+            )?;
+        }
+        Ok(committed)
     }
 }
 
