@@ -695,8 +695,9 @@ impl Drop for Behind {
         if let Err(e) = self.settle() {
             tracing::error!(error = %e, "the bus's last write behind failed");
         }
-        let (jobs, _) = mpsc::channel();
-        drop(std::mem::replace(&mut self.jobs, jobs));
+        // Closing the channel (the fields are dropped only after this) ends the thread's loop.
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.jobs, closed));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
