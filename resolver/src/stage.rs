@@ -15,6 +15,7 @@
 
 use crate::command::{CommandOp, CommandOutcome, GraphCommand};
 use crate::config::ResolverConfig;
+use crate::decode_ahead::{Ahead, DecodeAhead};
 use crate::graph::{Batch, BatchOutput, Resolver};
 use crate::outbox::{self, publish_outbox, OutboxCursor, RenderedUpdate};
 use crate::pacer::BatchPacer;
@@ -30,6 +31,7 @@ use cdp_proto::dlq::{self, Rejection};
 use cdp_proto::{IdentityChange, Signal};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const STAGE: &str = "resolver";
@@ -92,8 +94,11 @@ fn run_on(
     options.start = cdp_bus::StartFrom::Positions(std::sync::Arc::new(positions));
     let mut consumer = bus.consumer(options)?;
     let timeout = Duration::from_millis(config.poll_timeout_ms);
+    let decoder = DecodeAhead::spawn().map_err(|e| {
+        crate::ResolverError::Storage(format!("cannot start the decoding thread: {e}"))
+    })?;
     while !shutdown.load(Ordering::Relaxed) {
-        let records = consumer.poll(config.batch_size, timeout)?;
+        let records = Arc::new(consumer.poll(config.batch_size, timeout)?);
         counters.stage.polled(records.len());
         if records.is_empty() {
             // Idle: what the last poll left landing has landed; it leaves the outbox now.
@@ -103,11 +108,9 @@ fn run_on(
         let started = Instant::now();
         let mut positions = Positions::new();
         advance(&mut positions, &records);
-        let Polled {
-            applied: out,
-            published,
-            committed,
-        } = apply_poll(
+        let ahead = decoder.start(records.clone(), &config.commands_topic);
+        state.ahead = Some(ahead.clone());
+        let polled = apply_poll(
             &resolver,
             store,
             &mut state,
@@ -116,7 +119,14 @@ fn run_on(
             &records,
             Some((&config.group, &positions)),
             |_, _| {},
-        )?;
+        );
+        ahead.finish();
+        state.ahead = None;
+        let Polled {
+            applied: out,
+            published,
+            committed,
+        } = polled?;
         let dead = out.dead;
         if !committed {
             consumer.commit(&positions)?;
@@ -228,6 +238,8 @@ pub struct StageState {
     pub cache: StateCache,
     pub pacer: BatchPacer,
     pub outbox: OutboxCursor,
+    /// The poll's signals as a helper thread decodes them ahead of the stage, if one does.
+    pub ahead: Option<Arc<Ahead>>,
 }
 
 impl StageState {
@@ -237,6 +249,7 @@ impl StageState {
             cache: StateCache::new(config.storage.state_cache_entries),
             pacer: BatchPacer::new(config),
             outbox: OutboxCursor::default(),
+            ahead: None,
         }
     }
 }
@@ -417,6 +430,7 @@ fn apply_signals(
         cache,
         pacer,
         outbox,
+        ahead,
     } = state;
     let mut txn = Txn::begin_cached(store, cache)?;
     let mut batch = Batch::default();
@@ -438,7 +452,11 @@ fn apply_signals(
                 applied.insert((r.topic.clone(), r.partition), r.offset + 1);
             }
         }
-        match decode_signal(r) {
+        let decoded = match ahead {
+            Some(ahead) => ahead.take(r),
+            None => decode_signal(r),
+        };
+        match decoded {
             Ok(signal) => resolver.apply(&mut txn, signal, &mut batch)?,
             Err(rejection) => dead.push(dead_letter(config, r, &rejection)),
         }
