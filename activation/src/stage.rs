@@ -15,6 +15,7 @@ use crate::destination::{self, Destination, Subject};
 use crate::frequency::FrequencyCaps;
 use crate::membership::{Applied, MemberState, MembershipStore, MembershipTxn};
 use crate::Result;
+use cdp_bus::ahead::{Ahead, Decode, DecodeAhead};
 use cdp_bus::{
     advance, Bus, ConsumerOptions, OutRecord, Positions, Producer, Record, StageCounters,
 };
@@ -93,8 +94,10 @@ pub fn run(
             let mut generation = None;
             let mut defs = activation.current();
             let mut last_timer: Option<Instant> = None;
+            // Profile updates decoded ahead of the stage while it applies them.
+            let decoder = DecodeAhead::spawn("activation-decode")?;
             while !shutdown.load(Ordering::Relaxed) {
-                let records = consumer.poll(config.batch_size, timeout)?;
+                let records = Arc::new(consumer.poll(config.batch_size, timeout)?);
                 counters.stage.polled(records.len());
                 // Checked after the poll: records that arrived after a reload use its definitions.
                 if generation != Some(activation.generation()) {
@@ -137,8 +140,23 @@ pub fn run(
                     continue;
                 }
                 let started = Instant::now();
-                let dead =
-                    apply_records(store, config, &defs, &records, chrono::Utc::now(), counters)?;
+                let ahead = {
+                    let (topic, defs) = (config.profiles_topic.clone(), defs.clone());
+                    let decode: Decode<Decoded> =
+                        Arc::new(move |r: &Record| Some(decode_input(&topic, &defs, r)));
+                    decoder.start(records.clone(), decode)
+                };
+                let applied = apply_decoded(
+                    store,
+                    config,
+                    &defs,
+                    &records,
+                    Some(&ahead),
+                    chrono::Utc::now(),
+                    counters,
+                );
+                ahead.finish();
+                let dead = applied?;
                 let mut positions = Positions::new();
                 advance(&mut positions, &records);
                 // The batch's records land while the next batch is applied.
@@ -292,6 +310,35 @@ pub fn apply_records(
     now: Timestamp,
     counters: &ActivationCounters,
 ) -> Result<u64> {
+    apply_decoded(store, config, defs, records, None, now, counters)
+}
+
+/// What a record of activation's input decodes to, or why it goes to the DLQ.
+type Decoded = std::result::Result<Input, Rejection>;
+
+/// A record of `cdp.profiles` or `cdp.identity.changes`, decoded as far as `defs` read it.
+fn decode_input(profiles_topic: &str, defs: &Definitions, r: &Record) -> Decoded {
+    if r.topic == profiles_topic {
+        value(r)
+            .and_then(|v| crate::update::decode(v, defs.cohorts.reads()).map_err(invalid))
+            .map(|u| Input::Update(Box::new(u)))
+    } else {
+        decode::<IdentityChange>(r).map(Input::Change)
+    }
+}
+
+/// [`apply_records`], taking each record decoded from `ahead` where a helper thread got to it
+/// first.
+#[allow(clippy::too_many_arguments)]
+fn apply_decoded(
+    store: &MembershipStore,
+    config: &ActivationConfig,
+    defs: &Definitions,
+    records: &[Record],
+    ahead: Option<&Ahead<Decoded>>,
+    now: Timestamp,
+    counters: &ActivationCounters,
+) -> Result<u64> {
     let mut txn = store.txn()?;
     let mut applied: BTreeMap<(String, i32), i64> = BTreeMap::new();
     let mut dead = 0;
@@ -305,12 +352,9 @@ pub fn apply_records(
             continue;
         }
         applied.insert(part, r.offset + 1);
-        let outcome = if r.topic == config.profiles_topic {
-            value(r)
-                .and_then(|v| crate::update::decode(v, defs.cohorts.reads()).map_err(invalid))
-                .map(|u| Input::Update(Box::new(u)))
-        } else {
-            decode::<IdentityChange>(r).map(Input::Change)
+        let outcome = match ahead.and_then(|a| a.take(r)) {
+            Some(decoded) => decoded,
+            None => decode_input(&config.profiles_topic, defs, r),
         };
         match outcome {
             Ok(Input::Update(u)) => {

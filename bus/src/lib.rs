@@ -8,6 +8,7 @@
 //! The contract is at-least-once: a consumer commits a position only after the outputs of the
 //! records before it were flushed, so a crash replays, never loses.
 
+pub mod ahead;
 pub mod embedded;
 pub mod kafka;
 mod partitioner;

@@ -16,7 +16,6 @@ pub mod codec;
 pub mod command;
 pub mod component;
 pub mod config;
-pub mod decode_ahead;
 pub mod explain;
 pub mod export;
 pub mod fold;

@@ -15,7 +15,6 @@
 
 use crate::command::{CommandOp, CommandOutcome, GraphCommand};
 use crate::config::ResolverConfig;
-use crate::decode_ahead::{Ahead, DecodeAhead};
 use crate::graph::{Batch, BatchOutput, Resolver};
 use crate::outbox::{self, publish_outbox, OutboxCursor, RenderedUpdate};
 use crate::pacer::BatchPacer;
@@ -24,6 +23,7 @@ use crate::state_cache::StateCache;
 use crate::store::{Cf, GraphStore};
 use crate::txn::{offset_key, Txn};
 use crate::Result;
+use cdp_bus::ahead::{Ahead, Decode, DecodeAhead};
 use cdp_bus::{
     advance, Bus, ConsumerOptions, OutRecord, Positions, Producer, Record, StageCounters,
 };
@@ -94,9 +94,11 @@ fn run_on(
     options.start = cdp_bus::StartFrom::Positions(std::sync::Arc::new(positions));
     let mut consumer = bus.consumer(options)?;
     let timeout = Duration::from_millis(config.poll_timeout_ms);
-    let decoder = DecodeAhead::spawn().map_err(|e| {
-        crate::ResolverError::Storage(format!("cannot start the decoding thread: {e}"))
-    })?;
+    // Signals decoded ahead of the stage; graph commands are decoded as they are applied.
+    let decoder = DecodeAhead::spawn("resolver-decode")?;
+    let commands = config.commands_topic.clone();
+    let decode: Decode<Result<Signal, Rejection>> =
+        Arc::new(move |r: &Record| (r.topic != commands).then(|| decode_signal(r)));
     while !shutdown.load(Ordering::Relaxed) {
         let records = Arc::new(consumer.poll(config.batch_size, timeout)?);
         counters.stage.polled(records.len());
@@ -108,7 +110,7 @@ fn run_on(
         let started = Instant::now();
         let mut positions = Positions::new();
         advance(&mut positions, &records);
-        let ahead = decoder.start(records.clone(), &config.commands_topic);
+        let ahead = decoder.start(records.clone(), decode.clone());
         state.ahead = Some(ahead.clone());
         let polled = apply_poll(
             &resolver,
@@ -239,7 +241,7 @@ pub struct StageState {
     pub pacer: BatchPacer,
     pub outbox: OutboxCursor,
     /// The poll's signals as a helper thread decodes them ahead of the stage, if one does.
-    pub ahead: Option<Arc<Ahead>>,
+    pub ahead: Option<Arc<Ahead<Result<Signal, Rejection>>>>,
 }
 
 impl StageState {
@@ -452,8 +454,8 @@ fn apply_signals(
                 applied.insert((r.topic.clone(), r.partition), r.offset + 1);
             }
         }
-        let decoded = match ahead {
-            Some(ahead) => ahead.take(r),
+        let decoded = match ahead.as_ref().and_then(|a| a.take(r)) {
+            Some(decoded) => decoded,
             None => decode_signal(r),
         };
         match decoded {
