@@ -95,7 +95,7 @@ pub fn run(
             let mut defs = activation.current();
             let mut last_timer: Option<Instant> = None;
             // Profile updates decoded ahead of the stage while it applies them.
-            let decoder = DecodeAhead::spawn("activation-decode")?;
+            let decoder = DecodeAhead::spawn("activate-decode")?;
             while !shutdown.load(Ordering::Relaxed) {
                 let records = Arc::new(consumer.poll(config.batch_size, timeout)?);
                 counters.stage.polled(records.len());

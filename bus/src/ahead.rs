@@ -95,7 +95,7 @@ pub struct DecodeAhead<T> {
 }
 
 impl<T: Send + 'static> DecodeAhead<T> {
-    /// Starts the helper, a thread called `name`.
+    /// Starts the helper, a thread called `name` (Linux keeps the first 15 bytes).
     pub fn spawn(name: &str) -> crate::Result<Self> {
         let (jobs, todo) = mpsc::channel::<Arc<Ahead<T>>>();
         let thread = std::thread::Builder::new()
