@@ -16,6 +16,7 @@ use crate::frequency::FrequencyCaps;
 use crate::membership::{Applied, MemberState, MembershipStore, MembershipTxn};
 use crate::Result;
 use cdp_bus::ahead::{Ahead, Decode, DecodeAhead};
+use cdp_bus::landing::Landing;
 use cdp_bus::{
     advance, Bus, ConsumerOptions, OutRecord, Positions, Producer, Record, StageCounters,
 };
@@ -704,7 +705,7 @@ pub fn publish_outbox_with_positions(
 struct Publisher {
     /// Keys of the outbox records of the write left landing: sent, so not sent again, and
     /// deleted once a later flush has waited for the write.
-    landing: Vec<Vec<u8>>,
+    landing: Landing,
 }
 
 impl Publisher {
@@ -735,17 +736,7 @@ impl Publisher {
             }
             keys.push(k);
         }
-        let committed = if behind {
-            producer.flush_behind(positions)?
-        } else {
-            producer.flush_with_positions(positions)?
-        };
-        let mut delivered = std::mem::take(&mut self.landing);
-        if behind {
-            self.landing = keys;
-        } else {
-            delivered.append(&mut keys);
-        }
+        let (committed, delivered) = self.landing.flush(producer, positions, keys, behind)?;
         if !delivered.is_empty() {
             store.delete_outbox(delivered)?;
         }

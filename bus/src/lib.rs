@@ -11,6 +11,7 @@
 pub mod ahead;
 pub mod embedded;
 pub mod kafka;
+pub mod landing;
 mod partitioner;
 mod record;
 pub mod rocksdb_memtable;

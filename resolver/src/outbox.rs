@@ -14,6 +14,7 @@ use crate::codec::{decode_update_ref, encode_update_ref, UPDATE_REF};
 use crate::store::{Cf, GraphStore};
 use crate::txn::Txn;
 use crate::{ResolverError, Result};
+use cdp_bus::landing::Landing;
 use cdp_bus::{OutRecord, Positions, Producer};
 use cdp_proto::{IdentityChange, Profile, ProfileUpdate, Timestamp};
 use std::collections::VecDeque;
@@ -158,7 +159,7 @@ pub struct OutboxCursor {
     sent: Vec<Vec<u8>>,
     /// Keys of the write left landing by [`Self::confirm_behind`], removed once a later flush
     /// has waited for it.
-    landing: Vec<Vec<u8>>,
+    landing: Landing,
     /// Records of committed entries not sent yet, by sequence number, ascending.
     staged: VecDeque<(u64, OutRecord)>,
 }
@@ -291,17 +292,8 @@ impl OutboxCursor {
         if positions.is_none() && self.sent.is_empty() && self.landing.is_empty() {
             return Ok(false);
         }
-        let committed = if behind {
-            producer.flush_behind(positions)?
-        } else {
-            producer.flush_with_positions(positions)?
-        };
-        let mut delivered = std::mem::take(&mut self.landing);
-        if behind {
-            self.landing = std::mem::take(&mut self.sent);
-        } else {
-            delivered.append(&mut self.sent);
-        }
+        let sent = std::mem::take(&mut self.sent);
+        let (committed, delivered) = self.landing.flush(producer, positions, sent, behind)?;
         if !delivered.is_empty() {
             store.write(
                 delivered
