@@ -19,7 +19,8 @@
 //! `cargo bench -p cdp-benches --bench matching` (sizes: CDP_BENCH_MATCHING_SIZES, default
 //! `10000,100000`; probes per size: CDP_BENCH_MATCHING_PROBES, default 5000; probes also run
 //! with each `max_block_candidates` in CDP_BENCH_MATCHING_CANDIDATES, e.g. `4,100`; the store's
-//! block cache, `[resolver.storage] block_cache_mb`: CDP_BENCH_BLOCK_CACHE_MB). It also
+//! block cache, `[resolver.storage] block_cache_mb`: CDP_BENCH_BLOCK_CACHE_MB; its
+//! `blocking_keys_in_memory`: CDP_BENCH_BLOCKING_KEYS, 0 to read every block). It also
 //! prints the bytes each record's batch writes, and how full each blocking rule's keys are.
 
 use cdp_proto::time::from_millis;
@@ -330,9 +331,14 @@ fn main() {
     if let Some(mb) = list("CDP_BENCH_BLOCK_CACHE_MB", "").first() {
         config.storage.block_cache_mb = *mb as usize;
     }
+    if let Some(keys) = list("CDP_BENCH_BLOCKING_KEYS", "").first() {
+        config.storage.blocking_keys_in_memory = *keys as usize;
+    }
     println!(
-        "max_block_size {}, block cache {} MiB",
-        config.matching.max_block_size, config.storage.block_cache_mb
+        "max_block_size {}, block cache {} MiB, blocking keys in memory up to {}",
+        config.matching.max_block_size,
+        config.storage.block_cache_mb,
+        config.storage.blocking_keys_in_memory
     );
     let matching = Resolver::from_config(&config).expect("matching config");
     // The probes also run with other `max_block_candidates` on the same graph (built with the

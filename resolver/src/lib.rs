@@ -21,6 +21,7 @@ pub mod export;
 pub mod fold;
 pub mod forget;
 pub mod graph;
+pub mod held;
 pub mod hub;
 pub mod link;
 pub mod lookup;

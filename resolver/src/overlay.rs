@@ -63,6 +63,10 @@ impl Hasher for IdHasher {
         self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
 
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+
     fn finish(&self) -> u64 {
         // The multiply leaves its entropy in the high bits; the table indexes by the low ones.
         self.0.rotate_left(26)

@@ -2,12 +2,14 @@
 //! RocksDB implementation (production) and an in-memory one (tests and models). Column family
 //! names are defined here and nowhere else.
 
+use crate::held::{Answer, HeldKeys};
 use crate::{ResolverError, Result};
 use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Column families of the resolver's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -166,6 +168,10 @@ pub struct StorageConfig {
     /// for by sorting each memtable when it is flushed, on RocksDB's background threads. Off:
     /// skip lists everywhere, for a host whose cores the stages already keep busy.
     pub hash_memtables: bool,
+    /// Keys of the blocking index kept in memory as 4-byte fingerprints ([`crate::held`]), so
+    /// that reading a block no record has been filed under costs no lookup; 0 = off. A store
+    /// holding more keys than this reads every block from RocksDB, as with 0.
+    pub blocking_keys_in_memory: usize,
 }
 
 impl Default for StorageConfig {
@@ -175,16 +181,26 @@ impl Default for StorageConfig {
             write_buffer_mb: 256,
             state_cache_entries: 0,
             hash_memtables: true,
+            blocking_keys_in_memory: 8_000_000,
         }
     }
 }
 
 /// RocksDB-backed store: one database, one column family per [`Cf`].
 pub struct RocksStore {
-    db: DB,
+    db: Arc<DB>,
     /// The options of every point read, made once: creating them for each read (a C++ object
     /// allocated, initialised and freed) was a tenth of the read's instructions.
     read: rocksdb::ReadOptions,
+    /// Fingerprints of the blocking index's keys (none in a read-only view).
+    blocks: Option<Arc<HeldKeys>>,
+    /// The scan gathering them, stopped and joined when the store is dropped.
+    scan: Mutex<Option<Scan>>,
+}
+
+struct Scan {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl RocksStore {
@@ -236,8 +252,10 @@ impl RocksStore {
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(storage)?;
         Ok(Self {
-            db,
+            db: Arc::new(db),
             read: rocksdb::ReadOptions::default(),
+            blocks: Some(Arc::new(HeldKeys::new(memory.blocking_keys_in_memory))),
+            scan: Mutex::new(None),
         })
     }
 
@@ -246,8 +264,10 @@ impl RocksStore {
     pub fn open_read_only(dir: &Path) -> Result<Self> {
         let existing = DB::list_cf(&Options::default(), dir).map_err(storage)?;
         Ok(Self {
-            db: open_existing_read_only(dir, &existing)?,
+            db: Arc::new(open_existing_read_only(dir, &existing)?),
             read: rocksdb::ReadOptions::default(),
+            blocks: None,
+            scan: Mutex::new(None),
         })
     }
 
@@ -258,6 +278,76 @@ impl RocksStore {
 
     fn cf(&self, cf: Cf) -> Option<&rocksdb::ColumnFamily> {
         self.db.cf_handle(cf.name())
+    }
+
+    /// Whether the blocking index's keys are held in memory now (their scan has ended).
+    pub fn blocking_keys_held(&self) -> bool {
+        self.blocks.as_ref().is_some_and(|held| held.is_ready())
+    }
+
+    /// Starts gathering the fingerprints of the blocking index's keys, on a thread of its own.
+    fn start_scan(&self, held: &Arc<HeldKeys>) {
+        if !held.scan_started() {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (db, gather, stopped) = (Arc::clone(&self.db), Arc::clone(held), Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name("resolver-keys".into())
+            .spawn(move || gather.scanned(fingerprints(&db, &gather, &stopped)));
+        match thread {
+            Ok(thread) => *lock(&self.scan) = Some(Scan { stop, thread }),
+            Err(e) => {
+                tracing::warn!(error = %e, "blocking keys not held in memory: no scan thread");
+                held.scanned(None);
+            }
+        }
+    }
+}
+
+/// The fingerprints of every key of the blocking index; `None` if there are more than the
+/// budget, the scan failed, or `stop` was set.
+fn fingerprints(
+    db: &DB,
+    held: &HeldKeys,
+    stop: &AtomicBool,
+) -> Option<std::collections::HashSet<u32, crate::overlay::ById>> {
+    let handle = db.cf_handle(Cf::Blocks.name())?;
+    let mut read = rocksdb::ReadOptions::default();
+    // A pass over the whole column family: keep the block cache for the stage's reads.
+    read.fill_cache(false);
+    read.set_readahead_size(4 << 20);
+    // Hash-indexed memtables are iterated in key order only when asked.
+    read.set_total_order_seek(true);
+    let mut it = db.raw_iterator_cf_opt(handle, read);
+    it.seek_to_first();
+    let mut found = std::collections::HashSet::default();
+    while let Some(key) = it.key() {
+        found.insert(held.fingerprint(key));
+        if found.len() % 4096 == 0 && (found.len() > held.budget() || stop.load(Ordering::Relaxed))
+        {
+            return None;
+        }
+        it.next();
+    }
+    if let Err(e) = it.status() {
+        tracing::warn!(error = %e, "blocking keys not held in memory: the scan failed");
+        return None;
+    }
+    Some(found)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Drop for RocksStore {
+    fn drop(&mut self) {
+        // The scan holds the database open: stop it before the store closes.
+        if let Some(scan) = lock(&self.scan).take() {
+            scan.stop.store(true, Ordering::Relaxed);
+            let _ = scan.thread.join();
+        }
     }
 }
 
@@ -273,6 +363,13 @@ pub(crate) fn open_existing_read_only(dir: &Path, existing: &[String]) -> Result
 
 impl GraphStore for RocksStore {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let (Cf::Blocks, Some(held)) = (cf, &self.blocks) {
+            match held.may_hold(key) {
+                Answer::Absent => return Ok(None),
+                Answer::MaybeStartScan => self.start_scan(held),
+                Answer::Maybe => {}
+            }
+        }
         match self.cf(cf) {
             Some(handle) => self.db.get_cf_opt(handle, key, &self.read).map_err(storage),
             None => Ok(None),
@@ -288,6 +385,14 @@ impl GraphStore for RocksStore {
             .iter()
             .map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
             .sum();
+        if let Some(held) = &self.blocks {
+            // Before the write: a key the store holds is never missing from the set.
+            held.note(
+                ops.iter()
+                    .filter(|(cf, _, v)| *cf == Cf::Blocks && v.is_some())
+                    .map(|(_, k, _)| k.as_slice()),
+            );
+        }
         let mut batch = cdp_bus::sized_write_batch(ops.len(), bytes);
         // Ops come grouped by column family: look each handle up once per run.
         let mut current: Option<(Cf, &rocksdb::ColumnFamily)> = None;
@@ -450,6 +555,153 @@ fn storage(e: rocksdb::Error) -> ResolverError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Reads a block once (starting the scan of the blocking index's keys) and waits for it.
+    fn wait_held(store: &RocksStore) {
+        store.get(Cf::Blocks, b"any").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !store.blocking_keys_held() {
+            assert!(std::time::Instant::now() < deadline, "the scan did not end");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum BlockOp {
+        Put(u8, u8),
+        Delete(u8),
+        Get(u8),
+        Reopen,
+    }
+
+    fn block_op() -> impl Strategy<Value = BlockOp> {
+        prop_oneof![
+            4 => (0u8..40, any::<u8>()).prop_map(|(k, v)| BlockOp::Put(k, v)),
+            2 => (0u8..40).prop_map(BlockOp::Delete),
+            6 => (0u8..40).prop_map(BlockOp::Get),
+            1 => Just(BlockOp::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// With the blocking index's keys in memory (and a set that passes its budget, and one
+        /// read before its scan has ended), every read of a block answers as the model does:
+        /// a key the store holds is never taken for absent, across reopens.
+        #[test]
+        fn blocks_read_as_the_model_with_their_keys_in_memory(
+            ops in proptest::collection::vec(block_op(), 1..80),
+            budget in prop_oneof![Just(0usize), Just(10), Just(1000)],
+            wait in any::<bool>(),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let memory = StorageConfig {
+                blocking_keys_in_memory: budget,
+                ..StorageConfig::default()
+            };
+            let mem = MemStore::default();
+            let mut rocks = Some(RocksStore::open_with(dir.path(), &memory).unwrap());
+            let key = |k: u8| format!("block-{k}").into_bytes();
+            for op in ops {
+                let store = rocks.as_ref().unwrap();
+                match op {
+                    BlockOp::Put(k, v) => {
+                        let put = vec![(Cf::Blocks, key(k), Some(vec![v]))];
+                        store.write(put.clone()).unwrap();
+                        mem.write(put).unwrap();
+                    }
+                    BlockOp::Delete(k) => {
+                        store.write(vec![(Cf::Blocks, key(k), None)]).unwrap();
+                        mem.write(vec![(Cf::Blocks, key(k), None)]).unwrap();
+                    }
+                    BlockOp::Get(k) => prop_assert_eq!(
+                        store.get(Cf::Blocks, &key(k)).unwrap(),
+                        mem.get(Cf::Blocks, &key(k)).unwrap()
+                    ),
+                    BlockOp::Reopen => {
+                        drop(rocks.take());
+                        let store = RocksStore::open_with(dir.path(), &memory).unwrap();
+                        // (A budget of 10 is passed by the 40 keys: its set is dropped.)
+                        if wait && budget == 1000 {
+                            wait_held(&store);
+                        }
+                        rocks = Some(store);
+                    }
+                }
+            }
+            let store = rocks.as_ref().unwrap();
+            if budget == 1000 {
+                wait_held(store);
+            }
+            for k in 0..40 {
+                prop_assert_eq!(
+                    store.get(Cf::Blocks, &key(k)).unwrap(),
+                    mem.get(Cf::Blocks, &key(k)).unwrap()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn blocking_keys_are_gathered_from_the_store_and_dropped_past_the_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let puts = |range: std::ops::Range<u32>| -> Vec<Op> {
+            range
+                .map(|i| (Cf::Blocks, i.to_be_bytes().to_vec(), Some(vec![1])))
+                .collect()
+        };
+        {
+            let store = RocksStore::open(dir.path()).unwrap();
+            store.write(puts(0..10_000)).unwrap();
+        }
+        // Reopened: found by the scan, in the memtable rebuilt from the log and in table files.
+        let store = RocksStore::open(dir.path()).unwrap();
+        store.db.flush_cf(store.cf(Cf::Blocks).unwrap()).unwrap();
+        store.write(puts(10_000..12_000)).unwrap();
+        assert!(!store.blocking_keys_held(), "no block read yet");
+        wait_held(&store);
+        for i in [0u32, 9_999, 10_000, 11_999] {
+            assert_eq!(
+                store.get(Cf::Blocks, &i.to_be_bytes()).unwrap(),
+                Some(vec![1])
+            );
+        }
+        assert_eq!(
+            store.get(Cf::Blocks, &20_000u32.to_be_bytes()).unwrap(),
+            None
+        );
+        drop(store);
+        // More keys than the budget: every read goes to the store.
+        let small = StorageConfig {
+            blocking_keys_in_memory: 5_000,
+            ..StorageConfig::default()
+        };
+        let store = RocksStore::open_with(dir.path(), &small).unwrap();
+        store.get(Cf::Blocks, b"any").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while store.blocks.as_ref().unwrap().may_hold(b"x") != Answer::Maybe
+            || lock(&store.scan)
+                .as_ref()
+                .is_some_and(|s| !s.thread.is_finished())
+        {
+            assert!(std::time::Instant::now() < deadline, "the scan did not end");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(!store.blocking_keys_held());
+        assert_eq!(
+            store.get(Cf::Blocks, &7u32.to_be_bytes()).unwrap(),
+            Some(vec![1])
+        );
+        // A read-only view reads every block from the store.
+        let view = RocksStore::open_read_only(dir.path()).unwrap();
+        assert_eq!(
+            view.get(Cf::Blocks, &7u32.to_be_bytes()).unwrap(),
+            Some(vec![1])
+        );
+        assert!(!view.blocking_keys_held());
+    }
 
     #[test]
     fn the_configured_cache_is_the_one_rocksdb_uses() {
