@@ -54,9 +54,13 @@ const ALL_CFS: [&str; 10] = [
 ];
 /// The column families of the membership state.
 pub const COLUMN_FAMILIES: [&str; 10] = ALL_CFS;
-/// The column families the stage reads by key only: the others are scanned in key order (what
-/// a destination holds of a person, a destination's queue, the outbox, due times).
-const READ_BY_KEY: [&str; 5] = [CF_MEMBERSHIPS, CF_PROFILES, CF_DUE_OF, CF_OFFSETS, CF_META];
+/// The column families read by key only, which get hash-indexed memtables: the others are
+/// scanned in key order (what a destination holds of a person, a destination's queue, the
+/// outbox, due times). Memberships are read by key by the stage but paged in key order by the
+/// cohort members API, and an iterator over a hash-indexed memtable sorts a copy of all of it:
+/// a page of 100 members took 310–360 ms over 200,000 people in the memtable, 31–86 µs with a
+/// skip list.
+const READ_BY_KEY: [&str; 4] = [CF_PROFILES, CF_DUE_OF, CF_OFFSETS, CF_META];
 
 const META_NEXT_OUTBOX: &[u8] = b"next_outbox";
 /// Bytes of the block cache all column families share.
