@@ -316,14 +316,7 @@ fn fingerprints(
     stop: &AtomicBool,
 ) -> Option<std::collections::HashSet<u32, crate::overlay::ById>> {
     let handle = db.cf_handle(Cf::Blocks.name())?;
-    let mut read = rocksdb::ReadOptions::default();
-    // A pass over the whole column family: keep the block cache for the stage's reads.
-    read.fill_cache(false);
-    read.set_readahead_size(4 << 20);
-    // Hash-indexed memtables are iterated in key order only when asked.
-    read.set_total_order_seek(true);
-    let mut it = db.raw_iterator_cf_opt(handle, read);
-    it.seek_to_first();
+    let mut it = whole_pass(db, handle, b"");
     let mut found = std::collections::HashSet::default();
     while let Some(key) = it.key() {
         found.insert(held.fingerprint(key));
@@ -338,6 +331,23 @@ fn fingerprints(
         return None;
     }
     Some(found)
+}
+
+/// An iterator for a pass over a column family from `from` on, in key order (hash-indexed
+/// memtables included): its blocks are not cached, they would only push the stage's working
+/// set out of the block cache.
+fn whole_pass<'d>(
+    db: &'d DB,
+    handle: &rocksdb::ColumnFamily,
+    from: &[u8],
+) -> rocksdb::DBRawIterator<'d> {
+    let mut read = rocksdb::ReadOptions::default();
+    read.fill_cache(false);
+    read.set_readahead_size(4 << 20);
+    read.set_total_order_seek(true);
+    let mut it = db.raw_iterator_cf_opt(handle, read);
+    it.seek(from);
+    it
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -423,14 +433,7 @@ impl GraphStore for RocksStore {
         let Some(handle) = self.cf(cf) else {
             return Ok(());
         };
-        // A pass over a whole column family: its blocks would only push the working set out
-        // of the block cache.
-        let mut read = rocksdb::ReadOptions::default();
-        read.fill_cache(false);
-        read.set_readahead_size(4 << 20);
-        read.set_total_order_seek(true);
-        let mut it = self.db.raw_iterator_cf_opt(handle, read);
-        it.seek(prefix);
+        let mut it = whole_pass(&self.db, handle, prefix);
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if !k.starts_with(prefix) {
                 break;
@@ -562,9 +565,19 @@ mod tests {
 
     /// Reads a block once (starting the scan of the blocking index's keys) and waits for it.
     fn wait_held(store: &RocksStore) {
+        wait_scan(store);
+        assert!(store.blocking_keys_held());
+    }
+
+    /// Reads a block once (starting the scan of the blocking index's keys) and waits for the
+    /// scan to end, whatever it found.
+    fn wait_scan(store: &RocksStore) {
         store.get(Cf::Blocks, b"any").unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !store.blocking_keys_held() {
+        while lock(&store.scan)
+            .as_ref()
+            .is_none_or(|s| !s.thread.is_finished())
+        {
             assert!(std::time::Instant::now() < deadline, "the scan did not end");
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
@@ -682,16 +695,8 @@ mod tests {
             ..StorageConfig::default()
         };
         let store = RocksStore::open_with(dir.path(), &small).unwrap();
-        store.get(Cf::Blocks, b"any").unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while store.blocks.as_ref().unwrap().may_hold(b"x") != Answer::Maybe
-            || lock(&store.scan)
-                .as_ref()
-                .is_some_and(|s| !s.thread.is_finished())
-        {
-            assert!(std::time::Instant::now() < deadline, "the scan did not end");
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        wait_scan(&store);
+        assert_eq!(store.blocks.as_ref().unwrap().may_hold(b"x"), Answer::Maybe);
         assert!(!store.blocking_keys_held());
         assert_eq!(
             store.get(Cf::Blocks, &7u32.to_be_bytes()).unwrap(),
